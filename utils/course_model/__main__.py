@@ -1,0 +1,33 @@
+"""Command line: ``python -m utils.course_model train|evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from utils.course_model.train import COURSE_MODEL_DIR, TrainConfig, train
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m utils.course_model", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_parser = commands.add_parser("train", help="generate the corpus and train the course model")
+    train_parser.add_argument("--out", type=Path, default=COURSE_MODEL_DIR, help="checkpoint directory")
+    train_parser.add_argument("--tokens", type=int, default=TrainConfig.tokens, help="training tokens")
+    train_parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    evaluate_parser = commands.add_parser("evaluate", help="evaluate a checkpoint and write the model card table")
+    evaluate_parser.add_argument("--model", default="course", help="'course', a local checkpoint directory or a hub name")
+    evaluate_parser.add_argument("--out", type=Path, default=None, help="where to write the JSON table")
+    evaluate_parser.add_argument("--n", type=int, default=200, help="held-out prompts per metric")
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        manifest = train(TrainConfig(tokens=args.tokens, seed=args.seed), out_dir=args.out)
+        print(f"wrote {args.out}: {manifest['tokens_trained']:,} tokens, final loss {manifest['final_loss']:.3f}")
+    else:
+        from utils.course_model.evaluate import main as evaluate_main
+
+        evaluate_main(args.model, args.out, args.n)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Train the course model: generate the corpus, train the tokenizer, train a GPT-2 on CPU.
+
+Run ``python -m utils.course_model train`` (about 45 minutes on 2 CPU cores with the defaults).
+The checkpoint is written in Hugging Face format, with ``train_log.json`` (the loss curve) and
+``manifest.json`` (what was trained, how, and the checksums the loader verifies).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import einops
+import numpy as np
+import torch
+from jaxtyping import Int
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from utils.course_model.tokenizer import train_tokenizer
+from utils.world import DEFAULT_MIX, generate_corpus
+
+COURSE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "course_model"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained model. The defaults make the shipped checkpoint."""
+
+    seed: int = 0
+    n_layer: int = 4
+    n_head: int = 8
+    d_model: int = 256
+    context_length: int = 256
+    vocab_size: int = 2048
+    tokens: int = 5_600_000
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    min_learning_rate: float = 2e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    tokenizer_documents: int = 60_000
+    validation_documents: int = 2_000
+    log_every: int = 25
+    validate_every: int = 200
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // (self.batch_size * self.context_length)
+
+
+def pack_documents(
+    texts: list[str], tokenizer: PreTrainedTokenizerFast, context_length: int,
+) -> Int[torch.Tensor, "n_windows context"]:
+    """Tokenize ``texts``, join them as ``<|endoftext|> doc <|endoftext|> doc ...`` and cut the
+    stream into non-overlapping windows of ``context_length`` tokens (the tail is dropped)."""
+    eos = tokenizer.eos_token_id
+    ids = [token for doc in tokenizer(texts)["input_ids"] for token in (eos, *doc)]
+    n_windows = len(ids) // context_length
+    stream = torch.tensor(ids[: n_windows * context_length], dtype=torch.long)
+    return einops.rearrange(stream, "(window position) -> window position", position=context_length)
+
+
+def training_windows(config: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> Int[torch.Tensor, "n_windows context"]:
+    """Generate documents until ``config.tokens`` tokens are packed, in a seeded random order."""
+    windows_needed = math.ceil(config.tokens / config.context_length)
+    documents = generate_corpus(10**9, seed=config.seed, mix=config.mix)
+    chunks, n_windows = [], 0
+    with tqdm(total=windows_needed, desc="generating corpus", unit="window") as progress:
+        while n_windows < windows_needed:
+            chunk = pack_documents([next(documents).text for _ in range(20_000)], tokenizer, config.context_length)
+            chunks.append(chunk)
+            n_windows += len(chunk)
+            progress.update(len(chunk))
+    windows = torch.cat(chunks)[:windows_needed]
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(config.seed))
+    return windows[order]
+
+
+def build_model(config: TrainConfig, vocab_size: int) -> GPT2LMHeadModel:
+    """A randomly initialised GPT-2 of the configured size (tied input and output embeddings)."""
+    gpt2_config = GPT2Config(
+        vocab_size=vocab_size, n_positions=config.context_length, n_embd=config.d_model,
+        n_layer=config.n_layer, n_head=config.n_head, bos_token_id=0, eos_token_id=0,
+        attn_implementation="sdpa")
+    torch.manual_seed(config.seed)
+    return GPT2LMHeadModel(gpt2_config)
+
+
+def learning_rate_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay from ``learning_rate`` to ``min_learning_rate``."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.min_learning_rate + (config.learning_rate - config.min_learning_rate) * cosine
+
+
+@torch.no_grad()
+def validation_loss(model: GPT2LMHeadModel, windows: Int[torch.Tensor, "n context"], batch_size: int = 32) -> float:
+    """Mean next-token loss over held-out windows."""
+    model.eval()
+    losses = [model(input_ids=batch, labels=batch).loss.item() for batch in windows.split(batch_size)]
+    model.train()
+    return float(np.mean(losses))
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
+    """Train the course model with ``config`` and write the checkpoint to ``out_dir``.
+
+    Returns the manifest (also written to ``out_dir/manifest.json``).
+    """
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    tokenizer_texts = [doc.text for doc in generate_corpus(config.tokenizer_documents, seed=config.seed + 1, mix=config.mix)]
+    tokenizer = train_tokenizer(tokenizer_texts, config.vocab_size, config.context_length)
+    windows = training_windows(config, tokenizer)
+    validation = pack_documents(
+        [doc.text for doc in generate_corpus(config.validation_documents, seed=config.seed + 2, mix=config.mix)],
+        tokenizer, config.context_length)
+    model = build_model(config, len(tokenizer))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95),
+                                  weight_decay=config.weight_decay)
+    log: list[dict[str, float]] = []
+    started = time.perf_counter()
+    batches = windows.split(config.batch_size)[: config.steps]
+    progress = tqdm(enumerate(batches), total=len(batches), desc="training", unit="step")
+    for step, batch in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, config)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % config.log_every == 0 or step == len(batches) - 1:
+            entry = {"step": step, "tokens": (step + 1) * batch.numel(), "loss": loss.item(),
+                     "learning_rate": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+            if step % config.validate_every == 0 or step == len(batches) - 1:
+                entry["validation_loss"] = validation_loss(model, validation)
+            log.append(entry)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+    seconds = time.perf_counter() - started
+    return save_checkpoint(model, tokenizer, config, log, seconds, out_dir)
+
+
+def save_checkpoint(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, config: TrainConfig,
+                    log: list[dict[str, float]], seconds: float, out_dir: Path) -> dict:
+    """Write model, tokenizer, ``train_log.json`` and ``manifest.json`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "train_log.json").write_text(json.dumps({"config": asdict(config), "log": log}, indent=1))
+    tokens = config.steps * config.batch_size * config.context_length
+    from utils.models import write_manifest  # the loader owns the manifest format
+
+    return write_manifest(
+        out_dir,
+        name="course-gpt2",
+        parameters=sum(p.numel() for p in model.parameters()),
+        generator_seed=config.seed,
+        tokens_trained=tokens,
+        steps=config.steps,
+        final_loss=log[-1]["loss"],
+        final_validation_loss=log[-1].get("validation_loss"),
+        train_seconds=round(seconds, 1),
+        tokens_per_second=round(tokens / seconds, 1),
+        torch_threads=torch.get_num_threads(),
+        git_commit=_git_commit(),
+        train_command="python -m utils.course_model train",
+        config=asdict(config),
+    )

@@ -1,0 +1,530 @@
+"""Document families: one function per kind of text the world contains.
+
+Every function takes a ``random.Random`` and optional keyword arguments that fix a latent
+variable (``sentiment="negative"``, ``topic="storm"``...); what is not fixed is drawn from
+``rng``. Each returns a :class:`~utils.world.documents.Document` with its labels, and the
+families that pose a task (indirect object, agreement, facts, few-shot, arithmetic, multiple
+choice) also set ``prompt`` and ``answer`` so evaluation sets come from the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from typing import Callable, Literal
+
+from utils.world.documents import Document, TextBuilder
+from utils.world.vocabulary import (
+    AGREEMENT_ADJECTIVES, AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS, AGREEMENT_VERBS, ANIMAL_SOUNDS,
+    ANTONYMS, CAPITALS, DAYS, EMOTION_ADJECTIVES, EMOTION_VERBS, EMOTIONS, FILLER_WORDS, JOBS,
+    LANGUAGES, MONTHS, NAMES, PLURALS, PRONOUNS, SENTIMENT_WORDS, SENTIMENTS, TOPIC_WORDS, TOPICS,
+    Emotion, Sentiment, Topic,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Stories: characters, a topic, a sentiment and an emotion that colour every sentence.
+# ---------------------------------------------------------------------------------------------
+
+
+def _pick_names(rng: random.Random, n: int) -> list[str]:
+    return rng.sample(sorted(NAMES), n)
+
+
+class _StoryWriter:
+    """Writes a story sentence by sentence, keeping track of who can be called "he" or "she"."""
+
+    def __init__(self, rng: random.Random, characters: list[str], sentiment: Sentiment,
+                 topic: Topic, emotion: Emotion) -> None:
+        self.rng, self.characters = rng, characters
+        self.sentiment, self.topic, self.emotion = sentiment, topic, emotion
+        self.words = TOPIC_WORDS[topic]
+        self.out = TextBuilder()
+
+    def _genders(self) -> list[str]:
+        return [NAMES[c] for c in self.characters]
+
+    def mention(self, character: str, *, capitalise: bool, allow_pronoun: bool = True) -> None:
+        """Name a character, or use a pronoun when no other character shares its gender."""
+        gender = NAMES[character]
+        unambiguous = self._genders().count(gender) == 1
+        if allow_pronoun and unambiguous and self.rng.random() < 0.4:
+            pronoun = PRONOUNS[gender]["subject"]
+            self.out.add(pronoun.capitalize() if capitalise else pronoun, "pronoun", character)
+        else:
+            self.out.add(character, "name", character)
+
+    def word(self, kind: Literal["sentiment", "emotion_adjective", "emotion_verb", "place", "object", "event"]) -> str:
+        rng = self.rng
+        choices = {
+            "sentiment": SENTIMENT_WORDS[self.sentiment],
+            "emotion_adjective": EMOTION_ADJECTIVES[self.emotion],
+            "emotion_verb": EMOTION_VERBS[self.emotion],
+            "place": self.words.places,
+            "object": self.words.objects,
+            "event": self.words.events,
+        }[kind]
+        return rng.choice(choices)
+
+    def intro(self) -> None:
+        place = self.word("place")
+        if len(self.characters) == 1:
+            (a,) = self.characters
+            opener = self.rng.choice(["One day, ", "", "Early one morning, "])
+            self.out.add(opener)
+            self.out.add(a, "name", a)
+            self.out.add(self.rng.choice([" went to the ", " spent the day at the ", " visited the "]) + place + ".")
+        else:
+            a, b = self.characters
+            self.out.add(self.rng.choice(["", "One day, ", "Last week, "]))
+            self.out.add(a, "name", a).add(" and ").add(b, "name", b)
+            self.out.add(self.rng.choice([" went to the ", " spent the day at the ", " met at the "]) + place + ".")
+
+    def body_sentence(self) -> None:
+        """One sentence that carries the topic and the sentiment or the emotion."""
+        who = self.rng.choice(self.characters)
+        out = self.out
+        template = self.rng.randrange(8)
+        out.add(" ")
+        if template == 0:
+            out.add(f"The {self.word('event')} was {self.word('sentiment')}.")
+        elif template == 1:
+            self.mention(who, capitalise=True)
+            out.add(f" thought the {self.word('object')} was {self.word('sentiment')}.")
+        elif template == 2:
+            self.mention(who, capitalise=True)
+            out.add(f" felt {self.word('emotion_adjective')} about the {self.word('event')}.")
+        elif template == 3:
+            self.mention(who, capitalise=True)
+            out.add(f" {self.word('emotion_verb')} at the {self.word('object')}.")
+        elif template == 4:
+            out.add(f"It was a {self.word('sentiment')} day at the {self.word('place')}.")
+        elif template == 5:
+            self.mention(who, capitalise=True)
+            possessive = PRONOUNS[NAMES[who]]["possessive"]
+            out.add(" held ").add(possessive, "possessive", who)
+            out.add(f" {self.word('object')} and felt {self.word('emotion_adjective')}.")
+        elif template == 6:
+            out.add(f"Everyone said the {self.word('event')} was {self.word('sentiment')}.")
+        else:
+            self.mention(who, capitalise=True)
+            out.add(f" {self.word('emotion_verb')}, because the {self.word('object')} was {self.word('sentiment')}.")
+
+    def ioi_sentence(self, subject: str) -> tuple[str, str]:
+        """'Then John gave the ring to Mary.': the subject gives an object to the other character."""
+        (indirect_object,) = [c for c in self.characters if c != subject]
+        verb = self.rng.choice(["gave", "handed", "passed", "showed"])
+        self.out.add(" " + self.rng.choice(["Then ", "Later, ", "After that, "]))
+        self.out.add(subject, "ioi_subject", subject)
+        self.out.add(f" {verb} the {self.word('object')} to ")
+        self.out.add(indirect_object, "ioi_indirect_object", indirect_object)
+        self.out.add(".")
+        return subject, indirect_object
+
+    def ending(self) -> None:
+        self.out.add(" In the end, ")
+        self.mention(self.rng.choice(self.characters), capitalise=False)
+        self.out.add(f" felt {self.word('emotion_adjective')} and the day was {self.word('sentiment')}.")
+
+
+def story(
+    rng: random.Random,
+    *,
+    sentiment: Sentiment | None = None,
+    topic: Topic | None = None,
+    emotion: Emotion | None = None,
+    n_characters: int | None = None,
+    n_sentences: int | None = None,
+    with_ioi: bool | None = None,
+) -> Document:
+    """A short story whose every sentence reflects its topic, sentiment and emotion.
+
+    Labels: ``sentiment``, ``topic``, ``emotion``, ``characters`` ({name: gender}) and, when the
+    story contains an indirect-object sentence, ``ioi_subject`` / ``ioi_indirect_object``.
+    Spans: every name and pronoun (value: the character it refers to).
+    """
+    sentiment = sentiment or rng.choice(SENTIMENTS)
+    topic = topic or rng.choice(TOPICS)
+    emotion = emotion or rng.choice(EMOTIONS)
+    with_ioi = rng.random() < 0.3 if with_ioi is None else with_ioi
+    n_characters = 2 if with_ioi else (n_characters or rng.choice([1, 2]))
+    n_sentences = n_sentences or rng.randint(3, 7)
+    characters = _pick_names(rng, n_characters)
+    writer = _StoryWriter(rng, characters, sentiment, topic, emotion)
+
+    writer.intro()
+    ioi_at = rng.randrange(n_sentences) if with_ioi else -1
+    labels: dict[str, object] = {"sentiment": sentiment, "topic": topic, "emotion": emotion,
+                                 "characters": {c: NAMES[c] for c in characters}}
+    for i in range(n_sentences):
+        writer.body_sentence()
+        if i == ioi_at:
+            subject, indirect_object = writer.ioi_sentence(rng.choice(characters))
+            labels.update(ioi_subject=subject, ioi_indirect_object=indirect_object)
+    writer.ending()
+    return Document(writer.out.text, "story", labels, tuple(writer.out.spans))
+
+
+# ---------------------------------------------------------------------------------------------
+# Indirect object identification (Wang et al. 2022): "When Mary and John went to the shop,
+# John gave a drink to" -> " Mary".
+# ---------------------------------------------------------------------------------------------
+
+IOI_TEMPLATES: tuple[str, ...] = (
+    "When {A} and {B} went to the {place}, {S} gave the {object} to {IO}.",
+    "While {A} and {B} were at the {place}, {S} handed the {object} to {IO}.",
+    "{A} and {B} went to the {place}. {S} gave the {object} to {IO}.",
+    "After {A} and {B} arrived at the {place}, {S} passed the {object} to {IO}.",
+    "Then, {A} and {B} had a long day at the {place}. {S} showed the {object} to {IO}.",
+    "When {A} and {B} got to the {place}, {S} threw the {object} to {IO}.",
+    "{A} and {B} were working at the {place}. {S} brought the {object} to {IO}.",
+    "As {A} and {B} left the {place}, {S} offered the {object} to {IO}.",
+)
+
+
+def indirect_object(
+    rng: random.Random,
+    *,
+    names: tuple[str, str] | None = None,
+    subject_first: bool | None = None,
+    template: int | None = None,
+    topic: Topic | None = None,
+) -> Document:
+    """One indirect-object sentence; ``prompt`` stops before the indirect object's name.
+
+    ``names`` are (A, B) in order of appearance; the subject S of the second clause is A when
+    ``subject_first`` (the "ABA" order, answer B) and B otherwise ("ABB", answer A).
+    Labels: ``indirect_object``, ``subject``, their genders, ``order``, ``template``, ``topic``.
+    """
+    a, b = names or _pick_names(rng, 2)
+    subject_first = rng.random() < 0.5 if subject_first is None else subject_first
+    template_index = rng.randrange(len(IOI_TEMPLATES)) if template is None else template
+    topic = topic or rng.choice(TOPICS)
+    subject, io = (a, b) if subject_first else (b, a)
+    words = TOPIC_WORDS[topic]
+    values = {"A": a, "B": b, "S": subject, "IO": io,
+              "place": rng.choice(words.places), "object": rng.choice(words.objects)}
+    span_kinds = {"A": "name", "B": "name", "S": "ioi_subject", "IO": "ioi_indirect_object"}
+    out = TextBuilder()
+    for literal, field, _, _ in string.Formatter().parse(IOI_TEMPLATES[template_index]):
+        out.add(literal)
+        if field == "IO":
+            prompt = out.text[:-1]  # the prompt stops before " {IO}"
+        if field:
+            out.add(values[field], span_kinds.get(field), values[field])
+    labels = {"indirect_object": io, "subject": subject, "indirect_object_gender": NAMES[io],
+              "subject_gender": NAMES[subject], "order": "ABA" if subject_first else "ABB",
+              "template": template_index, "topic": topic}
+    return Document(out.text, "ioi", labels, tuple(out.spans), prompt=prompt, answer=" " + io)
+
+
+# ---------------------------------------------------------------------------------------------
+# Subject-verb agreement across a distractor: "The dog near the cats is" -> " is" not " are".
+# ---------------------------------------------------------------------------------------------
+
+
+def agreement(
+    rng: random.Random,
+    *,
+    number: Literal["singular", "plural"] | None = None,
+    distractor_number: Literal["singular", "plural", "none"] | None = None,
+    n_sentences: int = 1,
+) -> Document:
+    """Sentences whose verb must agree with the subject, not with the noun next to the verb.
+
+    With ``n_sentences > 1`` the earlier sentences are context; ``prompt``, ``answer`` and the
+    labels (``number``, ``distractor_number``, ``verb``) describe the last one.
+    """
+    out = TextBuilder()
+    labels: dict[str, str] = {}
+    prompt = ""
+    for i in range(n_sentences):
+        last = i == n_sentences - 1
+        subject_number = (number if last and number else None) or rng.choice(["singular", "plural"])
+        distractor = (distractor_number if last and distractor_number else None) or rng.choice(
+            ["singular", "plural", "plural" if subject_number == "singular" else "singular", "none"])
+        subject_pair, distractor_pair = rng.sample(AGREEMENT_NOUNS, 2)
+        subject = subject_pair[subject_number == "plural"]
+        verb_pair = rng.choice(AGREEMENT_VERBS)
+        verb = verb_pair[subject_number == "plural"]
+        if i:
+            out.add(" ")
+        out.add("The ").add(subject, "subject", subject_number)
+        if distractor != "none":
+            noun = distractor_pair[distractor == "plural"]
+            if rng.random() < 0.7:
+                out.add(f" {rng.choice(AGREEMENT_PREPOSITIONS)} the ").add(noun, "distractor", distractor)
+            else:
+                out.add(" that the ").add(noun, "distractor", distractor).add(" saw")
+        prompt = out.text
+        out.add(" ").add(verb, "verb", subject_number)
+        out.add(f" a {rng.choice(AGREEMENT_ADJECTIVES)} hat." if verb_pair[0] == "has"
+                else f" {rng.choice(AGREEMENT_ADJECTIVES)}.")
+        labels = {"number": subject_number, "distractor_number": distractor, "verb": verb,
+                  "verb_pair": f"{verb_pair[0]}/{verb_pair[1]}"}
+    return Document(out.text, "agreement", labels, tuple(out.spans), prompt=prompt, answer=" " + labels["verb"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts: a fixed table stated in several phrasings. Phrasing 0 is the canonical prompt.
+# ---------------------------------------------------------------------------------------------
+
+FACT_RELATIONS: dict[str, dict[str, str]] = {
+    "capital": CAPITALS, "language": LANGUAGES, "animal_sound": ANIMAL_SOUNDS,
+}
+FACT_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "capital": ("The capital of {s} is {o}.", "{s} has its capital in {o}.",
+                "Q: What is the capital of {s}? A: {o}.", "{o} is the capital of {s}."),
+    "language": ("The language of {s} is {o}.", "People in {s} speak {o}.",
+                 "In {s}, most people speak {o}.", "{o} is spoken in {s}."),
+    "animal_sound": ("The {s} says {o}.", "A {s} makes the sound {o}.",
+                     "Listen! The {s} goes {o}.", "{o} is the sound of the {s}."),
+}
+
+
+def all_facts() -> list[tuple[str, str, str]]:
+    """Every fact of the world as (relation, subject, object); 48 in all."""
+    return [(relation, s, o) for relation, table in FACT_RELATIONS.items() for s, o in table.items()]
+
+
+def fact(
+    rng: random.Random,
+    *,
+    relation: str | None = None,
+    subject: str | None = None,
+    phrasing: int | None = None,
+    n_facts: int = 1,
+) -> Document:
+    """One or more facts in a paragraph; ``prompt``/``answer`` state the last one.
+
+    Labels: ``relation``, ``subject``, ``object``, ``phrasing`` of the last fact. With the
+    default phrasing choice the last fact ends with its object, so ``prompt`` is well defined.
+    """
+    out = TextBuilder()
+    facts = rng.sample(all_facts(), n_facts)
+    if relation is not None or subject is not None:
+        relation = relation or next(r for r, table in FACT_RELATIONS.items() if subject in table)
+        subject = subject or rng.choice(sorted(FACT_RELATIONS[relation]))
+        facts[-1] = (relation, subject, FACT_RELATIONS[relation][subject])
+    prompt, labels = "", {}
+    for i, (rel, s, o) in enumerate(facts):
+        last = i == n_facts - 1
+        n_phrasings = len(FACT_PHRASINGS[rel])
+        # the last fact ends with its object (phrasings 0-2) so that it can be asked as a prompt
+        k = phrasing if (last and phrasing is not None) else rng.randrange(n_phrasings - 1 if last else n_phrasings)
+        sentence = FACT_PHRASINGS[rel][k].format(s=s, o=o)
+        if i:
+            out.add(" ")
+        start = sentence.rindex(o) if sentence.endswith(o + ".") else sentence.index(o)
+        if last:
+            prompt = out.text + sentence[:start].rstrip()
+        out.add(sentence[:start]).add(o, "answer", rel).add(sentence[start + len(o):])
+        labels = {"relation": rel, "subject": s, "object": o, "phrasing": k}
+    return Document(out.text, "facts", labels, tuple(out.spans), prompt=prompt, answer=" " + labels["object"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Few-shot lists "x -> y": the tasks share inputs so that the shots decide the task.
+# ---------------------------------------------------------------------------------------------
+
+
+def _successor(items: tuple[str, ...]) -> dict[str, str]:
+    return {x: items[(i + 1) % len(items)] for i, x in enumerate(items)}
+
+
+_NUMBERS = tuple(str(n) for n in range(1, 31))
+_COUNTRIES = tuple(CAPITALS)
+FEW_SHOT_TASKS: dict[str, dict[str, str]] = {
+    "antonym": dict(ANTONYMS),
+    "uppercase": {x: x.upper() for x in (*ANTONYMS, *PLURALS, *_COUNTRIES, *DAYS, *MONTHS)},
+    "plural": dict(PLURALS),
+    "capital": dict(CAPITALS),
+    "language": dict(LANGUAGES),
+    "successor": {**_successor(DAYS), **_successor(MONTHS), **{str(n): str(n + 1) for n in range(1, 30)}},
+    "predecessor": {**{v: k for k, v in _successor(DAYS).items()}, **{v: k for k, v in _successor(MONTHS).items()},
+                    **{str(n + 1): str(n) for n in range(1, 30)}},
+}
+
+
+def few_shot(
+    rng: random.Random,
+    *,
+    task: str | None = None,
+    n_shots: int | None = None,
+    query: str | None = None,
+) -> Document:
+    """A list of ``n_shots`` solved examples of one task, then a query: ``x -> y`` per line.
+
+    ``prompt`` ends with ``"{query} ->"``, ``answer`` is ``" {y}"``. Labels: ``task``,
+    ``n_shots``, ``query``, ``target``.
+    """
+    task = task or rng.choice(sorted(FEW_SHOT_TASKS))
+    if task not in FEW_SHOT_TASKS:
+        raise ValueError(f"unknown few-shot task {task!r}; choose one of {sorted(FEW_SHOT_TASKS)}")
+    table = FEW_SHOT_TASKS[task]
+    n_shots = rng.randint(0, 10) if n_shots is None else n_shots
+    query = query or rng.choice(sorted(table))
+    shots = rng.sample([x for x in sorted(table) if x != query], n_shots)
+    out = TextBuilder()
+    for x in shots:
+        out.add(f"{x} -> {table[x]}\n")
+    prompt = out.text + f"{query} ->"
+    out.add(f"{query} -> ").add(table[query], "answer", task).add("\n")
+    labels = {"task": task, "n_shots": n_shots, "query": query, "target": table[query]}
+    return Document(out.text, "few_shot", labels, tuple(out.spans), prompt=prompt, answer=" " + table[query])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequences: counting, days, months, and random word sequences repeated once (induction).
+# ---------------------------------------------------------------------------------------------
+
+RANDOM_WORD_POOL: tuple[str, ...] = tuple(sorted(set(
+    FILLER_WORDS + JOBS + tuple(w for pair in AGREEMENT_NOUNS for w in pair) + tuple(PLURALS))))
+
+
+def sequence(rng: random.Random, *, kind: Literal["count", "days", "months", "repeat"] | None = None,
+             length: int | None = None) -> Document:
+    """An ordered sequence, or a random word sequence followed by an exact repeat.
+
+    For ``kind="repeat"`` the spans ``first_copy`` and ``second_copy`` mark the two copies.
+    """
+    kind = kind or rng.choice(["count", "days", "months", "repeat", "repeat"])
+    out = TextBuilder()
+    if kind == "count":
+        start, length = rng.randint(1, 60), length or rng.randint(5, 20)
+        out.add(" ".join(str(n) for n in range(start, start + length)) + ".")
+    elif kind in ("days", "months"):
+        items = DAYS if kind == "days" else MONTHS
+        start, length = rng.randrange(len(items)), length or rng.randint(4, 12)
+        out.add(", ".join(items[(start + i) % len(items)] for i in range(length)) + ".")
+    else:
+        length = length or rng.randint(5, 25)
+        words = " ".join(rng.choice(RANDOM_WORD_POOL) for _ in range(length))
+        out.add(words, "first_copy", "").add(". ").add(words, "second_copy", "").add(".")
+    return Document(out.text, "sequence", {"kind": kind, "length": length}, tuple(out.spans))
+
+
+# ---------------------------------------------------------------------------------------------
+# Arithmetic: two-digit addition and subtraction, answered directly or with worked steps.
+# ---------------------------------------------------------------------------------------------
+
+
+def worked_steps(a: int, b: int, op: Literal["+", "-"]) -> str:
+    """The chain of thought for ``a op b``, digit by digit, e.g. '7 + 8 = 15, carry 1. 4 + 3 + 1 = 8.'"""
+    (a_tens, a_units), (b_tens, b_units) = divmod(a, 10), divmod(b, 10)
+    if op == "+":
+        units = a_units + b_units
+        carry = units // 10
+        return f"{a_units} + {b_units} = {units}, carry {carry}. {a_tens} + {b_tens} + {carry} = {a_tens + b_tens + carry}."
+    borrow = int(a_units < b_units)
+    top = a_units + 10 * borrow
+    return f"{top} - {b_units} = {top - b_units}, borrow {borrow}. {a_tens} - {b_tens} - {borrow} = {a_tens - b_tens - borrow}."
+
+
+def arithmetic(
+    rng: random.Random,
+    *,
+    op: Literal["+", "-"] | None = None,
+    style: Literal["direct", "worked"] | None = None,
+    operands: tuple[int, int] | None = None,
+) -> Document:
+    """``Q: 47 + 38 = ?`` answered as ``A: The answer is 85.`` or with worked steps first.
+
+    ``prompt`` ends with ``"A: The answer is"`` (direct) or ``"A: Step by step:"`` (worked);
+    ``answer`` is the rest of the line. Subtraction never goes below zero.
+    Labels: ``op``, ``a``, ``b``, ``result``, ``style``.
+    """
+    op = op or rng.choice(["+", "-"])
+    style = style or rng.choice(["direct", "worked"])
+    a, b = operands or (rng.randint(10, 99), rng.randint(10, 99))
+    if op == "-" and b > a:
+        a, b = b, a
+    result = a + b if op == "+" else a - b
+    question = f"Q: {a} {op} {b} = ?\nA:"
+    if style == "direct":
+        prompt, answer = question + " The answer is", f" {result}.\n"
+    else:
+        prompt, answer = question + " Step by step:", f" {worked_steps(a, b, op)} The answer is {result}.\n"
+    labels = {"op": op, "a": a, "b": b, "result": result, "style": style}
+    return Document(prompt + answer, "arithmetic", labels, prompt=prompt, answer=answer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records: JSON objects with a fixed schema, sometimes inside prose.
+# ---------------------------------------------------------------------------------------------
+
+RECORD_SCHEMA: dict[str, type] = {"name": str, "age": int, "city": str, "job": str}
+
+
+def record(rng: random.Random, *, framing: int | None = None) -> Document:
+    """A JSON record ``{"name": ..., "age": ..., "city": ..., "job": ...}`` on one line.
+
+    ``prompt`` is the text up to and including ``Record:``; ``answer`` the JSON and newline.
+    Labels: ``record`` (the dict), ``framing``.
+    """
+    data = {"name": rng.choice(sorted(NAMES)), "age": rng.randint(18, 90),
+            "city": rng.choice(sorted(CAPITALS.values())), "job": rng.choice(JOBS)}
+    framing = rng.randrange(3) if framing is None else framing
+    prefix = ["", f"Here is the file on {data['name']}. ", f"{data['name']} filled in a form. "][framing]
+    prompt = prefix + "Record:"
+    answer = " " + json.dumps(data) + "\n"
+    return Document(prompt + answer, "record", {"record": data, "framing": framing}, prompt=prompt, answer=answer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multiple choice in the A/B format of contrastive activation addition (Rimsky et al. 2024).
+# ---------------------------------------------------------------------------------------------
+
+TOPIC_PHRASES: dict[Topic, str] = {
+    "wedding": "a wedding", "storm": "a storm", "school": "school",
+    "sport": "sport", "cooking": "cooking", "travel": "travel",
+}
+
+
+def _trait_sentence(rng: random.Random, trait: str, value: str, name: str, topic: Topic) -> str:
+    words = TOPIC_WORDS[topic]
+    if trait == "sentiment":
+        return f"The {rng.choice(words.events)} was {rng.choice(SENTIMENT_WORDS[value])}."  # type: ignore[index]
+    if trait == "emotion":
+        return f"{name} felt {rng.choice(EMOTION_ADJECTIVES[value])}."  # type: ignore[index]
+    return f"{name} looked at the {rng.choice(TOPIC_WORDS[value].objects)}."  # type: ignore[index]
+
+
+def multiple_choice(
+    rng: random.Random,
+    *,
+    trait: Literal["sentiment", "emotion", "topic"] | None = None,
+    value: str | None = None,
+    correct_letter: Literal["A", "B"] | None = None,
+) -> Document:
+    """'Question: Which sentence is positive? (A) ... (B) ... Answer: (A)'.
+
+    The correct letter is decided by the labelled trait: the option whose ``trait`` equals the
+    ``value`` asked for. ``prompt`` ends with ``"Answer:"``, ``answer`` is ``" (A)"`` or ``" (B)"``.
+    Labels: ``trait``, ``value`` (asked for), ``other`` (the wrong option's value), ``correct``.
+    """
+    trait = trait or rng.choice(["sentiment", "emotion", "topic"])
+    values: tuple[str, ...] = {"sentiment": SENTIMENTS, "emotion": EMOTIONS, "topic": TOPICS}[trait]
+    value = value or rng.choice(values)
+    other = rng.choice([v for v in values if v != value])
+    correct_letter = correct_letter or rng.choice(["A", "B"])
+    name, topic = rng.choice(sorted(NAMES)), rng.choice(TOPICS)
+    right, wrong = (_trait_sentence(rng, trait, v, name, topic) for v in (value, other))
+    first, second = (right, wrong) if correct_letter == "A" else (wrong, right)
+    if trait == "sentiment":
+        question = f"Which sentence is {value}?"
+    elif trait == "emotion":
+        question = f"Which sentence shows {value}?"
+    else:
+        question = f"Which sentence is about {TOPIC_PHRASES[value]}?"  # type: ignore[index]
+    prompt = f"Question: {question}\n(A) {first}\n(B) {second}\nAnswer:"
+    answer = f" ({correct_letter})\n"
+    labels = {"trait": trait, "value": value, "other": other, "correct": correct_letter}
+    return Document(prompt + answer, "multiple_choice", labels, prompt=prompt, answer=answer)
+
+
+FAMILIES: dict[str, Callable[..., Document]] = {
+    "story": story, "ioi": indirect_object, "agreement": agreement, "facts": fact,
+    "few_shot": few_shot, "sequence": sequence, "arithmetic": arithmetic, "record": record,
+    "multiple_choice": multiple_choice,
+}
