@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from utils.models import COURSE_MODEL_DIR, load_model, load_tokenizer, read_manifest
 from utils.world import FEW_SHOT_TASKS, eval_set, label_text, story
 from utils.world.families import RANDOM_WORD_POOL, all_facts, FACT_PHRASINGS
 
@@ -332,16 +333,26 @@ def format_card(card: dict) -> str:
     return "\n".join(lines)
 
 
-def main(model_name: str, out: Path | None, n: int) -> None:
-    """Evaluate ``model_name`` and print the card; write JSON to ``out`` (default: beside the
-    course checkpoint as ``evaluation.json`` when evaluating the course model)."""
-    from utils.models import load_model, load_tokenizer
-    from utils.course_model.train import COURSE_MODEL_DIR
+def format_training(manifest: dict) -> str:
+    """The training run recorded in a checkpoint's manifest, as a markdown table."""
+    rows = [("parameters", f"{manifest['parameters']:,}"), ("tokens trained", f"{manifest['tokens_trained']:,}"),
+            ("steps", f"{manifest['steps']:,}"), ("final training loss", f"{manifest['final_loss']:.3f}"),
+            ("training time (CPU)", f"{manifest['train_seconds'] / 60:.1f} min on {manifest['torch_threads']} threads"),
+            ("throughput", f"{manifest['tokens_per_second']:,.0f} tokens/s"), ("generator seed", str(manifest["generator_seed"]))]
+    return "\n".join(["| training | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
+
+def main(model_name: str, out: Path | None, n: int) -> None:
+    """Evaluate ``model_name`` and print the card. For the course model, also write
+    ``evaluation.json`` and ``model_card.md`` beside the checkpoint (the chapter 0 page
+    includes the latter); ``out`` writes the JSON elsewhere."""
     torch.manual_seed(0)
     card = evaluate(load_model(model_name), load_tokenizer(model_name), n)
-    print(format_card(card))
-    out = out or (COURSE_MODEL_DIR / "evaluation.json" if model_name == "course" else None)
+    table = format_card(card)
+    print(table)
+    if model_name == "course":
+        (COURSE_MODEL_DIR / "model_card.md").write_text(format_training(read_manifest()) + "\n\n" + table + "\n")
+        out = out or COURSE_MODEL_DIR / "evaluation.json"
     if out is not None:
         out.write_text(json.dumps(card, indent=1))
         print(f"wrote {out}")

@@ -23,9 +23,8 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from utils.course_model.tokenizer import train_tokenizer
+from utils.models import COURSE_MODEL_DIR, write_manifest
 from utils.world import DEFAULT_MIX, generate_corpus
-
-COURSE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "course_model"
 
 
 @dataclass
@@ -166,8 +165,6 @@ def save_checkpoint(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, 
     tokenizer.save_pretrained(out_dir)
     (out_dir / "train_log.json").write_text(json.dumps({"config": asdict(config), "log": log}, indent=1))
     tokens = config.steps * config.batch_size * config.context_length
-    from utils.models import write_manifest  # the loader owns the manifest format
-
     return write_manifest(
         out_dir,
         name="course-gpt2",

@@ -1,0 +1,81 @@
+# Inside language models: build the book and run the tests.
+#
+#   make book   create .venv if needed, then build the book into _build/html
+#               (notebooks executed, results cached, warnings are errors)
+#   make test   `make book`, then the whole test suite (unit tests, nbval over solutions/)
+#
+# Helpers: make venv | make labs | make clean | make help
+# Use another interpreter with e.g. `make book PYTHON=python3.11`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PIPLOG := $(VENV)/.pip-install.log
+
+# Nothing at build or test time may reach a model hub: fail fast instead of hanging.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export WANDB_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+export PYTHONHASHSEED := 0
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+BOOK_FLAGS   ?= -W -n --keep-going
+PYTEST_FLAGS ?= -n 2 --dist loadscope
+NBVAL_FLAGS  := --nbval-lax --nbval-kernel-name python3 --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: help book test venv labs clean check-python
+
+help:
+	@echo "make book   build the book into _build/html (creates .venv on first use)"
+	@echo "make test   build the book, then run the whole test suite"
+	@echo "helpers:    make venv | make labs | make clean"
+
+check-python:
+	@$(PYTHON) scripts/check_env.py
+
+# Re-install only when the requirements or the package metadata changed.
+$(STAMP): requirements.txt pyproject.toml scripts/check_env.py
+	@command -v $(PYTHON) >/dev/null || { echo "error: '$(PYTHON)' not found; this course needs Python 3.10-3.12 (e.g. make book PYTHON=python3.11)" >&2; exit 1; }
+	@$(PYTHON) scripts/check_env.py
+	@if [ ! -x $(VPY) ]; then \
+	  echo "creating $(VENV) with $$($(PYTHON) -c 'import sys; print(sys.executable)')"; \
+	  $(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv $(VENV)' failed (see above)" >&2; exit 1; }; \
+	fi
+	@$(VPY) scripts/check_env.py
+	@echo "installing requirements into $(VENV) (log: $(PIPLOG))"
+	@$(VPY) -m pip install --disable-pip-version-check -r requirements.txt 2>&1 | tee $(PIPLOG) \
+	  || $(VPY) scripts/check_env.py pip-failed $(PIPLOG)
+	@$(VPY) -m pip install --disable-pip-version-check -e . --no-deps 2>&1 | tee -a $(PIPLOG) \
+	  || $(VPY) scripts/check_env.py pip-failed $(PIPLOG)
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --builder html $(BOOK_FLAGS)
+	@echo "book: $(CURDIR)/_build/html/index.html"
+
+# The warnings-as-errors book build is part of the test.
+test: book
+	@test -f tests/nbval_sanitize.cfg
+	$(VPY) -m pytest tests $(PYTEST_FLAGS)
+	@if ls solutions/*.ipynb >/dev/null 2>&1; then \
+	  echo "$(VPY) -m pytest $(NBVAL_FLAGS) $(PYTEST_FLAGS) solutions/"; \
+	  $(VPY) -m pytest $(NBVAL_FLAGS) $(PYTEST_FLAGS) solutions/; \
+	else echo "no solutions/*.ipynb yet: nbval skipped"; fi
+
+# Regenerate the exercise notebooks labs/*.ipynb from solutions/*.ipynb.
+labs: $(STAMP)
+	$(VPY) -m utils.notebooks build-labs
+
+clean:
+	rm -rf _build .pytest_cache
+	find . -path ./.venv -prune -o -name __pycache__ -type d -print | xargs rm -rf

@@ -1,0 +1,147 @@
+"""Time every solution notebook: wall-clock seconds and the kernel's peak memory.
+
+Each notebook runs top to bottom in a fresh `python3` kernel (nbclient), in its own folder,
+offline (HF_HUB_OFFLINE=1 ...), exactly as nbval and the book build run it. Outputs are not
+written back. Results are printed as a table; nothing here is asserted (see README.md).
+
+    .venv/bin/python benchmarks/time_notebooks.py                    # all solutions/*.ipynb
+    .venv/bin/python benchmarks/time_notebooks.py 00 03              # a subset, by prefix or path
+    .venv/bin/python benchmarks/time_notebooks.py --json out.json    # also save the results
+    .venv/bin/python benchmarks/time_notebooks.py --budget 90        # flag notebooks over 90 s
+
+Peak memory is the largest resident set size (RSS) of the kernel process and its children,
+sampled every 0.1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONHASHSEED": "0",
+}
+
+
+class PeakRSS:
+    """Samples the RSS of a process tree in a background thread."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = 0
+        try:
+            for proc in [self.process, *self.process.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak = max(self.peak, self._sample())
+        self._stop.set()
+        self._thread.join()
+
+
+def time_notebook(path: Path, timeout: int) -> dict:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    result = {"notebook": os.path.relpath(path, ROOT), "seconds": None, "peak_rss_mb": None, "error": None}
+    start = time.perf_counter()
+    with client.setup_kernel(env={**os.environ, **OFFLINE}):
+        pid = client.km.provisioner.process.pid  # the kernel process
+        with PeakRSS(pid) as rss:
+            try:
+                for index, cell in enumerate(nb.cells):
+                    client.execute_cell(cell, index)
+            except Exception as error:  # report and go on with the next notebook
+                result["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:200] if str(error).strip() else ''}"
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        result["peak_rss_mb"] = round(rss.peak / 2**20)
+    return result
+
+
+def select(patterns: list[str]) -> list[Path]:
+    notebooks = sorted((ROOT / "solutions").glob("*.ipynb"))
+    if not patterns:
+        return notebooks
+    chosen = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.suffix == ".ipynb" and path.exists():
+            chosen.append(path.resolve())
+            continue
+        found = [nb for nb in notebooks if nb.name.startswith(pattern) or pattern in nb.stem]
+        if not found:
+            sys.exit(f"error: no solution notebook matches {pattern!r} (have: {', '.join(nb.name for nb in notebooks) or 'none'})")
+        chosen.extend(found)
+    return list(dict.fromkeys(chosen))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*", help="prefixes (00, 03_caching) or paths; default: all")
+    parser.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    parser.add_argument("--budget", type=float, default=90.0, help="mark notebooks slower than this (s)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args()
+
+    notebooks = select(args.notebooks)
+    if not notebooks:
+        print("no solutions/*.ipynb to time")
+        return 0
+    print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    rows = []
+    header = f"{'notebook':<42} {'seconds':>8} {'peak RSS MB':>12}  note"
+    print(header)
+    print("-" * len(header))
+    for path in notebooks:
+        row = time_notebook(path, args.timeout)
+        note = row["error"] or ("over budget" if row["seconds"] > args.budget else "")
+        print(f"{row['notebook']:<42} {row['seconds']:>8.1f} {row['peak_rss_mb']:>12}  {note}", flush=True)
+        rows.append(row)
+    if args.json:
+        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "results": rows}, indent=2) + "\n")
+    return 1 if any(row["error"] for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Sphinx extension for the course book (loaded through `_config.yml`: sphinx.local_extensions).
+
+It does three things, each configured once here rather than in every notebook:
+
+1. ``colab-lab`` directive: an "Open in Colab" badge for a chapter's *exercise* notebook
+   ``labs/<slug>.ipynb`` (JB's own Colab button would open the page's notebook, which is the
+   solution), plus a link to download that lab notebook::
+
+       ```{colab-lab} 00_course_model
+       ```
+
+   URLs are built from ``repository.url`` and ``repository.branch`` in ``_config.yml``.
+   When ``labs/<slug>.ipynb`` exists at build time it is also copied into the site, and the
+   download link points at that copy (so it works offline).
+
+2. Plotly figures: notebooks executed in a Jupyter kernel emit plotly's own mime type
+   ``application/vnd.plotly.v1+json`` (the default renderer of plotly >= 6 there), which
+   myst-nb cannot render. We render it to a ``<div>`` plus a ``Plotly.newPlot`` call, and
+   prefer it over any ``text/html`` fallback (which would pull MathJax from a CDN).
+
+3. ``plotly.min.js`` is copied from the installed ``plotly`` package into ``_static`` and
+   loaded (as a plain global script, no require.js needed) only on pages that have a figure.
+   Nothing is fetched from a CDN, so the site works offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.parsers.rst import directives
+from sphinx.application import Sphinx
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
+
+LOGGER = logging.getLogger(__name__)
+
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+PLOTLY_JS = "plotly.min.js"
+PLOTLY_CLASS = "course-plotly"
+COLAB_ROOT = "https://colab.research.google.com/github"
+SLUG_RE = re.compile(r"^\d\d_[a-z0-9_]+$")
+
+
+# --------------------------------------------------------------------------- repository
+def repository(config: Any) -> tuple[str, str, str]:
+    """Return (owner/name, branch, https url) from `repository:` in `_config.yml`."""
+    options = config.html_theme_options or {}
+    url = str(options.get("repository_url", "")).rstrip("/")
+    branch = str(options.get("repository_branch", "main")) or "main"
+    match = re.match(r"^https://github\.com/([^/]+/[^/]+?)(?:\.git)?$", url)
+    if not match:
+        raise ValueError(
+            f"course_ext: repository.url in _config.yml must be https://github.com/OWNER/NAME, got {url!r}"
+        )
+    return match.group(1), branch, url
+
+
+def lab_urls(config: Any, slug: str) -> dict[str, str]:
+    """The Colab, GitHub and raw-download URLs of `labs/<slug>.ipynb`."""
+    repo, branch, url = repository(config)
+    path = f"labs/{slug}.ipynb"
+    return {
+        "colab": f"{COLAB_ROOT}/{repo}/blob/{branch}/{path}",
+        "github": f"{url}/blob/{branch}/{path}",
+        "raw": f"https://raw.githubusercontent.com/{repo}/{branch}/{path}",
+        "path": path,
+    }
+
+
+class ColabLab(SphinxDirective):
+    """```{colab-lab} NN_slug``` : badge + download link for the chapter's lab notebook."""
+
+    required_arguments = 1
+    optional_arguments = 0
+    has_content = False
+    option_spec = {"class": directives.class_option}
+
+    def run(self) -> list[nodes.Node]:
+        slug = self.arguments[0].strip()
+        if slug.endswith(".ipynb"):
+            slug = slug[: -len(".ipynb")]
+        if not SLUG_RE.match(slug):
+            raise self.error(f"colab-lab: expected a chapter slug like 00_course_model, got {slug!r}")
+        urls = lab_urls(self.config, slug)
+        srcdir = Path(self.env.srcdir)
+        lab_file = srcdir / urls["path"]
+        labs_seen = getattr(self.env, "course_labs", None)
+        if labs_seen is None:
+            labs_seen = self.env.course_labs = {}
+        labs_seen.setdefault(self.env.docname, {})[str(lab_file)] = lab_file.exists()
+        if lab_file.exists():
+            self.env.note_dependency(str(lab_file))
+        here = posixpath.dirname(self.env.docname)
+        to_root = posixpath.relpath(".", here) if here else "."
+        badge = posixpath.join(to_root, "_static", "colab-badge.svg")
+        if lab_file.exists():
+            download = posixpath.join(to_root, urls["path"])
+            download_attr = f' download="{slug}.ipynb"'
+        else:
+            download, download_attr = urls["raw"], ""
+        classes = " ".join(["course-lab-links", *self.options.get("class", [])])
+        html = (
+            f'<div class="{classes}">'
+            f'<a class="course-colab-link" href="{urls["colab"]}" target="_blank" rel="noopener">'
+            f'<img src="{badge}" alt="Open the lab in Colab" height="20"></a> '
+            f'<a class="course-lab-download" href="{download}"{download_attr}>'
+            f"Download the lab notebook <code>{urls['path']}</code></a>"
+            "</div>"
+        )
+        return [nodes.raw("", html, format="html")]
+
+
+def labs_outdated(app: Sphinx, env: Any, added: set, changed: set, removed: set) -> list[str]:
+    """Re-render a page whose lab notebook appeared or disappeared since it was read."""
+    seen = getattr(env, "course_labs", {})
+    return [
+        docname
+        for docname, labs in seen.items()
+        if any(Path(path).exists() != existed for path, existed in labs.items())
+    ]
+
+
+def labs_purge(app: Sphinx, env: Any, docname: str) -> None:
+    getattr(env, "course_labs", {}).pop(docname, None)
+
+
+def labs_merge(app: Sphinx, env: Any, docnames: set, other: Any) -> None:
+    if not hasattr(env, "course_labs"):
+        env.course_labs = {}
+    env.course_labs.update({d: v for d, v in getattr(other, "course_labs", {}).items() if d in docnames})
+
+
+def copy_labs(app: Sphinx, exception: Exception | None) -> None:
+    """Serve labs/*.ipynb from the site, so the download links work offline."""
+    if exception is not None or app.builder.format != "html":
+        return
+    labs = Path(app.srcdir) / "labs"
+    if labs.is_dir():
+        target = Path(app.outdir) / "labs"
+        for notebook in sorted(labs.glob("*.ipynb")):
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(notebook, target / notebook.name)
+
+
+# --------------------------------------------------------------------------- plotly
+def plotly_js_path() -> Path:
+    import plotly
+
+    path = Path(plotly.__file__).parent / "package_data" / PLOTLY_JS
+    if not path.exists():
+        raise FileNotFoundError(f"course_ext: {path} missing; reinstall plotly")
+    return path
+
+
+def plotly_html(figure: dict[str, Any]) -> str:
+    """HTML for one plotly figure given as plotly's JSON mime bundle."""
+    payload = json.dumps(figure, sort_keys=True, separators=(",", ":"))
+    payload = payload.replace("</", "<\\/")  # never end the <script> early
+    div_id = "plotly-" + hashlib.sha1(payload.encode()).hexdigest()[:12]
+    height = (figure.get("layout") or {}).get("height") or 450
+    return (
+        f'<div class="{PLOTLY_CLASS}" id="{div_id}" style="width:100%;height:{int(height)}px"></div>\n'
+        '<script type="text/javascript">(function () {\n'
+        f"  var fig = {payload};\n"
+        "  function draw() {\n"
+        f'    var el = document.getElementById("{div_id}");\n'
+        "    if (!el || !window.Plotly) { return; }\n"
+        "    var config = Object.assign({responsive: true, displaylogo: false}, fig.config || {});\n"
+        "    window.Plotly.newPlot(el, fig.data || [], fig.layout || {}, config);\n"
+        "  }\n"
+        '  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", draw); }\n'
+        "  else { draw(); }\n"
+        "})();</script>\n"
+    )
+
+
+def _patch_myst_nb() -> None:
+    """Teach myst-nb's element renderer the plotly mime type (done once per process)."""
+    from myst_nb.core.render import NbElementRenderer
+
+    if getattr(NbElementRenderer, "_course_plotly", False):
+        return
+    block, inline = NbElementRenderer.render_mime_type, NbElementRenderer.render_mime_type_inline
+
+    def render_mime_type(self, data):  # type: ignore[no-untyped-def]
+        if data.mime_type == PLOTLY_MIME and isinstance(data.content, dict):
+            return [nodes.raw("", plotly_html(data.content), format="html", classes=["output", "text_html"])]
+        return block(self, data)
+
+    def render_mime_type_inline(self, data):  # type: ignore[no-untyped-def]
+        if data.mime_type == PLOTLY_MIME and isinstance(data.content, dict):
+            return [nodes.raw("", plotly_html(data.content), format="html", classes=["output", "text_html"])]
+        return inline(self, data)
+
+    NbElementRenderer.render_mime_type = render_mime_type
+    NbElementRenderer.render_mime_type_inline = render_mime_type_inline
+    NbElementRenderer._course_plotly = True
+
+
+def prefer_plotly_mime(app: Sphinx, config: Any) -> None:
+    overrides = list(getattr(config, "nb_mime_priority_overrides", None) or [])
+    # lower number = preferred; text/html is 30 in myst-nb's html list
+    overrides.append(("html", PLOTLY_MIME, 5))
+    config.nb_mime_priority_overrides = overrides
+
+
+def copy_plotly_js(app: Sphinx) -> None:
+    """Put plotly.min.js into _static before any page is written."""
+    if app.builder.format != "html":
+        return
+    static = Path(app.outdir) / "_static"
+    static.mkdir(parents=True, exist_ok=True)
+    source, target = plotly_js_path(), static / PLOTLY_JS
+    if not target.exists() or target.stat().st_size != source.stat().st_size:
+        shutil.copyfile(source, target)
+
+
+def copy_plotly_js_again(app: Sphinx, exception: Exception | None) -> None:
+    if exception is None and app.builder.format == "html":
+        copy_plotly_js(app)  # in case a clean of _static happened after builder-inited
+
+
+def load_plotly_where_needed(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    if PLOTLY_CLASS in (context.get("body") or ""):
+        app.add_js_file(PLOTLY_JS, priority=400)
+
+
+# --------------------------------------------------------------------------- setup
+def setup(app: Sphinx) -> dict[str, Any]:
+    _patch_myst_nb()
+    app.add_directive("colab-lab", ColabLab)
+    app.connect("config-inited", prefer_plotly_mime, priority=900)
+    app.connect("builder-inited", copy_plotly_js)
+    app.connect("html-page-context", load_plotly_where_needed)
+    app.connect("build-finished", copy_plotly_js_again)
+    app.connect("build-finished", copy_labs)
+    app.connect("env-get-outdated", labs_outdated)
+    app.connect("env-purge-doc", labs_purge)
+    app.connect("env-merge-info", labs_merge)
+    return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}

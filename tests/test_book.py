@@ -1,0 +1,181 @@
+"""Checks on the book: the table of contents, and the site that `make book` builds.
+
+`make test` runs `make book` first, so `_build/html` exists; run alone, the site checks are
+skipped (with a reason) when it does not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# The chapters of COURSE.md ("Chapters" table), by number and slug.
+CHAPTERS = {
+    0: "00_course_model",
+    1: "01_prompting",
+    2: "02_lora",
+    3: "03_caching_hooks",
+    4: "04_logit_lens",
+    5: "05_steering_caa",
+    6: "06_sparse_autoencoders",
+    7: "07_circuits",
+}
+
+
+def course_md() -> Path | None:
+    """COURSE.md lives in shared/, which sits beside the checkout (or inside it)."""
+    for candidate in (ROOT / "shared" / "COURSE.md", ROOT.parent / "shared" / "COURSE.md"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def course_chapter_numbers(text: str) -> list[int]:
+    section = text.split("## Chapters", 1)[1].split("\n## ", 1)[0]
+    return [int(m.group(1)) for m in re.finditer(r"^\|\s*(\d+)\s*\|", section, flags=re.M)]
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections"))
+            walk(entry.get("chapters"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    return files
+
+
+# --------------------------------------------------------------------------- toc (no build)
+def test_chapter_list_matches_course_md():
+    path = course_md()
+    if path is None:
+        pytest.skip("shared/COURSE.md not found beside the checkout")
+    assert course_chapter_numbers(path.read_text()) == sorted(CHAPTERS)
+
+
+def test_toc_lists_every_chapter_page():
+    files = toc_files()
+    for number, slug in CHAPTERS.items():
+        assert f"book/{slug}" in files, f"_toc.yml has no page for chapter {number} (book/{slug}.md)"
+
+
+def test_toc_lists_only_existing_files_and_every_solution():
+    files = toc_files()
+    for entry in files:
+        matches = [p for p in (ROOT / f"{entry}.md", ROOT / f"{entry}.ipynb", ROOT / entry) if p.is_file()]
+        assert matches, f"_toc.yml lists {entry}, which does not exist (the -W build would fail)"
+    for notebook in sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb")):
+        assert f"solutions/{notebook.stem}" in files, f"{notebook.name} is missing from _toc.yml"
+
+
+# --------------------------------------------------------------------------- built site
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script" and attrs.get("src"):
+            self.scripts.append(attrs["src"])
+        if tag == "link" and attrs.get("href") and {"stylesheet", "preload", "modulepreload"} & set(
+            (attrs.get("rel") or "").split()
+        ):
+            self.styles.append(attrs["href"])
+        if tag == "a" and attrs.get("href"):
+            self.links.append(attrs["href"])
+
+
+def refs(page: Path) -> _Refs:
+    parser = _Refs()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser
+
+
+@pytest.fixture(scope="module")
+def site() -> Path:
+    if not (HTML / "index.html").exists():
+        pytest.skip("_build/html not built: run `make book` (make test does it first)")
+    return HTML
+
+
+def test_index_and_every_chapter_page_exist(site):
+    assert (site / "index.html").is_file()
+    assert (site / "book" / "intro.html").is_file()
+    for slug in CHAPTERS.values():
+        assert (site / "book" / f"{slug}.html").is_file(), f"no page for {slug}"
+
+
+@pytest.mark.parametrize("slug", list(CHAPTERS.values()))
+def test_chapter_page_links_its_lab_in_colab(site, slug):
+    links = refs(site / "book" / f"{slug}.html").links
+    colab = [link for link in links if link.startswith("https://colab.research.google.com/github/")]
+    assert colab, f"{slug}: no Open-in-Colab link"
+    assert all(link.endswith(f"/labs/{slug}.ipynb") for link in colab), colab
+    assert any(link.endswith(f"labs/{slug}.ipynb") and "colab" not in link for link in links), (
+        f"{slug}: no download link for the lab notebook"
+    )
+
+
+def test_no_page_loads_scripts_or_styles_from_the_network(site):
+    offenders = []
+    for page in sorted(site.rglob("*.html")):
+        found = refs(page)
+        for url in found.scripts + found.styles:
+            if re.match(r"^(https?:)?//", url):
+                offenders.append(f"{page.relative_to(site)}: {url}")
+    assert not offenders, "pages load remote JS/CSS (the site must work offline):\n" + "\n".join(offenders)
+
+
+def test_plotly_and_mathjax_are_served_locally(site):
+    plotly_js = site / "_static" / "plotly.min.js"
+    assert plotly_js.is_file() and plotly_js.stat().st_size > 1_000_000
+    assert (site / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
+    assert (site / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()
+
+
+# --------------------------------------------------------------------------- plotly proof
+@pytest.mark.slow
+def test_plotly_figure_is_interactive_offline(tmp_path):
+    """Build a one-page book whose notebook draws a plotly figure, with the course extension:
+    the figure must be rendered (not dropped as an unknown mime type) and load only local JS."""
+    book = tmp_path / "book"
+    shutil.copytree(FIXTURES / "plotly_book", book)
+    config = book / "_config.yml"
+    config.write_text(config.read_text().replace("@EXT_DIR@", str(ROOT / "book" / "_ext")))
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("PLOTLY_RENDERER", None)  # the kernel's own default renderer, as in a real build
+    result = subprocess.run(
+        [str(jupyter_book), "build", str(book), "--builder", "html", "-W", "-n", "--keep-going"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    page = book / "_build" / "html" / "figure.html"
+    html = page.read_text(encoding="utf-8")
+    assert 'class="course-plotly"' in html and "Plotly.newPlot" in html and "fixture-trace" in html
+    scripts = refs(page).scripts
+    assert any(src.split("?")[0] == "_static/plotly.min.js" for src in scripts), scripts
+    assert not [src for src in scripts if re.match(r"^(https?:)?//", src)], scripts
+    assert (book / "_build" / "html" / "_static" / "plotly.min.js").is_file()
+    assert "cdn.plot.ly" not in html and "require.js" not in html

@@ -1,0 +1,97 @@
+"""The course model: its tokenizer, its training loop, and its model card on the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from utils.course_model.evaluate import Metric, evaluate, format_card
+from utils.course_model.train import COURSE_MODEL_DIR, TrainConfig, learning_rate_at, pack_documents, train
+from utils.models import load_model, load_tokenizer
+from utils.world import DEFAULT_MIX, eval_set, generate_corpus
+from utils.world.vocabulary import CAPITALS, NAMES
+
+requires_checkpoint = pytest.mark.skipif(
+    not (COURSE_MODEL_DIR / "manifest.json").exists(),
+    reason="no shipped checkpoint: run `python -m utils.course_model train`")
+
+
+@pytest.fixture(scope="module")
+def course_tokenizer() -> AutoTokenizer:
+    return AutoTokenizer.from_pretrained(COURSE_MODEL_DIR)
+
+
+@requires_checkpoint
+def test_tokenizer_round_trips_every_family_and_defines_bos_eos(course_tokenizer) -> None:
+    tok = course_tokenizer
+    assert 2000 <= len(tok) <= 8192
+    assert tok.bos_token == tok.eos_token == "<|endoftext|>" and tok.bos_token_id == 0
+    for family in DEFAULT_MIX:
+        for doc in eval_set(family, 20):
+            ids = tok(doc.text)["input_ids"]
+            assert ids[0] != tok.bos_token_id, "the tokenizer must not add BOS by itself (GPT-2 convention)"
+            assert tok.decode(ids) == doc.text
+
+
+@requires_checkpoint
+def test_world_words_are_single_tokens_and_digits_are_split(course_tokenizer) -> None:
+    for word in [*NAMES, *CAPITALS.values()]:
+        assert len(course_tokenizer(" " + word)["input_ids"]) == 1, word
+    assert course_tokenizer.tokenize(" 47") == ["Ġ", "4", "7"]
+
+
+@requires_checkpoint
+def test_packing_joins_documents_with_eos_into_fixed_windows(course_tokenizer) -> None:
+    texts = [d.text for d in generate_corpus(50, seed=0)]
+    windows = pack_documents(texts, course_tokenizer, context_length=32)
+    stream = [t for text in texts for t in (course_tokenizer.eos_token_id, *course_tokenizer(text)["input_ids"])]
+    assert windows.shape == (len(stream) // 32, 32)
+    assert windows.flatten().tolist() == stream[: windows.numel()]
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
+    config = TrainConfig(tokens=100 * 16 * 256, warmup_steps=10)
+    rates = [learning_rate_at(step, config) for step in range(config.steps)]
+    assert rates[0] < rates[9] == pytest.approx(config.learning_rate)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert rates[-1] == pytest.approx(config.min_learning_rate, rel=0.05)
+
+
+def test_a_tiny_training_run_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    config = TrainConfig(n_layer=1, n_head=2, d_model=32, context_length=64, batch_size=8, tokens=30 * 8 * 64,
+                         learning_rate=1e-2, warmup_steps=3, tokenizer_documents=2000,
+                         validation_documents=50, log_every=1, validate_every=10)
+    manifest = train(config, out_dir=tmp_path)
+    log = json.loads((tmp_path / "train_log.json").read_text())["log"]
+    assert log[-1]["loss"] < log[0]["loss"] - 1.5
+    assert manifest["steps"] == 30 and manifest["tokens_trained"] == 30 * 8 * 64
+    model = load_model(str(tmp_path))
+    assert model.config.n_layer == 1 and not math.isnan(model(torch.tensor([[0, 5, 6]])).logits.sum().item())
+
+
+@pytest.fixture(scope="module")
+def model_card() -> dict:
+    torch.manual_seed(0)
+    return evaluate(load_model("course"), load_tokenizer("course"), n=100)
+
+
+@requires_checkpoint
+@pytest.mark.slow
+def test_shipped_model_meets_every_threshold_of_its_model_card(model_card: dict) -> None:
+    failed = [m["name"] for m in model_card["metrics"] if m["passed"] is False]
+    assert not failed, format_card(model_card)
+
+
+@requires_checkpoint
+@pytest.mark.slow
+def test_shipped_model_card_matches_the_stored_evaluation(model_card: dict) -> None:
+    """The table shown on the chapter 0 page is the one this checkpoint earns (within noise of n)."""
+    stored = json.loads((COURSE_MODEL_DIR / "evaluation.json").read_text())
+    for fresh, saved in zip(model_card["metrics"], stored["metrics"]):
+        assert fresh["name"] == saved["name"]
+        assert Metric(**fresh).passed == Metric(**saved).passed, fresh["name"]

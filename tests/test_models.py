@@ -1,0 +1,143 @@
+"""Loading models three ways (transformers, nnsight, TransformerLens) and the architecture helpers.
+
+Runs on tiny random GPT-2, GPT-NeoX and Llama checkpoints saved locally (the hub path without the
+hub) and on the shipped course model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from utils import architecture
+from utils.models import (
+    COURSE_MODEL_DIR, CheckpointError, ModelNotAvailableError, load_model, load_tokenizer, resolve_checkpoint,
+    verify_checkpoint, write_manifest,
+)
+
+TOKENS = torch.tensor([[0, 5, 17, 42, 99, 7, 3, 250], [0, 11, 12, 13, 14, 15, 16, 17]])
+
+
+def hf_residual_streams(model, tokens):
+    """[n_layers + 1, batch, pos, d_model]: the input to each block, then the last block's output (pre final norm)."""
+    outputs = model(tokens, output_hidden_states=True)
+    captured = []
+    handle = architecture.blocks(model)[-1].register_forward_hook(
+        lambda module, inputs, output: captured.append(output[0] if isinstance(output, tuple) else output))
+    model(tokens)
+    handle.remove()
+    return torch.stack([*outputs.hidden_states[:-1], captured[0]]), outputs.logits
+
+
+def tl_residual_streams(model, tokens):
+    logits, cache = model.run_with_cache(tokens)
+    n = model.cfg.n_layers
+    return torch.stack([cache[f"blocks.{i}.hook_resid_pre"] for i in range(n)] + [cache[f"blocks.{n - 1}.hook_resid_post"]]), logits
+
+
+@torch.no_grad()
+def test_three_backends_agree_on_tiny_models(tiny_checkpoint):
+    hf_model = load_model(tiny_checkpoint)
+    lens = load_model(tiny_checkpoint, backend="transformer_lens")
+    nn_model = load_model(tiny_checkpoint, backend="nnsight")
+
+    hf_resid, hf_logits = hf_residual_streams(hf_model, TOKENS)
+    tl_resid, tl_logits = tl_residual_streams(lens, TOKENS)
+    with nn_model.trace(TOKENS):
+        nn_logits = nn_model.output.logits.save()
+
+    assert tl_resid.shape == hf_resid.shape
+    torch.testing.assert_close(tl_resid, hf_resid, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tl_logits, hf_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(nn_logits, hf_logits, atol=0, rtol=0)
+
+
+def test_course_model_loads_three_ways_with_equal_activations():
+    hf_model = load_model("course")
+    assert isinstance(hf_model, GPT2LMHeadModel)
+    lens = load_model("course", backend="transformer_lens")
+    tokenizer = load_tokenizer("course")
+    tokens = tokenizer("<|endoftext|>When Mary and John went to the shop, John gave a drink to", return_tensors="pt").input_ids
+    with torch.no_grad():
+        hf_resid, hf_logits = hf_residual_streams(hf_model, tokens)
+        tl_resid, tl_logits = tl_residual_streams(lens, tokens)
+    torch.testing.assert_close(tl_resid, hf_resid, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(tl_logits, hf_logits, atol=1e-3, rtol=1e-4)
+    assert torch.equal(lens.to_tokens("The capital of France is"), tokenizer("<|endoftext|>The capital of France is", return_tensors="pt").input_ids)
+
+
+def test_course_tokenizer_pads_with_end_of_text():
+    tokenizer = load_tokenizer("course")
+    assert tokenizer.pad_token == tokenizer.eos_token == tokenizer.bos_token == "<|endoftext|>"
+    assert tokenizer.convert_tokens_to_ids("<|endoftext|>") == 0
+
+
+def test_architecture_helpers(tiny_checkpoint):
+    model = load_model(tiny_checkpoint)
+    assert architecture.n_layers(model) == len(architecture.blocks(model)) == 2
+    assert architecture.d_model(model) == 64
+    assert architecture.token_embedding(model).weight.shape == (model.config.vocab_size, 64)
+    assert architecture.unembedding(model).weight.shape == (model.config.vocab_size, 64)
+    resid = torch.randn(1, 3, 64)
+    assert architecture.final_norm(model)(resid).shape == resid.shape
+    assert architecture.check_layer(model, -1) == 1
+    with pytest.raises(ValueError, match="this model has 2 layers, numbered 0 to 1"):
+        architecture.check_layer(model, 2)
+
+
+def test_architecture_helpers_on_nnsight_model(tiny_checkpoint):
+    model = load_model(tiny_checkpoint, backend="nnsight")
+    with model.trace(TOKENS):
+        normed = architecture.final_norm(model).output.save()
+    assert normed.shape == (*TOKENS.shape, 64)
+
+
+def test_architecture_rejects_other_objects():
+    with pytest.raises(TypeError, match="expected a transformers model or an nnsight TransformersModel"):
+        architecture.blocks(torch.nn.Linear(2, 2))
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="unknown backend 'pytorch': use one of 'hf', 'nnsight', 'transformer_lens'"):
+        load_model("course", backend="pytorch")
+
+
+def test_hub_name_offline_fails_fast_with_the_fix():
+    with pytest.raises(ModelNotAvailableError, match="use MODEL = 'course' here"):
+        resolve_checkpoint("EleutherAI/pythia-70m-not-cached")
+
+
+def test_missing_directory_and_directory_without_config(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_checkpoint(str(tmp_path / "nowhere"))
+    with pytest.raises(CheckpointError, match="without config.json"):
+        resolve_checkpoint(tmp_path)
+
+
+def test_course_checkpoint_matches_its_manifest():
+    manifest = verify_checkpoint(COURSE_MODEL_DIR)
+    assert set(manifest["files"]) >= {"model.safetensors", "config.json", "tokenizer.json"}
+    assert manifest["tokens_trained"] == manifest["steps"] * manifest["config"]["batch_size"] * manifest["config"]["context_length"]
+
+
+def test_corrupted_checkpoint_is_named_with_the_fix(tmp_path):
+    copy = shutil.copytree(COURSE_MODEL_DIR, tmp_path / "course")
+    with (copy / "config.json").open("a") as handle:
+        handle.write(" ")
+    with pytest.raises(CheckpointError, match=r"config.json does not match the SHA-256 .* git checkout"):
+        verify_checkpoint(copy)
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        verify_checkpoint(copy)
+
+
+def test_write_manifest_records_checksums(tiny_checkpoint, tmp_path):
+    copy = shutil.copytree(tiny_checkpoint, tmp_path / "copy")
+    manifest = write_manifest(copy, name="tiny", steps=3)
+    assert json.loads((copy / "manifest.json").read_text()) == manifest
+    assert manifest["steps"] == 3 and len(manifest["files"]["model.safetensors"]["sha256"]) == 64
+    assert verify_checkpoint(copy) == manifest

@@ -1,0 +1,277 @@
+"""Load the course model (or any GPT-2, Pythia or Llama checkpoint) with the three libraries the course uses.
+
+``load_model(MODEL)`` is the one line every notebook starts with::
+
+    model = load_model("course")                               # transformers GPT2LMHeadModel
+    model = load_model("course", backend="nnsight")            # nnsight TransformersModel
+    model = load_model("course", backend="transformer_lens")   # TransformerLens HookedTransformer
+    model = load_model("gpt2")                                 # the real GPT-2, where the hub is reachable
+
+``name`` is ``"course"`` (the checkpoint shipped in ``utils/assets/course_model``), a local
+directory in Hugging Face format, or a hub name. All three backends hold the same weights: the
+residual stream and the logits agree to float precision (``tests/test_models.py`` checks it).
+
+The course checkpoint carries ``manifest.json`` (how it was trained and the SHA-256 of its files);
+``load_model("course")`` verifies it so that a corrupted or half-written checkpoint fails loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from nnsight import TransformersModel
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+COURSE_MODEL_NAME = "course"
+COURSE_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "course_model"
+MANIFEST_FILE = "manifest.json"
+#: The files whose checksums the manifest records (those present are recorded).
+CHECKSUMMED_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
+RETRAIN_HINT = ("restore the shipped files with `git checkout -- utils/assets/course_model` "
+                "or retrain with `python -m utils.course_model train`")
+
+Backend = Literal["hf", "nnsight", "transformer_lens"]
+BACKENDS: tuple[Backend, ...] = ("hf", "nnsight", "transformer_lens")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not match its manifest."""
+
+
+class ModelNotAvailableError(OSError):
+    """A hub model was asked for on a machine that cannot download it."""
+
+
+# --------------------------------------------------------------------------------------------
+# The manifest
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(checkpoint_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Write ``manifest.json`` into ``checkpoint_dir``: ``fields`` plus the checksums of its files.
+
+    Returns the manifest as a dict. ``fields`` must be JSON-serialisable (how the model was trained:
+    tokens, steps, losses, seconds, command, config...).
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    files = {
+        name: {"sha256": file_sha256(checkpoint_dir / name), "bytes": (checkpoint_dir / name).stat().st_size}
+        for name in CHECKSUMMED_FILES if (checkpoint_dir / name).exists()
+    }
+    if "model.safetensors" not in files:
+        raise CheckpointError(f"{checkpoint_dir} has no model.safetensors: save the model before writing its manifest")
+    manifest = {**fields, "files": files}
+    (checkpoint_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def read_manifest(checkpoint_dir: Path = COURSE_MODEL_DIR) -> dict[str, Any]:
+    """The manifest of a checkpoint directory (raises :class:`CheckpointError` when it is missing)."""
+    path = Path(checkpoint_dir) / MANIFEST_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing: {RETRAIN_HINT}")
+    return json.loads(path.read_text())
+
+
+def verify_checkpoint(checkpoint_dir: Path = COURSE_MODEL_DIR) -> dict[str, Any]:
+    """Check every file listed in the manifest against its SHA-256; return the manifest.
+
+    Raises :class:`CheckpointError` naming the first missing or modified file, and how to fix it.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    manifest = read_manifest(checkpoint_dir)
+    for name, expected in manifest["files"].items():
+        path = checkpoint_dir / name
+        if not path.exists():
+            raise CheckpointError(f"{path} is missing from the checkpoint: {RETRAIN_HINT}")
+        if file_sha256(path) != expected["sha256"]:
+            raise CheckpointError(
+                f"{path} does not match the SHA-256 in {MANIFEST_FILE} (modified, truncated or a Git LFS "
+                f"pointer?): {RETRAIN_HINT}")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Finding a checkpoint
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(flag, "").strip().lower() in {"1", "true", "yes", "on"}
+               for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def resolve_checkpoint(name: str | Path) -> str:
+    """Where ``name`` is loaded from: the course directory, a local directory or a hub name.
+
+    ``"course"`` is verified against its manifest. A hub name on an offline machine (``HF_HUB_OFFLINE=1``)
+    raises :class:`ModelNotAvailableError` at once, unless it is already in the local hub cache.
+    """
+    if str(name) == COURSE_MODEL_NAME:
+        verify_checkpoint(COURSE_MODEL_DIR)
+        return str(COURSE_MODEL_DIR)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{path} is a directory without config.json: pass a directory written by "
+                                  "`model.save_pretrained(...)` (Hugging Face format)")
+        return str(path.resolve())
+    if str(name).startswith((".", "/", "~")):
+        raise CheckpointError(f"{name} does not exist: pass an existing checkpoint directory, 'course' or a hub name")
+    if _hub_offline() and not _in_hub_cache(str(name)):
+        raise ModelNotAvailableError(
+            f"'{name}' is a hub model and this machine is offline (HF_HUB_OFFLINE=1) without a cached copy: "
+            f"use MODEL = 'course' here, or run the notebook where the hub is reachable (e.g. Colab)")
+    return str(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_tokenizer(name: str | Path = COURSE_MODEL_NAME) -> PreTrainedTokenizerBase:
+    """The tokenizer of checkpoint ``name``, with a pad token (the EOS token, as GPT-2 does) for batching."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_hf_model(name: str | Path = COURSE_MODEL_NAME, *, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A ``transformers`` causal LM in eval mode with eager attention (so attention weights can be returned)."""
+    checkpoint = resolve_checkpoint(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype, attn_implementation="eager")
+    except OSError as error:
+        raise ModelNotAvailableError(f"could not load '{name}' ({error}): check the name, or use MODEL = 'course'") from error
+    return model.to(device).eval()
+
+
+def load_model(name: str | Path = COURSE_MODEL_NAME, backend: Backend = "hf", *,
+               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               ) -> PreTrainedModel | TransformersModel | HookedTransformer:
+    """Load checkpoint ``name`` with ``backend``: ``"hf"``, ``"nnsight"`` or ``"transformer_lens"``.
+
+    - ``"hf"``: a ``transformers`` model (``GPT2LMHeadModel`` for the course model), eval mode.
+    - ``"nnsight"``: ``nnsight.TransformersModel`` (text generation; the class ``LanguageModel`` used to be)
+      wrapping that model, with its tokenizer.
+    - ``"transformer_lens"``: a ``HookedTransformer`` with the same weights, *unprocessed* (no layer-norm
+      folding or centring), so its hook values equal the ``transformers`` activations.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(map(repr, BACKENDS))}")
+    hf_model = load_hf_model(name, device=device, dtype=dtype)
+    if backend == "hf":
+        return hf_model
+    tokenizer = load_tokenizer(name)
+    if backend == "nnsight":
+        from nnsight import TransformersModel
+
+        return TransformersModel(hf_model, tokenizer=tokenizer, task="text-generation")
+    return to_hooked_transformer(hf_model, tokenizer)
+
+
+# --------------------------------------------------------------------------------------------
+# TransformerLens, offline
+
+
+def hooked_transformer_config(hf_config: PretrainedConfig, *, device: str | torch.device = "cpu",
+                              dtype: torch.dtype = torch.float32) -> HookedTransformerConfig:
+    """The ``HookedTransformerConfig`` equivalent to a GPT-2, GPT-NeoX or Llama ``transformers`` config.
+
+    Built from the config object alone, so it never contacts the hub (TransformerLens's own
+    ``from_pretrained`` looks names up in its list of official models).
+    """
+    from transformer_lens import HookedTransformerConfig
+
+    architecture = (hf_config.architectures or [type(hf_config).__name__])[0]
+    common = dict(
+        d_model=hf_config.hidden_size, n_heads=hf_config.num_attention_heads,
+        d_head=hf_config.hidden_size // hf_config.num_attention_heads, n_layers=hf_config.num_hidden_layers,
+        d_vocab=hf_config.vocab_size, n_ctx=hf_config.max_position_embeddings, device=str(device), dtype=dtype,
+        original_architecture=architecture, model_name=getattr(hf_config, "name_or_path", "") or architecture,
+        init_weights=False,
+    )
+    if hf_config.model_type == "gpt2":
+        family = dict(
+            d_mlp=hf_config.n_inner or 4 * hf_config.n_embd, act_fn=hf_config.activation_function,
+            eps=hf_config.layer_norm_epsilon, normalization_type="LN", positional_embedding_type="standard",
+            use_attn_scale=hf_config.scale_attn_weights,
+            scale_attn_by_inverse_layer_idx=hf_config.scale_attn_by_inverse_layer_idx,
+        )
+    elif hf_config.model_type == "gpt_neox":
+        d_head = common["d_head"]
+        family = dict(
+            d_mlp=hf_config.intermediate_size, act_fn=hf_config.hidden_act, eps=hf_config.layer_norm_eps,
+            normalization_type="LN", positional_embedding_type="rotary",
+            rotary_dim=round(_neox_rotary_pct(hf_config) * d_head), rotary_adjacent_pairs=False,
+            rotary_base=_rope_theta(hf_config), parallel_attn_mlp=hf_config.use_parallel_residual,
+            default_prepend_bos=False,
+        )
+    elif hf_config.model_type == "llama":
+        n_kv = hf_config.num_key_value_heads
+        family = dict(
+            d_mlp=hf_config.intermediate_size, act_fn=hf_config.hidden_act, eps=hf_config.rms_norm_eps,
+            normalization_type="RMS", final_rms=True, gated_mlp=True, positional_embedding_type="rotary",
+            rotary_dim=common["d_head"], rotary_adjacent_pairs=False, rotary_base=_rope_theta(hf_config),
+            n_key_value_heads=n_kv if n_kv != hf_config.num_attention_heads else None,
+        )
+    else:
+        raise NotImplementedError(
+            f"no TransformerLens conversion for model type {hf_config.model_type!r}: the course supports "
+            "gpt2, gpt_neox (Pythia) and llama; use backend='hf' or 'nnsight' for other models")
+    return HookedTransformerConfig(**common, **family)
+
+
+def _rope_theta(hf_config: PretrainedConfig) -> float:
+    parameters = getattr(hf_config, "rope_parameters", None) or {}
+    return float(parameters.get("rope_theta", getattr(hf_config, "rope_theta", 10_000.0)))
+
+
+def _neox_rotary_pct(hf_config: PretrainedConfig) -> float:
+    parameters = getattr(hf_config, "rope_parameters", None) or {}
+    return float(parameters.get("partial_rotary_factor", getattr(hf_config, "rotary_pct", 1.0)))
+
+
+def to_hooked_transformer(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> HookedTransformer:
+    """A ``HookedTransformer`` holding ``hf_model``'s weights, unprocessed, in eval mode, on its device."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions import (
+        convert_gpt2_weights, convert_llama_weights, convert_neox_weights,
+    )
+
+    cfg = hooked_transformer_config(hf_model.config, device=hf_model.device, dtype=hf_model.dtype)
+    convert = {"gpt2": convert_gpt2_weights, "gpt_neox": convert_neox_weights, "llama": convert_llama_weights}
+    state_dict = convert[hf_model.config.model_type](hf_model, cfg)
+    with warnings.catch_warnings():
+        # TransformerLens 3 marks HookedTransformer deprecated in favour of TransformerBridge, but it is the
+        # HookedRootModule that sae-lens trains on, and its hook names are the ones the field's papers use.
+        warnings.filterwarnings("ignore", "HookedTransformer is deprecated", DeprecationWarning)
+        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
+        fold_value_biases=False, refactor_factored_attn_matrices=False)
+    return model.to(hf_model.device).eval()
