@@ -72,9 +72,13 @@ test: book
 	  $(VPY) -m pytest $(NBVAL_FLAGS) $(PYTEST_FLAGS) solutions/; \
 	else echo "no solutions/*.ipynb yet: nbval skipped"; fi
 
-# Regenerate the exercise notebooks labs/*.ipynb from solutions/*.ipynb.
+# Regenerate the exercise notebooks labs/*.ipynb from solutions/*.ipynb: first rewrite each
+# solution's colab-install cell from pyproject.toml (version, repository), then build the labs,
+# then check the conventions (python -m utils.notebooks --help for the other commands).
 labs: $(STAMP)
+	$(VPY) -m utils.notebooks sync
 	$(VPY) -m utils.notebooks build-labs
+	$(VPY) -m utils.notebooks lint
 
 clean:
 	rm -rf _build .pytest_cache

@@ -11,22 +11,16 @@ import torch
 from transformers import AutoTokenizer
 
 from utils.course_model.evaluate import Metric, evaluate, format_card
-from utils.course_model.train import COURSE_MODEL_DIR, TrainConfig, learning_rate_at, pack_documents, train
-from utils.models import load_model, load_tokenizer
+from utils.course_model.train import TrainConfig, learning_rate_at, pack_documents, train
+from utils.models import COURSE_MODEL_DIR, load_model, load_tokenizer
 from utils.world import DEFAULT_MIX, eval_set, generate_corpus
 from utils.world.vocabulary import CAPITALS, NAMES
-
-requires_checkpoint = pytest.mark.skipif(
-    not (COURSE_MODEL_DIR / "manifest.json").exists(),
-    reason="no shipped checkpoint: run `python -m utils.course_model train`")
-
 
 @pytest.fixture(scope="module")
 def course_tokenizer() -> AutoTokenizer:
     return AutoTokenizer.from_pretrained(COURSE_MODEL_DIR)
 
 
-@requires_checkpoint
 def test_tokenizer_round_trips_every_family_and_defines_bos_eos(course_tokenizer) -> None:
     tok = course_tokenizer
     assert 2000 <= len(tok) <= 8192
@@ -38,14 +32,12 @@ def test_tokenizer_round_trips_every_family_and_defines_bos_eos(course_tokenizer
             assert tok.decode(ids) == doc.text
 
 
-@requires_checkpoint
 def test_world_words_are_single_tokens_and_digits_are_split(course_tokenizer) -> None:
     for word in [*NAMES, *CAPITALS.values()]:
         assert len(course_tokenizer(" " + word)["input_ids"]) == 1, word
     assert course_tokenizer.tokenize(" 47") == ["Ġ", "4", "7"]
 
 
-@requires_checkpoint
 def test_packing_joins_documents_with_eos_into_fixed_windows(course_tokenizer) -> None:
     texts = [d.text for d in generate_corpus(50, seed=0)]
     windows = pack_documents(texts, course_tokenizer, context_length=32)
@@ -80,14 +72,12 @@ def model_card() -> dict:
     return evaluate(load_model("course"), load_tokenizer("course"), n=100)
 
 
-@requires_checkpoint
 @pytest.mark.slow
 def test_shipped_model_meets_every_threshold_of_its_model_card(model_card: dict) -> None:
     failed = [m["name"] for m in model_card["metrics"] if m["passed"] is False]
     assert not failed, format_card(model_card)
 
 
-@requires_checkpoint
 @pytest.mark.slow
 def test_shipped_model_card_matches_the_stored_evaluation(model_card: dict) -> None:
     """The table shown on the chapter 0 page is the one this checkpoint earns (within noise of n)."""

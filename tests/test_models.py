@@ -33,6 +33,17 @@ def hf_residual_streams(model, tokens):
     return torch.stack([*outputs.hidden_states[:-1], captured[0]]), outputs.logits
 
 
+def nnsight_residual_streams(model, tokens):
+    blocks = architecture.blocks(model)
+    streams = []
+    with model.trace(tokens):
+        for block in blocks:
+            streams.append(block.input.save())
+        streams.append(blocks[-1].output.save())
+        logits = model.output.logits.save()
+    return torch.stack([s[0] if isinstance(s, tuple) else s for s in streams]), logits
+
+
 def tl_residual_streams(model, tokens):
     logits, cache = model.run_with_cache(tokens)
     n = model.cfg.n_layers
@@ -45,28 +56,33 @@ def test_three_backends_agree_on_tiny_models(tiny_checkpoint):
     lens = load_model(tiny_checkpoint, backend="transformer_lens")
     nn_model = load_model(tiny_checkpoint, backend="nnsight")
 
-    hf_resid, hf_logits = hf_residual_streams(hf_model, TOKENS)
+    hf_resid, hf_logits = hf_residual_streams(hf_model, TOKENS)   # [n_layers + 1, batch, pos, d_model]
     tl_resid, tl_logits = tl_residual_streams(lens, TOKENS)
-    with nn_model.trace(TOKENS):
-        nn_logits = nn_model.output.logits.save()
+    nn_resid, nn_logits = nnsight_residual_streams(nn_model, TOKENS)
 
-    assert tl_resid.shape == hf_resid.shape
+    assert tl_resid.shape == nn_resid.shape == hf_resid.shape == (3, *TOKENS.shape, 64)
     torch.testing.assert_close(tl_resid, hf_resid, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tl_logits, hf_logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(nn_logits, hf_logits, atol=0, rtol=0)
+    torch.testing.assert_close(nn_resid, hf_resid, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(nn_logits, hf_logits, atol=1e-6, rtol=1e-6)
 
 
 def test_course_model_loads_three_ways_with_equal_activations():
     hf_model = load_model("course")
     assert isinstance(hf_model, GPT2LMHeadModel)
     lens = load_model("course", backend="transformer_lens")
+    nn_model = load_model("course", backend="nnsight")
     tokenizer = load_tokenizer("course")
     tokens = tokenizer("<|endoftext|>When Mary and John went to the shop, John gave a drink to", return_tensors="pt").input_ids
     with torch.no_grad():
         hf_resid, hf_logits = hf_residual_streams(hf_model, tokens)
         tl_resid, tl_logits = tl_residual_streams(lens, tokens)
+        nn_resid, nn_logits = nnsight_residual_streams(nn_model, tokens)
+    assert hf_resid.shape[0] == hf_model.config.n_layer + 1
     torch.testing.assert_close(tl_resid, hf_resid, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(tl_logits, hf_logits, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(tl_logits, hf_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(nn_resid, hf_resid, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(nn_logits, hf_logits, atol=1e-6, rtol=1e-6)
     assert torch.equal(lens.to_tokens("The capital of France is"), tokenizer("<|endoftext|>The capital of France is", return_tensors="pt").input_ids)
 
 

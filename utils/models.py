@@ -275,3 +275,32 @@ def to_hooked_transformer(hf_model: PreTrainedModel, tokenizer: PreTrainedTokeni
         state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
         fold_value_biases=False, refactor_factored_attn_matrices=False)
     return model.to(hf_model.device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny random models of each family (tests and checkers: the hub architectures, without the hub)
+
+TINY_FAMILIES = ("gpt2", "gpt_neox", "llama")
+
+
+def tiny_random_config(family: str, vocab_size: int = 320) -> PretrainedConfig:
+    """A 2-layer, d_model 64, 4-head config of ``family`` (Llama with 2 key-value heads: grouped queries)."""
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    shared = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0)
+    if family == "gpt2":
+        return GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128, **shared)
+    if family == "gpt_neox":
+        return GPTNeoXConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=256,
+                             max_position_embeddings=128, rotary_pct=0.25, **shared)
+    if family == "llama":
+        return LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
+                           intermediate_size=128, max_position_embeddings=128, **shared)
+    raise ValueError(f"unknown family {family!r}: use one of {', '.join(TINY_FAMILIES)}")
+
+
+def tiny_random_model(family: str, seed: int = 0, vocab_size: int = 320) -> PreTrainedModel:
+    """A randomly initialised tiny causal LM of ``family`` in eval mode (weights fixed by ``seed``)."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_random_config(family, vocab_size), attn_implementation="eager")
+    return model.eval()

@@ -100,7 +100,8 @@ def greedy_matches(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 @torch.no_grad()
 def continue_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int,
                   *, temperature: float = 0.0, stop: str | None = "\n", seed: int = 0) -> str:
-    """Continue ``prompt`` greedily (``temperature=0``) or by sampling, until ``stop`` appears."""
+    """Continue ``prompt`` greedily (``temperature=0``) or by sampling, until ``stop`` appears
+    or the model ends the document (``<|endoftext|>``)."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.tensor([encode(tokenizer, prompt)])
     past, new_ids = None, []
@@ -111,9 +112,11 @@ def continue_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
             token = int(logits.argmax())
         else:
             token = int(torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator))
+        if token == tokenizer.eos_token_id:  # the document ends here
+            break
         new_ids.append(token)
         ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-        if ids.shape[1] >= model.config.n_positions:
+        if ids.shape[1] >= model.config.max_position_embeddings:
             break
         text = tokenizer.decode(new_ids)
         if stop is not None and stop in text:
@@ -179,6 +182,20 @@ def ioi_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: 
     rows = torch.arange(len(docs))
     difference = logits[rows, io] - logits[rows, s]
     return (difference > 0).float().mean().item(), difference.mean().item()
+
+
+def in_context_snapshot(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int = 32) -> dict[str, float]:
+    """The in-context skills that emerge late in training, measured cheaply on ``n`` prompts:
+    the induction loss gap, the best induction score and IOI accuracy. The training loop logs
+    it, so the training log shows when induction heads form."""
+    was_training, implementation = model.training, model.config._attn_implementation
+    model.eval()
+    model.set_attn_implementation("eager")
+    first, second, induction = induction_metrics(model, tokenizer, n)
+    ioi, _ = ioi_accuracy(model, tokenizer, 2 * n)
+    model.set_attn_implementation(implementation)
+    model.train(was_training)
+    return {"induction_gap": first - second, "induction_score": induction.max().item(), "ioi_accuracy": ioi}
 
 
 def agreement_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int) -> float:

@@ -22,6 +22,7 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from utils.course_model.evaluate import in_context_snapshot
 from utils.course_model.tokenizer import train_tokenizer
 from utils.models import COURSE_MODEL_DIR, write_manifest
 from utils.world import DEFAULT_MIX, generate_corpus
@@ -37,7 +38,7 @@ class TrainConfig:
     d_model: int = 256
     context_length: int = 256
     vocab_size: int = 2048
-    tokens: int = 5_600_000
+    tokens: int = 9_000_000
     batch_size: int = 16
     learning_rate: float = 2e-3
     min_learning_rate: float = 2e-4
@@ -151,6 +152,8 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
                      "learning_rate": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
             if step % config.validate_every == 0 or step == len(batches) - 1:
                 entry["validation_loss"] = validation_loss(model, validation)
+                entry.update(in_context_snapshot(model, tokenizer))
+                progress.write(", ".join(f"{k} {v:.3g}" for k, v in entry.items()))
             log.append(entry)
             progress.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - started

@@ -382,13 +382,20 @@ RANDOM_WORD_POOL: tuple[str, ...] = tuple(sorted(set(
     FILLER_WORDS + JOBS + tuple(w for pair in AGREEMENT_NOUNS for w in pair) + tuple(PLURALS))))
 
 
-def sequence(rng: random.Random, *, kind: Literal["count", "days", "months", "repeat"] | None = None,
-             length: int | None = None) -> Document:
+SequenceKind = Literal["count", "days", "months", "repeat"]
+#: How often each kind of sequence is drawn: mostly repeats, the data that teaches in-context
+#: copying (induction heads, Olsson et al. 2022), which the IOI and few-shot behaviours build on.
+SEQUENCE_KIND_WEIGHTS: dict[str, float] = {"count": 0.1, "days": 0.05, "months": 0.05, "repeat": 0.8}
+REPEAT_SEPARATORS: tuple[str, ...] = (". ", " ", "\n", ", again: ")
+
+
+def sequence(rng: random.Random, *, kind: SequenceKind | None = None, length: int | None = None) -> Document:
     """An ordered sequence, or a random word sequence followed by an exact repeat.
 
-    For ``kind="repeat"`` the spans ``first_copy`` and ``second_copy`` mark the two copies.
+    For ``kind="repeat"`` the spans ``first_copy`` and ``second_copy`` mark the two copies;
+    the separator between them varies (full stop, space, new line, ", again: ").
     """
-    kind = kind or rng.choice(["count", "days", "months", "repeat", "repeat"])
+    kind = kind or rng.choices(list(SEQUENCE_KIND_WEIGHTS), list(SEQUENCE_KIND_WEIGHTS.values()))[0]
     out = TextBuilder()
     if kind == "count":
         start, length = rng.randint(1, 60), length or rng.randint(5, 20)
@@ -398,9 +405,9 @@ def sequence(rng: random.Random, *, kind: Literal["count", "days", "months", "re
         start, length = rng.randrange(len(items)), length or rng.randint(4, 12)
         out.add(", ".join(items[(start + i) % len(items)] for i in range(length)) + ".")
     else:
-        length = length or rng.randint(5, 25)
+        length = length or rng.randint(5, 40)
         words = " ".join(rng.choice(RANDOM_WORD_POOL) for _ in range(length))
-        out.add(words, "first_copy", "").add(". ").add(words, "second_copy", "").add(".")
+        out.add(words, "first_copy", "").add(rng.choice(REPEAT_SEPARATORS)).add(words, "second_copy", "").add(".")
     return Document(out.text, "sequence", {"kind": kind, "length": length}, tuple(out.spans))
 
 

@@ -1,0 +1,269 @@
+"""The checks framework (utils/checks.py): what a learner sees when an exercise is right or wrong.
+
+The reference is a softmax; the wrong answers are the ones learners write (softmax over the wrong
+dim, forgetting to normalise, dropping a dimension, returning a list).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from utils.checks import (
+    CHECK_LOG_ENV,
+    Case,
+    CheckResult,
+    assert_accepts,
+    assert_rejects,
+    check_function,
+    check_value,
+    compare,
+)
+
+HINT = "divide exp(x) by its sum along dim"
+
+
+def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return torch.softmax(x, dim=dim)
+
+
+def softmax_over_wrong_dim(x, dim=-1):
+    return torch.softmax(x, dim=0)
+
+
+def softmax_not_normalised(x, dim=-1):
+    return (x - x.amax(dim=dim, keepdim=True)).exp()
+
+
+def softmax_without_keepdim(x, dim=-1):
+    return x.exp().sum(dim=dim)
+
+
+def softmax_in_place(x, dim=-1):
+    result = torch.softmax(x, dim=dim)
+    x.zero_()  # vandalises its input: the reference must not see it
+    return result
+
+
+def cases() -> list[Case]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        Case("batch of 1", torch.randn(1, 7, generator=generator)),
+        Case("batch of 3", torch.randn(3, 5, generator=generator)),
+        Case("along dim 0", torch.randn(4, 2, generator=generator), dim=0),
+    ]
+
+
+def check_softmax(learner_fn, **kwargs) -> CheckResult:
+    return check_function(learner_fn, softmax, cases(), exercise="0.1 (softmax)", hint=HINT, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# check_function
+
+
+def test_accepts_the_reference_and_prints_one_line(capsys):
+    result = check_softmax(softmax)
+    assert_accepts(result)
+    assert bool(result) is True
+    assert capsys.readouterr().out == "✅ Exercise 0.1 (softmax): passed on 3 inputs\n"
+    assert result.exercise_id == "0.1" and result.message == "passed on 3 inputs"
+
+
+def test_accepts_an_equivalent_implementation():
+    def by_hand(x, dim=-1):
+        exps = (x - x.amax(dim=dim, keepdim=True)).exp()
+        return exps / exps.sum(dim=dim, keepdim=True)
+
+    assert_accepts(check_softmax(by_hand))
+
+
+def test_rejects_softmax_over_the_wrong_dim(capsys):
+    result = check_softmax(softmax_over_wrong_dim)
+    # over dim 0, a batch of 1 is all ones: the first case already fails
+    assert_rejects(result, r"^input 'batch of 1': first difference at index \(0, 0\): expected 0\.\d{4}, got 1\.0000; "
+                           r"max abs diff [\d.]+ \(7 of 7 values differ\)\. Hint: divide exp")
+    line = capsys.readouterr().out
+    assert line.startswith("❌ Exercise 0.1 (softmax): input 'batch of 1': first difference")
+    assert line.count("\n") == 1
+
+
+def test_rejects_a_missing_normalisation():
+    assert_rejects(check_softmax(softmax_not_normalised), r"input 'batch of 1': first difference at index \(0, \d\)")
+
+
+def test_rejects_a_wrong_shape_before_comparing_values():
+    assert_rejects(check_softmax(softmax_without_keepdim), r"input 'batch of 1': expected shape \(1, 7\), got \(1,\)")
+
+
+def test_rejects_a_list_instead_of_a_tensor():
+    result = check_softmax(lambda x, dim=-1: torch.softmax(x, dim=dim).tolist())
+    assert_rejects(result, r"expected a tensor of shape \(1, 7\), got a list of length 1")
+
+
+def test_reports_an_exception_in_the_learner_function_without_traceback(capsys):
+    def broken(x, dim=-1):
+        raise ValueError("bad\nthing")
+
+    result = check_softmax(broken)
+    assert_rejects(result, r"^input 'batch of 1': your function raised ValueError: bad thing\. Hint: ")
+    output = capsys.readouterr().out
+    assert output.count("\n") == 1 and "Traceback" not in output
+
+
+def test_not_implemented_error_propagates_and_logs_nothing(tmp_path, monkeypatch, capsys):
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv(CHECK_LOG_ENV, str(log))
+
+    def unfinished(x, dim=-1):
+        raise NotImplementedError("Exercise 0.1: write this function, then run the check below")
+
+    with pytest.raises(NotImplementedError, match="Exercise 0.1"):
+        check_softmax(unfinished)
+    assert capsys.readouterr().out == ""
+    assert not log.exists()
+
+
+def test_in_place_edits_by_the_learner_do_not_corrupt_the_reference():
+    assert_accepts(check_softmax(softmax_in_place))
+
+
+def test_both_functions_get_the_same_seed_and_the_callers_random_state_is_kept():
+    def sample(probs):
+        return torch.multinomial(probs, 5, replacement=True)
+
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    result = check_function(sample, sample, [Case("uniform", torch.ones(2, 10))], exercise="0.2", hint="")
+    assert_accepts(result)
+    assert torch.equal(torch.rand(3), before), "the check changed the notebook's random state"
+
+
+def test_a_bare_exercise_number_gets_the_function_name(capsys):
+    check_function(softmax, softmax, cases()[:1], exercise="0.1", hint=HINT)
+    assert capsys.readouterr().out == "✅ Exercise 0.1 (softmax): passed on 1 input\n"
+
+
+def test_an_exercise_without_a_number_is_a_course_bug():
+    with pytest.raises(ValueError, match="must start with its number N.M"):
+        check_function(softmax, softmax, cases(), exercise="softmax", hint=HINT)
+
+
+def test_a_failing_reference_is_reported_as_a_course_bug():
+    with pytest.raises(RuntimeError, match="reference solution .* failed on input 'batch of 1'.*bug in the course"):
+        check_function(softmax, lambda x, dim=-1: 1 / 0, cases(), exercise="0.1", hint=HINT)
+
+
+def test_passing_the_result_instead_of_the_function(capsys):
+    result = check_softmax(softmax(torch.ones(2)))
+    assert_rejects(result, r"expected a function, got a tensor of shape \(2,\)")
+
+
+# --------------------------------------------------------------------------------------------
+# compare: tensors, numbers, containers
+
+
+def test_float_tensors_are_compared_whatever_their_precision():
+    x = torch.randn(3, 4)
+    assert compare(x.double(), x) is None
+    assert compare(x.half(), x, atol=1e-2, rtol=1e-2) is None
+
+
+def test_integer_and_bool_tensors_are_compared_exactly():
+    assert compare(torch.tensor([1, 2, 3], dtype=torch.int32), torch.tensor([1, 2, 3])) is None
+    assert compare(torch.tensor([1, 2, 4]), torch.tensor([1, 2, 3])) == (
+        "first difference at index (2,): expected 3, got 4 (1 of 3 values differ)")
+    assert compare(torch.tensor([1.0, 2.0]), torch.tensor([1, 2])) == (
+        "expected an integer tensor (dtype torch.int64), got dtype torch.float32")
+    assert compare(torch.tensor([1, 0]), torch.tensor([True, False])).startswith("expected a bool tensor")
+
+
+def test_value_mismatch_names_the_first_difference_only():
+    expected = torch.tensor([[1.0, 2.0], [3.0, 2.312]])
+    got = torch.tensor([[1.0, 2.0], [3.0, 2.1]])
+    assert compare(got, expected) == (
+        "first difference at index (1, 1): expected 2.3120, got 2.1000; max abs diff 0.212 (1 of 4 values differ)")
+
+
+def test_nan_where_nan_is_expected_is_fine():
+    assert compare(torch.tensor([float("nan"), 1.0]), torch.tensor([float("nan"), 1.0])) is None
+    assert "expected 1.0000, got nan" in compare(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 1.0]))
+
+
+def test_nested_outputs_name_the_path():
+    expected = (torch.ones(2), {"loss": 1.5, "tokens": ["a", "b"]})
+    assert compare((torch.ones(2), {"loss": 1.5, "tokens": ["a", "b"]}), expected) is None
+    assert compare((torch.ones(2), {"loss": 1.6, "tokens": ["a", "b"]}), expected) == (
+        "output[1]['loss']: expected 1.5000, got 1.6000")
+    assert compare((torch.ones(2), {"loss": 1.5, "tokens": ["a", "c"]}), expected) == (
+        "output[1]['tokens'][1]: expected 'b', got 'c'")
+    assert compare((torch.ones(3), {}), expected) == "output[0]: expected shape (2,), got (3,)"
+    assert compare((torch.ones(2), {"loss": 1.5}), expected) == "output[1]: missing key 'tokens'"
+    assert compare([torch.ones(2)], expected) == "expected a tuple of length 2, got length 1"
+
+
+def test_numbers_bools_and_strings():
+    assert compare(0.30000001, 0.3) is None
+    assert compare(3, 3.0) is None
+    assert compare(0.31, 0.3) == "expected 0.3000, got 0.3100"
+    assert compare(torch.tensor(0.3), 0.3).startswith("expected a Python number, got a tensor of shape (): use .item()")
+    assert compare(1, True) == "expected a bool (True or False), got an int"
+    assert compare(False, True) == "expected True, got False"
+    assert compare(" Paris", " Paris") is None
+    assert compare(" Pari", " Paris") == "expected ' Paris', got ' Pari'"
+    long_expected = "x" * 70 + "tail"
+    assert compare("x" * 70 + "tall", long_expected).startswith("strings differ from character 72")
+
+
+# --------------------------------------------------------------------------------------------
+# check_value, the log, the display
+
+
+def test_check_value(capsys):
+    assert_accepts(check_value(2, 2, exercise="0.3 (top_class)", hint="argmax"))
+    result = check_value(1, 2, exercise="0.3 (top_class)", hint="argmax")
+    assert_rejects(result, r"^expected 2, got 1\. Hint: argmax$")
+    assert capsys.readouterr().out.splitlines() == [
+        "✅ Exercise 0.3 (top_class): correct", "❌ Exercise 0.3 (top_class): expected 2, got 1. Hint: argmax"]
+    with pytest.raises(NotImplementedError, match="Exercise 0.3: replace ..."):
+        check_value(..., 2, exercise="0.3", hint="")
+
+
+def test_results_are_logged_as_json_lines(tmp_path, monkeypatch):
+    log = tmp_path / "checks.jsonl"
+    monkeypatch.setenv(CHECK_LOG_ENV, str(log))
+    check_softmax(softmax)
+    check_softmax(softmax_over_wrong_dim)
+    check_value(1, 2, exercise="Exercise 0.3", hint="")
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [(r["exercise"], r["passed"]) for r in records] == [("0.1", True), ("0.1", False), ("0.3", False)]
+    assert set(records[0]) == {"exercise", "passed", "message"}
+    assert records[1]["message"].startswith("input 'batch of 1': first difference")
+
+
+def test_a_check_result_displays_nothing_in_jupyter():
+    from IPython.core.formatters import DisplayFormatter
+
+    result = CheckResult("0.1 (softmax)", True, "passed on 3 inputs")
+    assert DisplayFormatter().format(result) == ({}, {})
+    assert result._ipython_display_() is None
+    assert str(result) == "✅ Exercise 0.1 (softmax): passed on 3 inputs"
+
+
+def test_the_test_helpers_fail_loudly():
+    with pytest.raises(AssertionError, match="rejected a correct answer"):
+        assert_accepts(CheckResult("0.1", False, "nope"))
+    with pytest.raises(AssertionError, match="accepted a wrong answer"):
+        assert_rejects(CheckResult("0.1", True, "passed"), match="anything")
+    with pytest.raises(AssertionError, match="does not match"):
+        assert_rejects(CheckResult("0.1", False, "expected shape (1,)"), match="first difference")
+
+
+def test_case_needs_a_name_and_keeps_its_arguments():
+    case = Case("odd length 7", 1, 2, dim=0, name="kwarg named name is fine")
+    assert (case.name, case.args, case.kwargs) == ("odd length 7", (1, 2), {"dim": 0, "name": "kwarg named name is fine"})
+    with pytest.raises(TypeError, match="needs a name"):
+        Case(torch.ones(2))

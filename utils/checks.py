@@ -1,0 +1,541 @@
+"""Checkers for the course's exercises: run the learner's code against a reference, print one line.
+
+Every exercise of a lab ends with a checker call such as ``check_per_token_loss(per_token_loss)``.
+Chapter modules build their checkers from the two functions here::
+
+    from utils.checks import Case, check_function
+
+    def check_softmax(learner_fn):
+        cases = [Case("a row of 5", torch.randn(1, 5)), Case("columns", torch.randn(3, 4), dim=0)]
+        return check_function(learner_fn, torch.softmax, cases, exercise="1.1 (softmax)",
+                              hint="exponentiate, then divide by the sum over `dim`")
+
+A check prints exactly one line, for example::
+
+    ✅ Exercise 1.1 (softmax): passed on 2 inputs
+    ❌ Exercise 1.1 (softmax): input 'columns': first difference at index (0, 1): expected 0.2120, got 0.4512; max abs diff 0.239 (9 of 12 values differ). Hint: ...
+
+and returns a :class:`CheckResult` (truthy when it passed, invisible as a cell's last expression).
+
+Rules that every checker gets for free:
+
+- The learner's function and the reference run on *fresh copies* of the tensor arguments, so a
+  function that edits its input in place cannot corrupt the reference run or the next case.
+- Both run with the same random seed (``seed=0``), so sampling exercises can be compared; the
+  notebook's own random state is restored afterwards.
+- A learner function that raises ``NotImplementedError`` (the lab's placeholder) is *not* caught:
+  running a lab top to bottom stops at the first unfinished exercise. Any other exception becomes
+  a ❌ line naming the exception (no traceback).
+- Messages show the first difference only, never the whole reference output.
+- If the environment variable ``COURSE_CHECK_LOG`` names a file, each result is appended to it as a
+  JSON line ``{"exercise": "1.1", "passed": true, "message": "..."}`` (``python -m utils.grade``
+  reads it).
+
+Tests of checkers use :func:`assert_accepts` and :func:`assert_rejects`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import os
+import random
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECK_LOG_ENV",
+    "Case",
+    "CheckResult",
+    "assert_accepts",
+    "assert_rejects",
+    "check_function",
+    "check_value",
+    "compare",
+]
+
+#: Environment variable naming a file that receives one JSON line per check (used for grading).
+CHECK_LOG_ENV = "COURSE_CHECK_LOG"
+PASS_MARK, FAIL_MARK = "✅", "❌"
+#: The learner's exception messages are cut to this many characters in a check's line.
+MAX_ERROR_CHARS = 300
+#: Strings up to this length are shown whole when they differ.
+SHORT_STRING = 60
+
+_EXERCISE_ID = re.compile(r"^\s*(?:Exercise\s+)?(\d+\.\d+)(?!\.?\d)")
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and results
+
+
+class Case:
+    """One input of a check: a name shown on failure, and the arguments to call the functions with.
+
+    ``Case("batch of 1", logits, tokens, dim=-1)`` calls ``fn(logits, tokens, dim=-1)``. The name
+    says what is special about this input ("odd length 7", "layer 3", "tiny random Llama"), so a
+    learner who fails on it knows where to look.
+    """
+
+    __slots__ = ("name", "args", "kwargs")
+
+    def __init__(self, name: str, /, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise TypeError(f"Case needs a name (a non-empty string) as its first argument, got {name!r}")
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        return f"Case({self.name!r}, {len(self.args)} args, kwargs={sorted(self.kwargs)})"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check. Truthy when it passed; shows nothing as a cell's last expression.
+
+    ``exercise`` is the label printed after "Exercise" (e.g. ``"0.1 (per_token_loss)"``),
+    ``message`` what follows it (e.g. ``"passed on 4 inputs"``, or the problem and the hint).
+    """
+
+    exercise: str
+    passed: bool
+    message: str
+
+    @property
+    def exercise_id(self) -> str:
+        """The exercise number ``N.M`` at the start of :attr:`exercise`."""
+        return exercise_id(self.exercise)
+
+    @property
+    def line(self) -> str:
+        """The line the check printed."""
+        return f"{PASS_MARK if self.passed else FAIL_MARK} Exercise {self.exercise}: {self.message}"
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        return self.line
+
+    def _ipython_display_(self) -> None:
+        """The check already printed its line: display nothing more in Jupyter."""
+
+
+def exercise_id(exercise: str) -> str:
+    """``"0.1"`` from ``"0.1 (per_token_loss)"`` or ``"Exercise 0.1"``; ValueError for anything else."""
+    match = _EXERCISE_ID.match(exercise) if isinstance(exercise, str) else None
+    if not match:
+        raise ValueError(
+            f"exercise={exercise!r}: a check's exercise must start with its number N.M, "
+            "e.g. exercise='0.1 (per_token_loss)'"
+        )
+    return match.group(1)
+
+
+# --------------------------------------------------------------------------------------------
+# The two checks
+
+
+def check_function(
+    learner_fn: Callable[..., Any],
+    reference_fn: Callable[..., Any],
+    cases: Iterable[Case],
+    *,
+    exercise: str,
+    hint: str,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    seed: int | None = 0,
+) -> CheckResult:
+    """Run ``learner_fn`` and ``reference_fn`` on every case and compare their outputs.
+
+    Args:
+        learner_fn: the learner's function.
+        reference_fn: the course's solution, called with the same arguments.
+        cases: the inputs, each a :class:`Case`; the first failing one is reported.
+        exercise: ``"N.M"`` or ``"N.M (name)"``; with a bare ``"N.M"`` the learner's function
+            name is added.
+        hint: one or two sentences shown after a failure.
+        atol, rtol: tolerances for floating-point values (``|got - expected| <= atol + rtol * |expected|``).
+        seed: both functions run with ``torch``/``random`` seeded with it (``None``: not seeded);
+            the caller's random state is restored afterwards.
+
+    Returns:
+        The :class:`CheckResult`; its line has been printed.
+
+    Raises:
+        NotImplementedError: raised by ``learner_fn`` (an unfinished exercise) is passed on.
+    """
+    label = _label(exercise, learner_fn)
+    cases = list(cases)
+    if not cases:
+        raise ValueError(f"check for Exercise {label}: no cases given")
+    if not all(isinstance(case, Case) for case in cases):
+        raise TypeError(f"check for Exercise {label}: cases must be Case(name, *args, **kwargs) objects")
+    if not callable(learner_fn):
+        return _finish(label, False, f"expected a function, got {_describe_type(learner_fn)}: pass the "
+                                     "function itself (check(my_function)), not the result of calling it", hint)
+    for case in cases:
+        try:
+            actual = _call(learner_fn, case, seed)
+        except NotImplementedError:
+            raise
+        except Exception as error:  # the learner's bug: report it, no traceback
+            return _finish(label, False, f"input '{case.name}': your function raised {_describe_error(error)}", hint)
+        expected = _call_reference(reference_fn, case, seed, label)
+        problem = compare(actual, expected, atol=atol, rtol=rtol)
+        if problem is not None:
+            return _finish(label, False, f"input '{case.name}': {problem}", hint)
+    count = len(cases)
+    return _finish(label, True, f"passed on {count} input{'s' if count != 1 else ''}")
+
+
+def check_value(
+    learner_value: Any,
+    expected: Any,
+    *,
+    exercise: str,
+    hint: str,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> CheckResult:
+    """Compare a value the learner computed (not a function) with the expected one.
+
+    A learner value of ``...`` (the lab's placeholder, as in ``answer = ...``) raises
+    ``NotImplementedError``, like an unfinished function.
+    """
+    label = _label(exercise, None)
+    if learner_value is Ellipsis:
+        raise NotImplementedError(f"Exercise {exercise_id(exercise)}: replace ... with your answer, then run the check")
+    problem = compare(learner_value, expected, atol=atol, rtol=rtol)
+    if problem is not None:
+        return _finish(label, False, problem, hint)
+    return _finish(label, True, "correct")
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing outputs
+
+
+def compare(actual: Any, expected: Any, *, atol: float = 1e-5, rtol: float = 1e-4, path: str = "") -> str | None:
+    """``None`` when ``actual`` matches ``expected``, else a one-line description of the first difference.
+
+    Tensors (and numpy arrays) are compared by shape, then kind of dtype (floating point is
+    compared with tolerance whatever its precision; integers and booleans exactly), then values.
+    Numbers are compared with tolerance, bools/strings/None exactly, and tuples, lists and dicts
+    element by element, the message naming the path (``output[1]``, ``output['loss']``).
+    """
+    where = f"{path}: " if path else ""
+    if _is_array(expected):
+        return _compare_tensors(actual, _as_tensor(expected), atol, rtol, where)
+    if isinstance(expected, torch.Tensor):
+        return _compare_tensors(actual, expected, atol, rtol, where)
+    if _is_bool(expected):
+        if not _is_bool(actual):
+            return f"{where}expected a bool (True or False), got {_describe_type(actual)}"
+        return None if bool(actual) == bool(expected) else f"{where}expected {bool(expected)}, got {bool(actual)}"
+    if isinstance(expected, numbers.Number):
+        return _compare_numbers(actual, expected, atol, rtol, where)
+    if isinstance(expected, str):
+        return _compare_strings(actual, expected, where)
+    if expected is None:
+        return None if actual is None else f"{where}expected None, got {_describe_type(actual)}"
+    if isinstance(expected, Mapping):
+        return _compare_mappings(actual, expected, atol, rtol, path)
+    if isinstance(expected, (list, tuple)):
+        return _compare_sequences(actual, expected, atol, rtol, path)
+    try:
+        equal = bool(actual == expected)
+    except Exception:  # e.g. an ambiguous comparison
+        equal = False
+    return None if equal else f"{where}expected {_short_repr(expected)}, got {_short_repr(actual)}"
+
+
+def _compare_tensors(actual: Any, expected: torch.Tensor, atol: float, rtol: float, where: str) -> str | None:
+    if _is_array(actual):
+        actual = _as_tensor(actual)
+    if not isinstance(actual, torch.Tensor):
+        return f"{where}expected a tensor of shape {_shape(expected)}, got {_describe_type(actual)}"
+    if actual.shape != expected.shape:
+        return f"{where}expected shape {_shape(expected)}, got {_shape(actual)}"
+    kind_expected, kind_actual = _dtype_kind(expected.dtype), _dtype_kind(actual.dtype)
+    if kind_expected != kind_actual:
+        return f"{where}expected {_a(kind_expected)} tensor (dtype {expected.dtype}), got dtype {actual.dtype}"
+    got, want = actual.detach().cpu(), expected.detach().cpu()
+    if kind_expected in ("bool", "integer"):
+        differs = got != want
+        abs_diff = None
+    else:
+        wide = torch.complex128 if kind_expected == "complex" else torch.float64
+        got, want = got.to(wide), want.to(wide)
+        close = torch.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+        differs = ~close
+        abs_diff = torch.where(close, torch.zeros((), dtype=torch.float64), (got - want).abs().to(torch.float64))
+    if not bool(differs.any()):
+        return None
+    index = tuple(int(i) for i in differs.nonzero()[0]) if differs.dim() else ()
+    at = f" at index {index}" if index else ""
+    message = f"{where}first difference{at}: expected {_format_number(want[index].item())}, got {_format_number(got[index].item())}"
+    if abs_diff is not None:
+        message += f"; max abs diff {_format_diff(abs_diff.max().item())}"
+    count, total = int(differs.sum()), differs.numel()
+    if total > 1:
+        message += f" ({count} of {total} values differ)"
+    return message
+
+
+def _compare_numbers(actual: Any, expected: numbers.Number, atol: float, rtol: float, where: str) -> str | None:
+    if isinstance(actual, torch.Tensor) or _is_array(actual):
+        return (f"{where}expected a Python number, got {_describe_type(actual)}: "
+                "use .item() to turn a one-element tensor into a number")
+    if not isinstance(actual, numbers.Number) or _is_bool(actual):
+        return f"{where}expected a number, got {_describe_type(actual)}"
+    if isinstance(expected, numbers.Integral) and isinstance(actual, numbers.Integral):
+        equal = int(actual) == int(expected)
+    elif isinstance(expected, numbers.Real) and isinstance(actual, numbers.Real):
+        a, e = float(actual), float(expected)
+        equal = (math.isnan(a) and math.isnan(e)) or a == e or abs(a - e) <= atol + rtol * abs(e)
+    else:  # complex
+        equal = abs(complex(actual) - complex(expected)) <= atol + rtol * abs(complex(expected))
+    return None if equal else f"{where}expected {_format_number(expected)}, got {_format_number(actual)}"
+
+
+def _compare_strings(actual: Any, expected: str, where: str) -> str | None:
+    if not isinstance(actual, str):
+        return f"{where}expected a string, got {_describe_type(actual)}"
+    if actual == expected:
+        return None
+    if len(actual) <= SHORT_STRING and len(expected) <= SHORT_STRING:
+        return f"{where}expected {expected!r}, got {actual!r}"
+    first = next((i for i, (a, e) in enumerate(zip(actual, expected)) if a != e), min(len(actual), len(expected)))
+    return (f"{where}strings differ from character {first}: expected {expected[first:first + 20]!r}..., "
+            f"got {actual[first:first + 20]!r}... (lengths: expected {len(expected)}, got {len(actual)})")
+
+
+def _compare_sequences(actual: Any, expected: list | tuple, atol: float, rtol: float, path: str) -> str | None:
+    where = f"{path}: " if path else ""
+    kind = type(expected).__name__
+    if not isinstance(actual, (list, tuple)):
+        return f"{where}expected {_a(kind)} of length {len(expected)}, got {_describe_type(actual)}"
+    if len(actual) != len(expected):
+        return f"{where}expected {_a(kind)} of length {len(expected)}, got length {len(actual)}"
+    for i, (got, want) in enumerate(zip(actual, expected)):
+        problem = compare(got, want, atol=atol, rtol=rtol, path=f"{path or 'output'}[{i}]")
+        if problem is not None:
+            return problem
+    return None
+
+
+def _compare_mappings(actual: Any, expected: Mapping, atol: float, rtol: float, path: str) -> str | None:
+    where = f"{path}: " if path else ""
+    if not isinstance(actual, Mapping):
+        return f"{where}expected a dict with keys {_short_repr(sorted(map(str, expected)))}, got {_describe_type(actual)}"
+    missing = [key for key in expected if key not in actual]
+    if missing:
+        return f"{where}missing key {missing[0]!r}"
+    extra = [key for key in actual if key not in expected]
+    if extra:
+        return f"{where}unexpected key {extra[0]!r}"
+    for key, want in expected.items():
+        problem = compare(actual[key], want, atol=atol, rtol=rtol, path=f"{path or 'output'}[{key!r}]")
+        if problem is not None:
+            return problem
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Test helpers
+
+
+def assert_accepts(result: CheckResult) -> None:
+    """Fail (AssertionError) unless the check passed: use on the reference solution."""
+    if not isinstance(result, CheckResult):
+        raise AssertionError(f"expected a CheckResult, got {_describe_type(result)}: does the checker return its result?")
+    if not result.passed:
+        raise AssertionError(f"the checker rejected a correct answer: {result.message}")
+
+
+def assert_rejects(result: CheckResult, match: str) -> None:
+    """Fail unless the check failed with a message matching the regular expression ``match``."""
+    if not isinstance(result, CheckResult):
+        raise AssertionError(f"expected a CheckResult, got {_describe_type(result)}: does the checker return its result?")
+    if result.passed:
+        raise AssertionError(f"the checker accepted a wrong answer ({result.message})")
+    if not re.search(match, result.message):
+        raise AssertionError(f"the checker's message {result.message!r} does not match {match!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _label(exercise: str, learner_fn: Callable[..., Any] | None) -> str:
+    """``"0.1 (per_token_loss)"``: the exercise as given, or its number plus the function's name."""
+    number = exercise_id(exercise)
+    label = re.sub(r"^\s*Exercise\s+", "", exercise).strip()
+    name = getattr(learner_fn, "__name__", None)
+    if label == number and isinstance(name, str) and name.isidentifier():
+        label = f"{number} ({name})"
+    return label
+
+
+def _finish(label: str, passed: bool, message: str, hint: str = "") -> CheckResult:
+    message = _one_line(message)
+    if not passed and hint:
+        message = f"{message.rstrip('.')}. Hint: {_one_line(hint)}"
+    result = CheckResult(label, passed, message)
+    print(result.line, flush=True)
+    _log(result)
+    return result
+
+
+def _log(result: CheckResult) -> None:
+    path = os.environ.get(CHECK_LOG_ENV)
+    if not path:
+        return
+    record = {"exercise": result.exercise_id, "passed": result.passed, "message": result.message}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _call(fn: Callable[..., Any], case: Case, seed: int | None) -> Any:
+    args, kwargs = _fresh_copy(case.args), _fresh_copy(case.kwargs)
+    with _seeded(seed):
+        return fn(*args, **kwargs)
+
+
+def _call_reference(fn: Callable[..., Any], case: Case, seed: int | None, label: str) -> Any:
+    try:
+        return _call(fn, case, seed)
+    except Exception as error:
+        raise RuntimeError(
+            f"the reference solution of Exercise {label} failed on input '{case.name}' "
+            f"({_describe_error(error)}): this is a bug in the course, please report it"
+        ) from error
+
+
+def _fresh_copy(value: Any) -> Any:
+    """Copy the tensors in ``value`` (through tuples, lists and dicts); other objects are shared."""
+    if isinstance(value, torch.Tensor):
+        copy = value.detach().clone()
+        return copy.requires_grad_(value.requires_grad) if value.is_leaf else copy
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_fresh_copy(item) for item in value)
+    if isinstance(value, list):
+        return [_fresh_copy(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _fresh_copy(item) for key, item in value.items()}
+    if _is_array(value):
+        return value.copy()
+    return value
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seed ``random`` and ``torch`` for the block, then restore the caller's random state."""
+    if seed is None:
+        yield
+        return
+    python_state = random.getstate()
+    numpy = sys.modules.get("numpy")
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        if numpy is not None:
+            numpy.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            if numpy is not None:
+                numpy.random.set_state(numpy_state)
+
+
+def _is_array(value: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.ndarray)
+
+
+def _as_tensor(array: Any) -> torch.Tensor:
+    return torch.from_numpy(array.copy()) if array.dtype != object else torch.tensor(array.tolist())
+
+
+def _is_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.bool_)
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "floating-point"
+    return "integer"
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    dims = tuple(tensor.shape)
+    return f"({dims[0]},)" if len(dims) == 1 else str(dims)
+
+
+def _describe_type(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {_shape(value)}"
+    if _is_array(value):
+        return f"a numpy array of shape {tuple(value.shape)}"
+    if value is None:
+        return "None"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return _a(type(value).__name__)
+
+
+def _a(word: str) -> str:
+    """``"an int"``, ``"a float"``: the word with its indefinite article."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def _describe_error(error: BaseException) -> str:
+    text = _one_line(str(error))
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _format_number(value: Any) -> str:
+    if isinstance(value, bool) or isinstance(value, numbers.Integral):
+        return str(value)
+    if isinstance(value, numbers.Real):
+        x = float(value)
+        if math.isnan(x) or math.isinf(x):
+            return str(x)
+        return f"{x:.4f}" if x == 0 or 1e-3 <= abs(x) < 1e5 else f"{x:.4e}"
+    return str(value)
+
+
+def _format_diff(value: float) -> str:
+    return str(value) if math.isnan(value) or math.isinf(value) else f"{value:.3g}"
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = _one_line(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    """The text with its line breaks (and the blanks around them) turned into single spaces."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", str(text)).strip()
