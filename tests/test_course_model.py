@@ -11,10 +11,11 @@ import torch
 from transformers import AutoTokenizer
 
 from utils.course_model.evaluate import Metric, evaluate, format_card
-from utils.course_model.train import TrainConfig, learning_rate_at, pack_documents, train
+from utils.course_model.train import TrainConfig, build_model, document_inputs, learning_rate_at, pack_documents, train
 from utils.models import COURSE_MODEL_DIR, load_model, load_tokenizer
 from utils.world import DEFAULT_MIX, eval_set, generate_corpus
 from utils.world.vocabulary import CAPITALS, NAMES
+
 
 @pytest.fixture(scope="module")
 def course_tokenizer() -> AutoTokenizer:
@@ -44,6 +45,26 @@ def test_packing_joins_documents_with_eos_into_fixed_windows(course_tokenizer) -
     stream = [t for text in texts for t in (course_tokenizer.eos_token_id, *course_tokenizer(text)["input_ids"])]
     assert windows.shape == (len(stream) // 32, 32)
     assert windows.flatten().tolist() == stream[: windows.numel()]
+
+
+def test_document_inputs_restart_positions_and_block_attention_at_each_eos() -> None:
+    windows = torch.tensor([[7, 0, 5, 6, 0, 8], [0, 1, 2, 3, 0, 4]])
+    positions, mask = document_inputs(windows, eos=0)
+    assert positions.tolist() == [[0, 0, 1, 2, 0, 1], [0, 1, 2, 3, 0, 1]]
+    assert mask.shape == (2, 1, 6, 6)
+    assert mask[0, 0, 3].tolist() == [False, True, True, True, False, False]   # token 6 sees its document only
+    assert mask[1, 0, 5].tolist() == [False, False, False, False, True, True]
+
+
+def test_a_packed_window_gives_each_document_the_logits_it_gets_alone() -> None:
+    config = TrainConfig(n_layer=2, n_head=2, d_model=32, context_length=16)
+    model = build_model(config, vocab_size=50).eval()
+    first, second = torch.tensor([[0, 11, 12, 13, 14]]), torch.tensor([[0, 21, 22, 23, 24, 25, 26]])
+    window = torch.cat([first, second], dim=1)
+    position_ids, attention_mask = document_inputs(window, eos=0)
+    packed = model(input_ids=window, position_ids=position_ids, attention_mask=attention_mask).logits
+    alone = torch.cat([model(input_ids=first).logits, model(input_ids=second).logits], dim=1)
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import einops
 import numpy as np
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -35,10 +35,10 @@ class TrainConfig:
     seed: int = 0
     n_layer: int = 4
     n_head: int = 8
-    d_model: int = 256
+    d_model: int = 128
     context_length: int = 256
     vocab_size: int = 2048
-    tokens: int = 9_000_000
+    tokens: int = 32_768_000
     batch_size: int = 16
     learning_rate: float = 2e-3
     min_learning_rate: float = 2e-4
@@ -47,7 +47,7 @@ class TrainConfig:
     tokenizer_documents: int = 60_000
     validation_documents: int = 2_000
     log_every: int = 25
-    validate_every: int = 200
+    validate_every: int = 250
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
 
     @property
@@ -65,6 +65,26 @@ def pack_documents(
     n_windows = len(ids) // context_length
     stream = torch.tensor(ids[: n_windows * context_length], dtype=torch.long)
     return einops.rearrange(stream, "(window position) -> window position", position=context_length)
+
+
+def document_inputs(
+    windows: Int[torch.Tensor, "batch pos"], eos: int,
+) -> tuple[Int[torch.Tensor, "batch pos"], Bool[torch.Tensor, "batch 1 pos pos"]]:
+    """Position ids and attention mask that keep the packed documents of a window apart.
+
+    Each ``<|endoftext|>`` starts a document: positions count from it (so every document sees
+    the positions it sees at inference, where a prompt starts at 0) and a token attends only to
+    earlier tokens of its own document. Without this, attention is diluted over up to
+    ``context_length`` unrelated tokens and induction heads form much later.
+    """
+    starts = windows == eos                                                  # [batch, pos]
+    positions = torch.arange(windows.shape[1]).expand_as(windows)            # [batch, pos]
+    start_of_document = torch.cummax(torch.where(starts, positions, 0), dim=1).values
+    document = torch.cumsum(starts, dim=1)                                   # [batch, pos]
+    same_document = einops.rearrange(document, "b q -> b q 1") == einops.rearrange(document, "b k -> b 1 k")
+    causal = torch.ones(windows.shape[1], windows.shape[1], dtype=torch.bool).tril()
+    mask = einops.rearrange(same_document & causal, "b q k -> b 1 q k")
+    return positions - start_of_document, mask
 
 
 def training_windows(config: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> Int[torch.Tensor, "n_windows context"]:
@@ -88,7 +108,9 @@ def build_model(config: TrainConfig, vocab_size: int) -> GPT2LMHeadModel:
     gpt2_config = GPT2Config(
         vocab_size=vocab_size, n_positions=config.context_length, n_embd=config.d_model,
         n_layer=config.n_layer, n_head=config.n_head, bos_token_id=0, eos_token_id=0,
-        attn_implementation="sdpa")
+        # no dropout: every document is seen once, so there is nothing to overfit, and dropout
+        # noise on attention patterns delays the induction heads
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa")
     torch.manual_seed(config.seed)
     return GPT2LMHeadModel(gpt2_config)
 
@@ -103,18 +125,24 @@ def learning_rate_at(step: int, config: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def validation_loss(model: GPT2LMHeadModel, windows: Int[torch.Tensor, "n context"], batch_size: int = 32) -> float:
-    """Mean next-token loss over held-out windows."""
+def validation_loss(model: GPT2LMHeadModel, windows: Int[torch.Tensor, "n context"], eos: int,
+                    batch_size: int = 32) -> float:
+    """Mean next-token loss over held-out windows, documents kept apart as in training."""
     model.eval()
-    losses = [model(input_ids=batch, labels=batch).loss.item() for batch in windows.split(batch_size)]
+    losses = []
+    for batch in windows.split(batch_size):
+        position_ids, attention_mask = document_inputs(batch, eos)
+        losses.append(model(input_ids=batch, labels=batch, position_ids=position_ids,
+                            attention_mask=attention_mask).loss.item())
     model.train()
     return float(np.mean(losses))
 
 
 def _git_commit() -> str:
+    """The commit the code was trained from, with ``-dirty`` when the working tree had changes."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -142,7 +170,8 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
     for step, batch in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, config)
-        loss = model(input_ids=batch, labels=batch).loss
+        position_ids, attention_mask = document_inputs(batch, tokenizer.eos_token_id)
+        loss = model(input_ids=batch, labels=batch, position_ids=position_ids, attention_mask=attention_mask).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -151,7 +180,7 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
             entry = {"step": step, "tokens": (step + 1) * batch.numel(), "loss": loss.item(),
                      "learning_rate": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
             if step % config.validate_every == 0 or step == len(batches) - 1:
-                entry["validation_loss"] = validation_loss(model, validation)
+                entry["validation_loss"] = validation_loss(model, validation, tokenizer.eos_token_id)
                 entry.update(in_context_snapshot(model, tokenizer))
                 progress.write(", ".join(f"{k} {v:.3g}" for k, v in entry.items()))
             log.append(entry)

@@ -14,8 +14,8 @@ from utils.world.families import FAMILIES
 
 #: Share of documents from each family in the training corpus.
 DEFAULT_MIX: dict[str, float] = {
-    "story": 0.14, "ioi": 0.20, "agreement": 0.09, "facts": 0.08, "few_shot": 0.16,
-    "sequence": 0.16, "arithmetic": 0.10, "record": 0.04, "multiple_choice": 0.03,
+    "story": 0.13, "ioi": 0.20, "agreement": 0.08, "facts": 0.08, "few_shot": 0.15,
+    "sequence": 0.20, "arithmetic": 0.10, "record": 0.03, "multiple_choice": 0.03,
 }
 EVAL_SEED_OFFSET = 1_000_003
 
