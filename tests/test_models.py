@@ -144,7 +144,8 @@ def test_corrupted_checkpoint_is_named_with_the_fix(tmp_path):
     copy = shutil.copytree(COURSE_MODEL_DIR, tmp_path / "course")
     with (copy / "config.json").open("a") as handle:
         handle.write(" ")
-    with pytest.raises(CheckpointError, match=r"config.json does not match the SHA-256 .* git checkout"):
+    fix = r"config.json does not match the SHA-256 .*`git checkout -- utils/assets/course_model`"
+    with pytest.raises(CheckpointError, match=fix):
         verify_checkpoint(copy)
     (copy / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors is missing"):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 if TYPE_CHECKING:
     from nnsight import TransformersModel
@@ -163,10 +164,16 @@ def load_hf_model(name: str | Path = COURSE_MODEL_NAME, *, device: str | torch.d
                   dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A ``transformers`` causal LM in eval mode with eager attention (so attention weights can be returned)."""
     checkpoint = resolve_checkpoint(name)
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    if Path(checkpoint).is_dir():  # a local checkpoint loads in a blink: its progress bar is noise
+        hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype, attn_implementation="eager")
     except OSError as error:
         raise ModelNotAvailableError(f"could not load '{name}' ({error}): check the name, or use MODEL = 'course'") from error
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval()
 
 
