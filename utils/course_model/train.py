@@ -75,7 +75,8 @@ def document_inputs(
     Each ``<|endoftext|>`` starts a document: positions count from it (so every document sees
     the positions it sees at inference, where a prompt starts at 0) and a token attends only to
     earlier tokens of its own document. Without this, attention is diluted over up to
-    ``context_length`` unrelated tokens and induction heads form much later.
+    ``context_length`` unrelated tokens: in the project's runs without it, no induction head
+    had formed after 1,367 steps; with it, they form within 2,000 (see ``train_log.json``).
     """
     starts = windows == eos                                                  # [batch, pos]
     positions = torch.arange(windows.shape[1]).expand_as(windows)            # [batch, pos]
@@ -108,8 +109,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> GPT2LMHeadModel:
     gpt2_config = GPT2Config(
         vocab_size=vocab_size, n_positions=config.context_length, n_embd=config.d_model,
         n_layer=config.n_layer, n_head=config.n_head, bos_token_id=0, eos_token_id=0,
-        # no dropout: every document is seen once, so there is nothing to overfit, and dropout
-        # noise on attention patterns delays the induction heads
+        # no dropout: every document is seen once, so there is nothing to overfit
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa")
     torch.manual_seed(config.seed)
     return GPT2LMHeadModel(gpt2_config)
