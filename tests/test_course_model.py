@@ -87,6 +87,32 @@ def test_a_tiny_training_run_lowers_the_loss_and_writes_a_loadable_checkpoint(tm
     assert model.config.n_layer == 1 and not math.isnan(model(torch.tensor([[0, 5, 6]])).logits.sum().item())
 
 
+def _snapshots() -> list[dict]:
+    log = json.loads((COURSE_MODEL_DIR / "train_log.json").read_text())["log"]
+    return [entry for entry in log if "induction_score" in entry]
+
+
+def test_training_log_shows_ioi_jumping_from_chance_before_any_induction_head() -> None:
+    """Chapter 0's claim: IOI accuracy goes from chance to >= 0.9 between two snapshots, while
+    the best induction score is still below 0.1."""
+    jumps = [(before, after) for before, after in zip(_snapshots(), _snapshots()[1:])
+             if before["ioi_accuracy"] <= 0.6 and after["ioi_accuracy"] >= 0.9]
+    assert jumps, "no snapshot-to-snapshot jump of the IOI accuracy from chance"
+    assert jumps[0][1]["induction_score"] < 0.1
+
+
+def test_training_log_shows_the_induction_phase_change() -> None:
+    """Chapter 0's claim: the best induction score goes from < 0.1 to > 0.5 within 500 steps,
+    and the held-out loss drops with it."""
+    snapshots = _snapshots()
+    last_without = max(i for i, entry in enumerate(snapshots) if entry["induction_score"] < 0.1)
+    first_with = next((i for i, entry in enumerate(snapshots) if entry["induction_score"] > 0.5), None)
+    assert first_with is not None, "no snapshot with an induction score above 0.5"
+    before, after = snapshots[last_without], snapshots[first_with]
+    assert 0 < after["step"] - before["step"] <= 500
+    assert before["validation_loss"] - after["validation_loss"] > 0.2
+
+
 @pytest.fixture(scope="module")
 def model_card() -> dict:
     torch.manual_seed(0)
