@@ -24,15 +24,9 @@ import threading
 import time
 from pathlib import Path
 
+from utils.notebooks.execute import kernel_env
+
 ROOT = Path(__file__).resolve().parents[1]
-OFFLINE = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONHASHSEED": "0",
-}
 
 
 class PeakRSS:
@@ -86,7 +80,7 @@ def time_notebook(path: Path, timeout: int) -> dict:
     )
     result = {"notebook": os.path.relpath(path, ROOT), "seconds": None, "peak_rss_mb": None, "error": None}
     start = time.perf_counter()
-    with client.setup_kernel(env={**os.environ, **OFFLINE}):
+    with client.setup_kernel(env=kernel_env()):
         pid = client.km.provisioner.process.pid  # the kernel process
         with PeakRSS(pid) as rss:
             try:

@@ -384,7 +384,7 @@ RANDOM_WORD_POOL: tuple[str, ...] = tuple(sorted(set(
 
 SequenceKind = Literal["count", "days", "months", "repeat"]
 #: How often each kind of sequence is drawn: mostly repeats, the data that teaches in-context
-#: copying (induction heads, Olsson et al. 2022), which the IOI and few-shot behaviours build on.
+#: copying (induction heads, Olsson et al. 2022).
 SEQUENCE_KIND_WEIGHTS: dict[str, float] = {"count": 0.1, "days": 0.05, "months": 0.05, "repeat": 0.8}
 REPEAT_SEPARATORS: tuple[str, ...] = (". ", " ", "\n", ", again: ")
 
