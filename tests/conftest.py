@@ -18,6 +18,13 @@ def pytest_configure(config):
     # pyproject.toml lists the marker too; registering it here keeps `pytest tests/...`
     # from another rootdir warning-free.
     config.addinivalue_line("markers", "slow: takes more than ~10 s on 2 CPU cores")
+    # Under pytest-xdist, share the cores between the workers: two workers with two torch threads
+    # each on two cores run several times slower than with one thread each.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 import pytest  # noqa: E402
@@ -29,3 +36,21 @@ def tiny_checkpoint(request, tmp_path_factory):
     from tiny_models import save_tiny_checkpoint
 
     return save_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="session")
+def course_model():
+    """The shipped course model (transformers), loaded once per test process. Tests must not change it:
+    one that trains or wraps a model loads its own copy."""
+    from utils.models import load_model
+
+    return load_model("course")
+
+
+@pytest.fixture(scope="session")
+def course_tokenizer():
+    """The course model's tokenizer, loaded once per test process. Tests must not change its settings
+    (pass ``padding_side=`` to the call instead of setting the attribute)."""
+    from utils.models import load_tokenizer
+
+    return load_tokenizer("course")

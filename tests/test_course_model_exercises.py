@@ -8,12 +8,7 @@ import torch.nn.functional as F
 
 from utils.checks import assert_accepts, assert_rejects
 from utils.course_model import exercises
-from utils.models import load_model
 
-
-@pytest.fixture(scope="module")
-def course_model():
-    return load_model("course")
 
 
 # Exercise 0.1 ---------------------------------------------------------------------------------

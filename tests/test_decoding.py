@@ -13,10 +13,10 @@ from transformers.generation.logits_process import (
 )
 
 from utils.decoding import (
+    apply_repetition_penalty,
     apply_temperature,
     greedy,
     min_p_filter,
-    repetition_penalty,
     sample,
     top_k_filter,
     top_p_filter,
@@ -116,7 +116,7 @@ def test_min_p_matches_transformers(logits, min_p):
 def test_repetition_penalty_matches_transformers(logits, penalty):
     previous = previous_tokens_for(logits)
     expected = RepetitionPenaltyLogitsProcessor(penalty=penalty)(previous, logits.clone())
-    actual = repetition_penalty(logits, previous, penalty)
+    actual = apply_repetition_penalty(logits, previous, penalty)
     assert_same_logits(actual, expected)
     assert_is_distribution(actual)
 
@@ -138,7 +138,7 @@ def test_filters_do_not_edit_their_input():
     top_k_filter(logits, 2)
     top_p_filter(logits, 0.5)
     min_p_filter(logits, 0.5)
-    repetition_penalty(logits, previous_tokens_for(logits), 2.0)
+    apply_repetition_penalty(logits, previous_tokens_for(logits), 2.0)
     assert torch.equal(logits, original)
 
 
@@ -166,7 +166,7 @@ def test_min_p_scales_the_cut_off_with_the_top_probability():
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     logits = torch.tensor([[2.0, -2.0, 2.0, -2.0]])
     previous = torch.tensor([[0, 1, 1]])  # token 1 twice: penalised once
-    assert repetition_penalty(logits, previous, 2.0).tolist() == [[1.0, -4.0, 2.0, -2.0]]
+    assert apply_repetition_penalty(logits, previous, 2.0).tolist() == [[1.0, -4.0, 2.0, -2.0]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,8 +186,8 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     (lambda x: top_p_filter(x, 0.9, min_tokens_to_keep=0), "min_tokens_to_keep"),
     (lambda x: min_p_filter(x, -0.1), "min_p"),
     (lambda x: min_p_filter(x, 1.1), "min_p"),
-    (lambda x: repetition_penalty(x, previous_tokens_for(x), 0.0), "penalty"),
-    (lambda x: repetition_penalty(x, previous_tokens_for(x), -1.2), "penalty"),
+    (lambda x: apply_repetition_penalty(x, previous_tokens_for(x), 0.0), "penalty"),
+    (lambda x: apply_repetition_penalty(x, previous_tokens_for(x), -1.2), "penalty"),
 ])
 def test_bad_parameters_raise_value_error_naming_them(call, parameter):
     with pytest.raises(ValueError, match=rf"\b{parameter}\b"):

@@ -7,23 +7,35 @@ Every *filter* here takes those logits and returns logits of the same shape in w
 rules out are set to ``-inf``, so that ``logits.softmax(dim=-1)`` is the filtered (renormalised)
 distribution. This is how ``transformers``' logits processors work, and each function gives the
 same result as the processor its docstring names (``tests/test_decoding.py`` checks it, ties
-included). Filters never edit their input in place and can be chained; ``generate`` applies them in
-this order before it samples::
+included). Filters never edit their input in place and can be chained; :class:`Decoding` applies
+them in ``transformers``' order before it samples::
 
-    logits = repetition_penalty(logits, previous_tokens, penalty=1.2)
+    logits = apply_repetition_penalty(logits, previous_tokens, penalty=1.2)
     logits = apply_temperature(logits, temperature=0.7)
     logits = top_k_filter(logits, k=50)
     logits = top_p_filter(logits, p=0.9)
     logits = min_p_filter(logits, min_p=0.05)
     next_tokens = sample(logits)          # or greedy(logits)
-"""
+
+:func:`generate` is the KV-cached generation loop (greedy, or sampling with those filters; a
+temperature of 0 means greedy) and :func:`beam_search` is beam search; both give the same tokens
+as ``model.generate`` with the same settings and seed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
 import einops
+import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import trange
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from utils.checks import Case, CheckResult, check_function, report
+from utils.models import tiny_random_model
 
 
 def apply_temperature(logits: Float[Tensor, "batch vocab"], temperature: float) -> Float[Tensor, "batch vocab"]:
@@ -120,7 +132,7 @@ def min_p_filter(logits: Float[Tensor, "batch vocab"], min_p: float) -> Float[Te
     return logits.masked_fill(probs < min_p * top_prob, -torch.inf)
 
 
-def repetition_penalty(
+def apply_repetition_penalty(
     logits: Float[Tensor, "batch vocab"], previous_tokens: Int[Tensor, "batch seq"], penalty: float,
 ) -> Float[Tensor, "batch vocab"]:
     """Penalise the tokens seen before (CTRL rule; ``transformers.RepetitionPenaltyLogitsProcessor``).
@@ -159,3 +171,456 @@ def sample(logits: Float[Tensor, "batch vocab"], generator: torch.Generator | No
     probs = logits.softmax(dim=-1)                                       # [batch, vocab]
     drawn = torch.multinomial(probs, num_samples=1, generator=generator)  # [batch, 1]
     return einops.rearrange(drawn, "batch 1 -> batch")
+
+
+
+# --------------------------------------------------------------------------------------------
+# The generation loop
+
+#: A logits processor with the interface of ``transformers``' ones: the tokens so far
+#: (``[batch, seq]``) and the next-token logits (``[batch, vocab]``) in, logits out.
+LogitsProcessor = Callable[[Int[Tensor, "batch seq"], Float[Tensor, "batch vocab"]], Float[Tensor, "batch vocab"]]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How :func:`generate` turns next-token logits into tokens: this module's filters, in ``transformers``' order.
+
+    ``temperature=0`` means greedy decoding (argmax; the sampling filters are then not used), as
+    ``do_sample=False`` does in ``transformers``; any other temperature samples. ``None`` turns a
+    filter off. The arguments are checked when the object is made, before any forward pass.
+    """
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    logits_processors: Sequence[LogitsProcessor] = ()
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # also rejects NaN
+            raise ValueError(f"temperature must be >= 0 (0 means greedy decoding), got {self.temperature}")
+        probe = torch.zeros(1, 2)  # each filter validates its own argument
+        if self.top_k is not None:
+            top_k_filter(probe, self.top_k)
+        if self.top_p is not None:
+            top_p_filter(probe, self.top_p)
+        if self.min_p is not None:
+            min_p_filter(probe, self.min_p)
+        if self.repetition_penalty is not None:
+            apply_repetition_penalty(probe, torch.zeros(1, 1, dtype=torch.long), self.repetition_penalty)
+
+    def next_tokens(
+        self, tokens: Int[Tensor, "batch seq"], logits: Float[Tensor, "batch vocab"],
+        generator: torch.Generator | None = None,
+    ) -> Int[Tensor, "batch"]:
+        """One token per row, given the tokens so far and the model's next-token logits."""
+        if self.repetition_penalty is not None:
+            logits = apply_repetition_penalty(logits, tokens, self.repetition_penalty)
+        for processor in self.logits_processors:
+            logits = processor(tokens, logits)
+        if self.temperature == 0:
+            return greedy(logits)
+        logits = apply_temperature(logits, self.temperature)
+        if self.top_k is not None:
+            logits = top_k_filter(logits, self.top_k)
+        if self.top_p is not None:
+            logits = top_p_filter(logits, self.top_p)
+        if self.min_p is not None:
+            logits = min_p_filter(logits, self.min_p)
+        return sample(logits, generator)
+
+
+def positions_from_mask(attention_mask: Int[Tensor, "batch seq"]) -> Int[Tensor, "batch seq"]:
+    """Position ids that start at 0 at each row's first real token, so left padding changes nothing.
+
+    Padding positions get 1 (they are masked out anyway), as in ``transformers``.
+    """
+    positions = attention_mask.long().cumsum(dim=-1) - 1
+    return positions.masked_fill(attention_mask == 0, 1)
+
+
+def end_token_ids(model: PreTrainedModel, eos_token_id: int | Sequence[int] | None) -> Int[Tensor, "n"]:
+    """The tokens that end a sequence: ``eos_token_id``, or when it is None the model's own
+    (``model.generation_config.eos_token_id``, as ``model.generate`` does); ``()`` for none."""
+    if eos_token_id is None:
+        eos_token_id = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos_token_id = () if eos_token_id is None else eos_token_id
+    return torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), dtype=torch.long)
+
+
+def _check_prompt(model: PreTrainedModel, input_ids: Tensor, max_new_tokens: int) -> None:
+    """Errors that name the problem and the fix, raised before the first forward pass."""
+    if model.get_output_embeddings() is None:
+        raise ValueError(f"{type(model).__name__} has no language-model head, so it gives no next-token logits: "
+                         "load it with AutoModelForCausalLM (utils.models.load_model does)")
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq] token ids, got shape {tuple(input_ids.shape)}: "
+                         "for one prompt use input_ids[None] (or tokenizer(..., return_tensors='pt').input_ids)")
+    if input_ids.shape[1] == 0:
+        raise ValueError("empty prompt: the model needs at least one token to predict from; the course model's "
+                         "documents start with the BOS token (tokenizer.bos_token_id), so start there")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if input_ids.min() < 0 or input_ids.max() >= vocab:
+        raise ValueError(f"token ids must be in [0, {vocab}) for this model, got ids from {int(input_ids.min())} "
+                         f"to {int(input_ids.max())}: were they made by another model's tokenizer?")
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and input_ids.shape[1] + max_new_tokens > context:
+        raise ValueError(f"a prompt of {input_ids.shape[1]} tokens plus max_new_tokens={max_new_tokens} does not fit "
+                         f"the model's {context} positions: shorten the prompt or ask for fewer tokens")
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    input_ids: Int[Tensor, "batch prompt"],
+    max_new_tokens: int,
+    *,
+    attention_mask: Int[Tensor, "batch prompt"] | None = None,
+    decoding: Decoding = Decoding(),
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Int[Tensor, "batch prompt_plus_new"]:
+    """Continue each prompt by up to ``max_new_tokens`` tokens, with a KV cache.
+
+    The first forward pass reads the whole prompt and returns every layer's keys and values
+    (``past_key_values``); each later step feeds only the token just chosen, so a step costs one
+    position, not the whole sequence. Same result as ``model.generate`` with the same settings
+    (greedy token for token; sampling too, with the same ``torch.manual_seed``).
+
+    Args:
+        model: a causal language model (``transformers``, any architecture with a KV cache).
+        input_ids: ``[batch, prompt]`` token ids; for prompts of different lengths pad on the *left*
+            and pass ``attention_mask`` (``tokenizer(..., padding_side="left")``).
+        max_new_tokens: the number of tokens to add (fewer when every row has ended).
+        attention_mask: ``[batch, prompt]``, 1 for real tokens and 0 for padding; default all ones.
+        decoding: greedy (the default) or sampling with filters, see :class:`Decoding`.
+        eos_token_id: token(s) that end a row, after which the row gets ``pad_token_id``; default the
+            model's own end token (``model.generation_config``), ``()`` to never stop early.
+        pad_token_id: the filler after a row ends; default the (first) end token.
+        generator: a seeded ``torch.Generator`` for reproducible sampling (default: torch's global one).
+
+    Returns:
+        ``[batch, prompt + n]`` token ids: the prompts followed by the ``n <= max_new_tokens`` new tokens.
+    """
+    _check_prompt(model, input_ids, max_new_tokens)
+    end_ids = end_token_ids(model, eos_token_id)
+    pad_token_id = pad_token_id if pad_token_id is not None else int(end_ids[0]) if len(end_ids) else 0
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}: "
+                         "they must match")
+    tokens, fed, cache = input_ids, input_ids, None                     # fed: [batch, new positions]
+    ended = torch.zeros(input_ids.shape[0], dtype=torch.bool)           # [batch]
+    for _ in trange(max_new_tokens, desc="generate", leave=False, disable=max_new_tokens < 64):
+        positions = positions_from_mask(attention_mask)[:, -fed.shape[1]:]
+        out = model(input_ids=fed, attention_mask=attention_mask, position_ids=positions,
+                    past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        next_tokens = decoding.next_tokens(tokens, out.logits[:, -1].float(), generator)  # [batch]
+        next_tokens = next_tokens.masked_fill(ended, pad_token_id)
+        ended |= torch.isin(next_tokens, end_ids)
+        fed = einops.rearrange(next_tokens, "batch -> batch 1")
+        tokens = torch.cat([tokens, fed], dim=1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(fed)], dim=1)
+        if ended.all():
+            break
+    return tokens
+
+
+
+def tokens_containing(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """The ids of every token whose decoded text contains ``text`` (e.g. every token with a newline)."""
+    return [token for token in range(len(tokenizer)) if text in tokenizer.decode([token])]
+
+
+def generate_text(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int, *,
+    decoding: Decoding = Decoding(), stop: str | None = None, seed: int = 0,
+) -> list[str]:
+    """Continue each prompt with :func:`generate` and return the new text (the prompts run as one batch).
+
+    Each prompt gets the BOS token first, as every training document did, and prompts are padded on
+    the left. A row ends at the end-of-document token or, with ``stop`` (e.g. ``"\\n"``), at the first
+    token containing it; the text is cut just before ``stop``. Sampling uses a ``torch.Generator``
+    seeded with ``seed``.
+
+    Returns:
+        One string per prompt: its continuation, without the end token.
+
+    Raises:
+        ValueError: no prompts, an empty prompt, or one string instead of a list.
+    """
+    if isinstance(prompts, str):
+        raise ValueError(f"prompts must be a list of strings, got one string: use [{prompts!r}]")
+    if not prompts or any(prompt == "" for prompt in prompts):
+        raise ValueError("empty prompt: give each prompt some text; to sample a document from scratch, call "
+                         "generate(model, torch.tensor([[tokenizer.bos_token_id]]), ...) on the BOS token alone")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    rows = [[bos, *tokenizer(prompt, add_special_tokens=False)["input_ids"]] for prompt in prompts]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([[bos] * (width - len(row)) + row for row in rows])        # [batch, width]
+    attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+    end_ids = [*end_token_ids(model, None).tolist(), *(tokens_containing(tokenizer, stop) if stop else [])]
+    tokens = generate(model, input_ids, max_new_tokens, attention_mask=attention_mask, decoding=decoding,
+                      eos_token_id=end_ids, pad_token_id=end_ids[0] if end_ids else bos,
+                      generator=torch.Generator().manual_seed(seed))
+    texts = []
+    for row in tokens[:, width:].tolist():
+        ended_at = next((i for i, token in enumerate(row) if token in end_ids), len(row))
+        text = tokenizer.decode(row[: ended_at + 1], skip_special_tokens=True)   # the end token included
+        texts.append(text[: text.index(stop)] if stop and stop in text else text)
+    return texts
+
+# --------------------------------------------------------------------------------------------
+# Beam search
+
+
+def top_beam_continuations(
+    beam_scores: Float[Tensor, "beams"], log_probs: Float[Tensor, "beams vocab"], k: int,
+) -> tuple[Float[Tensor, "k"], Int[Tensor, "k"], Int[Tensor, "k"]]:
+    """The ``k`` best one-token extensions over all beams, best first.
+
+    Extending beam ``b`` by token ``t`` scores ``beam_scores[b] + log_probs[b, t]`` (the log-probability
+    of the whole continuation). Candidates are compared across beams, not ``k`` per beam.
+
+    Returns:
+        ``(scores, beam, token)``, each ``[k]``: the candidates' scores, the beam each extends, its token.
+    """
+    candidates = einops.rearrange(beam_scores, "beams -> beams 1") + log_probs    # [beams, vocab]
+    scores, flat_indices = einops.rearrange(candidates, "beams vocab -> (beams vocab)").topk(k)
+    vocab = log_probs.shape[-1]
+    return scores, flat_indices // vocab, flat_indices % vocab
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A finished beam: its tokens (prompt included) and its length-normalised score."""
+
+    score: float
+    tokens: Int[Tensor, "seq"]
+
+
+@torch.no_grad()
+def beam_search(
+    model: PreTrainedModel,
+    input_ids: Int[Tensor, "1 prompt"],
+    num_beams: int,
+    max_new_tokens: int,
+    *,
+    eos_token_id: int | Sequence[int] | None = None,
+    length_penalty: float = 1.0,
+) -> Int[Tensor, "1 seq"]:
+    """Beam search as ``model.generate(num_beams=..., do_sample=False)`` does it, token for token.
+
+    Keeps the ``num_beams`` most likely partial continuations. Each step scores ``2 * num_beams``
+    candidates (enough that ``num_beams`` of them do not end): a candidate that ends (an end token,
+    or the last step) and ranks among the first ``num_beams`` becomes a finished hypothesis scored
+    ``sum of log-probabilities / new_tokens ** length_penalty``; the best ``num_beams`` that do not
+    end are the next beams, and the KV cache is reordered to follow them. The search stops when
+    ``num_beams`` hypotheses are finished and the best running beam cannot beat the worst of them
+    (``transformers``' default ``early_stopping=False`` heuristic).
+
+    Args:
+        model: a causal language model.
+        input_ids: ``[1, prompt]``: one prompt (run it once per prompt).
+        num_beams: the beam width, >= 1 (1 is greedy decoding).
+        max_new_tokens: the most tokens to add.
+        eos_token_id: token(s) that finish a hypothesis; default the model's own, ``()`` for none.
+        length_penalty: exponent of the length normalisation; > 0 favours longer hypotheses.
+
+    Returns:
+        ``[1, prompt + n]``: the prompt and the best hypothesis' new tokens (its end token included).
+    """
+    _check_prompt(model, input_ids, max_new_tokens)
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"beam_search takes one prompt ([1, prompt]), got a batch of {input_ids.shape[0]}: "
+                         "call it once per prompt")
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
+    end_ids = end_token_ids(model, eos_token_id)
+    n_candidates = max(2, 1 + len(end_ids)) * num_beams
+    beams = einops.repeat(input_ids[0], "seq -> beams seq", beams=num_beams)
+    beam_scores = torch.full((num_beams,), -1e9)
+    beam_scores[0] = 0.0                             # the beams start identical: only one of them counts
+    finished: list[Hypothesis] = []
+    fed, cache = beams, None
+    for step in range(max_new_tokens):
+        out = model(input_ids=fed, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        log_probs = out.logits[:, -1].float().log_softmax(dim=-1)        # [beams, vocab]
+        scores, beam, token = top_beam_continuations(beam_scores, log_probs, n_candidates)
+        ends = torch.isin(token, end_ids) | (step == max_new_tokens - 1)
+        new_tokens = step + 1
+        for rank in range(num_beams):
+            if ends[rank]:
+                tokens = torch.cat([beams[beam[rank]], token[rank : rank + 1]])
+                finished.append(Hypothesis(scores[rank].item() / new_tokens**length_penalty, tokens))
+        finished = sorted(finished, key=lambda hypothesis: -hypothesis.score)[:num_beams]
+        keep = (~ends).nonzero()[:num_beams, 0]      # the best candidates that go on
+        if len(keep) == 0:
+            break
+        beams = torch.cat([beams[beam[keep]], einops.rearrange(token[keep], "k -> k 1")], dim=1)
+        beam_scores = scores[keep]
+        cache.reorder_cache(beam[keep])
+        fed = einops.rearrange(token[keep], "k -> k 1")
+        best_possible = beam_scores[0].item() / new_tokens**length_penalty
+        if len(finished) == num_beams and best_possible <= finished[-1].score:
+            break
+    return einops.rearrange(finished[0].tokens, "seq -> 1 seq")
+
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_filtered_distributions(
+    tokenizer: PreTrainedTokenizerBase, logits: Float[Tensor, "vocab"],
+    filtered: Mapping[str, Float[Tensor, "vocab"]], top: int = 15,
+) -> go.Figure:
+    """Bars of the next-token probabilities before and after each filter, over the ``top`` most likely tokens.
+
+    Args:
+        tokenizer: decodes the token ids for the x axis.
+        logits: ``[vocab]`` the model's next-token logits.
+        filtered: ``{label: [vocab] filtered logits}``, e.g. ``{"top-k, k=5": top_k_filter(logits[None], 5)[0]}``.
+        top: how many tokens to show (the most likely ones before filtering).
+
+    Returns:
+        A plotly figure with one group of bars per token and one colour per distribution.
+    """
+    shown = logits.topk(min(top, logits.shape[-1])).indices                      # [top]
+    labels = [repr(tokenizer.decode([int(token)])) for token in shown]
+    figure = go.Figure()
+    for name, row in {"model (temperature 1)": logits, **filtered}.items():
+        figure.add_bar(x=labels, y=row.softmax(dim=-1)[shown].tolist(), name=name)
+    figure.update_layout(barmode="group", xaxis_title="next token", yaxis_title="probability",
+                         title="Next-token distribution before and after each filter")
+    return figure
+
+# --------------------------------------------------------------------------------------------
+# Checkers for the lab's exercises (tests/test_decoding.py proves each accepts the reference and
+# rejects typical wrong answers)
+
+
+def _random_logits(batch: int, vocab: int, seed: int) -> Float[Tensor, "batch vocab"]:
+    return 3 * torch.randn(batch, vocab, generator=torch.Generator().manual_seed(seed))
+
+
+def check_top_k_filter(learner_fn: Callable) -> CheckResult:
+    """Exercise 1.1 on random logits, k = 1, k above the vocabulary size, and ties at the k-th logit."""
+    ties = torch.tensor([[2.0, 1.0, 1.0, 0.0, 1.0, -1.0]])
+    cases = [Case("batch of 4, k=5", _random_logits(4, 50, seed=0), 5),
+             Case("batch of 1, k=1", _random_logits(1, 50, seed=1), 1),
+             Case("k=80 larger than the vocabulary of 50", _random_logits(2, 50, seed=2), 80),
+             Case("ties: logits [2, 1, 1, 0, 1, -1] with k=2", ties, 2)]
+    return check_function(
+        learner_fn, top_k_filter, cases, exercise="1.1 (top_k_filter)",
+        hint="find each row's k-th largest logit (logits.topk(k).values[:, -1]) and set every logit below it to "
+             "-inf; compare with '<' so that tokens tied with the k-th are kept, and cap k at the vocabulary size")
+
+
+def check_top_p_filter(learner_fn: Callable) -> CheckResult:
+    """Exercise 1.2 on random logits (no ties) for several p, and a row whose top token alone exceeds p."""
+    peaked = torch.tensor([[8.0, 1.0, 0.5, 0.0, -1.0]])
+    cases = [Case("batch of 4, p=0.9", _random_logits(4, 50, seed=3), 0.9),
+             Case("batch of 1, p=0.5", _random_logits(1, 50, seed=4), 0.5),
+             Case("p=1 keeps every token", _random_logits(2, 20, seed=5), 1.0),
+             Case("one token has 99.7% of the mass, p=0.9", peaked, 0.9)]
+    return check_function(
+        learner_fn, top_p_filter, cases, exercise="1.2 (top_p_filter)",
+        hint="keep the most likely tokens up to and including the one whose cumulative probability "
+             "reaches p (so at least one token stays); sort by probability, take the cumulative sum of "
+             "softmax probabilities (not of logits), then map the mask back to vocabulary order with scatter")
+
+
+def check_min_p_filter(learner_fn: Callable) -> CheckResult:
+    """Exercise 1.3 on a peaked row, a flat row and random batches."""
+    cases = [Case("batch of 4, min_p=0.1", _random_logits(4, 50, seed=6), 0.1),
+             Case("peaked row [8, 1, 0.5, 0, -1], min_p=0.01", torch.tensor([[8.0, 1.0, 0.5, 0.0, -1.0]]), 0.01),
+             Case("flat row [1, 0.9, 0.8, 0.7], min_p=0.5", torch.tensor([[1.0, 0.9, 0.8, 0.7]]), 0.5),
+             Case("min_p=0 keeps every token", _random_logits(2, 20, seed=7), 0.0)]
+    return check_function(
+        learner_fn, min_p_filter, cases, exercise="1.3 (min_p_filter)",
+        hint="compare probabilities, not logits: a token stays when softmax(logits) >= min_p times the largest "
+             "probability of its own row (keepdim so the comparison broadcasts over the vocabulary)")
+
+
+def check_apply_repetition_penalty(learner_fn: Callable) -> CheckResult:
+    """Exercise 1.4 with positive and negative logits, repeated previous tokens, and a penalty below 1."""
+    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0, 0.5]])
+    cases = [Case("logits [2, -2, 1, -1, 0.5], tokens 0 and 1 seen", logits, torch.tensor([[0, 1]]), 2.0),
+             Case("a token seen three times is penalised once", logits, torch.tensor([[3, 3, 3]]), 1.5),
+             Case("penalty 0.5 rewards repetition", logits, torch.tensor([[0, 3]]), 0.5),
+             Case("batch of 3, vocab 50", _random_logits(3, 50, seed=8),
+                  torch.randint(50, (3, 6), generator=torch.Generator().manual_seed(9)), 1.3)]
+    return check_function(
+        learner_fn, apply_repetition_penalty, cases, exercise="1.4 (apply_repetition_penalty)",
+        hint="gather the logits of the seen tokens, divide the positive ones by the penalty and multiply the "
+             "negative ones by it (torch.where), then scatter them back into a copy; a repeated token must "
+             "not be penalised twice")
+
+
+def _tokens_fed_per_call(model: PreTrainedModel, run: Callable[[], object]) -> list[int]:
+    """How many positions ``model`` was given at each forward call while ``run()`` ran."""
+    lengths: list[int] = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        lengths.append(int(input_ids.shape[-1]) if input_ids is not None else -1)
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return lengths
+
+
+def check_greedy_generate(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 1.5: same tokens as ``model.generate(do_sample=False)``, and the KV cache really used.
+
+    Inputs: ``model`` with a batch of 2 and with the BOS token alone, then tiny random Pythia
+    (GPT-NeoX) and Llama models.
+    """
+    def case(name: str, checked_model: PreTrainedModel, batch: int, prompt: int, new: int) -> Case:
+        generator = torch.Generator().manual_seed(batch * 10 + prompt)
+        input_ids = torch.randint(1, checked_model.config.vocab_size, (batch, prompt), generator=generator)
+        return Case(name, checked_model, input_ids, new)
+
+    exercise = "1.5 (greedy_generate)"
+    hint = ("run the whole prompt once with use_cache=True, then feed only the newest token together with "
+            "past_key_values=out.past_key_values; append each step's argmax of out.logits[:, -1] to the tokens")
+    lengths = _tokens_fed_per_call(model, lambda: learner_fn(model, torch.tensor([[0, 5, 6, 7, 8]]), 4))
+    if len(lengths) > 1 and max(lengths[1:]) > 1:
+        return report(exercise, False, f"the model was given {lengths} positions at its {len(lengths)} forward calls: "
+                      "after the first call only the new token should go in, the rest is in the KV cache", hint=hint)
+    cases = [case("your model, batch of 2, prompt of 6", model, 2, 6, 8),
+             Case("your model, the BOS token alone", model, torch.tensor([[0]]), 5),
+             case("tiny random Pythia (GPT-NeoX)", tiny_random_model("gpt_neox"), 2, 4, 6),
+             case("tiny random Llama", tiny_random_model("llama"), 1, 3, 6)]
+    return check_function(learner_fn, lambda m, ids, n: generate(m, ids, n, eos_token_id=()), cases,
+                          exercise=exercise, hint=hint)
+
+
+def check_top_beam_continuations(learner_fn: Callable) -> CheckResult:
+    """Exercise 1.6: the best candidates across beams, with the beams' own scores added."""
+    def case(name: str, beams: int, vocab: int, k: int, seed: int) -> Case:
+        generator = torch.Generator().manual_seed(seed)
+        log_probs = torch.randn(beams, vocab, generator=generator).log_softmax(dim=-1)
+        beam_scores = -5 * torch.rand(beams, generator=generator)
+        return Case(name, beam_scores, log_probs, k)
+
+    cases = [case("3 beams, vocab 20, k=6", 3, 20, 6, seed=0), case("1 beam, k=2", 1, 20, 2, seed=1),
+             case("4 beams, vocab 7, k=8", 4, 7, 8, seed=2),
+             Case("beam 1 is far behind: its best token must not win",
+                  torch.tensor([0.0, -20.0]), torch.tensor([[-3.0, -1.0, -2.0], [-0.1, -5.0, -4.0]]).log_softmax(-1), 2)]
+    return check_function(
+        learner_fn, top_beam_continuations, cases, exercise="1.6 (top_beam_continuations)",
+        hint="add each beam's score to its row of log-probabilities, flatten [beams, vocab] to one row and take "
+             "its top k; the beam is flat_index // vocab and the token flat_index % vocab")

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from utils.decoding import Decoding, generate_text
 from utils.models import COURSE_MODEL_DIR, load_model, load_tokenizer, read_manifest
 from utils.world import FEW_SHOT_TASKS, eval_set, label_text, story
 from utils.world.families import RANDOM_WORD_POOL, all_facts, FACT_PHRASINGS
@@ -97,31 +98,12 @@ def greedy_matches(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return torch.tensor(matches)
 
 
-@torch.no_grad()
 def continue_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int,
                   *, temperature: float = 0.0, stop: str | None = "\n", seed: int = 0) -> str:
     """Continue ``prompt`` greedily (``temperature=0``) or by sampling, until ``stop`` appears
-    or the model ends the document (``<|endoftext|>``)."""
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.tensor([encode(tokenizer, prompt)])
-    past, new_ids = None, []
-    for _ in range(max_new_tokens):
-        out = model(input_ids=ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[0, -1]
-        if temperature == 0:
-            token = int(logits.argmax())
-        else:
-            token = int(torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator))
-        if token == tokenizer.eos_token_id:  # the document ends here
-            break
-        new_ids.append(token)
-        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-        if ids.shape[1] >= model.config.max_position_embeddings:
-            break
-        text = tokenizer.decode(new_ids)
-        if stop is not None and stop in text:
-            return text[: text.index(stop)]
-    return tokenizer.decode(new_ids)
+    or the model ends the document (``<|endoftext|>``): :func:`utils.decoding.generate_text` for one prompt."""
+    return generate_text(model, tokenizer, [prompt], max_new_tokens, decoding=Decoding(temperature=temperature),
+                         stop=stop, seed=seed)[0]
 
 
 # ---------------------------------------------------------------------------------------------
