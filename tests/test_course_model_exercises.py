@@ -10,7 +10,6 @@ from utils.checks import assert_accepts, assert_rejects
 from utils.course_model import exercises
 
 
-
 # Exercise 0.1 ---------------------------------------------------------------------------------
 
 def loss_without_shift(logits, tokens):

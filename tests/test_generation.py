@@ -20,8 +20,6 @@ EOS = 0
 PROMPTS = ["Record:", "Q: 47 + 38 = ?\nA: Step by step:", "One day, Anna went to the", "monday -> MONDAY\nparis ->"]
 
 
-
-
 @pytest.fixture(scope="module", params=["gpt2", "gpt_neox", "llama"])
 def tiny_model(request):
     return tiny_random_model(request.param)

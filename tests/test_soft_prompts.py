@@ -35,8 +35,6 @@ from utils.world import FEW_SHOT_TASKS
 ONE_SHOT_TEXT = "France -> FRANCE\n"  # 4 tokens: France, ' ->', ' FRANCE', '\n'
 
 
-
-
 def random_ids(model, batch: int, seq: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed))
 

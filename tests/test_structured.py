@@ -45,8 +45,6 @@ N_SAMPLES = 200
 PLAUSIBILITY_THRESHOLDS = {"name": 0.9, "age": 0.95, "city": 0.85, "job": 0.9}
 
 
-
-
 @pytest.fixture(scope="module")
 def index(course_tokenizer):
     return record_index(course_tokenizer)

@@ -222,12 +222,12 @@ def check_value(
     return _finish(label, True, "correct")
 
 
-
 def report(exercise: str, passed: bool, message: str, *, hint: str = "",
            learner_fn: Callable[..., Any] | None = None) -> CheckResult:
     """Print and log a result the checker decided itself, for a property no output comparison shows
     (for example *how* a function used the model: a generation loop that ignores its KV cache)."""
     return _finish(_label(exercise, learner_fn), passed, message, hint)
+
 
 # --------------------------------------------------------------------------------------------
 # Comparing outputs
