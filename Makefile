@@ -63,13 +63,14 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --builder html $(BOOK_FLAGS)
 	@echo "book: $(CURDIR)/_build/html/index.html"
 
-# The warnings-as-errors book build is part of the test.
+# The warnings-as-errors book build is part of the test. nbval runs two notebook kernels side by
+# side (PYTEST_FLAGS): one torch thread each, or the two cores are oversubscribed (several times slower).
 test: book
 	@test -f tests/nbval_sanitize.cfg
 	$(VPY) -m pytest tests $(PYTEST_FLAGS)
 	@if ls solutions/*.ipynb >/dev/null 2>&1; then \
-	  echo "$(VPY) -m pytest $(NBVAL_FLAGS) $(PYTEST_FLAGS) solutions/"; \
-	  $(VPY) -m pytest $(NBVAL_FLAGS) $(PYTEST_FLAGS) solutions/; \
+	  echo "OMP_NUM_THREADS=1 $(VPY) -m pytest $(NBVAL_FLAGS) $(PYTEST_FLAGS) solutions/"; \
+	  OMP_NUM_THREADS=1 $(VPY) -m pytest $(NBVAL_FLAGS) $(PYTEST_FLAGS) solutions/; \
 	else echo "no solutions/*.ipynb yet: nbval skipped"; fi
 
 # Regenerate the exercise notebooks labs/*.ipynb from solutions/*.ipynb: first rewrite each

@@ -20,11 +20,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~10 s on 2 CPU cores")
     # Under pytest-xdist, share the cores between the workers: two workers with two torch threads
     # each on two cores run several times slower than with one thread each.
+    # Notebook kernels started by the tests inherit OMP_NUM_THREADS.
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 import pytest  # noqa: E402

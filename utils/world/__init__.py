@@ -18,6 +18,7 @@ from utils.world.families import (
     few_shot, indirect_object, multiple_choice, record, sequence, story, worked_steps,
 )
 from utils.world.labeller import TextLabels, label_text
+from utils.world.instructions import ChatExample, ResponseScore, chat_dataset, chat_eval_set, score_response, summarize_scores  # noqa: F401, E501  (chapter 2)
 
 __all__ = [
     "DEFAULT_MIX", "Document", "FAMILIES", "FEW_SHOT_TASKS", "IOI_TEMPLATES", "RECORD_SCHEMA", "Span",
