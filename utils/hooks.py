@@ -1,0 +1,483 @@
+"""Capture and edit activations three ways: PyTorch hooks, TransformerLens and nnsight (chapter 3).
+
+The course names the places it reads from with *sites*, the same on every architecture:
+
+| site | what | shape | GPT-2 module | TransformerLens hook |
+|---|---|---|---|---|
+| ``resid_pre.{l}`` | input of block ``l`` | ``[batch, pos, d_model]`` | ``transformer.h.{l}`` (input) | ``blocks.{l}.hook_resid_pre`` |
+| ``resid_post.{l}`` | output of block ``l`` | ``[batch, pos, d_model]`` | ``transformer.h.{l}`` (output) | ``blocks.{l}.hook_resid_post`` |
+| ``attn_out.{l}`` | what attention adds | ``[batch, pos, d_model]`` | ``transformer.h.{l}.attn`` (output 0) | ``blocks.{l}.hook_attn_out`` |
+| ``mlp_out.{l}`` | what the MLP adds | ``[batch, pos, d_model]`` | ``transformer.h.{l}.mlp`` (output) | ``blocks.{l}.hook_mlp_out`` |
+| ``pattern.{l}`` | attention probabilities | ``[batch, head, query, key]`` | ``transformer.h.{l}.attn`` (output 1) | ``blocks.{l}.attn.hook_pattern`` |
+
+GPT-NeoX (Pythia) and Llama use their own module names (``utils.architecture`` finds them).
+
+Three ways to read them, which agree to float precision (``tests/test_hooks.py``)::
+
+    acts = capture(model, input_ids, ["resid_pre.0", "pattern.1"])             # PyTorch hooks
+    acts = capture_transformer_lens(tl_model, input_ids, ["resid_pre.0"])       # run_with_cache
+    acts = capture_nnsight(nn_model, input_ids, ["resid_pre.0"])                # model.trace
+
+and to edit them::
+
+    with hooks(model, {"mlp_out.2": lambda out: 0 * out}):     # replace an activation
+        logits = model(input_ids).logits
+    with ablate_head(model, layer=1, head=3):                   # zero one attention head
+        loss = loss_with(model, input_ids)
+
+The attention pattern is read from the second output of the attention module. That module
+computes it only with *eager* attention, which is how ``utils.load_model`` loads every model
+(``attn_implementation="eager"``); with SDPA or flash attention, :func:`capture` says so.
+Editing a pattern with a hook would not change the model's output (the attention module has
+already used it), so ``pattern`` sites can be captured, not edited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from utils import architecture
+from utils.checks import Case, CheckResult, check_function
+from utils.models import tiny_random_model
+
+if TYPE_CHECKING:
+    from nnsight import TransformersModel
+    from transformer_lens import HookedTransformer
+
+SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "pattern")
+#: TransformerLens hook of each site kind, inside ``blocks.{layer}``.
+TRANSFORMER_LENS_HOOKS = {
+    "resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out", "pattern": "attn.hook_pattern",
+}
+#: The attention module inside a block, and its output projection (whose input holds the heads side by side).
+ATTENTION = {"gpt2": "attn", "gpt_neox": "attention", "llama": "self_attn"}
+ATTENTION_OUTPUT_PROJECTION = {"gpt2": "attn.c_proj", "gpt_neox": "attention.dense", "llama": "self_attn.o_proj"}
+MLP = {"gpt2": "mlp", "gpt_neox": "mlp", "llama": "mlp"}
+
+Ablation = Literal["zero", "mean"]
+#: An edit function: gets the activation, returns its replacement (or ``None`` to keep it, e.g. after editing in place).
+EditFn = Callable[[Tensor], Union[Tensor, None]]
+
+_SITE = re.compile(r"^(?P<kind>[a-z_]+)\.(?P<layer>-?\d+)$")
+
+
+# --------------------------------------------------------------------------------------------
+# Sites
+
+
+def valid_sites(n_layers: int) -> list[str]:
+    """Every site of a model with ``n_layers`` blocks, e.g. ``["resid_pre.0", ..., "pattern.3"]``."""
+    return [f"{kind}.{layer}" for layer in range(n_layers) for kind in SITE_KINDS]
+
+
+def _site_error(site: str, n_layers: int, problem: str, extra_names: Iterable[str] = ()) -> ValueError:
+    names = valid_sites(n_layers)
+    close = difflib.get_close_matches(str(site), [*names, *extra_names], n=3, cutoff=0.5)
+    suggestion = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return ValueError(
+        f"{problem}.{suggestion} Valid sites are '<kind>.<layer>' with kind one of {', '.join(SITE_KINDS)} "
+        f"and layer 0 to {n_layers - 1} (this model has {n_layers} layers), e.g. 'resid_pre.0' or "
+        f"'mlp_out.{n_layers - 1}'.")
+
+
+def parse_site(site: str, n_layers: int) -> tuple[str, int]:
+    """``"mlp_out.2"`` → ``("mlp_out", 2)``; a ``ValueError`` naming the problem and close matches otherwise.
+
+    Negative layers count from the end (``"resid_post.-1"`` is the last block's output).
+    """
+    match = _SITE.match(str(site))
+    if match is None or match["kind"] not in SITE_KINDS:
+        raise _site_error(site, n_layers, f"unknown site {site!r}")
+    layer = int(match["layer"])
+    if not -n_layers <= layer < n_layers:
+        raise _site_error(site, n_layers, f"site {site!r}: layer {layer} is out of range")
+    return match["kind"], layer % n_layers
+
+
+def _model_type(model: PreTrainedModel) -> str:
+    architecture.layout(model)  # raises NotImplementedError naming the supported architectures
+    return model.config.model_type
+
+
+def _block_part(model: PreTrainedModel, layer: int, paths: Mapping[str, str]) -> nn.Module:
+    return architecture.blocks(model)[layer].get_submodule(paths[_model_type(model)])
+
+
+def _first(output: Any) -> Tensor:
+    """The hidden states of a module's output (attention modules return a tuple, blocks a tensor)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output: Any, new: Tensor) -> Any:
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Plain PyTorch hooks
+
+
+def _register_reader(model: PreTrainedModel, site: str, store: dict[str, Tensor]) -> torch.utils.hooks.RemovableHandle:
+    """Register the hook that saves ``site``'s activation into ``store[site]``; return its handle."""
+    kind, layer = parse_site(site, architecture.n_layers(model))
+    block = architecture.blocks(model)[layer]
+    if kind == "resid_pre":  # the block's first positional argument: the residual stream coming in
+        return block.register_forward_pre_hook(lambda module, args: store.__setitem__(site, args[0].detach()))
+    if kind == "resid_post":
+        return block.register_forward_hook(lambda module, args, output: store.__setitem__(site, _first(output).detach()))
+    if kind == "mlp_out":
+        mlp = _block_part(model, layer, MLP)
+        return mlp.register_forward_hook(lambda module, args, output: store.__setitem__(site, _first(output).detach()))
+
+    attention = _block_part(model, layer, ATTENTION)  # returns (attn_output, attn_weights)
+    if kind == "attn_out":
+        return attention.register_forward_hook(lambda module, args, output: store.__setitem__(site, output[0].detach()))
+
+    def save_pattern(module: nn.Module, args: Any, output: tuple[Tensor, Tensor | None]) -> None:
+        if output[1] is None:
+            raise ValueError(
+                f"site {site!r}: the attention module returned no attention probabilities (attention "
+                f"implementation {model.config._attn_implementation!r}): load the model with "
+                "attn_implementation='eager', as utils.load_model does")
+        store[site] = output[1].detach()
+
+    return attention.register_forward_hook(save_pattern)
+
+
+@torch.no_grad()
+def capture(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"], sites: Sequence[str]) -> dict[str, Tensor]:
+    """Run ``model`` on ``input_ids`` once and return the activation at each site, with forward hooks.
+
+    Returns ``{site: activation}``: ``Float[Tensor, "batch pos d_model"]`` for ``resid_pre``,
+    ``resid_post``, ``attn_out`` and ``mlp_out``; ``Float[Tensor, "batch head query key"]`` for
+    ``pattern``. The hooks are removed even if the forward pass fails.
+    """
+    if isinstance(sites, str):
+        sites = [sites]
+    store: dict[str, Tensor] = {}
+    handles = []
+    try:
+        for site in sites:
+            handles.append(_register_reader(model, site, store))
+        model(input_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {site: store[site] for site in sites}
+
+
+def _register_editor(model: PreTrainedModel, name: str, fn: EditFn) -> torch.utils.hooks.RemovableHandle:
+    """Register a hook that replaces the activation at a site (or a module's output) by ``fn(activation)``."""
+    n_layers = architecture.n_layers(model)
+    if _SITE.match(name) is None:  # a module name, e.g. "transformer.h.0.attn.c_proj": edit its output
+        modules = dict(model.named_modules())
+        if name not in modules:
+            raise _site_error(name, n_layers, f"{name!r} is neither a site nor a module of this model",
+                              extra_names=modules)
+        return modules[name].register_forward_hook(
+            lambda module, args, output: _replace_first(output, _keep_if_none(fn(_first(output)), _first(output))))
+    kind, layer = parse_site(name, n_layers)
+    block = architecture.blocks(model)[layer]
+    if kind == "resid_pre":
+        return block.register_forward_pre_hook(lambda module, args: (_keep_if_none(fn(args[0]), args[0]), *args[1:]))
+    if kind == "pattern":
+        raise ValueError(f"site {name!r}: an attention pattern can be captured but not edited with a hook (the "
+                         "attention module has already used it when its hook runs): edit the head's output "
+                         "instead, e.g. with ablate_head(model, layer, head)")
+    module = {"resid_post": block, "mlp_out": _block_part(model, layer, MLP),
+              "attn_out": _block_part(model, layer, ATTENTION)}[kind]
+    return module.register_forward_hook(
+        lambda module, args, output: _replace_first(output, _keep_if_none(fn(_first(output)), _first(output))))
+
+
+def _keep_if_none(new: Tensor | None, old: Tensor) -> Tensor:
+    return old if new is None else new
+
+
+@contextlib.contextmanager
+def hooks(model: PreTrainedModel, edits: Mapping[str, EditFn]) -> Iterator[PreTrainedModel]:
+    """Inside the ``with`` block, every forward pass replaces each activation ``x`` by ``edits[name](x)``.
+
+    ``name`` is a site (``"resid_pre.2"``, ``"mlp_out.0"``...) or the name of any module
+    (``"transformer.h.0.attn.c_proj"``, from ``model.named_modules()``: its output is edited). The
+    function gets the activation (``Float[Tensor, "batch pos d_model"]`` for sites) and returns its
+    replacement, or ``None`` to keep it. The hooks are removed when the block ends, even on an error.
+    """
+    handles = []
+    try:
+        for name, fn in edits.items():
+            handles.append(_register_editor(model, name, fn))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# 2. TransformerLens and nnsight
+
+
+def site_to_transformer_lens(site: str, n_layers: int | None = None) -> str:
+    """The TransformerLens hook name of ``site``: ``"attn_out.1"`` → ``"blocks.1.hook_attn_out"``.
+
+    Give ``n_layers`` to check the layer (and to allow negative layers).
+    """
+    kind, layer = parse_site(site, n_layers if n_layers is not None else 10**9)
+    return f"blocks.{layer}.{TRANSFORMER_LENS_HOOKS[kind]}"
+
+
+@torch.no_grad()
+def capture_transformer_lens(tl_model: HookedTransformer, input_ids: Int[Tensor, "batch pos"],
+                             sites: Sequence[str]) -> dict[str, Tensor]:
+    """:func:`capture` with a ``HookedTransformer``: ``run_with_cache`` keeping only the sites' hooks."""
+    if isinstance(sites, str):
+        sites = [sites]
+    names = {site: site_to_transformer_lens(site, tl_model.cfg.n_layers) for site in sites}
+    _, cache = tl_model.run_with_cache(input_ids, names_filter=list(names.values()))
+    return {site: cache[name] for site, name in names.items()}
+
+
+def capture_nnsight(nn_model: TransformersModel, input_ids: Int[Tensor, "batch pos"],
+                    sites: Sequence[str]) -> dict[str, Tensor]:
+    """:func:`capture` with nnsight: one ``model.trace``, saving each site's module input or output.
+
+    With nnsight 0.8 and transformers 5, a block's ``.output`` is a tensor and an attention module's
+    is a tuple ``(attn_output, attn_weights)``. A block's ``.input`` is its first positional argument.
+    """
+    if isinstance(sites, str):
+        sites = [sites]
+    n_layers = architecture.n_layers(nn_model)
+    parsed = {site: parse_site(site, n_layers) for site in sites}
+    model_type = _model_type(architecture.unwrap(nn_model))
+    blocks = architecture.blocks(nn_model)
+    execution_order = {"resid_pre": 0, "attn_out": 1, "pattern": 1, "mlp_out": 2, "resid_post": 3}
+    needed = sorted({(layer, execution_order[kind]) for kind, layer in parsed.values()})
+    saved: dict[tuple[int, int], Any] = {}
+    with torch.no_grad(), nn_model.trace(input_ids):
+        for layer, step in needed:  # nnsight wants the modules in the order the forward pass reaches them
+            block = blocks[layer]
+            module = {0: block, 1: getattr(block, ATTENTION[model_type]), 2: getattr(block, MLP[model_type]),
+                      3: block}[step]
+            saved[layer, step] = module.input.save() if step == 0 else module.output.save()
+    result = {}
+    for site, (kind, layer) in parsed.items():
+        value = saved[layer, execution_order[kind]]
+        result[site] = value[1] if kind == "pattern" else _first(value)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Editing: ablations and the loss
+
+
+def _check_how(how: str) -> None:
+    if how not in ("zero", "mean"):
+        raise ValueError(f"unknown ablation how={how!r}: use 'zero' (replace by zeros) or 'mean' (replace by its "
+                         "mean over the batch mean_over)")
+
+
+def _check_head(n_heads: int, head: int) -> int:
+    if not isinstance(head, int) or not -n_heads <= head < n_heads:
+        raise ValueError(f"head {head!r} does not exist: this model has {n_heads} heads per layer, numbered 0 to "
+                         f"{n_heads - 1}")
+    return head % n_heads
+
+
+def _mean_over_needed(how: str, mean_over: Tensor | None) -> None:
+    _check_how(how)
+    if how == "mean" and mean_over is None:
+        raise ValueError("how='mean' needs mean_over: the input_ids (a reference batch) to average the activation over")
+
+
+@torch.no_grad()
+def head_outputs(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"], layer: int
+                 ) -> Float[Tensor, "batch pos head d_head"]:
+    """The heads' outputs at ``layer`` (TransformerLens's ``hook_z``): the input of the attention output projection."""
+    layer = architecture.check_layer(model, layer)
+    projection = _block_part(model, layer, ATTENTION_OUTPUT_PROJECTION)
+    captured: list[Tensor] = []
+    handle = projection.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        model(input_ids)
+    finally:
+        handle.remove()
+    return einops.rearrange(captured[0], "batch pos (head d_head) -> batch pos head d_head",
+                            head=model.config.num_attention_heads)
+
+
+@contextlib.contextmanager
+def ablate_head(model: PreTrainedModel, layer: int, head: int, how: Ablation = "zero",
+                mean_over: Int[Tensor, "batch pos"] | None = None) -> Iterator[PreTrainedModel]:
+    """Inside the ``with`` block, head ``head`` of ``layer`` writes zeros (``how="zero"``) or its mean output.
+
+    The edit is on the input of the attention output projection (GPT-2 ``attn.c_proj``), shaped
+    ``[batch, pos, n_heads * d_head]``: the heads' outputs side by side, before they are mixed. With
+    ``how="mean"`` the head's output is replaced by its mean over every position of ``mean_over``
+    (a batch of input_ids), a ``[d_head]`` vector.
+    """
+    _mean_over_needed(how, mean_over)
+    layer = architecture.check_layer(model, layer)
+    n_heads = model.config.num_attention_heads
+    head = _check_head(n_heads, head)
+    replacement = 0.0 if how == "zero" else head_outputs(model, mean_over, layer)[:, :, head].mean(dim=(0, 1))
+
+    def edit(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        z = einops.rearrange(args[0], "batch pos (head d_head) -> batch pos head d_head", head=n_heads).clone()
+        z[:, :, head] = replacement
+        return (einops.rearrange(z, "batch pos head d_head -> batch pos (head d_head)"), *args[1:])
+
+    handle = _block_part(model, layer, ATTENTION_OUTPUT_PROJECTION).register_forward_pre_hook(edit)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def ablate_mlp(model: PreTrainedModel, layer: int, how: Ablation = "zero",
+               mean_over: Int[Tensor, "batch pos"] | None = None) -> Iterator[PreTrainedModel]:
+    """Inside the ``with`` block, the MLP of ``layer`` adds zeros, or its mean output over ``mean_over`` ([d_model])."""
+    _mean_over_needed(how, mean_over)
+    site = f"mlp_out.{architecture.check_layer(model, layer)}"
+    if how == "zero":
+        replacement = None
+    else:
+        replacement = capture(model, mean_over, [site])[site].mean(dim=(0, 1))
+    with hooks(model, {site: lambda out: torch.zeros_like(out) if replacement is None else replacement.expand_as(out)}):
+        yield model
+
+
+def transformer_lens_ablate_head(tl_model: HookedTransformer, layer: int, head: int, how: Ablation = "zero",
+                                 mean_over: Int[Tensor, "batch pos"] | None = None) -> list[tuple[str, Callable]]:
+    """:func:`ablate_head` for TransformerLens: ``fwd_hooks`` editing ``blocks.{layer}.attn.hook_z``."""
+    _mean_over_needed(how, mean_over)
+    name = f"blocks.{layer}.attn.hook_z"  # [batch, pos, head, d_head]
+    head = _check_head(tl_model.cfg.n_heads, head)
+    replacement: Tensor | float = 0.0
+    if how == "mean":
+        _, cache = tl_model.run_with_cache(mean_over, names_filter=name)
+        replacement = cache[name][:, :, head].mean(dim=(0, 1))
+
+    def edit(z: Tensor, hook: Any) -> Tensor:
+        z = z.clone()
+        z[:, :, head] = replacement
+        return z
+
+    return [(name, edit)]
+
+
+def transformer_lens_ablate_mlp(tl_model: HookedTransformer, layer: int, how: Ablation = "zero",
+                                mean_over: Int[Tensor, "batch pos"] | None = None) -> list[tuple[str, Callable]]:
+    """:func:`ablate_mlp` for TransformerLens: ``fwd_hooks`` editing ``blocks.{layer}.hook_mlp_out``."""
+    _mean_over_needed(how, mean_over)
+    name = f"blocks.{layer}.hook_mlp_out"
+    if how == "zero":
+        return [(name, lambda out, hook: torch.zeros_like(out))]
+    _, cache = tl_model.run_with_cache(mean_over, names_filter=name)
+    mean = cache[name].mean(dim=(0, 1))
+    return [(name, lambda out, hook: mean.expand_as(out))]
+
+
+@torch.no_grad()
+def loss_with(model: PreTrainedModel | HookedTransformer, input_ids: Int[Tensor, "batch pos"],
+              edits: Mapping[str, EditFn] | Sequence[Any] = ()) -> float:
+    """The mean next-token loss (nats) of ``model`` on ``input_ids`` with ``edits`` applied.
+
+    For a ``transformers`` model, ``edits`` is a ``{site_or_module: fn}`` mapping (see :func:`hooks`)
+    or a list of edit context managers, e.g. ``[ablate_head(model, 1, 3), ablate_mlp(model, 0)]``.
+    For a ``HookedTransformer`` it is a list of ``(hook_name, fn)`` pairs, as ``run_with_hooks`` takes.
+    """
+    if hasattr(model, "run_with_hooks"):  # a HookedTransformer
+        return float(model.run_with_hooks(input_ids, return_type="loss", fwd_hooks=list(edits)))
+    with contextlib.ExitStack() as stack:
+        if isinstance(edits, Mapping):
+            stack.enter_context(hooks(model, edits))
+        else:
+            for edit in edits:
+                stack.enter_context(edit)
+        return float(model(input_ids, labels=input_ids).loss)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Exercise 3.1: capture the residual stream with a hook
+
+
+@torch.no_grad()
+def capture_residual_stream(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"], layer: int
+                            ) -> Float[Tensor, "batch pos d_model"]:
+    """Reference for Exercise 3.1: the output of block ``layer`` (the residual stream after it), with a forward hook."""
+    captured: list[Tensor] = []
+
+    def save_output(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = architecture.blocks(model)[layer].register_forward_hook(save_output)
+    try:
+        model(input_ids)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def _is_transformers_own(hook: Callable) -> bool:
+    """Whether ``hook`` belongs to ``transformers``: version 5 installs hooks of its own, for good, the first
+    time a model is asked for ``output_hidden_states`` or ``output_attentions``."""
+    return getattr(hook, "__module__", "").startswith("transformers.")
+
+
+def _new_hooks(model: PreTrainedModel, before: Mapping[int, set[int]]) -> Iterator[tuple[str, dict, int]]:
+    """``(module name, registry, key)`` of each hook registered since ``before`` (transformers' own excepted)."""
+    for name, module in model.named_modules():
+        for registry in (module._forward_hooks, module._forward_pre_hooks):
+            for key in set(registry) - before.get(id(registry), set()):
+                if not _is_transformers_own(registry[key]):
+                    yield name or "the model", registry, key
+
+
+def _removing_left_hooks(learner_fn: Callable) -> Callable:
+    """``learner_fn``, which also fails if it leaves a hook on the model (removing it, so later cases run clean)."""
+    def call(model: PreTrainedModel, input_ids: Tensor, layer: int) -> Any:
+        before = {id(registry): set(registry) for module in model.modules()
+                  for registry in (module._forward_hooks, module._forward_pre_hooks)}
+        try:
+            return learner_fn(model, input_ids, layer)
+        finally:
+            left = list(_new_hooks(model, before))
+            for _, registry, key in left:
+                del registry[key]
+            if left:
+                raise RuntimeError(f"your function left a hook registered on {left[0][0]} after it returned: keep the "
+                                   "handle that register_forward_hook returns and call handle.remove() in a finally block")
+    call.__name__ = getattr(learner_fn, "__name__", "capture_residual_stream")
+    return call
+
+
+def check_capture_residual_stream(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 3.1 on ``model`` (first and last layer, batch 1 and 2) and tiny random Pythia and Llama models."""
+    def case(name: str, checked_model: PreTrainedModel, layer: int, batch: int, pos: int) -> Case:
+        generator = torch.Generator().manual_seed(batch * 100 + pos + layer)
+        input_ids = torch.randint(checked_model.config.vocab_size, (batch, pos), generator=generator)
+        return Case(name, checked_model, input_ids, layer)
+
+    last = architecture.n_layers(model) - 1
+    cases = [case("your model, layer 0, batch of 2", model, 0, 2, 6),
+             case(f"your model, last layer ({last}), batch of 1", model, last, 1, 5),
+             case("tiny random Pythia (GPT-NeoX), layer 1", tiny_random_model("gpt_neox"), 1, 2, 5),
+             case("tiny random Llama, layer 0", tiny_random_model("llama"), 0, 1, 4)]
+    with torch.no_grad():
+        return check_function(
+            _removing_left_hooks(learner_fn), capture_residual_stream, cases, exercise="3.1 (capture_residual_stream)",
+            atol=1e-5, rtol=1e-4,
+            hint="register_forward_hook on architecture.blocks(model)[layer] (not layer - 1 or + 1); in the hook "
+                 "save `output` (the block's output, not its input; a tensor: take output[0] if it is a tuple); "
+                 "run the model, then call handle.remove() in a finally block and return the saved tensor")
