@@ -17,6 +17,7 @@ from utils.finetune import (
     ADAPTERS_DIR, IGNORE_INDEX, chat_batch, evaluate_chat, load_adapted_model, peft_adapter, train_model,
 )
 from utils.lora import add_lora, load_lora_state_dict, lora_modules, remove_lora, task_vector
+from utils.models import CheckpointError
 from utils.world.instructions import chat_dataset, chat_eval_set
 
 N_EVAL = 300
@@ -143,7 +144,7 @@ def test_a_modified_adapter_file_is_refused(tmp_path):
     copy_dir = shutil.copytree(ADAPTERS_DIR / "instruct", tmp_path / "adapter")
     config = json.loads((copy_dir / "adapter_config.json").read_text())
     (copy_dir / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 1}))
-    with pytest.raises(ValueError, match="does not match its SHA-256"):
+    with pytest.raises(CheckpointError, match="does not match the SHA-256 in manifest.json.*python -m utils.finetune"):
         load_adapted_model(adapter_dir=copy_dir)
 
 
@@ -180,7 +181,7 @@ def test_response_labels_checker():
 def test_unknown_adapters_are_refused_with_the_known_names(tmp_path):
     with pytest.raises(ValueError, match="geography.*grammar.*instruct"):
         finetune.write_adapter("chat", out_dir=tmp_path)
-    with pytest.raises(ValueError, match="manifest.json is missing"):
+    with pytest.raises(CheckpointError, match="manifest.json is missing.*geography.*grammar.*instruct"):
         load_adapted_model("chat")
 
 

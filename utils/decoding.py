@@ -333,9 +333,35 @@ def generate(
 
 
 
+def token_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The text of every token id, ``tokenizer.decode([id])``; ``""`` for special tokens (EOS...).
+
+    Index ``i`` of the list is token ``i``; the list has ``len(tokenizer)`` entries. Special
+    tokens get ``""`` so that they never count as text (the index allows EOS on its own). A
+    token that is part of a multi-byte character decodes to ``'\\ufffd'``. SentencePiece
+    tokenizers drop a token's leading space in ``decode``; it is put back (``'▁the'`` -> ``' the'``).
+    """
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise TypeError(f"expected a transformers tokenizer, got {type(tokenizer).__name__}: "
+                        "load one with utils.models.load_tokenizer(MODEL)")
+    ids = list(range(len(tokenizer)))
+    texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    special = set(tokenizer.all_special_ids)
+    strings = []
+    for token_id, text, piece in zip(ids, texts, pieces):
+        if token_id in special:
+            text = ""
+        elif isinstance(piece, str) and piece.startswith("\u2581") and not text.startswith(" "):
+            text = " " + text
+        strings.append(text)
+    return strings
+
+
 def tokens_containing(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """The ids of every token whose decoded text contains ``text`` (e.g. every token with a newline)."""
-    return [token for token in range(len(tokenizer)) if text in tokenizer.decode([token])]
+    """The ids of every token whose text (:func:`token_strings`) contains ``text``, e.g. every token with
+    a newline. Special tokens have no text, so they never match."""
+    return [token for token, token_text in enumerate(token_strings(tokenizer)) if text in token_text]
 
 
 def generate_text(

@@ -49,7 +49,9 @@ from utils.lora import (
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, add_lora, apply_task_vector, count_parameters, load_adapter,
     merge_task_vectors_linear, merge_task_vectors_slerp, remove_lora, save_adapter,
 )
-from utils.models import COURSE_MODEL_DIR, COURSE_MODEL_NAME, file_sha256, load_model, load_tokenizer
+from utils.models import (
+    COURSE_MODEL_DIR, COURSE_MODEL_NAME, load_model, load_tokenizer, verify_checkpoint, write_manifest,
+)
 from utils.world import generate_corpus
 from utils.world.corpus import EVAL_SEED_OFFSET
 from utils.world.instructions import (
@@ -239,7 +241,6 @@ def base_corpus_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return sum(losses) / sum(len(sequence) - 1 for sequence in sequences)
 
 
-
 # --------------------------------------------------------------------------------------------
 # 4. LoRA adapters: a recipe, the shipped instruction adapter
 
@@ -298,14 +299,10 @@ def write_adapter(name: str, out_dir: Path | None = None, n_eval: int = 300) -> 
         "base_corpus_loss": {"base": base_corpus_loss(model, tokenizer), "adapted": base_corpus_loss(adapted, tokenizer)},
     }
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1) + "\n")
-    manifest = {
-        "command": f"python -m utils.finetune {name}", "recipe": asdict(recipe), "seconds": round(run.seconds, 1),
-        "first_loss": run.losses[0], "final_loss": sum(run.losses[-20:]) / 20,
-        "trainable_parameters": run.trainable_parameters,
-        "files": {file: file_sha256(out_dir / file) for file in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE)},
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return write_manifest(
+        out_dir, files=(ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE), command=f"python -m utils.finetune {name}",
+        recipe=asdict(recipe), seconds=round(run.seconds, 1), first_loss=run.losses[0],
+        final_loss=sum(run.losses[-20:]) / 20, trainable_parameters=run.trainable_parameters)
 
 
 def load_adapted_model(name: str = "instruct", *, merge: bool = True, adapter_dir: Path | None = None
@@ -316,21 +313,14 @@ def load_adapted_model(name: str = "instruct", *, merge: bool = True, adapter_di
     base model); ``merge=False`` keeps the LoRA layers (``utils.lora.LoRALinear``).
     """
     adapter_dir = Path(adapter_dir or ADAPTERS_DIR / name)
-    manifest_path = adapter_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise ValueError(f"{manifest_path} is missing: the shipped adapters are {sorted(SHIPPED_ADAPTERS)}; "
-                         f"rebuild one with `python -m utils.finetune {name}`")
-    manifest = json.loads(manifest_path.read_text())
-    for file, expected in manifest["files"].items():
-        if file_sha256(adapter_dir / file) != expected:
-            raise ValueError(f"{adapter_dir / file} does not match its SHA-256 in manifest.json (modified, or a Git "
-                             f"LFS pointer?): rebuild it with `{manifest['command']}`")
+    verify_checkpoint(adapter_dir, hint=f"the shipped adapters are {sorted(SHIPPED_ADAPTERS)}; restore them with "
+                                        "`git checkout -- utils/assets/adapters` or rebuild one with "
+                                        f"`python -m utils.finetune {name}`")
     model = load_model("course")
     load_adapter(model, adapter_dir)
     if merge:
         remove_lora(model, merge=True)
     return model
-
 
 
 def shipped_or_trained_adapter(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -389,8 +379,6 @@ def check_response_labels(learner_fn: Callable) -> CheckResult:
         hint="keep input_ids where the position is >= the row's prompt length and the attention mask is 1, put "
              "-100 everywhere else; do not shift the labels yourself: transformers compares the logits at "
              "position i with labels[:, i + 1]")
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -65,47 +66,49 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(checkpoint_dir: Path, **fields: Any) -> dict[str, Any]:
+def write_manifest(checkpoint_dir: Path, *, files: Sequence[str] = CHECKSUMMED_FILES, **fields: Any) -> dict[str, Any]:
     """Write ``manifest.json`` into ``checkpoint_dir``: ``fields`` plus the checksums of its files.
 
-    Returns the manifest as a dict. ``fields`` must be JSON-serialisable (how the model was trained:
-    tokens, steps, losses, seconds, command, config...).
+    ``files`` lists the files to checksum (those present are recorded); the first one, the weights
+    (``model.safetensors`` for a model), must exist. Returns the manifest as a dict. ``fields`` must be
+    JSON-serialisable (how the model was trained: tokens, steps, losses, seconds, command, config...).
     """
     checkpoint_dir = Path(checkpoint_dir)
-    files = {
+    checksums = {
         name: {"sha256": file_sha256(checkpoint_dir / name), "bytes": (checkpoint_dir / name).stat().st_size}
-        for name in CHECKSUMMED_FILES if (checkpoint_dir / name).exists()
+        for name in files if (checkpoint_dir / name).exists()
     }
-    if "model.safetensors" not in files:
-        raise CheckpointError(f"{checkpoint_dir} has no model.safetensors: save the model before writing its manifest")
-    manifest = {**fields, "files": files}
+    if files[0] not in checksums:
+        raise CheckpointError(f"{checkpoint_dir} has no {files[0]}: save the weights before writing their manifest")
+    manifest = {**fields, "files": checksums}
     (checkpoint_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
-def read_manifest(checkpoint_dir: Path = COURSE_MODEL_DIR) -> dict[str, Any]:
-    """The manifest of a checkpoint directory (raises :class:`CheckpointError` when it is missing)."""
+def read_manifest(checkpoint_dir: Path = COURSE_MODEL_DIR, hint: str = RETRAIN_HINT) -> dict[str, Any]:
+    """The manifest of a checkpoint directory (raises :class:`CheckpointError`, ending with ``hint``, when it is missing)."""
     path = Path(checkpoint_dir) / MANIFEST_FILE
     if not path.exists():
-        raise CheckpointError(f"{path} is missing: {RETRAIN_HINT}")
+        raise CheckpointError(f"{path} is missing: {hint}")
     return json.loads(path.read_text())
 
 
-def verify_checkpoint(checkpoint_dir: Path = COURSE_MODEL_DIR) -> dict[str, Any]:
+def verify_checkpoint(checkpoint_dir: Path = COURSE_MODEL_DIR, hint: str = RETRAIN_HINT) -> dict[str, Any]:
     """Check every file listed in the manifest against its SHA-256; return the manifest.
 
-    Raises :class:`CheckpointError` naming the first missing or modified file, and how to fix it.
+    Raises :class:`CheckpointError` naming the first missing or modified file, and ``hint``: how to
+    restore it (by default, the course model's).
     """
     checkpoint_dir = Path(checkpoint_dir)
-    manifest = read_manifest(checkpoint_dir)
+    manifest = read_manifest(checkpoint_dir, hint)
     for name, expected in manifest["files"].items():
         path = checkpoint_dir / name
         if not path.exists():
-            raise CheckpointError(f"{path} is missing from the checkpoint: {RETRAIN_HINT}")
+            raise CheckpointError(f"{path} is missing from the checkpoint: {hint}")
         if file_sha256(path) != expected["sha256"]:
             raise CheckpointError(
                 f"{path} does not match the SHA-256 in {MANIFEST_FILE} (modified, truncated or a Git LFS "
-                f"pointer?): {RETRAIN_HINT}")
+                f"pointer?): {hint}")
     return manifest
 
 

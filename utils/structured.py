@@ -54,7 +54,7 @@ from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBa
 
 from utils.checks import Case, CheckResult, check_function
 from utils.course_model.evaluate import Record, encode
-from utils.decoding import Decoding, generate
+from utils.decoding import Decoding, generate, token_strings
 from utils.world.vocabulary import CAPITALS, JOBS, NAMES
 
 __all__ = [
@@ -320,31 +320,6 @@ def _clip(text: str | None, limit: int = 80) -> str | None:
 
 # --------------------------------------------------------------------------------------------
 # 3. Characters -> tokens
-
-
-def token_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """The text of every token id, ``tokenizer.decode([id])``; ``""`` for special tokens (EOS...).
-
-    Index ``i`` of the list is token ``i``; the list has ``len(tokenizer)`` entries. Special
-    tokens get ``""`` so that they never count as text (the index allows EOS on its own). A
-    token that is part of a multi-byte character decodes to ``'\\ufffd'``. SentencePiece
-    tokenizers drop a token's leading space in ``decode``; it is put back (``'▁the'`` -> ``' the'``).
-    """
-    if not isinstance(tokenizer, PreTrainedTokenizerBase):
-        raise TypeError(f"expected a transformers tokenizer, got {type(tokenizer).__name__}: "
-                        "load one with utils.models.load_tokenizer(MODEL)")
-    ids = list(range(len(tokenizer)))
-    texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
-    pieces = tokenizer.convert_ids_to_tokens(ids)
-    special = set(tokenizer.all_special_ids)
-    strings = []
-    for token_id, text, piece in zip(ids, texts, pieces):
-        if token_id in special:
-            text = ""
-        elif isinstance(piece, str) and piece.startswith("\u2581") and not text.startswith(" "):
-            text = " " + text
-        strings.append(text)
-    return strings
 
 
 def token_transitions(fsm: CharFSM, state: int, token_strings: list[str]) -> dict[int, int]:
