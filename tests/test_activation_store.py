@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import utils.activation_store as activation_store
 from utils.activation_store import ActivationStore, cache_activations, document_attention, token_windows
+from utils.checks import assert_accepts, assert_rejects
 from utils.models import load_model, load_tokenizer, tiny_random_model
 from utils.world import generate_corpus
 
@@ -211,3 +213,48 @@ def test_bad_inputs(course, windows, tmp_path):
         cache_activations(model, windows, layer=0, directory=tmp_path / "e", progress=False)
     with pytest.raises(ValueError, match="not an activation store"):
         ActivationStore(tmp_path / "e")
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise 3.4
+
+
+def test_cache_to_shards_writes_bounded_shards(course, windows, tmp_path):
+    model, _ = course
+    rows = activation_store.cache_to_shards(model, windows, 1, tmp_path, shard_rows=100, batch_size=5)
+    sizes = [len(load_file(str(p))["activations"]) for p in sorted(tmp_path.glob("shard_*.safetensors"))]
+    assert rows == sum(sizes) == (windows != 0).sum() and set(sizes[:-1]) == {100} and 0 < sizes[-1] <= 100
+    whole = torch.cat([load_file(str(p))["activations"] for p in sorted(tmp_path.glob("shard_*.safetensors"))])
+    torch.testing.assert_close(whole, expected_rows(model, windows, layer=1), atol=1e-5, rtol=0)
+
+
+def test_cache_to_shards_checker(course, windows):
+    model, _ = course
+    reference = activation_store.cache_to_shards
+    windows = windows[:8]
+
+    def one_shard(model, windows, layer, directory, shard_rows=1024, batch_size=8):   # memory not bounded
+        return reference(model, windows, layer, directory, shard_rows=10**9, batch_size=batch_size)
+
+    def keeps_bos(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+        directory.mkdir(parents=True)
+        acts = activation_store.block_output(model, windows, layer, model.config.bos_token_id)
+        rows = acts.reshape(-1, acts.shape[-1])
+        for i, shard in enumerate(rows.split(shard_rows)):
+            save_file({"activations": shard.contiguous()}, str(directory / f"shard_{i:05d}.safetensors"))
+        return len(rows)
+
+    def drops_last_shard(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+        written = reference(model, windows, layer, directory, shard_rows, batch_size)
+        last = sorted(directory.glob("shard_*.safetensors"))[-1]
+        last.unlink()
+        return written
+
+    def wrong_layer(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+        return reference(model, windows, max(layer - 1, 0) if layer else 1, directory, shard_rows, batch_size)
+
+    assert_accepts(activation_store.check_cache_to_shards(reference, model, windows))
+    assert_rejects(activation_store.check_cache_to_shards(one_shard, model, windows), "more than shard_rows=100")
+    assert_rejects(activation_store.check_cache_to_shards(keeps_bos, model, windows), "not BOS")
+    assert_rejects(activation_store.check_cache_to_shards(drops_last_shard, model, windows), "rows in all")
+    assert_rejects(activation_store.check_cache_to_shards(wrong_layer, model, windows), "the rows, in shard order")

@@ -14,7 +14,7 @@ from utils import architecture
 from utils.checks import assert_accepts, assert_rejects
 from utils.hooks import (
     ablate_head, ablate_mlp, capture, capture_nnsight, capture_residual_stream, capture_transformer_lens,
-    check_capture_residual_stream, head_outputs, hooks, loss_with, site_to_transformer_lens,
+    check_capture_residual_stream, head_outputs, hooks, loss_with, nnsight_loss_with_ablation, site_to_transformer_lens,
     transformer_lens_ablate_head, transformer_lens_ablate_mlp, valid_sites,
 )
 from utils.models import load_model, load_tokenizer, tiny_random_model
@@ -170,6 +170,24 @@ def test_ablating_an_mlp_agrees_with_transformer_lens(course_model, tl_model, in
         assert ablated == pytest.approx(
             loss_with(tl_model, input_ids, transformer_lens_ablate_mlp(tl_model, 0, how, mean_over)), abs=1e-4)
     assert_no_hooks(course_model)
+
+
+@pytest.mark.parametrize("how", ["zero", "mean"])
+def test_the_three_tools_ablate_alike(course_model, tl_model, nn_model, input_ids, how):
+    """A head (2.4) and an MLP (0), zero- and mean-ablated: the same loss with hooks, TransformerLens and nnsight."""
+    mean_over = input_ids.flip(0) if how == "mean" else None
+    head = [loss_with(course_model, input_ids, [ablate_head(course_model, 2, 4, how, mean_over)]),
+            loss_with(tl_model, input_ids, transformer_lens_ablate_head(tl_model, 2, 4, how, mean_over)),
+            nnsight_loss_with_ablation(nn_model, input_ids, 2, 4, how, mean_over)]
+    mlp = [loss_with(course_model, input_ids, [ablate_mlp(course_model, 0, how, mean_over)]),
+           loss_with(tl_model, input_ids, transformer_lens_ablate_mlp(tl_model, 0, how, mean_over)),
+           nnsight_loss_with_ablation(nn_model, input_ids, 0, None, how, mean_over)]
+    assert max(head) - min(head) < 1e-4 and max(mlp) - min(mlp) < 1e-4
+    assert mlp[0] > loss_with(course_model, input_ids) + 0.01
+    with pytest.raises(ValueError, match="head 8 does not exist"):
+        nnsight_loss_with_ablation(nn_model, input_ids, 0, 8)
+    with pytest.raises(ValueError, match="layer 4 does not exist"):
+        nnsight_loss_with_ablation(nn_model, input_ids, 4)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -45,8 +47,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.architecture import blocks, check_layer, unwrap
+from utils.architecture import check_layer, n_layers, unwrap
+from utils.checks import CheckResult, compare, report
 from utils.course_model.train import document_inputs, pack_documents
+from utils.hooks import capture
+from utils.models import tiny_random_model
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
@@ -121,35 +126,18 @@ def model_signature(model: Any) -> dict[str, Any]:
 # Capturing one block's output
 
 
-class _StopForward(Exception):
-    """Raised by the hook once the wanted block has run: later blocks would be wasted work."""
-
-
 def block_output(model: Any, windows: Int[Tensor, "batch pos"], layer: int, bos: int) -> Float[Tensor, "batch pos d_model"]:
-    """The residual stream after block ``layer`` (``resid_post``) for ``windows``.
+    """The residual stream after block ``layer`` (``resid_post``) for packed ``windows``.
 
-    A forward hook on the block stores its output and stops the forward pass there; the hook is
-    removed in ``finally`` so that an error never leaves it behind.
+    The forward pass keeps the packed documents apart (:func:`document_attention`) and stops once
+    block ``layer`` has run (:func:`utils.hooks.capture` with ``stop_early``).
     """
-    captured: list[Tensor] = []
-
-    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-        captured.append(output[0] if isinstance(output, tuple) else output)
-        raise _StopForward
-
     hf_model = unwrap(model)
     device = next(hf_model.parameters()).device
     positions, mask = document_attention(windows, bos, dtype=hf_model.dtype)
-    handle = blocks(model)[layer].register_forward_hook(hook)
-    try:
-        hf_model(input_ids=windows.to(device), position_ids=positions.to(device), attention_mask=mask.to(device))
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError(f"block {layer} did not run in the forward pass")
-    return captured[0]
+    site = f"resid_post.{layer}"
+    return capture(hf_model, windows.to(device), [site], stop_early=True,
+                   position_ids=positions.to(device), attention_mask=mask.to(device))[site]
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,3 +408,109 @@ class ActivationStore:
         """The token id behind each row, in row order."""
         ids = [load_file(str(self.directory / s["file"]))["token_ids"] for s in self.metadata["shards"]]
         return torch.cat(ids) if ids else torch.empty(0, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise 3.4: the core of cache_activations, written by the learner
+
+
+@torch.no_grad()
+def cache_to_shards(
+    model: PreTrainedModel, windows: Int[Tensor, "n context"], layer: int, directory: str | Path,
+    shard_rows: int = 1024, batch_size: int = 8, *, progress: bool = True,
+) -> int:
+    """Reference for Exercise 3.4: write block ``layer``'s output on ``windows``, BOS rows dropped, in shards.
+
+    ``directory/shard_00000.safetensors``, ``shard_00001.safetensors``... each hold a tensor
+    ``"activations"`` of exactly ``shard_rows`` rows ``[shard_rows, d_model]`` in window order,
+    but the last, which holds the rest. Memory stays below one shard plus one batch. Returns the
+    number of rows written. ``progress=False`` hides the progress bar.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    bos = unwrap(model).config.bos_token_id
+    pending = torch.empty(0, unwrap(model).config.hidden_size)       # rows not yet on disk: [rows, d_model]
+    shards_written = rows_written = 0
+
+    def write(rows: Float[Tensor, "rows d_model"]) -> None:
+        nonlocal shards_written, rows_written
+        save_file({"activations": rows.contiguous()}, str(directory / f"shard_{shards_written:05d}.safetensors"))
+        shards_written += 1
+        rows_written += len(rows)
+
+    for start in tqdm(range(0, len(windows), batch_size), desc=f"caching layer {layer}", unit="batch",
+                      disable=not progress):
+        batch = windows[start:start + batch_size]                     # [batch, context]
+        activations = block_output(model, batch, layer, bos)         # [batch, context, d_model]
+        pending = torch.cat([pending, activations[batch != bos]])    # BOS rows dropped
+        while len(pending) >= shard_rows:
+            write(pending[:shard_rows])
+            pending = pending[shard_rows:]
+    if len(pending):
+        write(pending)
+    return rows_written
+
+
+def _read_shards(directory: Path) -> list[tuple[str, Tensor]]:
+    """``(file name, activations)`` of every ``shard_*.safetensors`` in ``directory``, in name order."""
+    shards = []
+    for path in sorted(directory.glob("shard_*.safetensors")):
+        tensors = load_file(str(path))
+        if "activations" not in tensors:
+            raise ValueError(f"{path.name} holds {sorted(tensors)}, not a tensor named 'activations'")
+        shards.append((path.name, tensors["activations"]))
+    return shards
+
+
+def _shards_problem(learner_fn: Callable[..., int], model: PreTrainedModel, windows: Tensor, layer: int,
+                    shard_rows: int, batch_size: int, workdir: Path) -> str | None:
+    """``None`` when ``learner_fn`` writes the reference's rows in bounded shards, else what is wrong."""
+    returned = learner_fn(model, windows, layer, workdir / "yours", shard_rows=shard_rows, batch_size=batch_size)
+    shards = _read_shards(workdir / "yours")
+    if not shards:
+        return f"no shard_*.safetensors file in the directory (found {sorted(p.name for p in (workdir / 'yours').glob('*'))})"
+    for name, activations in shards:
+        if len(activations) > shard_rows:
+            return (f"{name} holds {len(activations)} rows, more than shard_rows={shard_rows}: write a shard each "
+                    "time shard_rows rows are waiting, so memory stays bounded")
+    cache_to_shards(model, windows, layer, workdir / "reference", shard_rows=shard_rows, batch_size=batch_size,
+                    progress=False)
+    expected = torch.cat([a for _, a in _read_shards(workdir / "reference")])
+    rows = torch.cat([a for _, a in shards])
+    if len(rows) != len(expected):
+        return (f"the shards hold {len(rows)} rows in all, expected {len(expected)} (one per token that is not "
+                f"BOS, {windows.numel()} tokens of which {int((windows == unwrap(model).config.bos_token_id).sum())} "
+                "are BOS)")
+    problem = compare(rows, expected, atol=1e-5, rtol=1e-4)
+    if problem is not None:
+        return f"the rows, in shard order: {problem}"
+    if returned != len(expected):
+        return f"your function returned {returned!r}, expected the number of rows written, {len(expected)}"
+    return None
+
+
+def check_cache_to_shards(learner_fn: Callable[..., int], model: PreTrainedModel, windows: Int[Tensor, "n context"]
+                          ) -> CheckResult:
+    """Exercise 3.4 on ``model`` (two layers, two shard sizes) and a tiny random Llama, in temporary directories."""
+    hint = ("per batch: block_output(model, batch, layer, bos), keep the rows where batch != bos, append them to the "
+            "pending rows; while at least shard_rows are pending, save the first shard_rows as shard_{i:05d}."
+            "safetensors and keep the rest; after the loop save what is left (the last, smaller shard)")
+    llama = tiny_random_model("llama")
+    llama_windows = torch.randint(1, llama.config.vocab_size, (5, 12), generator=torch.Generator().manual_seed(0))
+    llama_windows[:, 0] = llama.config.bos_token_id
+    cases = [(f"your model, layer 0, {len(windows)} windows, shard_rows=100, batch_size=3", model, windows, 0, 100, 3),
+             ("your model, last layer, shard_rows=37, batch_size=4", model, windows, n_layers(model) - 1,
+              37, 4),
+             ("tiny random Llama, layer 1, shard_rows=16, batch_size=2", llama, llama_windows, 1, 16, 2)]
+    for name, case_model, case_windows, layer, shard_rows, batch_size in cases:
+        with tempfile.TemporaryDirectory() as workdir:
+            try:
+                problem = _shards_problem(learner_fn, case_model, case_windows, layer, shard_rows, batch_size,
+                                          Path(workdir))
+            except NotImplementedError:
+                raise
+            except Exception as error:  # the learner's bug: report it, no traceback
+                problem = f"your function raised {type(error).__name__}: {error}"
+        if problem is not None:
+            return report("3.4 (cache_to_shards)", False, f"input '{name}': {problem}", hint=hint)
+    return report("3.4 (cache_to_shards)", True, f"passed on {len(cases)} inputs")

@@ -24,6 +24,7 @@ and to edit them::
         logits = model(input_ids).logits
     with ablate_head(model, layer=1, head=3):                   # zero one attention head
         loss = loss_with(model, input_ids)
+    loss = nnsight_loss_with_ablation(nn_model, input_ids, layer=1, head=3)    # the same, with nnsight
 
 The attention pattern is read from the second output of the attention module. That module
 computes it only with *eager* attention, which is how ``utils.load_model`` loads every model
@@ -154,22 +155,45 @@ def _register_reader(model: PreTrainedModel, site: str, store: dict[str, Tensor]
     return attention.register_forward_hook(save_pattern)
 
 
+class _StopForward(Exception):
+    """Raised by a reader hook once every wanted site is stored: the rest of the forward pass would be wasted."""
+
+
+class _StoreThatStops(dict):
+    """A ``{site: activation}`` dict that stops the forward pass when its ``wanted``-th site arrives."""
+
+    def __init__(self, wanted: int) -> None:
+        super().__init__()
+        self.wanted = wanted
+
+    def __setitem__(self, site: str, activation: Tensor) -> None:
+        super().__setitem__(site, activation)
+        if len(self) == self.wanted:
+            raise _StopForward
+
+
 @torch.no_grad()
-def capture(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"], sites: Sequence[str]) -> dict[str, Tensor]:
+def capture(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"], sites: Sequence[str], *,
+            stop_early: bool = False, **forward_kwargs: Any) -> dict[str, Tensor]:
     """Run ``model`` on ``input_ids`` once and return the activation at each site, with forward hooks.
 
     Returns ``{site: activation}``: ``Float[Tensor, "batch pos d_model"]`` for ``resid_pre``,
     ``resid_post``, ``attn_out`` and ``mlp_out``; ``Float[Tensor, "batch head query key"]`` for
-    ``pattern``. The hooks are removed even if the forward pass fails.
+    ``pattern``. ``forward_kwargs`` (``attention_mask``, ``position_ids``...) go to the model. With
+    ``stop_early``, the forward pass stops as soon as the last site is read: the later blocks and
+    the unembedding, often most of the work, are skipped. The hooks are removed even if the forward
+    pass fails.
     """
     if isinstance(sites, str):
         sites = [sites]
-    store: dict[str, Tensor] = {}
+    store: dict[str, Tensor] = _StoreThatStops(len(set(sites))) if stop_early else {}
     handles = []
     try:
         for site in sites:
             handles.append(_register_reader(model, site, store))
-        model(input_ids)
+        model(input_ids, **forward_kwargs)
+    except _StopForward:
+        pass
     finally:
         for handle in handles:
             handle.remove()
@@ -386,6 +410,47 @@ def transformer_lens_ablate_mlp(tl_model: HookedTransformer, layer: int, how: Ab
     _, cache = tl_model.run_with_cache(mean_over, names_filter=name)
     mean = cache[name].mean(dim=(0, 1))
     return [(name, lambda out, hook: mean.expand_as(out))]
+
+
+def _nnsight_ablated_module(nn_model: TransformersModel, layer: int, head: int | None) -> tuple[Any, str]:
+    """The nnsight envoy to edit for an ablation, and whether its ``"input"`` or ``"output"`` is edited."""
+    model_type = _model_type(architecture.unwrap(nn_model))
+    block = architecture.blocks(nn_model)[architecture.check_layer(nn_model, layer)]
+    if head is None:
+        return getattr(block, MLP[model_type]), "output"
+    projection = block
+    for name in ATTENTION_OUTPUT_PROJECTION[model_type].split("."):
+        projection = getattr(projection, name)
+    return projection, "input"
+
+
+def nnsight_loss_with_ablation(nn_model: TransformersModel, input_ids: Int[Tensor, "batch pos"], layer: int,
+                               head: int | None = None, how: Ablation = "zero",
+                               mean_over: Int[Tensor, "batch pos"] | None = None) -> float:
+    """:func:`loss_with` an ablation, with nnsight: head ``head`` of ``layer`` or, with ``head=None``, its MLP.
+
+    As :func:`ablate_head` and :func:`ablate_mlp`: the head's slice of the attention output
+    projection's input, or the MLP's output, is set to zeros or to its mean over ``mean_over``,
+    in place inside ``model.trace``.
+    """
+    _mean_over_needed(how, mean_over)
+    module, where = _nnsight_ablated_module(nn_model, layer, head)
+    columns = slice(None)
+    if head is not None:
+        config = architecture.unwrap(nn_model).config
+        head = _check_head(config.num_attention_heads, head)
+        d_head = config.hidden_size // config.num_attention_heads
+        columns = slice(head * d_head, (head + 1) * d_head)
+    replacement: Tensor | float = 0.0
+    with torch.no_grad():
+        if how == "mean":
+            with nn_model.trace(mean_over):
+                seen = getattr(module, where).save()                     # [batch, pos, d]
+            replacement = seen[..., columns].mean(dim=(0, 1))
+        with nn_model.trace(input_ids, labels=input_ids):
+            getattr(module, where)[..., columns] = replacement
+            loss = nn_model.output.loss.save()
+    return float(loss)
 
 
 @torch.no_grad()
