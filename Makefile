@@ -2,7 +2,8 @@
 #
 #   make book   create .venv if needed, then build the book into _build/html
 #               (notebooks executed, results cached, warnings are errors)
-#   make test   `make book`, then the whole test suite (unit tests, nbval over solutions/)
+#   make test   `make book`, then the whole test suite (unit tests, the site in a headless
+#               chromium, nbval over solutions/)
 #
 # Helpers: make venv | make labs | make clean | make help
 # Use another interpreter with e.g. `make book PYTHON=python3.11`.
@@ -26,6 +27,8 @@ export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# The browser tests (tests/test_site.py) drive the system chromium: Playwright never downloads one.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 BOOK_FLAGS   ?= -W -n --keep-going
 PYTEST_FLAGS ?= -n 2 --dist loadscope

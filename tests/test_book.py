@@ -1,7 +1,7 @@
 """Checks on the book: the table of contents, and the site that `make book` builds.
 
-`make test` runs `make book` first, so `_build/html` exists; run alone, the site checks are
-skipped (with a reason) when it does not.
+`make test` runs `make book` first, so `_build/html` exists; run alone without a build, the site
+checks fail and say to run `make book`. tests/test_site.py opens the site in a browser.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def refs(page: Path) -> _Refs:
 @pytest.fixture(scope="module")
 def site() -> Path:
     if not (HTML / "index.html").exists():
-        pytest.skip("_build/html not built: run `make book` (make test does it first)")
+        pytest.fail("_build/html is not built: run `make book` first (`make test` does)", pytrace=False)
     return HTML
 
 

@@ -1,10 +1,11 @@
 """Sphinx extension for the course book (loaded through `_config.yml`: sphinx.local_extensions).
 
-It does three things, each configured once here rather than in every notebook:
+It does four things, each configured once here rather than in every notebook:
 
 1. ``colab-lab`` directive: an "Open in Colab" badge for a chapter's *exercise* notebook
    ``labs/<slug>.ipynb`` (JB's own Colab button would open the page's notebook, which is the
-   solution), plus a link to download that lab notebook::
+   solution), a link to download that lab notebook, and, once ``solutions/<slug>`` is a page
+   of the book, a link to that executed solution page (readers open it when they want to)::
 
        ```{colab-lab} 00_course_model
        ```
@@ -21,6 +22,10 @@ It does three things, each configured once here rather than in every notebook:
 3. ``plotly.min.js`` is copied from the installed ``plotly`` package into ``_static`` and
    loaded (as a plain global script, no require.js needed) only on pages that have a figure.
    Nothing is fetched from a CDN, so the site works offline.
+
+4. Each page loads an inline script once: Sphinx 7.4 registers an inline script added after the
+   builder starts (sphinx-thebe's ``const THEBE_JS_URL``, sphinx-togglebutton's selector) twice,
+   and the second ``const`` is a JavaScript error in the reader's console.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ PLOTLY_JS = "plotly.min.js"
 PLOTLY_CLASS = "course-plotly"
 COLAB_ROOT = "https://colab.research.google.com/github"
 SLUG_RE = re.compile(r"^\d\d_[a-z0-9_]+$")
+SOLUTION_KEY = "doc:"  # marks a solution page (not a file) among the targets `colab-lab` noted
 
 
 # --------------------------------------------------------------------------- repository
@@ -97,6 +103,9 @@ class ColabLab(SphinxDirective):
         labs_seen.setdefault(self.env.docname, {})[str(lab_file)] = lab_file.exists()
         if lab_file.exists():
             self.env.note_dependency(str(lab_file))
+        solution = f"solutions/{slug}"
+        solution_found = solution in self.env.found_docs
+        labs_seen[self.env.docname][SOLUTION_KEY + solution] = solution_found
         here = posixpath.dirname(self.env.docname)
         to_root = posixpath.relpath(".", here) if here else "."
         badge = posixpath.join(to_root, "_static", "colab-badge.svg")
@@ -112,18 +121,27 @@ class ColabLab(SphinxDirective):
             f'<img src="{badge}" alt="Open the lab in Colab" height="20"></a> '
             f'<a class="course-lab-download" href="{download}"{download_attr}>'
             f"Download the lab notebook <code>{urls['path']}</code></a>"
-            "</div>"
         )
-        return [nodes.raw("", html, format="html")]
+        if solution_found:
+            href = posixpath.join(to_root, solution + (self.config.html_file_suffix or ".html"))
+            html += f' · <a class="course-solution-link" href="{href}">Solution (executed notebook)</a>'
+        return [nodes.raw("", html + "</div>", format="html")]
+
+
+def _link_target_exists(env: Any, key: str) -> bool:
+    """Whether a target the `colab-lab` directive linked (a lab file, or a solution page) exists now."""
+    if key.startswith(SOLUTION_KEY):
+        return key[len(SOLUTION_KEY):] in env.found_docs
+    return Path(key).exists()
 
 
 def labs_outdated(app: Sphinx, env: Any, added: set, changed: set, removed: set) -> list[str]:
-    """Re-render a page whose lab notebook appeared or disappeared since it was read."""
+    """Re-render a page whose lab notebook or solution page appeared or disappeared since it was read."""
     seen = getattr(env, "course_labs", {})
     return [
         docname
-        for docname, labs in seen.items()
-        if any(Path(path).exists() != existed for path, existed in labs.items())
+        for docname, targets in seen.items()
+        if any(_link_target_exists(env, key) != existed for key, existed in targets.items())
     ]
 
 
@@ -232,6 +250,32 @@ def load_plotly_where_needed(app: Sphinx, pagename: str, templatename: str, cont
         app.add_js_file(PLOTLY_JS, priority=400)
 
 
+# --------------------------------------------------------------------------- scripts
+def _script_key(script: Any) -> tuple[str, int, tuple[tuple[str, str], ...]]:
+    """What makes two of a page's scripts the same one (a ``None`` and an ``""`` filename alike)."""
+    attributes = getattr(script, "attributes", {}) or {}
+    return (
+        getattr(script, "filename", None) or "",
+        int(getattr(script, "priority", 500)),
+        tuple(sorted((str(k), str(v)) for k, v in attributes.items())),
+    )
+
+
+def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    """Drop the second copy of any script of the page (see point 4 of the module docstring)."""
+    scripts = context.get("script_files")
+    if not isinstance(scripts, list):
+        return
+    seen: set[tuple[str, int, tuple[tuple[str, str], ...]]] = set()
+    unique = []
+    for script in scripts:
+        key = _script_key(script)
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    scripts[:] = unique  # in place: it is the builder's list, restored by Sphinx after the page
+
+
 # --------------------------------------------------------------------------- setup
 def setup(app: Sphinx) -> dict[str, Any]:
     _patch_myst_nb()
@@ -239,9 +283,12 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("config-inited", prefer_plotly_mime, priority=900)
     app.connect("builder-inited", copy_plotly_js)
     app.connect("html-page-context", load_plotly_where_needed)
+    app.connect("html-page-context", dedupe_scripts, priority=900)  # after every other handler
     app.connect("build-finished", copy_plotly_js_again)
     app.connect("build-finished", copy_labs)
     app.connect("env-get-outdated", labs_outdated)
     app.connect("env-purge-doc", labs_purge)
     app.connect("env-merge-info", labs_merge)
-    return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
+    # env_version: bump when what the directive records in the environment changes (a stale
+    # pickled environment is then read afresh; executed notebooks stay in jupyter-cache).
+    return {"version": "0.2", "env_version": 2, "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,395 @@
+"""The rendered website, tested in a real browser: Playwright drives Debian's ``chromium`` (headless).
+
+`make test` builds the book first; these tests serve ``_build/html`` on 127.0.0.1 and open every
+page of it as a first-time visitor (a fresh browser context each), and fail on
+
+- a console error or an uncaught exception in a page's scripts;
+- a request to the local site that fails or answers 4xx/5xx;
+- any request to another host (the site must work offline: such requests are aborted and listed);
+- a plotly figure (``.course-plotly``, rendered by book/_ext/course_ext.py) without its drawn SVG;
+- a link to a page of the site, or to an anchor of one, that does not exist.
+
+They also check the landing page, each chapter page's lab links (Colab, download, solution page)
+and the search, and save screenshots into ``_build/test-artifacts/``.
+
+Playwright never downloads a browser here: the tests launch the ``chromium`` on PATH (Debian:
+``apt-get install chromium``; `.ci/run` installs it), or the browser named by ``COURSE_CHROMIUM``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urldefrag, urlsplit
+
+import pytest
+import yaml
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Response, Route, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+ARTIFACTS = ROOT / "_build" / "test-artifacts"
+CHROMIUM_ENV = "COURSE_CHROMIUM"
+CHAPTER_PAGE = re.compile(r"^book/(\d\d_[a-z0-9_]+)\.html$")
+COLAB = "https://colab.research.google.com/github"
+VIEWPORT = {"width": 1280, "height": 900}
+FIGURE_TIMEOUT_MS = 15_000
+# Words a reader may search for, and a page the results must list.
+SEARCHES = {"LoRA": "book/02_lora.html", "induction": "book/03_caching_hooks.html"}
+# Every JS-drawn plotly figure has its <svg class="main-svg"> once plotly.js has run.
+UNDRAWN_FIGURES_JS = """() => [...document.querySelectorAll('.course-plotly')]
+    .filter(el => !el.querySelector('svg.main-svg')).map(el => el.id || '(no id)')"""
+ALL_FIGURES_DRAWN_JS = f"() => ({UNDRAWN_FIGURES_JS})().length === 0"
+LINKS_JS = "() => [...document.querySelectorAll('a[href]')].map(a => a.href)"
+
+
+# --------------------------------------------------------------------------- the built site
+def site_pages(html: Path) -> list[str]:
+    """Every HTML page of the build (relative POSIX paths), but not index.html, a bare redirect
+    that `test_landing_page` follows, nor the theme's and Sphinx's own assets."""
+    pages = (p.relative_to(html).as_posix() for p in html.rglob("*.html"))
+    return sorted(p for p in pages if p != "index.html" and not p.startswith(("_static/", "_sources/")))
+
+
+def chapter_slugs(pages: list[str]) -> list[str]:
+    """The chapter slugs (``00_course_model``...) of the chapter pages ``book/NN_slug.html``."""
+    return [m.group(1) for p in pages if (m := CHAPTER_PAGE.match(p))]
+
+
+PAGES = site_pages(HTML) if HTML.is_dir() else []
+# Without a build, one stand-in parameter lets the `site_url` fixture fail with its message
+# (an empty parameter list would be a silent skip).
+CHAPTERS = chapter_slugs(PAGES) or ["00_course_model"]
+
+
+def repository() -> tuple[str, str]:
+    """(owner/name, branch) from `repository:` in `_config.yml`, as course_ext reads them."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+    url = str(config["url"]).rstrip("/").removesuffix(".git")
+    return url.removeprefix("https://github.com/"), str(config.get("branch") or "main")
+
+
+class _Ids(HTMLParser):
+    """The ``id`` (and legacy ``name``) anchors of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for key, value in attrs:
+            if key == "id" or (tag == "a" and key == "name"):
+                self.ids.add(value or "")
+
+
+@functools.lru_cache(maxsize=None)
+def page_ids(path: Path) -> frozenset[str]:
+    parser = _Ids()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return frozenset(parser.ids)
+
+
+def broken_links(hrefs: list[str], base_url: str, root: Path) -> list[str]:
+    """The hrefs into the site (absolute, as the browser resolved them) whose file, or whose
+    ``#anchor`` in an HTML file, does not exist under `root`."""
+    broken = []
+    for href in hrefs:
+        if not href.startswith(base_url):
+            continue
+        url, fragment = urldefrag(href)
+        target = root / unquote(urlsplit(url).path).lstrip("/")
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.is_file():
+            broken.append(f"{href} (no such file)")
+        elif fragment and target.suffix == ".html" and unquote(fragment) not in page_ids(target):
+            broken.append(f"{href} (no such anchor)")
+    return sorted(set(broken))
+
+
+# --------------------------------------------------------------------------- serving
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        """No request log on stderr: failures are reported by the tests."""
+
+
+@contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """Serve `directory` over HTTP on 127.0.0.1 (a free port) in a thread; yield its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="site-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- visiting a page
+@dataclass
+class PageReport:
+    """What went wrong while a page loaded; empty lists when nothing did."""
+
+    console_errors: list[str] = field(default_factory=list)
+    failed_requests: list[str] = field(default_factory=list)
+    external_requests: list[str] = field(default_factory=list)
+    undrawn_figures: list[str] = field(default_factory=list)
+    broken_links: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        """One line per problem, named by its kind."""
+        return [f"{name}: {item}" for name, items in vars(self).items() for item in items]
+
+
+def _watch(page: Page, base_url: str, report: PageReport) -> None:
+    """Record the page's console errors, uncaught exceptions and bad local requests in `report`."""
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            report.console_errors.append(f"{message.text} ({message.location.get('url', '')})")
+
+    def on_request_failed(request: Request) -> None:
+        if request.url.startswith(base_url):
+            report.failed_requests.append(f"{request.url} ({request.failure})")
+
+    def on_response(response: Response) -> None:
+        if response.url.startswith(base_url) and response.status >= 400:
+            report.failed_requests.append(f"{response.url} (HTTP {response.status})")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: report.console_errors.append(f"uncaught: {error}"))
+    page.on("requestfailed", on_request_failed)
+    page.on("response", on_response)
+
+
+def _is_external(url: str, base_url: str) -> bool:
+    return not url.startswith(base_url) and not url.startswith(("data:", "blob:", "about:"))
+
+
+def _wait_for_figures(page: Page, timeout_ms: int) -> list[str]:
+    """Wait until every plotly figure of the page has drawn its SVG; return the ids of those
+    that have not when the time is up."""
+    try:
+        page.wait_for_function(ALL_FIGURES_DRAWN_JS, timeout=timeout_ms)
+    except PlaywrightTimeout:
+        pass
+    return list(page.evaluate(UNDRAWN_FIGURES_JS))
+
+
+@contextmanager
+def visit(
+    browser: Browser,
+    base_url: str,
+    path: str,
+    root: Path,
+    figure_timeout_ms: int = FIGURE_TIMEOUT_MS,
+    wait_until: Literal["load", "networkidle"] = "networkidle",
+) -> Iterator[tuple[Page, PageReport]]:
+    """Open `path` of the site served at `base_url` (from `root`) in a fresh context (a first-time
+    visitor: no storage, no cache), wait for the network to settle (`wait_until`: "networkidle"
+    also sees what scripts fetch after the load event, such as MathJax's fonts) and the figures
+    to draw, and yield the page with the report of what went wrong. Requests to other hosts are
+    aborted."""
+    context = browser.new_context(viewport=VIEWPORT)
+    report = PageReport()
+
+    def block(route: Route) -> None:
+        report.external_requests.append(route.request.url)
+        route.abort("blockedbyclient")
+
+    context.route(lambda url: _is_external(url, base_url), block)
+    page = context.new_page()
+    _watch(page, base_url, report)
+    try:
+        page.goto(base_url + path, wait_until=wait_until)
+        report.undrawn_figures.extend(_wait_for_figures(page, figure_timeout_ms))
+        report.broken_links.extend(broken_links(page.evaluate(LINKS_JS), base_url, root))
+        yield page, report
+    finally:
+        context.close()
+
+
+# --------------------------------------------------------------------------- fixtures
+def chromium_executable() -> str:
+    """The system Chromium that Playwright drives (it never downloads one for the course)."""
+    named = os.environ.get(CHROMIUM_ENV)
+    found = named or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found or not Path(found).exists():
+        pytest.fail(
+            "the browser tests need Chromium, which was not found"
+            + (f" at {CHROMIUM_ENV}={named}" if named else " on PATH")
+            + ". On Debian: `sudo apt-get install chromium` (`bash .ci/run` installs it when missing);"
+            + f" elsewhere set {CHROMIUM_ENV} to a Chromium or Chrome executable.",
+            pytrace=False,
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the test session (per pytest-xdist worker)."""
+    executable = chromium_executable()
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def site_url() -> Iterator[str]:
+    """The base URL of `_build/html`, served on 127.0.0.1 for the session."""
+    if not PAGES or not (HTML / "book" / "intro.html").is_file():
+        pytest.fail(f"{HTML} is not built: run `make book` first (`make test` does).", pytrace=False)
+    with serve(HTML) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where screenshots go (kept by CI as test artifacts)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+# --------------------------------------------------------------------------- every page
+@pytest.mark.parametrize("path", PAGES or ["book/intro.html"])
+def test_page_loads_offline_without_errors(browser: Browser, site_url: str, path: str) -> None:
+    """Every page: no console error, failed or external request, undrawn figure or broken link;
+    a chapter page also links its lab (Colab, download) and solution page (`lab_link_problems`)."""
+    with visit(browser, site_url, path, HTML) as (page, report):
+        problems = report.problems()
+        if chapter := CHAPTER_PAGE.match(path):
+            problems += lab_link_problems(page, site_url, chapter.group(1))
+    assert not problems, f"{path}:\n  " + "\n  ".join(problems)
+
+
+def test_every_solution_notebook_is_a_page_and_figures_are_checked(site_url: str) -> None:
+    """Each solutions/NN_slug.ipynb is a page (so the test above opens it), and some page has a
+    plotly figure (so the figure check above checks something)."""
+    notebooks = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
+    for notebook in notebooks:
+        assert f"solutions/{notebook.stem}.html" in PAGES, f"{notebook.name} has no page in the build"
+    figures = sum((HTML / page).read_text(encoding="utf-8").count('class="course-plotly"') for page in PAGES)
+    assert figures > 0 or not notebooks, "no page has a plotly figure: the figure check checks nothing"
+
+
+# --------------------------------------------------------------------------- landing page
+def test_landing_page(browser: Browser, site_url: str, artifacts: Path) -> None:
+    """The site's root redirects to the landing page, which shows the logo, has a favicon,
+    explains the three ways to use the course and links the citation page."""
+    with visit(browser, site_url, "", HTML) as (page, report):
+        page.wait_for_url("**/book/intro.html")
+        page.wait_for_load_state("networkidle")
+        assert page.get_by_role("heading", name=re.compile("Three ways to use the course")).is_visible()
+        logo_width = page.eval_on_selector("img.logo__image", "img => img.naturalWidth")
+        assert logo_width > 0, "the logo did not load"
+        favicon = page.eval_on_selector("link[rel~='icon']", "link => link.href")
+        assert page.request.get(favicon).ok, f"favicon {favicon} does not load"
+        assert page.locator("a[href$='cite_and_licence.html']").count() > 0, "no link to 'How to cite'"
+        page.screenshot(path=str(artifacts / "landing.png"))
+        assert not report.problems(), report.problems()
+
+
+# --------------------------------------------------------------------------- chapter pages
+def lab_link_problems(page: Page, site_url: str, slug: str) -> list[str]:
+    """What is wrong with a chapter page's lab links: it needs one Colab badge opening this
+    chapter's lab notebook, a download link to that notebook (served by the site once the lab
+    exists), and a link to the solution page once that page is in the book."""
+    repo, branch = repository()
+    problems = []
+    colab = page.eval_on_selector_all("a.course-colab-link", "links => links.map(a => a.href)")
+    if colab != [f"{COLAB}/{repo}/blob/{branch}/labs/{slug}.ipynb"]:
+        problems.append(f"Colab badge links {colab}, not this chapter's labs/{slug}.ipynb on {repo}@{branch}")
+    downloads = page.eval_on_selector_all("a.course-lab-download", "links => links.map(a => a.href)")
+    lab = ROOT / "labs" / f"{slug}.ipynb"
+    expected = f"{site_url}labs/{slug}.ipynb" if lab.exists() else f"/{repo}/{branch}/labs/{slug}.ipynb"
+    if len(downloads) != 1 or not downloads[0].endswith(expected):
+        problems.append(f"lab download links {downloads}, expected one ending {expected}")
+    elif lab.exists():
+        response = page.request.get(downloads[0])
+        if not response.ok or json.loads(response.body()) != json.loads(lab.read_text(encoding="utf-8")):
+            problems.append(f"{downloads[0]}: HTTP {response.status}, or not labs/{slug}.ipynb")
+    solutions = page.eval_on_selector_all("a.course-solution-link", "links => links.map(a => a.href)")
+    solution = f"solutions/{slug}.html"
+    if solutions != ([site_url + solution] if solution in PAGES else []):
+        problems.append(f"solution links {solutions}; the book {'has' if solution in PAGES else 'lacks'} {solution}")
+    return problems
+
+
+def test_chapter_page_screenshot(browser: Browser, site_url: str, artifacts: Path) -> None:
+    """A screenshot of the first chapter page, badge and download link in view."""
+    with visit(browser, site_url, f"book/{CHAPTERS[0]}.html", HTML) as (page, _):
+        assert page.locator(".course-lab-links").is_visible()
+        page.screenshot(path=str(artifacts / "chapter.png"))
+
+
+# --------------------------------------------------------------------------- search
+@pytest.mark.parametrize(("query", "expected"), sorted(SEARCHES.items()))
+def test_search_finds_the_chapter(browser: Browser, site_url: str, query: str, expected: str) -> None:
+    """Type a query into the search box of the landing page: the results list the chapter."""
+    with visit(browser, site_url, "book/intro.html", HTML) as (page, report):
+        page.locator("button.search-button__button:visible").first.click()
+        box = page.locator("#pst-search-dialog input[name='q']")
+        box.fill(query)
+        box.press("Enter")
+        page.wait_for_url("**/search.html?q=*")
+        page.locator("ul.search li a").first.wait_for()
+        results = page.eval_on_selector_all("ul.search li a", "links => links.map(a => a.href)")
+        assert f"{site_url}{expected}" in results, results
+        assert not report.problems(), report.problems()
+
+
+# --------------------------------------------------------------------------- the checks can fail
+# Each page of a tiny site with one fault, and the kinds of problem its report must list.
+BROKEN_SITE = {
+    "clean.html": "<p>fine</p>",
+    "console.html": "<script>console.error('boom')</script>",
+    "exception.html": "<script>undefinedFunction()</script>",
+    "figure.html": '<div class="course-plotly" id="plotly-broken"></div>',
+    "missing.html": '<script src="missing.js"></script>',
+    "external.html": '<img src="https://example.com/pixel.png" alt="">',
+    "links.html": '<a href="nowhere.html">x</a> <a href="clean.html#no-such-anchor">y</a>',
+}
+EXPECTED_PROBLEMS = {
+    "clean.html": set(),
+    "console.html": {"console_errors"},
+    "exception.html": {"console_errors"},
+    "figure.html": {"undrawn_figures"},
+    "missing.html": {"failed_requests", "console_errors"},  # Chromium also logs the 404
+    "external.html": {"external_requests", "console_errors"},  # and the blocked request
+    "links.html": {"broken_links"},
+}
+
+
+@pytest.fixture(scope="module")
+def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A tiny site whose pages each have one of the faults the checks above look for."""
+    root = tmp_path_factory.mktemp("broken_site")
+    for name, body in BROKEN_SITE.items():
+        (root / name).write_text(f"<!doctype html><html><body>{body}</body></html>", encoding="utf-8")
+    with serve(root) as url:
+        yield url, root
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PROBLEMS))
+def test_checks_catch_a_broken_page(browser: Browser, broken_site: tuple[str, Path], name: str) -> None:
+    url, root = broken_site
+    with visit(browser, url, name, root, figure_timeout_ms=500, wait_until="load") as (_, report):
+        found = {kind for kind, items in vars(report).items() if items}
+    assert found == EXPECTED_PROBLEMS[name], report
