@@ -14,6 +14,7 @@ a ``transformers`` model or an ``nnsight.TransformersModel`` wrapping one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from torch import nn
@@ -57,10 +58,25 @@ def layout(model: Any) -> Layout:
     return LAYOUTS[model_type]
 
 
+def model_type(model: Any) -> str:
+    """The ``config.model_type`` of a supported model: ``"gpt2"``, ``"gpt_neox"`` or ``"llama"``."""
+    layout(model)  # raises NotImplementedError naming the supported architectures
+    return unwrap(model).config.model_type
+
+
 def _get(model: Any, path: str) -> nn.Module:
-    """``model.<path>``; on an nnsight model this is the module's envoy, usable inside ``trace``."""
+    """``model.<path>``; on an nnsight model this is the module's envoy, usable inside ``trace``.
+
+    A ``ValueError`` names the path and the architecture when the module is not there (a model
+    whose part was removed or renamed), instead of an ``AttributeError`` deep inside a function.
+    """
     module = model
     for part in path.split("."):
+        if not hasattr(module, part):
+            raise ValueError(
+                f"this {unwrap(model).config.model_type} model has no module at {path}, where the course expects "
+                f"it: load an unmodified model with utils.load_model(MODEL), or, if this architecture keeps it "
+                "elsewhere, fix its path in utils.architecture.LAYOUTS")
         module = getattr(module, part)
     return module
 
@@ -106,3 +122,8 @@ def check_layer(model: Any, layer: int) -> int:
         raise ValueError(f"layer {layer!r} does not exist: this model has {count} layers, "
                          f"numbered 0 to {count - 1} (negative numbers count from the end)")
     return layer % count
+
+
+def block_part(model: Any, layer: int, paths: Mapping[str, str]) -> nn.Module:
+    """The submodule of block ``layer`` at ``paths[model_type]``, e.g. ``{"gpt2": "attn.c_proj", ...}``."""
+    return blocks(model)[check_layer(model, layer)].get_submodule(paths[model_type(model)])

@@ -106,15 +106,6 @@ def parse_site(site: str, n_layers: int) -> tuple[str, int]:
     return match["kind"], layer % n_layers
 
 
-def _model_type(model: PreTrainedModel) -> str:
-    architecture.layout(model)  # raises NotImplementedError naming the supported architectures
-    return model.config.model_type
-
-
-def _block_part(model: PreTrainedModel, layer: int, paths: Mapping[str, str]) -> nn.Module:
-    return architecture.blocks(model)[layer].get_submodule(paths[_model_type(model)])
-
-
 def _first(output: Any) -> Tensor:
     """The hidden states of a module's output (attention modules return a tuple, blocks a tensor)."""
     return output[0] if isinstance(output, tuple) else output
@@ -137,10 +128,10 @@ def _register_reader(model: PreTrainedModel, site: str, store: dict[str, Tensor]
     if kind == "resid_post":
         return block.register_forward_hook(lambda module, args, output: store.__setitem__(site, _first(output).detach()))
     if kind == "mlp_out":
-        mlp = _block_part(model, layer, MLP)
+        mlp = architecture.block_part(model, layer, MLP)
         return mlp.register_forward_hook(lambda module, args, output: store.__setitem__(site, _first(output).detach()))
 
-    attention = _block_part(model, layer, ATTENTION)  # returns (attn_output, attn_weights)
+    attention = architecture.block_part(model, layer, ATTENTION)  # returns (attn_output, attn_weights)
     if kind == "attn_out":
         return attention.register_forward_hook(lambda module, args, output: store.__setitem__(site, output[0].detach()))
 
@@ -218,8 +209,8 @@ def _register_editor(model: PreTrainedModel, name: str, fn: EditFn) -> torch.uti
         raise ValueError(f"site {name!r}: an attention pattern can be captured but not edited with a hook (the "
                          "attention module has already used it when its hook runs): edit the head's output "
                          "instead, e.g. with ablate_head(model, layer, head)")
-    module = {"resid_post": block, "mlp_out": _block_part(model, layer, MLP),
-              "attn_out": _block_part(model, layer, ATTENTION)}[kind]
+    module = {"resid_post": block, "mlp_out": architecture.block_part(model, layer, MLP),
+              "attn_out": architecture.block_part(model, layer, ATTENTION)}[kind]
     return module.register_forward_hook(
         lambda module, args, output: _replace_first(output, _keep_if_none(fn(_first(output)), _first(output))))
 
@@ -282,7 +273,7 @@ def capture_nnsight(nn_model: TransformersModel, input_ids: Int[Tensor, "batch p
         sites = [sites]
     n_layers = architecture.n_layers(nn_model)
     parsed = {site: parse_site(site, n_layers) for site in sites}
-    model_type = _model_type(architecture.unwrap(nn_model))
+    model_type = architecture.model_type(nn_model)
     blocks = architecture.blocks(nn_model)
     execution_order = {"resid_pre": 0, "attn_out": 1, "pattern": 1, "mlp_out": 2, "resid_post": 3}
     needed = sorted({(layer, execution_order[kind]) for kind, layer in parsed.values()})
@@ -328,7 +319,7 @@ def head_outputs(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"], la
                  ) -> Float[Tensor, "batch pos head d_head"]:
     """The heads' outputs at ``layer`` (TransformerLens's ``hook_z``): the input of the attention output projection."""
     layer = architecture.check_layer(model, layer)
-    projection = _block_part(model, layer, ATTENTION_OUTPUT_PROJECTION)
+    projection = architecture.block_part(model, layer, ATTENTION_OUTPUT_PROJECTION)
     captured: list[Tensor] = []
     handle = projection.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
     try:
@@ -360,7 +351,7 @@ def ablate_head(model: PreTrainedModel, layer: int, head: int, how: Ablation = "
         z[:, :, head] = replacement
         return (einops.rearrange(z, "batch pos head d_head -> batch pos (head d_head)"), *args[1:])
 
-    handle = _block_part(model, layer, ATTENTION_OUTPUT_PROJECTION).register_forward_pre_hook(edit)
+    handle = architecture.block_part(model, layer, ATTENTION_OUTPUT_PROJECTION).register_forward_pre_hook(edit)
     try:
         yield model
     finally:
@@ -414,7 +405,7 @@ def transformer_lens_ablate_mlp(tl_model: HookedTransformer, layer: int, how: Ab
 
 def _nnsight_ablated_module(nn_model: TransformersModel, layer: int, head: int | None) -> tuple[Any, str]:
     """The nnsight envoy to edit for an ablation, and whether its ``"input"`` or ``"output"`` is edited."""
-    model_type = _model_type(architecture.unwrap(nn_model))
+    model_type = architecture.model_type(nn_model)
     block = architecture.blocks(nn_model)[architecture.check_layer(nn_model, layer)]
     if head is None:
         return getattr(block, MLP[model_type]), "output"
