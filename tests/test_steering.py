@@ -1,0 +1,314 @@
+"""Chapter 5: steering with CAA and other directions, checked against the generator's labels.
+
+The numbers in the comments were measured on the course model (2 CPU cores, 2026-11-25) with the
+same seeds; the thresholds leave a margin below them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from utils import architecture
+from utils.checks import assert_accepts, assert_rejects
+from utils.directions import (
+    ablate_direction, actadd_vector, check_project_out, cosine_table, first_token_refusal_rate, labelled_stories,
+    mean_difference_direction, mean_token_activations, pca_direction, probe_accuracy, probe_direction, project_out,
+    refusal_direction, task_vector, zero_shot_accuracy, zero_shot_queries,
+)
+from utils.models import load_model, load_tokenizer
+from utils.steering import (
+    BEHAVIOURS, ContrastivePair, add_steering, behaviour_rate, caa_vector, caa_vectors, check_add_steering,
+    check_caa_vector, check_pairs, contrastive_pairs, generate_steered_nnsight, generate_steered_transformer_lens,
+    matching_probability, mean_token_loss, neutral_loss, neutral_texts, steer, steered_texts, steering_sweep,
+    story_openings, unit,
+)
+
+OPENINGS = 96
+
+
+@pytest.fixture(scope="module")
+def caa(course_model, course_tokenizer):
+    """CAA vectors of every behaviour, from 128 training pairs: {name: [layer, d_model]}."""
+    return {name: caa_vectors(course_model, course_tokenizer, contrastive_pairs(name, 128)) for name in BEHAVIOURS}
+
+
+def rate(model, tokenizer, name, layer, direction, alpha, prompts=None):
+    prompts = prompts or story_openings(name, OPENINGS)
+    return behaviour_rate(steered_texts(model, tokenizer, prompts, layer, direction, alpha), name)
+
+
+# --------------------------------------------------------------------------------------------
+# Contrastive data
+
+
+def test_pairs_are_balanced_held_out_and_well_formed():
+    train, test = contrastive_pairs("anger", 40), contrastive_pairs("anger", 40, "test")
+    check_pairs(train)
+    check_pairs(test)
+    assert {p.matching for p in train[::2]} == {"A"} and {p.matching for p in train[1::2]} == {"B"}
+    assert not {p.question for p in test} & {p.question for p in contrastive_pairs("anger", 160)}
+    pair = train[0]
+    assert pair.question.endswith("Answer: (") and pair.matching_text.endswith("(A")
+    assert "shows anger" in pair.question
+
+
+def test_bad_contrastive_data_is_refused():
+    pairs = contrastive_pairs("positive", 6)
+    with pytest.raises(ValueError, match=r"unbalanced answer letters \{'A': 3, 'B': 2\}"):
+        check_pairs(pairs[:5])
+    with pytest.raises(ValueError, match="missing its question, matching or non-matching"):
+        check_pairs([*pairs[:5], dataclasses.replace(pairs[5], non_matching="")])
+    with pytest.raises(ValueError, match="same matching and non-matching"):
+        check_pairs([*pairs[:5], dataclasses.replace(pairs[5], non_matching=pairs[5].matching)])
+    with pytest.raises(ValueError, match="mix behaviours"):
+        check_pairs([*pairs[:4], *contrastive_pairs("wedding", 2)])
+    with pytest.raises(ValueError, match="even number"):
+        contrastive_pairs("positive", 5)
+    with pytest.raises(ValueError, match="unknown behaviour 'joy'"):
+        contrastive_pairs("joy", 4)
+
+
+def test_bad_steering_requests_fail_before_any_forward_pass(course_model, course_tokenizer):
+    def no_forward(module, args):
+        raise AssertionError("a forward pass ran")
+
+    handle = course_model.register_forward_pre_hook(no_forward)
+    vector = torch.ones(128)
+    try:
+        with pytest.raises(ValueError, match=r"shape \(128,\).*got \(64,\)"):
+            steer(course_model, 0, torch.ones(64), 1.0).__enter__()
+        with pytest.raises(ValueError, match="layer 4 does not exist: this model has 4 layers"):
+            steer(course_model, 4, vector, 1.0).__enter__()
+        for alpha in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="alpha must be a finite number"):
+                steer(course_model, 0, vector, alpha).__enter__()
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            steer(course_model, 0, torch.full((128,), float("nan")), 1.0).__enter__()
+        with pytest.raises(ValueError, match="unbalanced"):
+            caa_vectors(course_model, course_tokenizer, contrastive_pairs("positive", 4)[:3])
+    finally:
+        handle.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# CAA on the course model
+
+
+def test_course_model_answers_the_questions_at_chance(course_model, course_tokenizer):
+    """Why CAA is weak here: the model has not learned the multiple-choice format (0.50)."""
+    assert 0.45 < matching_probability(course_model, course_tokenizer, contrastive_pairs("positive", 64, "test")) < 0.55
+
+
+def test_caa_steers_toward_positive_beyond_random_directions(course_model, course_tokenizer, caa):
+    """Layer 0, alpha 4: positive 0.55 -> 0.92 on 96 held-out openings; neutral loss +0.11 nats.
+    Six random unit directions at the same norm: 0.44 to 0.58."""
+    direction = unit(caa["positive"][0])
+    unsteered = rate(course_model, course_tokenizer, "positive", 0, direction, 0.0)
+    steered = rate(course_model, course_tokenizer, "positive", 0, direction, 4.0)
+    assert steered - unsteered >= 0.30, (unsteered, steered)
+    neutral = neutral_texts()
+    loss_increase = (neutral_loss(course_model, course_tokenizer, neutral, 0, direction, 4.0)
+                     - mean_token_loss(course_model, course_tokenizer, neutral))
+    assert 0 < loss_increase < 0.25
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        random_direction = unit(torch.randn(128, generator=generator))
+        assert rate(course_model, course_tokenizer, "positive", 0, random_direction, 4.0) - unsteered < 0.15
+
+
+def test_anger_and_wedding_need_the_labelled_direction(course_model, course_tokenizer, caa):
+    """The letter-position CAA vectors of anger and wedding do not raise their behaviour (layer 0, alpha 4:
+    anger 0.18 -> 0.12, wedding 0.14 -> 0.12); the mean difference of labelled stories does (layer 1,
+    alpha 8: anger 0.18 -> 0.98, wedding 0.14 -> 0.98)."""
+    for name in ("anger", "wedding"):
+        unsteered = rate(course_model, course_tokenizer, name, 0, unit(caa[name][0]), 0.0)
+        assert rate(course_model, course_tokenizer, name, 0, unit(caa[name][0]), 4.0) < unsteered + 0.10, name
+        with_behaviour, without = labelled_stories(name, 64)
+        direction = mean_difference_direction(mean_token_activations(course_model, course_tokenizer, with_behaviour, 1),
+                                              mean_token_activations(course_model, course_tokenizer, without, 1))
+        assert rate(course_model, course_tokenizer, name, 1, unit(direction), 8.0) > unsteered + 0.5, name
+
+
+def test_sweep_has_one_row_per_setting(course_model, course_tokenizer, caa):
+    sweep = steering_sweep(course_model, course_tokenizer, "positive", caa["positive"][:2], [0.0, 4.0], n_openings=8,
+                           n_questions=8, max_new_tokens=10)
+    assert list(sweep[["layer", "alpha"]].itertuples(index=False, name=None)) == [(0, 0.0), (0, 4.0), (1, 0.0), (1, 4.0)]
+    assert {"behaviour", "rate anger", "rate wedding", "ab_probability", "neutral_loss", "fluency_loss"} <= set(sweep)
+    assert sweep.loc[0, "neutral_loss"] == pytest.approx(sweep.loc[2, "neutral_loss"])   # alpha 0 changes nothing
+
+
+# --------------------------------------------------------------------------------------------
+# Three backends
+
+
+def test_hooks_transformer_lens_and_nnsight_steer_identically(course_model, course_tokenizer, caa):
+    tl_model = load_model("course", backend="transformer_lens")
+    nn_model = load_model("course", backend="nnsight")
+    direction, layer, alpha = unit(caa["positive"][0]), 0, 4.0
+    for prompt in story_openings("positive", 3, seed=5):
+        input_ids = torch.tensor([[course_tokenizer.bos_token_id, *course_tokenizer(prompt)["input_ids"]]])
+        with torch.no_grad(), steer(course_model, layer, direction, alpha):
+            expected = course_model.generate(input_ids, max_new_tokens=12, do_sample=False,
+                                             pad_token_id=course_tokenizer.eos_token_id)[:, input_ids.shape[1]:]
+        with torch.no_grad():
+            unsteered = course_model.generate(input_ids, max_new_tokens=12, do_sample=False,
+                                              pad_token_id=course_tokenizer.eos_token_id)[:, input_ids.shape[1]:]
+        assert not torch.equal(expected, unsteered)
+        assert torch.equal(generate_steered_transformer_lens(tl_model, input_ids, layer, direction, alpha, 12), expected)
+        assert torch.equal(generate_steered_nnsight(nn_model, input_ids, layer, direction, alpha, 12), expected)
+
+
+def test_steering_on_other_architectures(tiny_checkpoint):
+    model, tokenizer = load_model(tiny_checkpoint), load_tokenizer(tiny_checkpoint)
+    pairs = contrastive_pairs("positive", 4)
+    vectors = caa_vectors(model, tokenizer, pairs)
+    assert vectors.shape == (2, architecture.d_model(model))
+    torch.testing.assert_close(vectors[1], caa_vector(model, tokenizer, pairs, 1))
+    prompts = story_openings("positive", 2)
+    assert steered_texts(model, tokenizer, prompts, 1, unit(vectors[1]), 50.0, max_new_tokens=6, seed=0) != \
+        steered_texts(model, tokenizer, prompts, 1, unit(vectors[1]), 0.0, max_new_tokens=6, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Other directions and ablation
+
+
+def test_directions_compared(course_model, course_tokenizer, caa):
+    """Layer 0: cos(CAA, mean difference) 0.70; the logistic probe separates held-out stories best (0.90)
+    but is nearly orthogonal to CAA (0.02) and barely steers (0.56 at alpha 6, against 0.99 for CAA)."""
+    with_behaviour, without = labelled_stories("positive", 256)
+    held_with, held_without = labelled_stories("positive", 64, seed=1)
+    acts = [mean_token_activations(course_model, course_tokenizer, texts, 0)
+            for texts in (with_behaviour, without, held_with, held_without)]
+    directions = {"CAA": caa["positive"][0], "mean difference": mean_difference_direction(*acts[:2]),
+                  "PCA": pca_direction(*acts[:2]), "probe": probe_direction(*acts[:2]),
+                  "ActAdd": actadd_vector(course_model, course_tokenizer, "The day was wonderful", "The day was terrible", 0)}
+    cosines = cosine_table(directions)
+    assert cosines.loc["CAA", "mean difference"] >= 0.5
+    assert abs(cosines.loc["CAA", "probe"]) < 0.2
+    assert probe_accuracy(directions["probe"], *acts[2:]) >= 0.85
+    assert probe_accuracy(directions["probe"], *acts[2:]) > probe_accuracy(directions["mean difference"], *acts[2:])
+    assert rate(course_model, course_tokenizer, "positive", 0, unit(directions["probe"]), 6.0) < \
+        rate(course_model, course_tokenizer, "positive", 0, unit(directions["CAA"]), 6.0) - 0.2
+
+
+def test_pca_sign_and_shape():
+    generator = torch.Generator().manual_seed(0)
+    shift = torch.tensor([3.0, 0.0, 0.0, 0.0])
+    without = torch.randn(50, 4, generator=generator)
+    with_behaviour = without + shift + 0.1 * torch.randn(50, 4, generator=generator) * torch.tensor([5.0, 1, 1, 1])
+    direction = pca_direction(with_behaviour, without)
+    assert direction[0] > 0.95 and direction.norm() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="pass as many texts"):
+        pca_direction(with_behaviour, without[:10])
+
+
+def test_directional_ablation_removes_positive_continuations(course_model, course_tokenizer, caa):
+    """Openings ending "It was a lovely day.": positive 0.98. Ablated: CAA of layer 0 -> 0.10, mean difference
+    of layer 2 -> 0.00; a random direction keeps it."""
+    prompts = [opening + " It was a lovely day." for opening in story_openings("positive", 48)]
+    direction = unit(caa["positive"][0])
+    assert rate(course_model, course_tokenizer, "positive", 0, direction, 0.0, prompts) > 0.9
+    with ablate_direction(course_model, caa["positive"][0]):
+        assert rate(course_model, course_tokenizer, "positive", 0, direction, 0.0, prompts) < 0.3
+    with_behaviour, without = labelled_stories("positive", 64)
+    mean_difference = mean_difference_direction(mean_token_activations(course_model, course_tokenizer, with_behaviour, 2),
+                                                mean_token_activations(course_model, course_tokenizer, without, 2))
+    with ablate_direction(course_model, mean_difference):
+        assert rate(course_model, course_tokenizer, "positive", 0, direction, 0.0, prompts) < 0.1
+    with ablate_direction(course_model, torch.randn(128, generator=torch.Generator().manual_seed(1))):
+        assert rate(course_model, course_tokenizer, "positive", 0, direction, 0.0, prompts) > 0.85
+
+
+def test_project_out_leaves_nothing_along_the_direction():
+    residual, direction = torch.randn(3, 4, 16), torch.randn(16) * 7
+    projected = project_out(residual, direction)
+    assert (projected @ direction).abs().max() < 1e-4
+    torch.testing.assert_close(project_out(projected, direction), projected)
+
+
+# --------------------------------------------------------------------------------------------
+# Refusal and function vectors
+
+
+def test_refusal_direction_of_the_instruction_adapter(course_tokenizer):
+    """First response token " I" (the refusal's): harmful 1.00, harmless 0.00. With the layer-3 direction:
+    added to harmless prompts 0.20; projected out of harmful ones 0.60. Only part of the refusal is one direction."""
+    from utils.finetune import load_adapted_model
+    from utils.world.instructions import chat_dataset, chat_eval_set
+
+    model = load_adapted_model("instruct")
+    harmful, harmless = chat_eval_set(40, seed=3, kinds=["refusal"]), chat_eval_set(40, seed=3, kinds=["kind_story"])
+    assert first_token_refusal_rate(model, course_tokenizer, harmful) == 1.0
+    assert first_token_refusal_rate(model, course_tokenizer, harmless) == 0.0
+    direction = refusal_direction(model, course_tokenizer, chat_dataset(64, seed=1, kinds=["refusal"]),
+                                  chat_dataset(64, seed=1, kinds=["kind_story"]), 3)
+    with steer(model, 3, direction, 1.0):
+        assert first_token_refusal_rate(model, course_tokenizer, harmless) >= 0.1
+    with ablate_direction(model, direction):
+        assert first_token_refusal_rate(model, course_tokenizer, harmful) <= 0.75
+
+
+def test_function_vectors_raise_zero_shot_accuracy(course_model, course_tokenizer):
+    """Layer 3, zero-shot: capital 0.45 -> 1.00, uppercase 0.05 -> 0.57, antonym 0.95 -> 1.00, language 0.93 -> 1.00."""
+    gains = {}
+    for task in ("capital", "uppercase", "antonym", "language", "successor"):
+        queries = zero_shot_queries(task)
+        before = zero_shot_accuracy(course_model, course_tokenizer, queries)
+        with steer(course_model, 3, task_vector(course_model, course_tokenizer, task, 3), 1.0):
+            gains[task] = zero_shot_accuracy(course_model, course_tokenizer, queries) - before
+    assert sum(gain >= 0.04 for gain in gains.values()) >= 3, gains
+    assert gains["capital"] >= 0.3 and gains["uppercase"] >= 0.3, gains
+    with pytest.raises(ValueError, match="unknown few-shot task 'french'"):
+        task_vector(course_model, course_tokenizer, "french", 3)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkers
+
+
+def test_caa_vector_checker(course_model, course_tokenizer):
+    assert_accepts(check_caa_vector(caa_vector, course_model, course_tokenizer))
+
+    def flipped(model, tokenizer, pairs, layer):
+        return -caa_vector(model, tokenizer, pairs, layer)
+
+    def normalised(model, tokenizer, pairs, layer):
+        return unit(caa_vector(model, tokenizer, pairs, layer))
+
+    def question_only(model, tokenizer, pairs, layer):   # the position before the letter: the two texts agree there
+        shorter = [ContrastivePair(p.question[:-1], p.question[-1], p.question[-1] + " ", p.behaviour) for p in pairs]
+        return caa_vector(model, tokenizer, shorter, layer)
+
+    for wrong in (flipped, normalised, question_only):
+        assert_rejects(check_caa_vector(wrong, course_model, course_tokenizer), "input")
+
+
+def test_add_steering_checker():
+    assert_accepts(check_add_steering(add_steering))
+
+    def everywhere(residual, vector, alpha):
+        return residual + alpha * vector
+
+    def in_place(residual, vector, alpha):
+        residual[:, -1] += alpha * vector
+        return residual
+
+    def first_position(residual, vector, alpha):
+        steered = residual.clone()
+        steered[:, 0] += alpha * vector
+        return steered
+
+    assert_rejects(check_add_steering(everywhere), "a prompt pass")
+    assert_rejects(check_add_steering(in_place), "in place")
+    assert_rejects(check_add_steering(first_position), "a prompt pass")
+
+
+def test_project_out_checker():
+    assert_accepts(check_project_out(project_out))
+    assert_rejects(check_project_out(lambda x, d: x - (x @ d)[..., None] * d), "norm 3.5")       # not normalised
+    assert_rejects(check_project_out(lambda x, d: (x @ (d / d.norm()))[..., None] * d / d.norm()), "norm 1.0")  # kept
+    assert_rejects(check_project_out(lambda x, d: x + (x @ (d / d.norm()))[..., None] * d / d.norm()), "norm 1.0")
