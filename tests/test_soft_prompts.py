@@ -297,7 +297,7 @@ def test_training_from_text_starts_from_the_text(course_model, course_tokenizer)
 def test_frozen_catches_a_model_that_got_a_gradient():
     model = tiny_random_model("gpt2")
     parameter = next(model.parameters())
-    with pytest.raises(AssertionError, match="only the soft prompt may be trained"):
+    with pytest.raises(AssertionError, match="only what is being trained may get gradients"):
         with frozen(model):
             parameter.grad = torch.zeros_like(parameter)
     assert parameter.requires_grad

@@ -222,6 +222,23 @@ def check_value(
     return _finish(label, True, "correct")
 
 
+def not_in_place(learner_fn: Callable[..., Any], message: str) -> Callable[..., Any]:
+    """``learner_fn``, which also raises ``RuntimeError(message)`` when it changed its first argument (a tensor).
+
+    For exercises whose input is the model's own activation (a hook's argument): editing it in place
+    changes it for every later reader, a bug no output comparison shows.
+    """
+    def call(first: Any, *args: Any, **kwargs: Any) -> Any:
+        before = first.clone()
+        result = learner_fn(first, *args, **kwargs)
+        if not torch.equal(before, first):
+            raise RuntimeError(message)
+        return result
+
+    call.__name__ = getattr(learner_fn, "__name__", "learner_fn")
+    return call
+
+
 def report(exercise: str, passed: bool, message: str, *, hint: str = "",
            learner_fn: Callable[..., Any] | None = None) -> CheckResult:
     """Print and log a result the checker decided itself, for a property no output comparison shows

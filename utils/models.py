@@ -17,11 +17,12 @@ The course checkpoint carries ``manifest.json`` (how it was trained and the SHA-
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -314,3 +315,39 @@ def tiny_random_model(family: str, seed: int = 0, vocab_size: int = 320) -> PreT
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_random_config(family, vocab_size), attn_implementation="eager")
     return model.eval()
+
+
+@contextlib.contextmanager
+def frozen(*modules: torch.nn.Module) -> Iterator[None]:
+    """Within the block no parameter of ``modules`` requires a gradient, and each module is in eval mode.
+
+    For training something else against a fixed model (a soft prompt, a tuned lens) or taking gradients
+    with respect to activations only. Afterwards the ``requires_grad`` flags and the modes are restored,
+    and the block must have left no gradient on the modules (AssertionError otherwise: something trained
+    the frozen model).
+    """
+    parameters = [(name, parameter) for module in modules for name, parameter in module.named_parameters()]
+    flags = [parameter.requires_grad for _, parameter in parameters]
+    grads_before = [None if parameter.grad is None else parameter.grad.clone() for _, parameter in parameters]
+    modes = [(module, module.training) for module in modules]
+    for module in modules:
+        module.requires_grad_(False).eval()
+    try:
+        yield
+    finally:
+        for (_, parameter), flag in zip(parameters, flags):
+            parameter.requires_grad_(flag)
+        for module, mode in modes:
+            module.train(mode)
+    touched = [name for (name, parameter), before in zip(parameters, grads_before)
+               if not _same_grad(before, parameter.grad)]
+    if touched:
+        raise AssertionError(f"the frozen model's parameters got gradients ({touched[0]}, ...): only what is "
+                             "being trained may get gradients")
+
+
+def _same_grad(before: torch.Tensor | None, after: torch.Tensor | None) -> bool:
+    """Whether a parameter's gradient is what it was (a gradient left by earlier training does not count)."""
+    if before is None or after is None:
+        return before is None and after is None
+    return torch.equal(before, after)

@@ -40,10 +40,9 @@ examples, about 2 s): on the 35 held-out ``"uppercase"`` queries, 0-shot 0.09, 1
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import einops
@@ -55,7 +54,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.checks import Case, CheckResult, check_function
-from utils.models import tiny_random_model
+from utils.models import frozen, tiny_random_model
 from utils.world import FEW_SHOT_TASKS
 from utils.world.families import few_shot
 
@@ -381,28 +380,6 @@ def _accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         embeddings = soft_prompt.embeddings if isinstance(soft_prompt, SoftPrompt) else soft_prompt
         logits = logits_with_soft_prompt(model, embeddings, input_ids)
     return answer_matches(logits, labels).float().mean().item()
-
-
-@contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block no parameter of ``model`` requires a gradient, and the model is in eval mode.
-
-    Afterwards the ``requires_grad`` flags and the mode are restored, and the block must have left
-    no gradient on the model (AssertionError otherwise: something trained the model, not the prompt).
-    """
-    flags = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
-    was_training = model.training
-    model.requires_grad_(False).eval()
-    try:
-        yield model
-    finally:
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(flags[name])
-        model.train(was_training)
-    touched = [name for name, parameter in model.named_parameters() if parameter.grad is not None]
-    if touched:
-        raise AssertionError(f"the frozen model's parameters got gradients ({touched[0]}, ...): "
-                             "only the soft prompt may be trained")
 
 
 @torch.no_grad()

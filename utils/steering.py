@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
-from utils.checks import Case, CheckResult, check_function
+from utils.checks import Case, CheckResult, check_function, not_in_place
 from utils.decoding import Decoding, generate_text
 from utils.hooks import EditFn, capture, hooks
 from utils.world import generate_corpus, label_text
@@ -165,7 +165,7 @@ def check_pairs(pairs: Sequence[ContrastivePair]) -> None:
 # 2. Activations at the answer letter, and the CAA vector
 
 
-def _tokenize_right_padded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
+def tokenize_right_padded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
                            ) -> tuple[Int[Tensor, "n pos"], Int[Tensor, "n pos"], Int[Tensor, "n"]]:
     """BOS + each text, padded on the right: ``(input_ids, attention_mask, index of each last token)``."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -190,7 +190,7 @@ def last_token_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     sites = [f"resid_post.{layer}" for layer in layers]
     chunks = []
     for start in range(0, len(texts), batch_size):
-        input_ids, attention_mask, last = _tokenize_right_padded(tokenizer, texts[start:start + batch_size])
+        input_ids, attention_mask, last = tokenize_right_padded(tokenizer, texts[start:start + batch_size])
         captured = capture(model, input_ids, sites, attention_mask=attention_mask)
         rows = torch.arange(len(last))
         chunks.append(torch.stack([captured[site][rows, last] for site in sites]))     # [layer, chunk, d_model]
@@ -373,7 +373,7 @@ def matching_probability(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
 
     Run it inside :func:`steer` to measure the A/B shift of a steering vector.
     """
-    input_ids, attention_mask, last = _tokenize_right_padded(tokenizer, [p.question for p in pairs])
+    input_ids, attention_mask, last = tokenize_right_padded(tokenizer, [p.question for p in pairs])
     logits = model(input_ids, attention_mask=attention_mask).logits[torch.arange(len(pairs)), last]   # [n, vocab]
     letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in LETTERS]
     letter_probabilities = logits[:, letter_ids].softmax(dim=-1)                                   # [n, 2]
@@ -390,7 +390,7 @@ def neutral_texts(n: int = 64, seed: int = 3) -> list[str]:
 @torch.no_grad()
 def mean_token_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> float:
     """Mean next-token loss (nats) over every token of ``texts`` (BOS first, right-padded batch)."""
-    input_ids, attention_mask, _ = _tokenize_right_padded(tokenizer, texts)
+    input_ids, attention_mask, _ = tokenize_right_padded(tokenizer, texts)
     logits = model(input_ids, attention_mask=attention_mask).logits[:, :-1]
     losses = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")       # [n, pos - 1]
     mask = attention_mask[:, 1:].float()
@@ -481,21 +481,9 @@ def check_add_steering(learner_fn: Callable[[Tensor, Tensor, float], Tensor]) ->
     cases = [case("a prompt pass: batch 2, 7 positions, alpha 4", 2, 7, 4.0),
              case("a generation step: batch 2, 1 position, alpha 4", 2, 1, 4.0),
              case("a prompt pass with alpha -2.5", 1, 3, -2.5)]
-    call = _not_in_place(learner_fn)
+    call = not_in_place(learner_fn, "your function changed its input in place: the hook's input is the model's own "
+                                    "tensor; clone it first and return the copy")
     return check_function(
         call, add_steering, cases, exercise="5.2 (add_steering)", atol=1e-5,
         hint="a prompt pass has pos > 1: add alpha * vector at the last position only (residual[:, -1]); a "
              "generation step has pos == 1: add it there; work on a copy (residual.clone()), never in place")
-
-
-def _not_in_place(learner_fn: Callable[[Tensor, Tensor, float], Tensor]) -> Callable[[Tensor, Tensor, float], Tensor]:
-    """``learner_fn``, which also fails if it modified the residual it was given (the model's own tensor)."""
-    def call(residual: Tensor, vector: Tensor, alpha: float) -> Tensor:
-        before = residual.clone()
-        result = learner_fn(residual, vector, alpha)
-        if not torch.equal(before, residual):
-            raise RuntimeError("your function changed its input in place: the hook's input is the model's own "
-                               "tensor; clone it first and return the copy")
-        return result
-    call.__name__ = getattr(learner_fn, "__name__", "add_steering")
-    return call

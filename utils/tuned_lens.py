@@ -31,7 +31,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils import architecture
 from utils.logit_lens import corpus_batch, kl_to_final, logit_lens, residual_stack
 from utils.models import (
-    COURSE_MODEL_DIR, COURSE_MODEL_NAME, file_sha256, load_model, load_tokenizer, verify_checkpoint, write_manifest,
+    COURSE_MODEL_DIR, COURSE_MODEL_NAME, file_sha256, frozen, load_model, load_tokenizer, verify_checkpoint,
+    write_manifest,
 )
 
 TUNED_LENS_DIR = Path(__file__).resolve().parent / "assets" / "tuned_lens"
@@ -106,9 +107,10 @@ def train_tuned_lens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         input_ids, mask = corpus_batch(tokenizer, documents_per_step, seed=seed * 100_000 + step, max_length=max_length)
         with torch.no_grad():
             residual = _real_positions(residual_stack(model, input_ids.to(model.device)), mask.to(model.device))
-        loss = tuned_lens_loss(lens, model, residual)
         optimizer.zero_grad()
-        loss.backward()
+        with frozen(model):                     # the final norm and unembedding are the model's: no gradient there
+            loss = tuned_lens_loss(lens, model, residual)
+            loss.backward()
         optimizer.step()
         losses.append(loss.item())
     lens.losses = losses

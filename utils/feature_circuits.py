@@ -1,0 +1,289 @@
+"""Sparse feature circuits (Marks et al. 2024), chapter 7: circuits whose nodes are SAE latents.
+
+Splice an SAE into the residual stream after every block: the stream ``x`` becomes
+``decode(encode(x)) + error``, where the *error* term is what the SAE misses. The model computes
+exactly what it did, but now every latent, and every error term, is a variable we can attribute to.
+
+1. **Nodes.** Attribution patching over latents (:func:`node_effects`): the effect of latent ``i`` at
+   position ``p`` of layer ``l`` is ``(f_clean - f_corrupted) . dM/df`` on the corrupted run; an error
+   term is a node too.
+2. **Edges.** Between nodes of adjacent layers (:func:`edge_effects`): how much of a downstream
+   node's effect goes through an upstream node, ``(dM/dd) (dd/du) (u_clean - u_corrupted)``.
+3. **Pruning** keeps the nodes above a threshold; **faithfulness** is the metric with only the
+   circuit (every other node mean-ablated) and **completeness** the metric with the circuit ablated.
+
+The error terms are detached from what comes before them (a stop-gradient, as in Marks et al.), so
+gradients reach a latent only through the SAE reconstructions of later layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from utils import architecture
+from utils.hooks import hooks
+from utils.models import frozen
+from utils.patching import PairTokens, baseline, logit_difference, normalised_metric
+
+#: ``{layer: SAE on resid_post.{layer}}``; each SAE has ``encode`` ``[..., d_model] -> [..., d_sae]`` and ``decode``.
+SAEs = Mapping[int, Any]
+
+
+@dataclass(frozen=True)
+class Node:
+    """A latent ``feature`` of the SAE after block ``layer`` at ``position``, or that SAE's error term (``feature=None``)."""
+
+    layer: int
+    position: int
+    feature: int | None
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer} p{self.position} " + ("error" if self.feature is None else f"#{self.feature}")
+
+
+@dataclass
+class Spliced:
+    """What a forward pass with SAEs spliced in recorded, per layer: latents ``[n, pos, d_sae]``, errors ``[n, pos, d_model]``."""
+
+    latents: dict[int, Tensor]
+    errors: dict[int, Tensor]
+
+
+def check_saes(model: PreTrainedModel, saes: SAEs) -> None:
+    """Raise a ``ValueError`` unless there is an SAE of this model's width after every block."""
+    missing = [layer for layer in range(architecture.n_layers(model)) if layer not in saes]
+    if missing:
+        raise ValueError(f"no SAE for layer(s) {missing}: a feature circuit needs an SAE on resid_post of every layer "
+                         f"(this model has {architecture.n_layers(model)}); load them with "
+                         "{layer: load_shipped_sae(f'resid_post.{layer}') for layer in range(n_layers)}")
+    width = architecture.d_model(model)
+    for layer, sae in saes.items():
+        if sae.W_dec.shape[-1] != width:
+            raise ValueError(f"the SAE for layer {layer} reads {sae.W_dec.shape[-1]}-wide activations, this model's "
+                             f"residual stream is {width} wide: use SAEs trained on this model")
+
+
+@contextlib.contextmanager
+def spliced(model: PreTrainedModel, saes: SAEs, record: Spliced, *, ablate: Mapping[int, tuple[Tensor, Tensor]] | None = None,
+            for_gradients: bool = False) -> Iterator[PreTrainedModel]:
+    """Inside the ``with`` block, the stream after each block is ``decode(latents) + error``, recorded into ``record``.
+
+    ``ablate`` maps a layer to ``(latent_mask [pos, d_sae], error_mask [pos])`` of nodes to replace by
+    the means in ``record`` (``record.latents[layer]`` ``[pos, d_sae]``, ``record.errors[layer]``
+    ``[pos, d_model]``); with ``for_gradients`` the latents and errors keep their gradients.
+    """
+    means = Spliced(dict(record.latents), dict(record.errors)) if ablate else None
+
+    def splice(layer: int):
+        sae = saes[layer]
+
+        def edit(residual: Tensor) -> Tensor:
+            latents = sae.encode(residual)
+            error = (residual - sae.decode(latents)).detach()
+            if ablate and layer in ablate:
+                latent_mask, error_mask = ablate[layer]
+                latents = torch.where(latent_mask, means.latents[layer], latents)
+                error = torch.where(error_mask[:, None], means.errors[layer], error)
+            if for_gradients:
+                if not latents.requires_grad:                       # the first SAE: nothing before it needs a gradient
+                    latents = latents.detach().requires_grad_()
+                latents.retain_grad()
+                error.requires_grad_()
+            record.latents[layer], record.errors[layer] = latents, error
+            return sae.decode(latents) + error
+        return edit
+
+    check_saes(model, saes)
+    with hooks(model, {f"resid_post.{layer}": splice(layer) for layer in range(architecture.n_layers(model))}):
+        yield model
+
+
+@torch.no_grad()
+def _spliced_run(model: PreTrainedModel, saes: SAEs, ids: Tensor) -> Spliced:
+    record = Spliced({}, {})
+    with spliced(model, saes, record):
+        model(ids)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes and edges
+
+
+@dataclass(frozen=True)
+class NodeEffects:
+    """Attribution-patching effects: ``latents[layer]`` ``[pos, d_sae]`` and ``errors[layer]`` ``[pos]``."""
+
+    latents: dict[int, Tensor]
+    errors: dict[int, Tensor]
+
+    def ranked(self) -> list[tuple[Node, float]]:
+        """Every node with its effect, largest absolute effect first."""
+        nodes = [(Node(layer, pos, feature), float(values[pos, feature]))
+                 for layer, values in self.latents.items() for pos, feature in values.nonzero().tolist()]
+        nodes += [(Node(layer, pos, None), float(values[pos])) for layer, values in self.errors.items()
+                  for pos in range(len(values))]
+        return sorted(nodes, key=lambda item: -abs(item[1]))
+
+
+def node_effects(model: PreTrainedModel, saes: SAEs, tokens: PairTokens) -> NodeEffects:
+    """The attribution-patching effect of every latent and error term on the normalised metric."""
+    base = baseline(model, tokens)
+    clean = _spliced_run(model, saes, tokens.clean)
+    corrupted = Spliced({}, {})
+    with frozen(model, *saes.values()), spliced(model, saes, corrupted, for_gradients=True):
+        difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+        normalised_metric(difference, base.clean, base.corrupted).backward()
+    latents = {layer: ((clean.latents[layer] - corrupted.latents[layer].detach()) * corrupted.latents[layer].grad).sum(0)
+               for layer in corrupted.latents}
+    errors = {layer: ((clean.errors[layer] - corrupted.errors[layer].detach()) * corrupted.errors[layer].grad).sum((0, 2))
+              for layer in corrupted.errors}
+    return NodeEffects(latents, errors)
+
+
+def edge_effects(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, nodes: Sequence[Node]
+                 ) -> dict[tuple[Node, Node], float]:
+    """The effect through each edge between ``nodes`` of adjacent layers: ``sum (dM/dd) (dd/du) (u_clean - u_corrupted)``.
+
+    One backward pass per downstream node: the gradient of ``(dM/dd) . d`` (the gradient held fixed)
+    with respect to the upstream latents and errors, times their clean-minus-corrupted difference.
+    """
+    base = baseline(model, tokens)
+    clean = _spliced_run(model, saes, tokens.clean)
+    corrupted = Spliced({}, {})
+    with frozen(model, *saes.values()), spliced(model, saes, corrupted, for_gradients=True):
+        difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+        metric = normalised_metric(difference, base.clean, base.corrupted)
+        layers = sorted(corrupted.latents)
+        values = {layer: (corrupted.latents[layer], corrupted.errors[layer]) for layer in layers}
+        flat = torch.autograd.grad(metric, [v for layer in layers for v in values[layer]], retain_graph=True)
+        grads = {layer: (flat[2 * i], flat[2 * i + 1]) for i, layer in enumerate(layers)}   # dM/d(latents, error)
+        edges = {}
+        for down in nodes:
+            ups = [node for node in nodes if node.layer == down.layer - 1]
+            if not ups:
+                continue
+            (latents, error), (latent_grad, error_grad) = values[down.layer], grads[down.layer]
+            if down.feature is None:
+                score = (error_grad[:, down.position] * error[:, down.position]).sum()
+            else:
+                score = (latent_grad[:, down.position, down.feature] * latents[:, down.position, down.feature]).sum()
+            up_latents, up_error = values[down.layer - 1]
+            through_latents, through_error = torch.autograd.grad(score, [up_latents, up_error], retain_graph=True,
+                                                                 allow_unused=True)
+            for up in ups:
+                if up.feature is None:
+                    delta = clean.errors[up.layer][:, up.position] - up_error[:, up.position].detach()
+                    gradient = through_error[:, up.position] if through_error is not None else torch.zeros_like(delta)
+                else:
+                    delta = clean.latents[up.layer][:, up.position, up.feature] - up_latents[:, up.position, up.feature].detach()
+                    gradient = (through_latents[:, up.position, up.feature] if through_latents is not None
+                                else torch.zeros_like(delta))
+                edges[up, down] = float((delta * gradient).sum())
+    return edges
+
+
+# --------------------------------------------------------------------------------------------
+# Faithfulness and completeness
+
+
+@torch.no_grad()
+def mean_activations(model: PreTrainedModel, saes: SAEs, ids: Tensor) -> Spliced:
+    """Per layer, the mean latents ``[pos, d_sae]`` and errors ``[pos, d_model]`` over the rows of ``ids``."""
+    record = _spliced_run(model, saes, ids)
+    return Spliced({l: v.mean(0) for l, v in record.latents.items()}, {l: v.mean(0) for l, v in record.errors.items()})
+
+
+def _masks(model: PreTrainedModel, saes: SAEs, n_pos: int, nodes: Sequence[Node], ablate_these: bool
+           ) -> dict[int, tuple[Tensor, Tensor]]:
+    """Per layer, boolean masks of the latents ``[pos, d_sae]`` and errors ``[pos]`` to replace by their means:
+    ``nodes`` themselves (``ablate_these``) or every node but them."""
+    masks = {}
+    for layer, sae in saes.items():
+        latent_mask = torch.zeros(n_pos, sae.W_dec.shape[0], dtype=torch.bool)
+        error_mask = torch.zeros(n_pos, dtype=torch.bool)
+        for node in nodes:
+            if node.layer == layer:
+                if node.feature is None:
+                    error_mask[node.position] = True
+                else:
+                    latent_mask[node.position, node.feature] = True
+        masks[layer] = (latent_mask, error_mask) if ablate_these else (~latent_mask, ~error_mask)
+    return masks
+
+
+@torch.no_grad()
+def logit_difference_with(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced,
+                          nodes: Sequence[Node], *, keep_only: bool) -> Float[Tensor, "n"]:
+    """The clean prompts' logit differences with every node but ``nodes`` (``keep_only``), or ``nodes``, mean-ablated."""
+    record = Spliced(dict(means.latents), dict(means.errors))
+    masks = _masks(model, saes, tokens.clean.shape[1], nodes, ablate_these=not keep_only)
+    with spliced(model, saes, record, ablate=masks):
+        return logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong)
+
+
+def faithfulness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced, nodes: Sequence[Node]
+                 ) -> float:
+    """``(m(C) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit difference ``m``: 1 when the
+    circuit ``C`` alone (everything else mean-ablated) does all the model does, 0 when it does nothing."""
+    everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()
+    nothing = logit_difference_with(model, saes, tokens, means, [], keep_only=True).mean()
+    circuit = logit_difference_with(model, saes, tokens, means, nodes, keep_only=True).mean()
+    return float((circuit - nothing) / (everything - nothing))
+
+
+def accuracy_with_nodes_ablated(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced,
+                                nodes: Sequence[Node]) -> float:
+    """The share of clean prompts still answered right with ``nodes`` mean-ablated (completeness, as accuracy)."""
+    return float((logit_difference_with(model, saes, tokens, means, nodes, keep_only=False) > 0).float().mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Plot
+
+
+def plot_circuit(nodes: Sequence[tuple[Node, float]], edges: Mapping[tuple[Node, Node], float],
+                 position_labels: Sequence[str], feature_labels: Mapping[tuple[int, int], str] | None = None,
+                 title: str = "Sparse feature circuit") -> go.Figure:
+    """The circuit as a graph: layers up, positions across, node colour = effect, edge width = |effect|."""
+    feature_labels = feature_labels or {}
+    placed: dict[Node, tuple[float, float]] = {}
+    for node, _ in nodes:
+        same_cell = [n for n in placed if n.layer == node.layer and n.position == node.position]
+        placed[node] = (node.position + 0.18 * len(same_cell), node.layer)
+    figure = go.Figure()
+    largest = max((abs(v) for v in edges.values()), default=1.0) or 1.0
+    for (up, down), effect in edges.items():
+        if up in placed and down in placed:
+            (x0, y0), (x1, y1) = placed[up], placed[down]
+            figure.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
+                                        line={"width": 0.5 + 5 * abs(effect) / largest,
+                                              "color": "rgba(33,102,172,0.6)" if effect > 0 else "rgba(178,24,43,0.6)"}))
+    text = [f"{node.name}<br>{feature_labels.get((node.layer, node.feature), '')}<br>effect {effect:+.3f}"
+            for node, effect in nodes]
+    figure.add_trace(go.Scatter(
+        x=[placed[node][0] for node, _ in nodes], y=[placed[node][1] for node, _ in nodes], mode="markers",
+        marker={"size": 14, "color": [effect for _, effect in nodes], "colorscale": "RdBu", "cmid": 0,
+                "symbol": ["square" if node.feature is None else "circle" for node, _ in nodes],
+                "colorbar": {"title": "effect"}, "line": {"width": 1, "color": "black"}},
+        text=text, hovertemplate="%{text}<extra></extra>", showlegend=False))
+    figure.update_xaxes(tickvals=list(range(len(position_labels))), ticktext=list(position_labels), title="position")
+    figure.update_yaxes(title="layer (SAE after block)", dtick=1)
+    figure.update_layout(title=title, height=480, width=760)
+    return figure
+
+
+@torch.no_grad()
+def latents_at(model: PreTrainedModel, saes: SAEs, ids: Tensor, layer: int, position: int) -> Float[Tensor, "n d_sae"]:
+    """The latents of the SAE after block ``layer`` at ``position`` of each row of ``ids`` (for AUROCs against labels)."""
+    return _spliced_run(model, saes, ids).latents[layer][:, position]
