@@ -295,7 +295,8 @@ def transformer_lens_steering_hooks(tl_model: HookedTransformer, layer: int, vec
 def generate_steered_transformer_lens(tl_model: HookedTransformer, input_ids: Int[Tensor, "batch pos"], layer: int,
                                       vector: Float[Tensor, "d_model"], alpha: float, max_new_tokens: int
                                       ) -> Int[Tensor, "batch new"]:
-    """Greedy steered generation with TransformerLens (KV cache on); returns only the new tokens."""
+    """Greedy steered generation with TransformerLens (KV cache on), exactly ``max_new_tokens`` of them (no stop
+    at the end-of-text token); returns only the new tokens."""
     with tl_model.hooks(fwd_hooks=transformer_lens_steering_hooks(tl_model, layer, vector, alpha)):
         tokens = tl_model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=False,
                                    use_past_kv_cache=True, verbose=False, prepend_bos=False)
@@ -308,13 +309,14 @@ def generate_steered_nnsight(nn_model: TransformersModel, input_ids: Int[Tensor,
     """Greedy steered generation with nnsight: one ``generate`` trace, edited at every step.
 
     Step 0 runs the prompt: only its last position is steered. Each later step runs one new
-    position, which is steered (the rule of :func:`add_steering`).
+    position, which is steered (the rule of :func:`add_steering`). Exactly ``max_new_tokens`` are
+    generated (no stop at the end-of-text token): the loop over ``tracer.iter`` expects every step.
     """
     layer = check_steering(nn_model, layer, vector, alpha)
     block = architecture.blocks(nn_model)[layer]
     pad = architecture.unwrap(nn_model).config.eos_token_id
-    with torch.no_grad(), nn_model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                            pad_token_id=pad) as tracer:
+    with torch.no_grad(), nn_model.generate(input_ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                            do_sample=False, pad_token_id=pad) as tracer:
         for step in tracer.iter[:max_new_tokens]:
             if step == 0:
                 block.output[:, -1] += alpha * vector
