@@ -1,6 +1,7 @@
 """Steered generation throughput: what a steering hook costs, with plain hooks, TransformerLens and nnsight.
 
-Greedy generation of ``--new-tokens`` tokens from ``--prompts`` story openings of the course model,
+Greedy generation of ``--new-tokens`` tokens (24: before any story ends, so no method meets the end-of-text
+token, at which their stopping rules differ) from ``--prompts`` story openings of the course model,
 one prompt at a time (TransformerLens and nnsight generate one sequence here), KV cache on:
 
 - ``hooks``: ``model.generate`` unsteered, and inside ``utils.steering.steer`` (a forward hook on one block);
@@ -41,7 +42,7 @@ def tokens_per_second(generate: Callable[[torch.Tensor], torch.Tensor], prompts:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=24)
     args = parser.parse_args()
 
     from utils.models import load_model, load_tokenizer
