@@ -14,7 +14,7 @@ from utils.feature_circuits import (
 )
 from utils.patching import agreement_pairs, tokenize_pairs
 from utils.sae import load_shipped_sae
-from utils.sae_features import auroc
+from utils.sae_features import auroc, label_features, labelled_probes
 
 CIRCUIT_SIZE = 20
 SUBJECT = 2          # "<bos> The dog near the cats": the subject's position
@@ -79,3 +79,15 @@ def test_missing_saes_are_named(course_model, saes):
     with pytest.raises(ValueError, match=r"no SAE for layer\(s\) \[3\]"):
         check_saes(course_model, {layer: saes[layer] for layer in range(3)})
     assert Node(2, 5, None).name == "L2 p5 error" and Node(1, 2, 187).name == "L1 p2 #187"
+
+
+def test_chapter_6_labels_name_the_early_circuit_features(course_model, course_tokenizer, saes, circuit):
+    """Chapter 6's automatic labels, from the generator's variables: L1 #187 'subject number=singular',
+    L1 #167 and #89 and L0 #268 'subject number=plural'."""
+    _, _, ranked = circuit
+    probes = labelled_probes(course_tokenizer, n=200)
+    early = [node for node, _ in ranked[:CIRCUIT_SIZE] if node.layer <= 1 and node.position == SUBJECT
+             and node.feature is not None]
+    labels = {layer: label_features(course_model, course_tokenizer, saes[layer], probes) for layer in (0, 1)}
+    named = [labels[node.layer][node.feature][0] for node in early if node.feature in labels[node.layer]]
+    assert len(named) >= 2 and all(label.startswith("subject number=") for label in named)
