@@ -31,8 +31,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
 from utils.checks import Case, CheckResult, check_function
+from utils.course_model.evaluate import encode_batch
 from utils.hooks import capture, hooks
-from utils.steering import tokenize_right_padded, behaviour, check_steering, last_token_activations
+from utils.steering import behaviour, check_steering, last_token_activations
 from utils.world.families import FEW_SHOT_TASKS, few_shot, story
 from utils.world.instructions import ChatExample, REFUSAL
 from utils.world.vocabulary import EMOTIONS, SENTIMENTS, TOPICS
@@ -59,7 +60,7 @@ def mean_token_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     site = f"resid_post.{architecture.check_layer(model, layer)}"
     chunks = []
     for start in range(0, len(texts), batch_size):
-        input_ids, attention_mask, _ = tokenize_right_padded(tokenizer, texts[start:start + batch_size])
+        input_ids, attention_mask, _ = encode_batch(tokenizer, texts[start:start + batch_size])
         activations = capture(model, input_ids, [site], attention_mask=attention_mask)[site]   # [chunk, pos, d]
         keep = attention_mask.clone().float()
         keep[:, 0] = 0                                                                       # BOS
@@ -171,7 +172,7 @@ def first_token_refusal_rate(model: PreTrainedModel, tokenizer: PreTrainedTokeni
     refusals. Measured in one right-padded batch, at each prompt's last token.
     """
     refusal_start = tokenizer(" " + REFUSAL, add_special_tokens=False)["input_ids"][0]
-    input_ids, attention_mask, last = tokenize_right_padded(tokenizer, [e.prompt for e in examples])
+    input_ids, attention_mask, last = encode_batch(tokenizer, [e.prompt for e in examples])
     logits = model(input_ids, attention_mask=attention_mask).logits[torch.arange(len(examples)), last]
     return (logits.argmax(dim=-1) == refusal_start).float().mean().item()
 
@@ -206,7 +207,7 @@ def zero_shot_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                        queries: Sequence[tuple[str, str]]) -> float:
     """The share of prompts whose greedy next token is the answer's first token. Run it inside
     :func:`utils.steering.steer` to add a function vector at the last position."""
-    input_ids, attention_mask, last = tokenize_right_padded(tokenizer, [prompt for prompt, _ in queries])
+    input_ids, attention_mask, last = encode_batch(tokenizer, [prompt for prompt, _ in queries])
     predicted = model(input_ids, attention_mask=attention_mask).logits[torch.arange(len(queries)), last].argmax(-1)
     answers = torch.tensor([tokenizer(answer, add_special_tokens=False)["input_ids"][0] for _, answer in queries])
     return (predicted == answers).float().mean().item()

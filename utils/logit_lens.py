@@ -43,7 +43,7 @@ from transformers.pytorch_utils import Conv1D
 
 from utils import architecture
 from utils.checks import Case, CheckResult, check_function
-from utils.course_model.evaluate import encode
+from utils.course_model.evaluate import encode, encode_batch
 from utils.hooks import ATTENTION_OUTPUT_PROJECTION, MLP, capture
 from utils.models import tiny_random_model
 from utils.world import eval_set
@@ -333,14 +333,10 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[LensPro
     """
     if not prompts:
         raise ValueError("no prompts given: pass a list of LensPrompt, e.g. fact_prompts()")
-    rows = [encode(tokenizer, item.prompt) for item in prompts]
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids, _, last = encode_batch(tokenizer, [item.prompt for item in prompts])
     first = [[tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (item.answer, item.contrast)]
              for item in prompts]
-    return PromptTokens(torch.tensor([row + [pad] * (width - len(row)) for row in rows]),
-                        torch.tensor([len(row) - 1 for row in rows]),
-                        torch.tensor([a for a, _ in first]), torch.tensor([c for _, c in first]))
+    return PromptTokens(input_ids, last, torch.tensor([a for a, _ in first]), torch.tensor([c for _, c in first]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,11 +481,8 @@ def corpus_batch(tokenizer: PreTrainedTokenizerBase, n_documents: int, seed: int
     right-padded and cut at ``max_length``: ``(input_ids, mask)``, the mask 1 on real tokens."""
     from utils.world import generate_corpus
 
-    rows = [encode(tokenizer, doc.text)[:max_length] for doc in generate_corpus(n_documents, seed=seed)]
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
-    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    input_ids, mask, _ = encode_batch(tokenizer, [doc.text for doc in generate_corpus(n_documents, seed=seed)],
+                                      max_length)
     return input_ids, mask
 
 

@@ -37,7 +37,11 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
+from utils.course_model.evaluate import encode_batch
 from utils.sae import AnySAE, check_feature_index, encode_documents, real_positions, sae_site, site_activations
+
+#: Documents longer than this many tokens (BOS included) are cut when they are read.
+MAX_LENGTH = 128
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -47,19 +51,6 @@ Pooling = Literal["max", "token"]
 
 # --------------------------------------------------------------------------------------------
 # Batches of documents
-
-
-def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = 128
-                 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """``texts`` one per row after BOS, right-padded and cut at ``max_length``: ``(input_ids, mask)``."""
-    if not texts:
-        raise ValueError("no texts given: pass at least one document")
-    rows = [[tokenizer.bos_token_id, *tokenizer(text)["input_ids"]][:max_length] for text in texts]
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
-    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-    return input_ids, mask
 
 
 def token_at_char(tokenizer: PreTrainedTokenizerBase, text: str, char: int) -> int:
@@ -136,7 +127,7 @@ def feature_dashboard(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     from plotly.subplots import make_subplots
 
     feature = check_feature_index(sae, feature)
-    input_ids, mask = encode_texts(tokenizer, texts)
+    input_ids, mask, _ = encode_batch(tokenizer, texts, MAX_LENGTH)
     feats = encode_documents(model, sae, input_ids, mask)
     contexts = top_contexts(tokenizer, input_ids, feats, feature, n_contexts)
     top, bottom, _ = logit_effects(model, sae, feature)
@@ -239,7 +230,7 @@ def probe_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sae
     """Every latent's score on each document of ``probe``: its max over the document, or its value at the labelled token."""
     scores = []
     for start in range(0, len(probe.texts), batch_size):
-        input_ids, mask = encode_texts(tokenizer, probe.texts[start:start + batch_size])
+        input_ids, mask, _ = encode_batch(tokenizer, probe.texts[start:start + batch_size], MAX_LENGTH)
         feats = encode_documents(model, sae, input_ids, mask)           # [batch, pos, d_sae]
         if probe.pooling == "max":
             scores.append(feats.max(1).values)
@@ -427,13 +418,13 @@ def mean_difference(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     that of ``negative`` texts (a stand-in for a CAA vector, without the A/B prompt format)."""
     means = []
     for texts in (positive, negative):
-        input_ids, mask = encode_texts(tokenizer, list(texts))
+        input_ids, mask, _ = encode_batch(tokenizer, list(texts), MAX_LENGTH)
         means.append(site_activations(model, input_ids, mask, site)[real_positions(mask)].mean(0))
     return means[0] - means[1]
 
 
 __all__ = [
-    "Context", "GroundTruthRow", "Probe", "ProbeAUROCs", "all_probe_aurocs", "auroc", "decompose_vector", "encode_texts",
+    "Context", "GroundTruthRow", "Probe", "ProbeAUROCs", "all_probe_aurocs", "auroc", "decompose_vector",
     "feature_dashboard", "ground_truth_records", "ground_truth_table", "label_features", "labelled_probes",
     "logit_effects", "mean_difference", "plot_ground_truth", "probe_aurocs", "probe_scores", "reconstruct_with_features",
     "recovered_variables", "remove_features", "steering_variants", "token_at_char", "top_contexts",

@@ -46,6 +46,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
 from utils.checks import Case, CheckResult, check_function, not_in_place
+from utils.course_model.evaluate import encode_batch
 from utils.decoding import Decoding, generate_text
 from utils.hooks import EditFn, capture, hooks
 from utils.world import generate_corpus, label_text
@@ -165,17 +166,6 @@ def check_pairs(pairs: Sequence[ContrastivePair]) -> None:
 # 2. Activations at the answer letter, and the CAA vector
 
 
-def tokenize_right_padded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
-                           ) -> tuple[Int[Tensor, "n pos"], Int[Tensor, "n pos"], Int[Tensor, "n"]]:
-    """BOS + each text, padded on the right: ``(input_ids, attention_mask, index of each last token)``."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    rows = [[bos, *tokenizer(text, add_special_tokens=False)["input_ids"]] for text in texts]
-    width = max(map(len, rows))
-    input_ids = torch.tensor([row + [bos] * (width - len(row)) for row in rows])
-    attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-    return input_ids, attention_mask, torch.tensor([len(row) - 1 for row in rows])
-
-
 @torch.no_grad()
 def last_token_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
                            layers: Sequence[int] | None = None, batch_size: int = 32
@@ -190,7 +180,7 @@ def last_token_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     sites = [f"resid_post.{layer}" for layer in layers]
     chunks = []
     for start in range(0, len(texts), batch_size):
-        input_ids, attention_mask, last = tokenize_right_padded(tokenizer, texts[start:start + batch_size])
+        input_ids, attention_mask, last = encode_batch(tokenizer, texts[start:start + batch_size])
         captured = capture(model, input_ids, sites, attention_mask=attention_mask)
         rows = torch.arange(len(last))
         chunks.append(torch.stack([captured[site][rows, last] for site in sites]))     # [layer, chunk, d_model]
@@ -375,7 +365,7 @@ def matching_probability(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
 
     Run it inside :func:`steer` to measure the A/B shift of a steering vector.
     """
-    input_ids, attention_mask, last = tokenize_right_padded(tokenizer, [p.question for p in pairs])
+    input_ids, attention_mask, last = encode_batch(tokenizer, [p.question for p in pairs])
     logits = model(input_ids, attention_mask=attention_mask).logits[torch.arange(len(pairs)), last]   # [n, vocab]
     letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in LETTERS]
     letter_probabilities = logits[:, letter_ids].softmax(dim=-1)                                   # [n, 2]
@@ -392,7 +382,7 @@ def neutral_texts(n: int = 64, seed: int = 3) -> list[str]:
 @torch.no_grad()
 def mean_token_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> float:
     """Mean next-token loss (nats) over every token of ``texts`` (BOS first, right-padded batch)."""
-    input_ids, attention_mask, _ = tokenize_right_padded(tokenizer, texts)
+    input_ids, attention_mask, _ = encode_batch(tokenizer, texts)
     logits = model(input_ids, attention_mask=attention_mask).logits[:, :-1]
     losses = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")       # [n, pos - 1]
     mask = attention_mask[:, 1:].float()

@@ -58,6 +58,23 @@ def _right_padded(sequences: list[list[int]], pad_id: int) -> Int[torch.Tensor, 
     return torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences])
 
 
+def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str] | tuple[str, ...], max_length: int | None = None
+                 ) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch"]]:
+    """Each text after a BOS token (:func:`encode`), cut at ``max_length``, in one right-padded batch.
+
+    Returns ``(input_ids, attention_mask, last)``: the mask is 1 on real tokens, ``last`` the index of each
+    row's last real token. Right padding leaves every real position of a causal model unchanged, so texts
+    of different lengths share a batch.
+    """
+    if not texts:
+        raise ValueError("no texts given: pass at least one")
+    rows = [encode(tokenizer, text)[:max_length] for text in texts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(map(len, rows))
+    attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    return _right_padded(rows, pad), attention_mask, torch.tensor([len(row) - 1 for row in rows])
+
+
 @torch.no_grad()
 def teacher_forced_logits(
     model: PreTrainedModel, sequences: list[list[int]], batch_size: int = 64,
