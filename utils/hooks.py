@@ -314,20 +314,42 @@ def _mean_over_needed(how: str, mean_over: Tensor | None) -> None:
         raise ValueError("how='mean' needs mean_over: the input_ids (a reference batch) to average the activation over")
 
 
+@contextlib.contextmanager
+def editing_head_outputs(model: PreTrainedModel, layer: int,
+                         edit: Callable[[Float[Tensor, "batch pos head d_head"]], Tensor]) -> Iterator[PreTrainedModel]:
+    """Inside the ``with`` block, the heads' outputs ``z`` of ``layer`` are replaced by ``edit(z)``.
+
+    ``z`` is TransformerLens's ``hook_z``: the input of the attention output projection (GPT-2
+    ``attn.c_proj``), ``[batch, pos, n_heads * d_head]`` seen as ``[batch, pos, head, d_head]``, the heads
+    side by side before they are mixed. ``edit`` may return ``z`` itself after reading it, or a new tensor.
+    """
+    layer = architecture.check_layer(model, layer)
+    n_heads = model.config.num_attention_heads
+
+    def pre_hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        z = einops.rearrange(args[0], "batch pos (head d_head) -> batch pos head d_head", head=n_heads)
+        return (einops.rearrange(edit(z), "batch pos head d_head -> batch pos (head d_head)"), *args[1:])
+
+    handle = architecture.block_part(model, layer, ATTENTION_OUTPUT_PROJECTION).register_forward_pre_hook(pre_hook)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def head_outputs(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"], layer: int
                  ) -> Float[Tensor, "batch pos head d_head"]:
     """The heads' outputs at ``layer`` (TransformerLens's ``hook_z``): the input of the attention output projection."""
-    layer = architecture.check_layer(model, layer)
-    projection = architecture.block_part(model, layer, ATTENTION_OUTPUT_PROJECTION)
     captured: list[Tensor] = []
-    handle = projection.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-    try:
+
+    def keep(z: Tensor) -> Tensor:
+        captured.append(z)
+        return z
+
+    with editing_head_outputs(model, layer, keep):
         model(input_ids)
-    finally:
-        handle.remove()
-    return einops.rearrange(captured[0], "batch pos (head d_head) -> batch pos head d_head",
-                            head=model.config.num_attention_heads)
+    return captured[0]
 
 
 @contextlib.contextmanager
@@ -335,27 +357,22 @@ def ablate_head(model: PreTrainedModel, layer: int, head: int, how: Ablation = "
                 mean_over: Int[Tensor, "batch pos"] | None = None) -> Iterator[PreTrainedModel]:
     """Inside the ``with`` block, head ``head`` of ``layer`` writes zeros (``how="zero"``) or its mean output.
 
-    The edit is on the input of the attention output projection (GPT-2 ``attn.c_proj``), shaped
-    ``[batch, pos, n_heads * d_head]``: the heads' outputs side by side, before they are mixed. With
-    ``how="mean"`` the head's output is replaced by its mean over every position of ``mean_over``
-    (a batch of input_ids), a ``[d_head]`` vector.
+    The edit is on the heads' outputs before the attention output projection mixes them
+    (:func:`editing_head_outputs`). With ``how="mean"`` the head's output is replaced by its mean over
+    every position of ``mean_over`` (a batch of input_ids), a ``[d_head]`` vector.
     """
     _mean_over_needed(how, mean_over)
     layer = architecture.check_layer(model, layer)
-    n_heads = model.config.num_attention_heads
-    head = _check_head(n_heads, head)
+    head = _check_head(model.config.num_attention_heads, head)
     replacement = 0.0 if how == "zero" else head_outputs(model, mean_over, layer)[:, :, head].mean(dim=(0, 1))
 
-    def edit(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        z = einops.rearrange(args[0], "batch pos (head d_head) -> batch pos head d_head", head=n_heads).clone()
+    def ablate(z: Tensor) -> Tensor:
+        z = z.clone()
         z[:, :, head] = replacement
-        return (einops.rearrange(z, "batch pos head d_head -> batch pos (head d_head)"), *args[1:])
+        return z
 
-    handle = architecture.block_part(model, layer, ATTENTION_OUTPUT_PROJECTION).register_forward_pre_hook(edit)
-    try:
+    with editing_head_outputs(model, layer, ablate):
         yield model
-    finally:
-        handle.remove()
 
 
 @contextlib.contextmanager

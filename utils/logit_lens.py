@@ -28,7 +28,7 @@ unembedding): ``utils.architecture`` finds the parts. The tuned lens lives in ``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -44,7 +44,7 @@ from transformers.pytorch_utils import Conv1D
 from utils import architecture
 from utils.checks import Case, CheckResult, check_function
 from utils.course_model.evaluate import encode, encode_batch
-from utils.hooks import ATTENTION_OUTPUT_PROJECTION, MLP, capture
+from utils.hooks import ATTENTION_OUTPUT_PROJECTION, capture, editing_head_outputs
 from utils.models import tiny_random_model
 from utils.world import eval_set
 from utils.world.families import FACT_PHRASINGS, FACT_RELATIONS, all_facts
@@ -580,25 +580,6 @@ class ResidualComponents(NamedTuple):
     scale: Float[Tensor, "batch 1"]
 
 
-@contextlib.contextmanager
-def _recording(modules: dict[str, tuple[nn.Module, bool]], store: dict[str, Tensor]) -> Iterator[None]:
-    """Save each module's first input (``True``) or output (``False``) into ``store[name]`` during the ``with`` block."""
-    def reader(name: str, want_input: bool) -> Callable:
-        if want_input:
-            return lambda module, args: store.__setitem__(name, args[0].detach())
-        return lambda module, args, output: store.__setitem__(name, (output[0] if isinstance(output, tuple) else output)
-                                                               .detach())
-
-    handles = [module.register_forward_pre_hook(reader(name, True)) if want_input
-               else module.register_forward_hook(reader(name, False))
-               for name, (module, want_input) in modules.items()]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 @torch.no_grad()
 def residual_components(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"],
                         position: int | Int[Tensor, "batch"] = -1) -> ResidualComponents:
@@ -611,30 +592,34 @@ def residual_components(model: PreTrainedModel, input_ids: Int[Tensor, "batch po
     """
     n_layers = architecture.n_layers(model)
     norm = final_norm(model)
-    modules = {"embed": (architecture.blocks(model)[0], True), "final": (norm, True)}
-    for layer in range(n_layers):
-        modules[f"z.{layer}"] = (architecture.block_part(model, layer, ATTENTION_OUTPUT_PROJECTION), True)
-        modules[f"mlp.{layer}"] = (architecture.block_part(model, layer, MLP), False)
-    store: dict[str, Tensor] = {}
-    with _recording(modules, store):
-        model(input_ids)
+    z: dict[int, Tensor] = {}                                          # layer -> [batch, pos, head, d_head]
+
+    def keeper(layer: int) -> Callable[[Tensor], Tensor]:
+        def keep(output: Tensor) -> Tensor:
+            z[layer] = output
+            return output
+        return keep
+
+    sites = ["resid_pre.0", *(f"mlp_out.{layer}" for layer in range(n_layers)), f"resid_post.{n_layers - 1}"]
+    with contextlib.ExitStack() as stack:
+        for layer in range(n_layers):
+            stack.enter_context(editing_head_outputs(model, layer, keeper(layer)))
+        store = capture(model, input_ids, sites)                       # the final norm reads resid_post of the last block
     positions = check_positions(position, *input_ids.shape)
     rows = torch.arange(input_ids.shape[0])
 
-    def at(name: str) -> Tensor:
-        return store[name][rows, positions]
+    def at(activation: Tensor) -> Tensor:
+        return activation[rows, positions]
 
     token = architecture.token_embedding(model)(input_ids[rows, positions])             # [batch, d_model]
-    labels, vectors = ["token embed", "position embed"], [token, at("embed") - token]
+    labels, vectors = ["token embed", "position embed"], [token, at(store["resid_pre.0"]) - token]
     for layer in range(n_layers):
-        z = einops.rearrange(at(f"z.{layer}"), "batch (head d_head) -> batch head d_head",
-                             head=model.config.num_attention_heads)
-        heads = einops.einsum(z, attention_output_weight(model, layer),
+        heads = einops.einsum(at(z[layer]), attention_output_weight(model, layer),
                               "batch head d_head, head d_head d_model -> head batch d_model")
         bias = einops.repeat(attention_output_bias(model, layer), "d_model -> batch d_model", batch=len(rows))
         labels += [f"L{layer}H{head}" for head in range(len(heads))] + [f"L{layer} attn bias", f"L{layer} MLP"]
-        vectors += [*heads, bias, at(f"mlp.{layer}")]
-    final_residual = at("final")
+        vectors += [*heads, bias, at(store[f"mlp_out.{layer}"])]
+    final_residual = at(store[f"resid_post.{n_layers - 1}"])
     return ResidualComponents(labels, torch.stack(vectors), final_residual, norm_scale(norm, final_residual))
 
 

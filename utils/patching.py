@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
 from utils.checks import Case, CheckResult, check_function, not_in_place
-from utils.hooks import ATTENTION_OUTPUT_PROJECTION, capture, hooks
+from utils.hooks import capture, editing_head_outputs, hooks
 from utils.world import agreement, indirect_object
 from utils.world.vocabulary import AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS
 
@@ -216,50 +216,24 @@ def accuracy(model: PreTrainedModel, tokens: PairTokens, which: Literal["clean",
 # 3. Activation patching
 
 
-def _head_input(model: PreTrainedModel, layer: int) -> torch.nn.Module:
-    """The attention output projection of ``layer``, whose input holds the heads' outputs side by side."""
-    return architecture.block_part(model, layer, ATTENTION_OUTPUT_PROJECTION)
-
-
 @contextlib.contextmanager
 def _recording_heads(model: PreTrainedModel, store: dict[int, Tensor], keep_grad: bool = False) -> Iterator[None]:
-    """Record each layer's head outputs ``z`` ``[n, pos, head, d_head]`` into ``store[layer]`` during forward passes."""
-    n_heads = model.config.num_attention_heads
-    handles = []
+    """Record each layer's head outputs ``z`` ``[n, pos, head, d_head]`` into ``store[layer]`` during forward passes.
 
-    def recorder(layer: int) -> Callable:
-        def record(module: torch.nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            z = einops.rearrange(args[0], "n pos (head d_head) -> n pos head d_head", head=n_heads)
+    With ``keep_grad`` each ``z`` keeps its gradient: it is passed on itself, so what comes after depends on it.
+    """
+    def recorder(layer: int) -> Callable[[Tensor], Tensor]:
+        def record(z: Tensor) -> Tensor:
             if keep_grad:
                 z.retain_grad()
             store[layer] = z
-            # pass z itself on, so that the gradient of what comes after flows through it
-            return (einops.rearrange(z, "n pos head d_head -> n pos (head d_head)"), *args[1:])
+            return z
         return record
 
-    try:
+    with contextlib.ExitStack() as stack:
         for layer in range(architecture.n_layers(model)):
-            handles.append(_head_input(model, layer).register_forward_pre_hook(recorder(layer)))
+            stack.enter_context(editing_head_outputs(model, layer, recorder(layer)))
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextlib.contextmanager
-def _replacing_heads(model: PreTrainedModel, layer: int, replace: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """Replace the head outputs of ``layer`` (``[n, pos, head, d_head]``) by ``replace(z)`` during forward passes."""
-    n_heads = model.config.num_attention_heads
-
-    def edit(module: torch.nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        z = einops.rearrange(args[0], "n pos (head d_head) -> n pos head d_head", head=n_heads)
-        return (einops.rearrange(replace(z), "n pos head d_head -> n pos (head d_head)"), *args[1:])
-
-    handle = _head_input(model, layer).register_forward_pre_hook(edit)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()
@@ -320,7 +294,7 @@ def patch_heads(model: PreTrainedModel, tokens: PairTokens, progress: bool = Tru
                             disable=not progress):
         def patch(z: Tensor, layer: int = layer, head: int = head) -> Tensor:
             return replace_head(z, clean[layer], head)
-        with _replacing_heads(model, layer, patch):
+        with editing_head_outputs(model, layer, patch):
             effects[layer, head] = _patched_metric(model, tokens, base)
     return effects
 
@@ -338,7 +312,7 @@ def patch_head_positions(model: PreTrainedModel, tokens: PairTokens, progress: b
             patched = z.clone()
             patched[:, pos, head] = clean[layer][:, pos, head]
             return patched
-        with _replacing_heads(model, layer, patch):
+        with editing_head_outputs(model, layer, patch):
             effects[layer, head, pos] = _patched_metric(model, tokens, base)
     return effects
 
@@ -354,7 +328,7 @@ def _metric_gradients(model: PreTrainedModel, tokens: PairTokens, base: Baseline
     store: dict[int, Tensor] = {}
     with contextlib.ExitStack() as stack:
         for layer, z in (z_override or {}).items():
-            stack.enter_context(_replacing_heads(model, layer, lambda _, z=z: z.detach().clone().requires_grad_()))
+            stack.enter_context(editing_head_outputs(model, layer, lambda _, z=z: z.detach().clone().requires_grad_()))
         stack.enter_context(_recording_heads(model, store, keep_grad=True))
         difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
         normalised_metric(difference, base.clean, base.corrupted).backward()
@@ -432,7 +406,7 @@ def accuracy_with_heads_ablated(model: PreTrainedModel, tokens: PairTokens, head
                 ablated = z.clone()
                 ablated[:, :, chosen] = means[layer][:, :, chosen].mean(dim=0)
                 return ablated
-            stack.enter_context(_replacing_heads(model, layer, ablate))
+            stack.enter_context(editing_head_outputs(model, layer, ablate))
         return accuracy(model, tokens)
 
 
