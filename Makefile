@@ -27,6 +27,9 @@ export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# The notebooks that the book build and nbval run check every number the book quotes against
+# what they compute (utils/results.py); `store-outputs` records them.
+export COURSE_RESULTS := check
 # The browser tests (tests/test_site.py) drive the system chromium: Playwright never downloads one.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 

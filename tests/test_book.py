@@ -179,3 +179,16 @@ def test_plotly_figure_is_interactive_offline(tmp_path):
     assert not [src for src in scripts if re.match(r"^(https?:)?//", src)], scripts
     assert (book / "_build" / "html" / "_static" / "plotly.min.js").is_file()
     assert "cdn.plot.ly" not in html and "require.js" not in html
+
+
+def test_every_quoted_result_shows_its_recorded_text(site):
+    """A `{result}` role on a chapter page renders as the text its notebook recorded (utils.results)."""
+    from utils.results import lookup
+
+    for page in sorted((ROOT / "book").glob("*.md")):
+        references = re.findall(r"\{result\}`([^`]+)`", page.read_text())
+        if not references:
+            continue
+        html = (site / "book" / f"{page.stem}.html").read_text(encoding="utf-8")
+        shown = re.findall(r'<span class="course-result">([^<]*)</span>', html)
+        assert shown == [lookup(reference) for reference in references], page.name

@@ -87,6 +87,83 @@ def test_a_tiny_training_run_lowers_the_loss_and_writes_a_loadable_checkpoint(tm
     assert model.config.n_layer == 1 and not math.isnan(model(torch.tensor([[0, 5, 6]])).logits.sum().item())
 
 
+def _tiny_config(**changes) -> TrainConfig:
+    settings = dict(n_layer=1, n_head=2, d_model=32, context_length=64, batch_size=8, tokens=24 * 8 * 64,
+                    learning_rate=1e-2, warmup_steps=3, tokenizer_documents=500, validation_documents=20,
+                    log_every=4, validate_every=100, checkpoint_every=8, recipe="v2")
+    return TrainConfig(**{**settings, **changes})
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path: Path, monkeypatch) -> None:
+    from safetensors.torch import load_file
+
+    import utils.course_model.train as training
+
+    train(_tiny_config(), out_dir=tmp_path / "whole")
+    original = training.learning_rate_at
+
+    def interrupted_at_step_13(step: int, config: TrainConfig) -> float:
+        if step == 13:
+            raise KeyboardInterrupt
+        return original(step, config)
+
+    monkeypatch.setattr(training, "learning_rate_at", interrupted_at_step_13)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_config(), out_dir=tmp_path / "resumed")
+    assert (tmp_path / "resumed" / training.TRAINING_STATE / "state.pt").exists()
+    monkeypatch.setattr(training, "learning_rate_at", original)
+    manifest = train(_tiny_config(), out_dir=tmp_path / "resumed")
+    whole, resumed = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "resumed"))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0)
+    assert not (tmp_path / "resumed" / training.TRAINING_STATE).exists(), "a finished run removes its state"
+    logged = [entry["step"] for entry in json.loads((tmp_path / "resumed" / "train_log.json").read_text())["log"]]
+    assert logged == sorted(set(logged)) and manifest["steps"] == 24
+
+
+def test_resuming_with_another_configuration_names_each_difference(tmp_path: Path, monkeypatch) -> None:
+    import utils.course_model.train as training
+
+    def stop(step: int, config: TrainConfig) -> float:
+        if step == 9:
+            raise KeyboardInterrupt
+        return 1e-2
+
+    monkeypatch.setattr(training, "learning_rate_at", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_config(), out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"another configuration \(seed: saved 0, now 1\).*delete .*training_state"):
+        train(_tiny_config(seed=1), out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"recipe: saved 'v2', now 'v1'"):
+        train(_tiny_config(recipe="v1"), out_dir=tmp_path)
+
+
+def test_v2_training_windows_hold_repeats_of_random_token_ids(course_tokenizer) -> None:
+    from utils.course_model.train import repeated_random_token_documents
+
+    documents = repeated_random_token_documents(50, vocab_size=len(course_tokenizer), seed=0)
+    assert documents == repeated_random_token_documents(50, vocab_size=len(course_tokenizer), seed=0)
+    for document in documents:
+        assert 0 not in document and max(document) < len(course_tokenizer)
+        copy_length = next(n for n in range(5, 61) if document[:n] == document[-n:] and
+                           all(document[:n] == document[-n:] for _ in [0]))
+        assert copy_length >= 5
+    windows = pack_documents(["a b c"] * 10, course_tokenizer, 16, token_documents=documents[:5], seed=1)
+    stream = windows.flatten().tolist()
+    assert any(stream[i:i + 5] == documents[0][:5] for i in range(len(stream))), "the token documents are packed"
+
+
+def test_evaluating_with_another_models_tokenizer_says_so(course_tokenizer) -> None:
+    from utils.course_model.generalisation import check_tokenizer_fits
+
+    small = build_model(TrainConfig(n_layer=1, n_head=2, d_model=32, context_length=16), vocab_size=50)
+    with pytest.raises(ValueError, match="the tokenizer has 2,0.. tokens but the model only 50 embeddings.*same checkpoint"):
+        check_tokenizer_fits(small, course_tokenizer)
+    with pytest.raises(ValueError, match="the tokenizer has .* tokens but the model only 50"):
+        evaluate(small, course_tokenizer, n=4)
+
+
 def _snapshots() -> list[dict]:
     log = json.loads((COURSE_MODEL_DIR / "train_log.json").read_text())["log"]
     return [entry for entry in log if "induction_score" in entry]
@@ -126,9 +203,18 @@ def test_shipped_model_meets_every_threshold_of_its_model_card(model_card: dict)
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the shipped course model v1 learned template lookups: its successor (issue 18) "
+                                       "must pass on held-out material, and then this mark goes")
+def test_shipped_model_generalises_to_material_no_corpus_contains(model_card: dict) -> None:
+    failed = [m["name"] for m in model_card["generalisation"] if m["passed"] is False]
+    assert not failed, format_card(model_card)
+
+
+@pytest.mark.slow
 def test_shipped_model_card_matches_the_stored_evaluation(model_card: dict) -> None:
     """The table shown on the chapter 0 page is the one this checkpoint earns (within noise of n)."""
     stored = json.loads((COURSE_MODEL_DIR / "evaluation.json").read_text())
-    for fresh, saved in zip(model_card["metrics"], stored["metrics"]):
-        assert fresh["name"] == saved["name"]
-        assert Metric(**fresh).passed == Metric(**saved).passed, fresh["name"]
+    for section in ("metrics", "generalisation"):
+        assert [m["name"] for m in model_card[section]] == [m["name"] for m in stored[section]]
+        for fresh, saved in zip(model_card[section], stored[section]):
+            assert Metric(**fresh).passed == Metric(**saved).passed, fresh["name"]

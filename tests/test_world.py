@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import string
 from collections import Counter
 
 import pytest
@@ -172,3 +173,121 @@ def test_unknown_task_and_family_errors_name_the_choices() -> None:
         few_shot(random.Random(0), task="rhymes")
     with pytest.raises(ValueError, match="unknown family 'poem'"):
         eval_set("poem", 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes, the wider world of recipe "v2", and held-out material
+# ---------------------------------------------------------------------------------------------
+
+from utils.world.corpus import INVENTED_NAME_IOI_PARTS, RECIPES, recipe  # noqa: E402
+from utils.world.families import CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, TRAINING_IOI_PARTS, IOIParts  # noqa: E402
+from utils.world.heldout import (  # noqa: E402
+    HELDOUT_AGREEMENT_NOUNS, HELDOUT_CHOICE_PARTS, HELDOUT_FACT_PHRASINGS, HELDOUT_IOI_PARTS, HELDOUT_NAME_IOI_PARTS,
+    heldout_words,
+)
+from utils.world.vocabulary import ALL_NAMES, world_words  # noqa: E402
+
+
+def test_recipe_v1_still_writes_the_corpus_the_shipped_model_was_trained_on() -> None:
+    """The digest of the first 500 documents, taken before recipe "v2" was added: the options that
+    v2 added to the families leave every v1 document as it was."""
+    import hashlib
+
+    texts = "\x00".join(d.text for d in generate_corpus(500, seed=0))
+    assert hashlib.sha256(texts.encode()).hexdigest() == "010e5471c74bdb6f432c167a23f75d2cae2b558209adc0befc3f877e78612716"
+
+
+def test_unknown_recipe_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown corpus recipe 'v9'.*'v1', 'v2'"):
+        next(generate_corpus(1, recipe_name="v9"))
+    assert recipe("v2").token_repeats > 0 == recipe("v1").token_repeats
+
+
+@pytest.fixture(scope="module")
+def v2_corpus() -> list:
+    return list(generate_corpus(20_000, seed=0, recipe_name="v2"))
+
+
+def test_v2_corpus_draws_every_family_from_the_wider_world(v2_corpus: list) -> None:
+    assert set(Counter(d.family for d in v2_corpus)) == set(FAMILIES) == set(RECIPES["v2"].mix)
+    ioi = [d for d in v2_corpus if d.family == "ioi"]
+    verbs = Counter(re.search(r"(\w+) the \w+ to \w+\.$", d.text).group(1) for d in ioi)
+    assert len(verbs) >= 20, verbs
+    names = {d.labels["indirect_object"] for d in ioi}
+    assert len(names & set(ALL_NAMES)) >= 90 and len(names & set(INVENTED_NAME_IOI_PARTS.names)) >= 300
+    questions = {d.prompt.split("\n")[0] for d in v2_corpus if d.family == "multiple_choice"}
+    assert len(questions) >= 60
+
+
+def _words(texts: list[str]) -> set[str]:
+    return {w for text in texts for w in re.findall(r"[A-Za-z]+", text)}
+
+
+def test_heldout_words_are_in_no_word_list_and_no_training_document(v2_corpus: list) -> None:
+    held_out = heldout_words()
+    assert not held_out & set(world_words()), held_out & set(world_words())
+    assert not held_out & set(INVENTED_NAME_IOI_PARTS.names)
+    v1_corpus = list(generate_corpus(5_000, seed=0))
+    assert not held_out & _words([d.text for d in v2_corpus + v1_corpus])
+
+
+def test_heldout_agreement_nouns_are_never_a_subject_or_distractor(v2_corpus: list) -> None:
+    nouns = {w for pair in HELDOUT_AGREEMENT_NOUNS for w in pair}
+    spanned = {d.text[s.start:s.end] for d in v2_corpus if d.family == "agreement"
+               for s in d.spans if s.kind in ("subject", "distractor")}
+    assert len(nouns) >= 20 and not nouns & spanned
+    assert nouns <= _words([d.text for d in v2_corpus if d.family == "few_shot"]), "the model knows them from elsewhere"
+
+
+def _as_pattern(template: str) -> re.Pattern:
+    """A template's literal text with each field standing for one or two words."""
+    parts = [re.escape(literal) + (r"[\w']+(?: [\w']+)?" if field else "")
+             for literal, field, _, _ in string.Formatter().parse(template)]
+    return re.compile("".join(parts))
+
+
+def test_heldout_frames_and_phrasings_match_no_training_document(v2_corpus: list) -> None:
+    templates = [*HELDOUT_IOI_PARTS.openers, *HELDOUT_IOI_PARTS.middles,
+                 *(q for qs in HELDOUT_CHOICE_PARTS.questions.values() for q in qs),
+                 *(o for os_ in HELDOUT_CHOICE_PARTS.options.values() for o in os_),
+                 *(p for ps in HELDOUT_FACT_PHRASINGS.values() for p in ps)]
+    texts = [d.text for d in v2_corpus + list(generate_corpus(5_000, seed=0))]
+    for template in templates:
+        pattern = _as_pattern(template)
+        assert not any(pattern.search(text) for text in texts), template
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=seeds, parts=st.sampled_from([TRAINING_IOI_PARTS, INVENTED_NAME_IOI_PARTS, HELDOUT_IOI_PARTS,
+                                           HELDOUT_NAME_IOI_PARTS]))
+def test_composed_indirect_object_names_the_subject_twice_and_the_answer_once(seed: int, parts: IOIParts) -> None:
+    doc = indirect_object(random.Random(seed), parts=parts)
+    io, s = doc.labels["indirect_object"], doc.labels["subject"]
+    assert io != s and doc.text.startswith(doc.prompt + doc.answer) and doc.answer == " " + io
+    assert doc.prompt.endswith(" to") and doc.prompt.split()[-3] == "the"
+    assert doc.prompt.split()[-4] in parts.verbs
+    names = Counter(w for w in re.findall(r"[A-Z][a-z]+", doc.prompt) if w in parts.names)
+    assert names == Counter({s: 2, io: 1})
+    assert doc.labels["indirect_object_gender"] == parts.names[io]
+    assert [sp.value for sp in doc.spans_of("ioi_indirect_object")] == [io]
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=seeds, trait=st.sampled_from(["sentiment", "emotion", "topic"]),
+       parts=st.sampled_from([CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, HELDOUT_CHOICE_PARTS]))
+def test_every_phrasing_of_an_ab_question_puts_the_trait_in_the_right_option(seed: int, trait: str, parts) -> None:
+    doc = multiple_choice(random.Random(seed), trait=trait, parts=parts)
+    options = dict(re.findall(r"\(([AB])\) (.*)", doc.prompt))
+    assert getattr(label_text(options[doc.labels["correct"]]), trait) == doc.labels["value"]
+    wrong = "B" if doc.labels["correct"] == "A" else "A"
+    assert getattr(label_text(options[wrong]), trait) == doc.labels["other"]
+    assert doc.prompt.startswith("Question: ") and doc.prompt.endswith("\nAnswer:")
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=seeds)
+def test_repeats_of_any_world_word_with_a_gap_repeat_exactly(seed: int) -> None:
+    doc = sequence(random.Random(seed), kind="repeat", pool=world_words(), gap=True)
+    (first,), (second,) = doc.spans_of("first_copy"), doc.spans_of("second_copy")
+    assert doc.text[first.start:first.end] == doc.text[second.start:second.end]
+    assert second.start > first.end

@@ -1,6 +1,6 @@
 """Sphinx extension for the course book (loaded through `_config.yml`: sphinx.local_extensions).
 
-It does four things, each configured once here rather than in every notebook:
+It does five things, each configured once here rather than in every notebook:
 
 1. ``colab-lab`` directive: an "Open in Colab" badge for a chapter's *exercise* notebook
    ``labs/<slug>.ipynb`` (JB's own Colab button would open the page's notebook, which is the
@@ -23,7 +23,11 @@ It does four things, each configured once here rather than in every notebook:
    loaded (as a plain global script, no require.js needed) only on pages that have a figure.
    Nothing is fetched from a CDN, so the site works offline.
 
-4. Each page loads an inline script once: Sphinx 7.4 registers an inline script added after the
+4. ``result`` role: ``{result}`04_logit_lens/kl_logit_lens_layer_0``` shows the text that the
+   chapter's solution notebook recorded with :class:`utils.results.Results` (``book/results/``),
+   so the prose quotes what the code computed; an unknown key is a warning (an error under -W).
+
+5. Each page loads an inline script once: Sphinx 7.4 registers an inline script added after the
    builder starts (sphinx-thebe's ``const THEBE_JS_URL``, sphinx-togglebutton's selector) twice,
    and the second ``const`` is a JavaScript error in the reader's console.
 """
@@ -42,7 +46,7 @@ from docutils import nodes
 from docutils.parsers.rst import directives
 from sphinx.application import Sphinx
 from sphinx.util import logging
-from sphinx.util.docutils import SphinxDirective
+from sphinx.util.docutils import SphinxDirective, SphinxRole
 
 LOGGER = logging.getLogger(__name__)
 
@@ -277,9 +281,27 @@ def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict,
 
 
 # --------------------------------------------------------------------------- setup
+# --------------------------------------------------------------------------- results
+class ResultRole(SphinxRole):
+    """``{result}`<chapter>/<key>```: the recorded text of a computed number (utils.results)."""
+
+    def run(self) -> tuple[list[nodes.Node], list[nodes.system_message]]:
+        from utils.results import RESULTS_DIR, lookup
+
+        chapter = self.text.partition("/")[0]
+        self.env.note_dependency(str(RESULTS_DIR / f"{chapter}.json"))
+        try:
+            text = lookup(self.text)
+        except (KeyError, ValueError) as error:
+            LOGGER.warning("result %s", error.args[0], location=self.get_location())
+            text = "??"
+        return [nodes.inline(text, text, classes=["course-result"])], []
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     _patch_myst_nb()
     app.add_directive("colab-lab", ColabLab)
+    app.add_role("result", ResultRole())
     app.connect("config-inited", prefer_plotly_mime, priority=900)
     app.connect("builder-inited", copy_plotly_js)
     app.connect("html-page-context", load_plotly_where_needed)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from utils.course_model.train import COURSE_MODEL_DIR, TrainConfig, train
+from utils.world.corpus import RECIPES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,13 +16,15 @@ def main(argv: list[str] | None = None) -> None:
     train_parser.add_argument("--out", type=Path, default=COURSE_MODEL_DIR, help="checkpoint directory")
     train_parser.add_argument("--tokens", type=int, default=TrainConfig.tokens, help="training tokens")
     train_parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train_parser.add_argument("--recipe", choices=sorted(RECIPES), default=TrainConfig.recipe,
+                              help="the corpus recipe (utils.world.corpus.RECIPES)")
     evaluate_parser = commands.add_parser("evaluate", help="evaluate a checkpoint and write the model card table")
     evaluate_parser.add_argument("--model", default="course", help="'course', a local checkpoint directory or a hub name")
     evaluate_parser.add_argument("--out", type=Path, default=None, help="where to write the JSON table")
     evaluate_parser.add_argument("--n", type=int, default=200, help="held-out prompts per metric")
     args = parser.parse_args(argv)
     if args.command == "train":
-        manifest = train(TrainConfig(tokens=args.tokens, seed=args.seed), out_dir=args.out)
+        manifest = train(TrainConfig(tokens=args.tokens, seed=args.seed, recipe=args.recipe), out_dir=args.out)
         print(f"wrote {args.out}: {manifest['tokens_trained']:,} tokens, final loss {manifest['final_loss']:.3f}")
     else:
         from utils.course_model.evaluate import main as evaluate_main

@@ -185,16 +185,28 @@ def ioi_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: 
 
 def in_context_snapshot(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int = 32) -> dict[str, float]:
     """The in-context skills that emerge late in training, measured cheaply on ``n`` prompts:
-    the induction loss gap, the best induction score and IOI accuracy. The training loop logs
-    it, so the training log shows when induction heads form."""
+    the induction loss gap, the best induction score and IOI accuracy, and the same skills on
+    held-out material (random token ids, held-out IOI frames, held-out A/B questions). The
+    training loop logs it, so the training log shows when induction heads form and whether what
+    forms is general."""
+    from utils.course_model.generalisation import (
+        choice_accuracy_per_trait, copy_losses, ioi_documents, ioi_preference, random_token_repeats,
+    )
+    from utils.world.heldout import HELDOUT_IOI_PARTS
+
     was_training, implementation = model.training, model.config._attn_implementation
     model.eval()
     model.set_attn_implementation("eager")
     first, second, induction = induction_metrics(model, tokenizer, n)
     ioi, _ = ioi_accuracy(model, tokenizer, 2 * n)
+    random_first, random_second = copy_losses(model, random_token_repeats(n, 20, len(tokenizer), tokenizer.bos_token_id))
+    heldout_ioi, _ = ioi_preference(model, tokenizer, ioi_documents(HELDOUT_IOI_PARTS, 2 * n, seed=1))
+    heldout_ab = np.mean(list(choice_accuracy_per_trait(model, tokenizer, n).values()))
     model.set_attn_implementation(implementation)
     model.train(was_training)
-    return {"induction_gap": first - second, "induction_score": induction.max().item(), "ioi_accuracy": ioi}
+    return {"induction_gap": first - second, "induction_score": induction.max().item(), "ioi_accuracy": ioi,
+            "random_token_induction_gap": random_first - random_second, "heldout_ioi_accuracy": heldout_ioi,
+            "heldout_ab_accuracy": float(heldout_ab)}
 
 
 def agreement_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int) -> float:
@@ -300,8 +312,12 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int 
     """All metrics of the model card, ``n`` held-out prompts each (fewer for the slow ones).
 
     Returns a dict with ``metrics`` (a list of :class:`Metric` as dicts), ``loss_per_family``,
-    ``few_shot`` (task -> shots -> accuracy) and ``induction_scores`` (layer x head).
+    ``few_shot`` (task -> shots -> accuracy), ``induction_scores`` (layer x head) and
+    ``generalisation`` (metrics on held-out material, :mod:`utils.course_model.generalisation`).
     """
+    from utils.course_model.generalisation import check_tokenizer_fits, generalisation_metrics
+
+    check_tokenizer_fits(model, tokenizer)
     model.eval()
     model.set_attn_implementation("eager")  # attention weights are needed for induction scores
     losses = loss_per_family(model, tokenizer, max(20, n // 4))
@@ -326,8 +342,9 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int 
                sentiment_control(model, tokenizer, max(20, n // 2)), ">= 0.8"),
     ]
     metrics = [_judge(m) for m in metrics]
-    return {"metrics": [asdict(m) for m in metrics], "loss_per_family": losses, "few_shot": few_shot,
-            "induction_scores": induction.tolist(), "n": n}
+    generalisation = [_judge(m) for m in generalisation_metrics(model, tokenizer, n)]
+    return {"metrics": [asdict(m) for m in metrics], "generalisation": [asdict(m) for m in generalisation],
+            "loss_per_family": losses, "few_shot": few_shot, "induction_scores": induction.tolist(), "n": n}
 
 
 def _judge(metric: Metric) -> Metric:
@@ -341,6 +358,8 @@ def format_card(card: dict) -> str:
     """The evaluation as markdown tables."""
     lines = ["| metric | value | threshold | |", "|---|---|---|---|"]
     lines += [Metric(**m).row() for m in card["metrics"]]
+    lines += ["", "| generalisation: on held-out material | value | threshold | |", "|---|---|---|---|"]
+    lines += [Metric(**m).row() for m in card.get("generalisation", [])]
     lines += ["", "| family | loss (nats) |", "|---|---|"]
     lines += [f"| {family} | {loss:.3f} |" for family, loss in card["loss_per_family"].items()]
     shots = FEW_SHOT_COUNTS

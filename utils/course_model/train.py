@@ -2,7 +2,9 @@
 
 Run ``python -m utils.course_model train`` (about 45 minutes on 2 CPU cores with the defaults).
 The checkpoint is written in Hugging Face format, with ``train_log.json`` (the loss curve) and
-``manifest.json`` (what was trained, how, and the checksums the loader verifies).
+``manifest.json`` (what was trained, how, and the checksums the loader verifies). Every
+``checkpoint_every`` steps the run saves its state in ``<out>/training_state/``; run the same
+command again after an interruption and it resumes from there (with the same configuration only).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import einops
@@ -25,7 +28,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from utils.course_model.evaluate import in_context_snapshot
 from utils.course_model.tokenizer import train_tokenizer
 from utils.models import COURSE_MODEL_DIR, write_manifest
-from utils.world import DEFAULT_MIX, generate_corpus
+from utils.world import generate_corpus
+from utils.world.corpus import recipe
 
 
 @dataclass
@@ -48,7 +52,12 @@ class TrainConfig:
     validation_documents: int = 2_000
     log_every: int = 25
     validate_every: int = 250
-    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    checkpoint_every: int = 500
+    recipe: str = "v1"
+    mix: dict[str, float] | None = None  # the recipe's own mix when None
+
+    def __post_init__(self) -> None:
+        self.mix = dict(self.mix or recipe(self.recipe).mix)
 
     @property
     def steps(self) -> int:
@@ -57,11 +66,19 @@ class TrainConfig:
 
 def pack_documents(
     texts: list[str], tokenizer: PreTrainedTokenizerFast, context_length: int,
+    token_documents: list[list[int]] | None = None, seed: int = 0,
 ) -> Int[torch.Tensor, "n_windows context"]:
     """Tokenize ``texts``, join them as ``<|endoftext|> doc <|endoftext|> doc ...`` and cut the
-    stream into non-overlapping windows of ``context_length`` tokens (the tail is dropped)."""
+    stream into non-overlapping windows of ``context_length`` tokens (the tail is dropped).
+
+    ``token_documents`` (already token ids) are shuffled in among the texts, in an order fixed by ``seed``.
+    """
     eos = tokenizer.eos_token_id
-    ids = [token for doc in tokenizer(texts)["input_ids"] for token in (eos, *doc)]
+    documents = tokenizer(texts)["input_ids"] if texts else []
+    if token_documents:
+        documents = documents + token_documents
+        random.Random(seed).shuffle(documents)
+    ids = [token for doc in documents for token in (eos, *doc)]
     n_windows = len(ids) // context_length
     stream = torch.tensor(ids[: n_windows * context_length], dtype=torch.long)
     return einops.rearrange(stream, "(window position) -> window position", position=context_length)
@@ -88,14 +105,37 @@ def document_inputs(
     return positions - start_of_document, mask
 
 
+def repeated_random_token_documents(n: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """``n`` documents that repeat a sequence of uniformly random token ids (never ``<|endoftext|>``, id 0).
+
+    Each draws 5 to 60 ids and writes them two or three times, with 0 to 8 other random ids
+    between the copies: the data that teaches induction on *any* token (Olsson et al. 2022),
+    not only on the words that the generator happens to repeat.
+    """
+    rng = np.random.default_rng(seed)
+    documents = []
+    for _ in range(n):
+        copy = rng.integers(1, vocab_size, size=int(rng.integers(5, 61))).tolist()
+        document = list(copy)
+        for _ in range(int(rng.integers(1, 3))):
+            document += rng.integers(1, vocab_size, size=int(rng.integers(0, 9))).tolist() + copy
+        documents.append(document)
+    return documents
+
+
 def training_windows(config: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> Int[torch.Tensor, "n_windows context"]:
     """Generate documents until ``config.tokens`` tokens are packed, in a seeded random order."""
     windows_needed = math.ceil(config.tokens / config.context_length)
-    documents = generate_corpus(10**9, seed=config.seed, mix=config.mix)
+    documents = generate_corpus(10**9, seed=config.seed, mix=config.mix, recipe_name=config.recipe)
+    chunk_size = 20_000
+    n_token_documents = round(chunk_size * recipe(config.recipe).token_repeats)
     chunks, n_windows = [], 0
     with tqdm(total=windows_needed, desc="generating corpus", unit="window") as progress:
         while n_windows < windows_needed:
-            chunk = pack_documents([next(documents).text for _ in range(20_000)], tokenizer, config.context_length)
+            chunk_seed = config.seed * 100_003 + len(chunks)
+            token_documents = repeated_random_token_documents(n_token_documents, len(tokenizer), chunk_seed)
+            chunk = pack_documents([next(documents).text for _ in range(chunk_size)], tokenizer,
+                                   config.context_length, token_documents, seed=chunk_seed)
             chunks.append(chunk)
             n_windows += len(chunk)
             progress.update(len(chunk))
@@ -150,24 +190,39 @@ def _git_commit() -> str:
 def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
     """Train the course model with ``config`` and write the checkpoint to ``out_dir``.
 
-    Returns the manifest (also written to ``out_dir/manifest.json``).
+    Resumes from ``out_dir/training_state`` when an earlier run with the same ``config`` was
+    interrupted there. Returns the manifest (also written to ``out_dir/manifest.json``).
     """
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    tokenizer_texts = [doc.text for doc in generate_corpus(config.tokenizer_documents, seed=config.seed + 1, mix=config.mix)]
-    tokenizer = train_tokenizer(tokenizer_texts, config.vocab_size, config.context_length)
+    state_dir = out_dir / TRAINING_STATE
+    state = load_training_state(state_dir, config)
+    if state is None:
+        tokenizer_texts = [doc.text for doc in generate_corpus(
+            config.tokenizer_documents, seed=config.seed + 1, mix=config.mix, recipe_name=config.recipe)]
+        tokenizer = train_tokenizer(tokenizer_texts, config.vocab_size, config.context_length)
+    else:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(state_dir)
     windows = training_windows(config, tokenizer)
     validation = pack_documents(
-        [doc.text for doc in generate_corpus(config.validation_documents, seed=config.seed + 2, mix=config.mix)],
+        [doc.text for doc in generate_corpus(config.validation_documents, seed=config.seed + 2, mix=config.mix,
+                                             recipe_name=config.recipe)],
         tokenizer, config.context_length)
     model = build_model(config, len(tokenizer))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95),
                                   weight_decay=config.weight_decay)
-    log: list[dict[str, float]] = []
-    started = time.perf_counter()
+    first_step, log, seconds_before = 0, [], 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        first_step, log, seconds_before = state["step"] + 1, state["log"], state["seconds"]
+        print(f"resuming from {state_dir} at step {first_step:,}")
+    started = time.perf_counter() - seconds_before
     batches = windows.split(config.batch_size)[: config.steps]
-    progress = tqdm(enumerate(batches), total=len(batches), desc="training", unit="step")
-    for step, batch in progress:
+    progress = tqdm(range(first_step, len(batches)), initial=first_step, total=len(batches), desc="training",
+                    unit="step")
+    for step in progress:
+        batch = batches[step]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, config)
         position_ids, attention_mask = document_inputs(batch, tokenizer.eos_token_id)
@@ -185,8 +240,53 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
                 progress.write(", ".join(f"{k} {v:.3g}" for k, v in entry.items()))
             log.append(entry)
             progress.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < len(batches):
+            save_training_state(state_dir, config, tokenizer, model, optimizer, step, log,
+                                time.perf_counter() - started)
     seconds = time.perf_counter() - started
-    return save_checkpoint(model, tokenizer, config, log, seconds, out_dir)
+    manifest = save_checkpoint(model, tokenizer, config, log, seconds, out_dir)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return manifest
+
+
+#: The folder inside a checkpoint directory where an unfinished run keeps its state.
+TRAINING_STATE = "training_state"
+
+
+def save_training_state(state_dir: Path, config: TrainConfig, tokenizer: PreTrainedTokenizerFast,
+                        model: GPT2LMHeadModel, optimizer: torch.optim.Optimizer, step: int,
+                        log: list[dict[str, float]], seconds: float) -> None:
+    """Write what a run needs to resume after ``step``: weights, optimizer, log, tokenizer and config.
+
+    The file is replaced atomically, so an interruption while saving leaves the previous state.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(state_dir)
+    (state_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    partial = state_dir / "state.pt.partial"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "log": log,
+                "seconds": seconds}, partial)
+    partial.replace(state_dir / "state.pt")
+
+
+def load_training_state(state_dir: Path, config: TrainConfig) -> dict | None:
+    """The saved state of an interrupted run with ``config``, or None when there is none.
+
+    Raises ValueError, naming each setting that differs, when the state was saved by a run with
+    another configuration: resuming it would silently mix two recipes.
+    """
+    if not (state_dir / "state.pt").exists():
+        return None
+    saved = json.loads((state_dir / "config.json").read_text())
+    wanted = asdict(config)
+    differences = [f"{key}: saved {saved.get(key)!r}, now {wanted.get(key)!r}"
+                   for key in sorted(saved.keys() | wanted.keys()) if saved.get(key) != wanted.get(key)]
+    if differences:
+        raise ValueError(
+            f"the interrupted run in {state_dir} was trained with another configuration ("
+            + "; ".join(differences) + "). Run with the saved settings to resume it, or delete "
+            f"{state_dir} to start a new run.")
+    return torch.load(state_dir / "state.pt", weights_only=False)
 
 
 def save_checkpoint(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, config: TrainConfig,

@@ -33,9 +33,14 @@ OFFLINE_ENV = {
 
 
 def kernel_env(**extra: str) -> dict[str, str]:
-    """The environment for a notebook's kernel: ours, plus the offline variables, plus ``extra``."""
+    """The environment for a notebook's kernel: ours, plus the offline variables, plus ``extra``.
+
+    ``COURSE_RESULTS`` (:mod:`utils.results`) is passed on only through ``extra``: grading and the
+    tests' own runs neither write nor check the book's quoted numbers.
+    """
     env = dict(os.environ)
     env.pop("PYTHONSTARTUP", None)
+    env.pop("COURSE_RESULTS", None)
     env.update(OFFLINE_ENV)
     env.update(extra)
     return env
@@ -111,7 +116,7 @@ def store_outputs(path: Path, *, timeout: int | None = 600, sanitizer: Path | No
     patterns = read_sanitizer(sanitizer) if sanitizer else []
     run = copy.deepcopy(nb)
     try:
-        execute_notebook(run, path.parent, timeout=timeout)
+        execute_notebook(run, path.parent, timeout=timeout, env=kernel_env(COURSE_RESULTS="write"))
     except CellExecutionError as error:
         found = failing_cell(run)
         where = f"cell {found[0]}" if found else "a cell"

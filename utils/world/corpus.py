@@ -1,50 +1,119 @@
 """Mix the document families into a training corpus, and draw held-out evaluation sets.
 
-Training documents come from ``random.Random(seed)``; evaluation sets use their own seeds
-(``EVAL_SEED_OFFSET`` apart), so they are fresh draws from the same world.
+Training documents come from ``random.Random(seed)`` and a *recipe*: the families' shares and
+the options each family's documents are drawn with. Recipe "v1" made the shipped course model;
+recipe "v2" draws every family from a wider world (composed indirect-object sentences with 100
+names and 23 verbs, A/B questions in five phrasings, repeats of any word at any distance, more
+nouns, prepositions and fact phrasings) and adds repeats of uniformly random token ids (which
+the training script writes, since they are tokens, not text). Evaluation sets use their own
+seeds (``EVAL_SEED_OFFSET`` apart), so they are fresh draws from the same world; material that
+no recipe ever writes is in :mod:`utils.world.heldout`.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 from utils.world.documents import Document
-from utils.world.families import FAMILIES
+from utils.world.families import (
+    FAMILIES, STORY_IOI_VERBS, TRAINING_CHOICE_PARTS, TRAINING_FACT_PHRASINGS, TRAINING_IOI_PARTS,
+    WORD_CHOICE_PARTS,
+)
+from utils.world.heldout import heldout_words
+from utils.world.vocabulary import (
+    AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS, GIVING_VERBS, MORE_AGREEMENT_NOUNS, MORE_AGREEMENT_PREPOSITIONS,
+    invented_names, world_words,
+)
 
 #: Share of documents from each family in the training corpus.
 DEFAULT_MIX: dict[str, float] = {
     "story": 0.13, "ioi": 0.20, "agreement": 0.08, "facts": 0.08, "few_shot": 0.15,
     "sequence": 0.20, "arithmetic": 0.10, "record": 0.03, "multiple_choice": 0.03,
 }
+#: The shares of the recipe "v2": more A/B questions and indirect-object sentences, fewer stories.
+V2_MIX: dict[str, float] = {
+    "story": 0.12, "ioi": 0.16, "agreement": 0.08, "facts": 0.08, "few_shot": 0.12,
+    "sequence": 0.14, "arithmetic": 0.07, "record": 0.03, "multiple_choice": 0.20,
+}
 EVAL_SEED_OFFSET = 1_000_003
 
-#: Keyword arguments the training corpus passes to some families (the defaults elsewhere).
-_TRAINING_KWARGS: dict[str, dict[str, object]] = {"facts": {"n_facts": None}, "agreement": {"n_sentences": None}}
+#: Options drawn for one document of a family: ``options(rng) -> kwargs``.
+FamilyOptions = Callable[[random.Random], dict[str, object]]
 
 
-def _training_document(rng: random.Random, family: str) -> Document:
-    kwargs = dict(_TRAINING_KWARGS.get(family, {}))
-    if "n_facts" in kwargs:
-        kwargs["n_facts"] = rng.randint(1, 5)
-    if "n_sentences" in kwargs:
-        kwargs["n_sentences"] = rng.randint(1, 4)
-    return FAMILIES[family](rng, **kwargs)
+@dataclass(frozen=True)
+class Recipe:
+    """How a training corpus is drawn.
 
-
-def generate_corpus(n_documents: int, seed: int = 0, mix: dict[str, float] | None = None) -> Iterator[Document]:
-    """Yield ``n_documents`` training documents, families drawn in the proportions of ``mix``.
-
-    The same ``(n_documents, seed, mix)`` always gives the same documents.
+    ``mix`` gives each family's share of documents, ``options`` the keyword arguments each
+    document of a family is drawn with (the family's defaults for a family not listed), and
+    ``token_repeats`` the share of extra documents that repeat uniformly random token ids.
     """
-    mix = mix or DEFAULT_MIX
+
+    mix: dict[str, float]
+    options: dict[str, FamilyOptions]
+    token_repeats: float = 0.0
+
+
+_V2_WORDS = world_words()
+_V2_STORY_VERBS = tuple(verb for verb, kind in GIVING_VERBS.items() if kind == "thing")
+#: Indirect-object sentences between made-up names, which the tokenizer splits into pieces.
+INVENTED_NAME_IOI_PARTS = replace(TRAINING_IOI_PARTS, names=invented_names(exclude=heldout_words()))
+
+
+def _v2_ioi_options(rng: random.Random) -> dict[str, object]:
+    """A sixth of the v2 indirect-object sentences keep the eight templates; the others are
+    composed from parts, a third of them between made-up names."""
+    draw = rng.random()
+    return {} if draw < 1 / 6 else {"parts": INVENTED_NAME_IOI_PARTS if draw < 4 / 9 else TRAINING_IOI_PARTS}
+
+
+RECIPES: dict[str, Recipe] = {
+    "v1": Recipe(DEFAULT_MIX, {
+        "facts": lambda rng: {"n_facts": rng.randint(1, 5)},
+        "agreement": lambda rng: {"n_sentences": rng.randint(1, 4)},
+    }),
+    "v2": Recipe(V2_MIX, {
+        "facts": lambda rng: {"n_facts": rng.randint(1, 5), "phrasings": TRAINING_FACT_PHRASINGS},
+        "agreement": lambda rng: {"n_sentences": rng.randint(1, 4), "nouns": AGREEMENT_NOUNS + MORE_AGREEMENT_NOUNS,
+                                  "prepositions": AGREEMENT_PREPOSITIONS + MORE_AGREEMENT_PREPOSITIONS},
+        "ioi": _v2_ioi_options,
+        "story": lambda rng: {"ioi_verbs": _V2_STORY_VERBS if rng.random() < 0.75 else STORY_IOI_VERBS},
+        "sequence": lambda rng: {"pool": _V2_WORDS, "gap": True},
+        # 40 % of the A/B questions choose between two words: in the project's trials the letter
+        # circuit formed on those first, and then served the questions between two sentences
+        "multiple_choice": lambda rng: {"parts": WORD_CHOICE_PARTS if rng.random() < 0.4 else TRAINING_CHOICE_PARTS},
+    }, token_repeats=0.06),
+}
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe called ``name``, or an error that lists the recipes."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown corpus recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[name]
+
+
+def generate_corpus(n_documents: int, seed: int = 0, mix: dict[str, float] | None = None,
+                    recipe_name: str = "v1") -> Iterator[Document]:
+    """Yield ``n_documents`` training documents of a recipe, families drawn in the proportions
+    of ``mix`` (the recipe's own mix by default).
+
+    The same ``(n_documents, seed, mix, recipe_name)`` always gives the same documents.
+    """
+    drawn = recipe(recipe_name)
+    mix = mix or drawn.mix
     unknown = set(mix) - set(FAMILIES)
     if unknown:
         raise ValueError(f"unknown families {sorted(unknown)} in mix; known: {sorted(FAMILIES)}")
     rng = random.Random(seed)
     families, weights = list(mix), list(mix.values())
+    no_options: FamilyOptions = lambda rng: {}  # noqa: E731
     for _ in range(n_documents):
-        yield _training_document(rng, rng.choices(families, weights)[0])
+        family = rng.choices(families, weights)[0]
+        yield FAMILIES[family](rng, **drawn.options.get(family, no_options)(rng))
 
 
 def eval_set(family: str, n: int, seed: int = 0, **kwargs: object) -> list[Document]:

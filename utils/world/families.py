@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import random
 import string
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 from utils.world.documents import Document, TextBuilder
 from utils.world.vocabulary import (
     AGREEMENT_ADJECTIVES, AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS, AGREEMENT_VERBS, ANIMAL_SOUNDS,
-    ANTONYMS, CAPITALS, DAYS, EMOTION_ADJECTIVES, EMOTION_VERBS, EMOTIONS, FILLER_WORDS, JOBS,
+    ALL_NAMES, ANTONYMS, CAPITALS, DAYS, GIVING_OBJECTS, GIVING_VERBS, MORE_PLACES, EMOTION_ADJECTIVES, EMOTION_VERBS, EMOTIONS, FILLER_WORDS, JOBS,
     LANGUAGES, MONTHS, NAMES, PLURALS, PRONOUNS, SENTIMENT_WORDS, SENTIMENTS, TOPIC_WORDS, TOPICS,
-    Emotion, Sentiment, Topic,
+    Emotion, Gender, ObjectKind, Sentiment, Topic,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -31,12 +32,16 @@ def _pick_names(rng: random.Random, n: int) -> list[str]:
     return rng.sample(sorted(NAMES), n)
 
 
+#: The verbs of a story's indirect-object sentence ("Then John gave the ring to Mary.").
+STORY_IOI_VERBS: tuple[str, ...] = ("gave", "handed", "passed", "showed")
+
+
 class _StoryWriter:
     """Writes a story sentence by sentence, keeping track of who can be called "he" or "she"."""
 
     def __init__(self, rng: random.Random, characters: list[str], sentiment: Sentiment,
-                 topic: Topic, emotion: Emotion) -> None:
-        self.rng, self.characters = rng, characters
+                 topic: Topic, emotion: Emotion, ioi_verbs: tuple[str, ...] = STORY_IOI_VERBS) -> None:
+        self.rng, self.characters, self.ioi_verbs = rng, characters, ioi_verbs
         self.sentiment, self.topic, self.emotion = sentiment, topic, emotion
         self.words = TOPIC_WORDS[topic]
         self.out = TextBuilder()
@@ -113,7 +118,7 @@ class _StoryWriter:
     def ioi_sentence(self, subject: str) -> tuple[str, str]:
         """'Then John gave the ring to Mary.': the subject gives an object to the other character."""
         (indirect_object,) = [c for c in self.characters if c != subject]
-        verb = self.rng.choice(["gave", "handed", "passed", "showed"])
+        verb = self.rng.choice(self.ioi_verbs)
         self.out.add(" " + self.rng.choice(["Then ", "Later, ", "After that, "]))
         self.out.add(subject, "ioi_subject", subject)
         self.out.add(f" {verb} the {self.word('object')} to ")
@@ -136,12 +141,14 @@ def story(
     n_characters: int | None = None,
     n_sentences: int | None = None,
     with_ioi: bool | None = None,
+    ioi_verbs: tuple[str, ...] = STORY_IOI_VERBS,
 ) -> Document:
     """A short story whose every sentence reflects its topic, sentiment and emotion.
 
     Labels: ``sentiment``, ``topic``, ``emotion``, ``characters`` ({name: gender}) and, when the
     story contains an indirect-object sentence, ``ioi_subject`` / ``ioi_indirect_object``.
-    Spans: every name and pronoun (value: the character it refers to).
+    Spans: every name and pronoun (value: the character it refers to). ``ioi_verbs`` are the verbs
+    the indirect-object sentence may use (each takes a thing: "gave the ring to").
     """
     sentiment = sentiment or rng.choice(SENTIMENTS)
     topic = topic or rng.choice(TOPICS)
@@ -150,7 +157,7 @@ def story(
     n_characters = 2 if with_ioi else (n_characters or rng.choice([1, 2]))
     n_sentences = n_sentences or rng.randint(3, 7)
     characters = _pick_names(rng, n_characters)
-    writer = _StoryWriter(rng, characters, sentiment, topic, emotion)
+    writer = _StoryWriter(rng, characters, sentiment, topic, emotion, ioi_verbs)
 
     writer.intro()
     ioi_at = rng.randrange(n_sentences) if with_ioi else -1
@@ -170,6 +177,26 @@ def story(
 # John gave a drink to" -> " Mary".
 # ---------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class IOIParts:
+    """The parts an indirect-object sentence is composed from (see :func:`indirect_object`).
+
+    ``openers`` introduce A and B (fields ``{A}``, ``{B}``, ``{place}``, ``{day}``), ``middles``
+    are sentences that may stand between the opener and the giving clause (fields ``{sentiment}``,
+    ``{event}``), ``verbs`` map a verb to the kind of object it takes, ``objects`` give the
+    objects of each kind, ``names`` the characters with their genders. With ``topic_words`` the
+    places and things of the sentence's topic join ``places`` and ``objects["thing"]``.
+    """
+
+    openers: tuple[str, ...]
+    middles: tuple[str, ...]
+    verbs: dict[str, ObjectKind]
+    objects: dict[ObjectKind, tuple[str, ...]]
+    places: tuple[str, ...]
+    names: dict[str, Gender]
+    topic_words: bool = True
+
+
 IOI_TEMPLATES: tuple[str, ...] = (
     "When {A} and {B} went to the {place}, {S} gave the {object} to {IO}.",
     "While {A} and {B} were at the {place}, {S} handed the {object} to {IO}.",
@@ -181,6 +208,23 @@ IOI_TEMPLATES: tuple[str, ...] = (
     "As {A} and {B} left the {place}, {S} offered the {object} to {IO}.",
 )
 
+#: The parts of the corpus recipe "v2"'s indirect-object sentences (:mod:`utils.world.heldout` has others).
+TRAINING_IOI_PARTS = IOIParts(
+    openers=(
+        "When {A} and {B} went to the {place},", "While {A} and {B} were at the {place},",
+        "{A} and {B} went to the {place}.", "After {A} and {B} arrived at the {place},",
+        "Then, {A} and {B} had a long day at the {place}.", "When {A} and {B} got to the {place},",
+        "{A} and {B} were working at the {place}.", "As {A} and {B} left the {place},",
+        "{A} met {B} at the {place}.", "Yesterday {A} and {B} visited the {place}.",
+        "{A} and {B} spent the morning at the {place}.", "On {day}, {A} and {B} walked to the {place}.",
+        "{A} was talking with {B} at the {place}.", "Once {A} and {B} reached the {place},",
+        "{A} sat next to {B} at the {place}.", "{A} and {B} were tired after the trip to the {place}.",
+    ),
+    middles=("It was a {sentiment} day.", "They talked for a while.", "The {event} was {sentiment}.",
+             "Everyone was busy.", "Time passed slowly.", "They both smiled."),
+    verbs=dict(GIVING_VERBS), objects=dict(GIVING_OBJECTS), places=MORE_PLACES, names=dict(ALL_NAMES),
+)
+
 
 def indirect_object(
     rng: random.Random,
@@ -189,33 +233,64 @@ def indirect_object(
     subject_first: bool | None = None,
     template: int | None = None,
     topic: Topic | None = None,
+    parts: IOIParts | None = None,
 ) -> Document:
     """One indirect-object sentence; ``prompt`` stops before the indirect object's name.
 
     ``names`` are (A, B) in order of appearance; the subject S of the second clause is A when
-    ``subject_first`` (the "ABA" order, answer B) and B otherwise ("ABB", answer A).
-    Labels: ``indirect_object``, ``subject``, their genders, ``order``, ``template``, ``topic``.
+    ``subject_first`` (the "ABA" order, answer B) and B otherwise ("ABB", answer A). Without
+    ``parts`` the sentence is one of the eight :data:`IOI_TEMPLATES`; with ``parts`` it is composed
+    from them (an opener, 0 to 2 sentences between, a verb of giving or telling and its object),
+    and its names come from ``parts.names``.
+    Labels: ``indirect_object``, ``subject``, their genders, ``order``, ``template`` (the template's
+    or the opener's index), ``topic``.
     """
-    a, b = names or _pick_names(rng, 2)
+    pool = parts.names if parts else NAMES
+    a, b = names or rng.sample(sorted(pool), 2)
     subject_first = rng.random() < 0.5 if subject_first is None else subject_first
-    template_index = rng.randrange(len(IOI_TEMPLATES)) if template is None else template
+    if parts is None:
+        template_index = rng.randrange(len(IOI_TEMPLATES)) if template is None else template
     topic = topic or rng.choice(TOPICS)
     subject, io = (a, b) if subject_first else (b, a)
     words = TOPIC_WORDS[topic]
-    values = {"A": a, "B": b, "S": subject, "IO": io,
-              "place": rng.choice(words.places), "object": rng.choice(words.objects)}
+    if parts is None:
+        values = {"place": rng.choice(words.places), "object": rng.choice(words.objects)}
+        text_template = IOI_TEMPLATES[template_index].format(A="{A}", B="{B}", S="{S}", IO="{IO}", **values)
+    else:
+        text_template, template_index = _composed_ioi_template(rng, parts, topic)
+    values = {"A": a, "B": b, "S": subject, "IO": io}
     span_kinds = {"A": "name", "B": "name", "S": "ioi_subject", "IO": "ioi_indirect_object"}
     out = TextBuilder()
-    for literal, field, _, _ in string.Formatter().parse(IOI_TEMPLATES[template_index]):
+    for literal, field, _, _ in string.Formatter().parse(text_template):
         out.add(literal)
         if field == "IO":
             prompt = out.text[:-1]  # the prompt stops before " {IO}"
         if field:
-            out.add(values[field], span_kinds.get(field), values[field])
-    labels = {"indirect_object": io, "subject": subject, "indirect_object_gender": NAMES[io],
-              "subject_gender": NAMES[subject], "order": "ABA" if subject_first else "ABB",
+            out.add(values[field], span_kinds[field], values[field])
+    genders = {**NAMES, **(parts.names if parts else {})}
+    labels = {"indirect_object": io, "subject": subject, "indirect_object_gender": genders[io],
+              "subject_gender": genders[subject], "order": "ABA" if subject_first else "ABB",
               "template": template_index, "topic": topic}
     return Document(out.text, "ioi", labels, tuple(out.spans), prompt=prompt, answer=" " + io)
+
+
+def _composed_ioi_template(rng: random.Random, parts: IOIParts, topic: Topic) -> tuple[str, int]:
+    """A sentence template composed from ``parts`` with only the name fields left open, and the
+    index of its opener: ``"{A} met {B} at the cafe. It was a lovely day. {S} sent the card to {IO}."``."""
+    words = TOPIC_WORDS[topic]
+    topic_places, topic_objects = (words.places, words.objects) if parts.topic_words else ((), ())
+    opener_index = rng.randrange(len(parts.openers))
+    opener = parts.openers[opener_index].format(
+        A="{A}", B="{B}", place=rng.choice(topic_places + parts.places), day=rng.choice(DAYS))
+    # a sentence may stand between a full opening sentence and the giving clause, not after "When ...,"
+    n_middles = 0 if opener.endswith(",") else rng.choice([0, 1, 1, 2])
+    middles = [m.format(sentiment=rng.choice(SENTIMENT_WORDS[rng.choice(SENTIMENTS)]), event=rng.choice(words.events))
+               for m in rng.sample(parts.middles, n_middles)]
+    verb = rng.choice(sorted(parts.verbs))
+    kind = parts.verbs[verb]
+    obj = rng.choice(parts.objects[kind] + (topic_objects if kind == "thing" else ()))
+    giving = f"{{S}} {verb} the {obj} to {{IO}}."
+    return " ".join([opener, *middles, giving]), opener_index
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,11 +304,14 @@ def agreement(
     number: Literal["singular", "plural"] | None = None,
     distractor_number: Literal["singular", "plural", "none"] | None = None,
     n_sentences: int = 1,
+    nouns: tuple[tuple[str, str], ...] = AGREEMENT_NOUNS,
+    prepositions: tuple[str, ...] = AGREEMENT_PREPOSITIONS,
 ) -> Document:
     """Sentences whose verb must agree with the subject, not with the noun next to the verb.
 
     With ``n_sentences > 1`` the earlier sentences are context; ``prompt``, ``answer`` and the
-    labels (``number``, ``distractor_number``, ``verb``) describe the last one.
+    labels (``number``, ``distractor_number``, ``verb``) describe the last one. Subjects and
+    distractors are drawn from ``nouns`` (singular, plural), prepositions from ``prepositions``.
     """
     out = TextBuilder()
     labels: dict[str, str] = {}
@@ -243,7 +321,7 @@ def agreement(
         subject_number = (number if last and number else None) or rng.choice(["singular", "plural"])
         distractor = (distractor_number if last and distractor_number else None) or rng.choice(
             ["singular", "plural", "plural" if subject_number == "singular" else "singular", "none"])
-        subject_pair, distractor_pair = rng.sample(AGREEMENT_NOUNS, 2)
+        subject_pair, distractor_pair = rng.sample(nouns, 2)
         subject = subject_pair[subject_number == "plural"]
         verb_pair = rng.choice(AGREEMENT_VERBS)
         verb = verb_pair[subject_number == "plural"]
@@ -253,7 +331,7 @@ def agreement(
         if distractor != "none":
             noun = distractor_pair[distractor == "plural"]
             if rng.random() < 0.7:
-                out.add(f" {rng.choice(AGREEMENT_PREPOSITIONS)} the ").add(noun, "distractor", distractor)
+                out.add(f" {rng.choice(prepositions)} the ").add(noun, "distractor", distractor)
             else:
                 out.add(" that the ").add(noun, "distractor", distractor).add(" saw")
         prompt = out.text
@@ -281,6 +359,13 @@ FACT_PHRASINGS: dict[str, tuple[str, ...]] = {
                      "Listen! The {s} goes {o}.", "{o} is the sound of the {s}."),
 }
 
+#: More phrasings of each relation, for the corpus recipe "v2" (``FACT_PHRASINGS`` come first).
+TRAINING_FACT_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "capital": FACT_PHRASINGS["capital"] + ("{s}'s capital is {o}.", "The capital of {s}? It is {o}."),
+    "language": FACT_PHRASINGS["language"] + ("The people of {s} speak {o}.", "In {s} the language is {o}."),
+    "animal_sound": FACT_PHRASINGS["animal_sound"] + ("The sound of the {s} is {o}.", "A {s} can say {o}."),
+}
+
 
 def all_facts() -> list[tuple[str, str, str]]:
     """Every fact of the world as (relation, subject, object); 48 in all."""
@@ -294,11 +379,13 @@ def fact(
     subject: str | None = None,
     phrasing: int | None = None,
     n_facts: int = 1,
+    phrasings: dict[str, tuple[str, ...]] = FACT_PHRASINGS,
 ) -> Document:
     """One or more facts in a paragraph; ``prompt``/``answer`` state the last one.
 
-    Labels: ``relation``, ``subject``, ``object``, ``phrasing`` of the last fact. With the
-    default phrasing choice the last fact ends with its object, so ``prompt`` is well defined.
+    Each fact is stated in one of ``phrasings[relation]``. Labels: ``relation``, ``subject``,
+    ``object``, ``phrasing`` of the last fact. With the default phrasing choice the last fact ends
+    with its object, so ``prompt`` is well defined.
     """
     out = TextBuilder()
     facts = rng.sample(all_facts(), n_facts)
@@ -309,10 +396,11 @@ def fact(
     prompt, labels = "", {}
     for i, (rel, s, o) in enumerate(facts):
         last = i == n_facts - 1
-        n_phrasings = len(FACT_PHRASINGS[rel])
-        # the last fact ends with its object (phrasings 0-2) so that it can be asked as a prompt
-        k = phrasing if (last and phrasing is not None) else rng.randrange(n_phrasings - 1 if last else n_phrasings)
-        sentence = FACT_PHRASINGS[rel][k].format(s=s, o=o)
+        # the last fact ends with its object so that it can be asked as a prompt
+        ending_with_object = [k for k, p in enumerate(phrasings[rel]) if p.endswith("{o}.")]
+        k = phrasing if (last and phrasing is not None) else rng.choice(
+            ending_with_object if last else range(len(phrasings[rel])))
+        sentence = phrasings[rel][k].format(s=s, o=o)
         if i:
             out.add(" ")
         start = sentence.rindex(o) if sentence.endswith(o + ".") else sentence.index(o)
@@ -389,11 +477,14 @@ SEQUENCE_KIND_WEIGHTS: dict[str, float] = {"count": 0.1, "days": 0.05, "months":
 REPEAT_SEPARATORS: tuple[str, ...] = (". ", " ", "\n", ", again: ")
 
 
-def sequence(rng: random.Random, *, kind: SequenceKind | None = None, length: int | None = None) -> Document:
+def sequence(rng: random.Random, *, kind: SequenceKind | None = None, length: int | None = None,
+             pool: tuple[str, ...] = RANDOM_WORD_POOL, gap: bool = False) -> Document:
     """An ordered sequence, or a random word sequence followed by an exact repeat.
 
-    For ``kind="repeat"`` the spans ``first_copy`` and ``second_copy`` mark the two copies;
-    the separator between them varies (full stop, space, new line, ", again: ").
+    For ``kind="repeat"`` the words are drawn from ``pool`` and the spans ``first_copy`` and
+    ``second_copy`` mark the two copies. Between them stands a separator (full stop, space, new
+    line, ", again: ") or, with ``gap``, sometimes a story sentence or a few other words, so that
+    copying does not depend on the distance between the copies.
     """
     kind = kind or rng.choices(list(SEQUENCE_KIND_WEIGHTS), list(SEQUENCE_KIND_WEIGHTS.values()))[0]
     out = TextBuilder()
@@ -406,9 +497,17 @@ def sequence(rng: random.Random, *, kind: SequenceKind | None = None, length: in
         out.add(", ".join(items[(start + i) % len(items)] for i in range(length)) + ".")
     else:
         length = length or rng.randint(5, 40)
-        words = " ".join(rng.choice(RANDOM_WORD_POOL) for _ in range(length))
-        out.add(words, "first_copy", "").add(rng.choice(REPEAT_SEPARATORS)).add(words, "second_copy", "").add(".")
+        words = " ".join(rng.choice(pool) for _ in range(length))
+        separator = _repeat_gap(rng, pool) if gap and rng.random() < 0.5 else rng.choice(REPEAT_SEPARATORS)
+        out.add(words, "first_copy", "").add(separator).add(words, "second_copy", "").add(".")
     return Document(out.text, "sequence", {"kind": kind, "length": length}, tuple(out.spans))
+
+
+def _repeat_gap(rng: random.Random, pool: tuple[str, ...]) -> str:
+    """What stands between two copies when there is a gap: a story sentence or 1 to 12 other words."""
+    if rng.random() < 0.5:
+        return ". " + story(rng, n_sentences=1, with_ioi=False).text.split(". ")[0] + ". "
+    return ". " + " ".join(rng.choice(pool) for _ in range(rng.randint(1, 12))) + ". "
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,45 +587,107 @@ TOPIC_PHRASES: dict[Topic, str] = {
 }
 
 
-def _trait_sentence(rng: random.Random, trait: str, value: str, name: str, topic: Topic) -> str:
-    words = TOPIC_WORDS[topic]
-    if trait == "sentiment":
-        return f"The {rng.choice(words.events)} was {rng.choice(SENTIMENT_WORDS[value])}."  # type: ignore[index]
-    if trait == "emotion":
-        return f"{name} felt {rng.choice(EMOTION_ADJECTIVES[value])}."  # type: ignore[index]
-    return f"{name} looked at the {rng.choice(TOPIC_WORDS[value].objects)}."  # type: ignore[index]
+Trait = Literal["sentiment", "emotion", "topic"]
+TRAIT_VALUES: dict[str, tuple[str, ...]] = {"sentiment": SENTIMENTS, "emotion": EMOTIONS, "topic": TOPICS}
+
+
+@dataclass(frozen=True)
+class ChoiceParts:
+    """The phrasings of an A/B question (see :func:`multiple_choice`), per trait.
+
+    ``questions`` have a ``{value}`` field (for topics, a phrase such as "a wedding"); ``options``
+    are sentences whose fields are filled from the world's word lists: ``{sentiment}``,
+    ``{emotion_adjective}``, ``{emotion_verb}`` from the option's value, ``{event}``, ``{object}``,
+    ``{place}`` from its topic, ``{name}`` a character.
+    """
+
+    questions: dict[str, tuple[str, ...]]
+    options: dict[str, tuple[str, ...]]
+
+
+#: The one phrasing of each trait that chapter 5's contrastive pairs use.
+CAA_CHOICE_PARTS = ChoiceParts(
+    questions={"sentiment": ("Which sentence is {value}?",), "emotion": ("Which sentence shows {value}?",),
+               "topic": ("Which sentence is about {value}?",)},
+    options={"sentiment": ("The {event} was {sentiment}.",), "emotion": ("{name} felt {emotion_adjective}.",),
+             "topic": ("{name} looked at the {object}.",)},
+)
+#: The phrasings of the corpus recipe "v2" (:mod:`utils.world.heldout` has others).
+TRAINING_CHOICE_PARTS = ChoiceParts(
+    questions={
+        "sentiment": ("Which sentence is {value}?", "Which of these sentences is {value}?",
+                      "Which sentence sounds {value}?", "Pick the {value} sentence.", "Which option is {value}?"),
+        "emotion": ("Which sentence shows {value}?", "Which sentence is about {value}?",
+                    "Which sentence expresses {value}?", "Pick the sentence that shows {value}.",
+                    "Which option shows {value}?"),
+        "topic": ("Which sentence is about {value}?", "Which sentence mentions {value}?",
+                  "Which sentence belongs to a story about {value}?", "Pick the sentence about {value}.",
+                  "Which option is about {value}?"),
+    },
+    options={
+        "sentiment": ("The {event} was {sentiment}.", "It was a {sentiment} day at the {place}.",
+                      "{name} thought the {object} was {sentiment}.", "Everyone said the {event} was {sentiment}."),
+        "emotion": ("{name} felt {emotion_adjective}.", "{name} {emotion_verb} at the {object}.",
+                    "{name} felt {emotion_adjective} about the {event}."),
+        "topic": ("{name} looked at the {object}.", "{name} went to the {place}.", "{name} waited for the {event}."),
+    },
+)
+
+#: A/B questions between two words, the letter right before each: the easy form of the task,
+#: whose circuit (find the option with the trait, read its letter) the sentence form reuses.
+WORD_CHOICE_PARTS = ChoiceParts(
+    questions={"sentiment": ("Which word is {value}?",), "emotion": ("Which word shows {value}?",),
+               "topic": ("Which word is about {value}?",)},
+    options={"sentiment": ("{sentiment}",), "emotion": ("{emotion_adjective}",), "topic": ("{object}",)},
+)
+
+
+def _option_sentence(rng: random.Random, template: str, trait: str, value: str, name: str, topic: Topic) -> str:
+    """Fill an option template, its fields drawn in order from the word lists of ``value`` (and ``topic``)."""
+    words = TOPIC_WORDS[value if trait == "topic" else topic]  # type: ignore[index]
+    choices = {"sentiment": lambda: SENTIMENT_WORDS[value], "emotion_adjective": lambda: EMOTION_ADJECTIVES[value],
+               "emotion_verb": lambda: EMOTION_VERBS[value], "event": lambda: words.events,
+               "object": lambda: words.objects, "place": lambda: words.places}
+    values = {"name": name}
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field and field != "name":
+            values[field] = rng.choice(choices[field]())  # type: ignore[index]
+    return template.format(**values)
 
 
 def multiple_choice(
     rng: random.Random,
     *,
-    trait: Literal["sentiment", "emotion", "topic"] | None = None,
+    trait: Trait | None = None,
     value: str | None = None,
     correct_letter: Literal["A", "B"] | None = None,
+    parts: ChoiceParts | None = None,
 ) -> Document:
     """'Question: Which sentence is positive? (A) ... (B) ... Answer: (A)'.
 
     The correct letter is decided by the labelled trait: the option whose ``trait`` equals the
     ``value`` asked for. ``prompt`` ends with ``"Answer:"``, ``answer`` is ``" (A)"`` or ``" (B)"``.
-    Labels: ``trait``, ``value`` (asked for), ``other`` (the wrong option's value), ``correct``.
+    Without ``parts`` the question is phrased as in :data:`CAA_CHOICE_PARTS`; with ``parts`` its
+    question and its two option sentences are drawn from them (both options in one phrasing).
+    Labels: ``trait``, ``value`` (asked for), ``other`` (the wrong option's value), ``correct``,
+    ``question`` and ``option`` (the phrasings' indices).
     """
     trait = trait or rng.choice(["sentiment", "emotion", "topic"])
-    values: tuple[str, ...] = {"sentiment": SENTIMENTS, "emotion": EMOTIONS, "topic": TOPICS}[trait]
+    values = TRAIT_VALUES[trait]
     value = value or rng.choice(values)
     other = rng.choice([v for v in values if v != value])
     correct_letter = correct_letter or rng.choice(["A", "B"])
     name, topic = rng.choice(sorted(NAMES)), rng.choice(TOPICS)
-    right, wrong = (_trait_sentence(rng, trait, v, name, topic) for v in (value, other))
+    phrasings = parts or CAA_CHOICE_PARTS
+    option = rng.randrange(len(phrasings.options[trait])) if parts else 0
+    right, wrong = (_option_sentence(rng, phrasings.options[trait][option], trait, v, name, topic) for v in (value, other))
     first, second = (right, wrong) if correct_letter == "A" else (wrong, right)
-    if trait == "sentiment":
-        question = f"Which sentence is {value}?"
-    elif trait == "emotion":
-        question = f"Which sentence shows {value}?"
-    else:
-        question = f"Which sentence is about {TOPIC_PHRASES[value]}?"  # type: ignore[index]
-    prompt = f"Question: {question}\n(A) {first}\n(B) {second}\nAnswer:"
+    question = rng.randrange(len(phrasings.questions[trait])) if parts else 0
+    asked = TOPIC_PHRASES[value] if trait == "topic" else value  # type: ignore[index]
+    prompt = f"Question: {phrasings.questions[trait][question].format(value=asked)}\n(A) {first}\n(B) {second}\nAnswer:"
     answer = f" ({correct_letter})\n"
-    labels = {"trait": trait, "value": value, "other": other, "correct": correct_letter}
+    labels = {"trait": trait, "value": value, "other": other, "correct": correct_letter,
+              "question": question, "option": option}
     return Document(prompt + answer, "multiple_choice", labels, prompt=prompt, answer=answer)
 
 

@@ -6,6 +6,7 @@ the labeller in :mod:`utils.world.labeller` can recover the variable from text a
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,3 +136,81 @@ FILLER_WORDS: tuple[str, ...] = (
     "flower", "guitar", "honey", "jungle", "lemon", "marble", "needle", "orange", "pepper", "rocket",
     "silver", "tiger", "violin", "wheel", "yellow", "zebra", "copper", "dragon", "planet", "sugar",
 )
+
+# ---------------------------------------------------------------------------------------------
+# The wider world of the corpus recipe "v2" (see :mod:`utils.world.corpus`): more names, verbs,
+# objects, places, nouns and prepositions, so that a mechanism cannot be a lookup of a few words.
+# Everything in :mod:`utils.world.heldout` is disjoint from these lists and from those above.
+# ---------------------------------------------------------------------------------------------
+
+MORE_NAMES: dict[str, Gender] = {
+    **{name: "female" for name in (
+        "Amy", "Beth", "Chloe", "Diana", "Ella", "Fiona", "Gina", "Helen", "Isla", "Julia", "Karen", "Lily",
+        "Megan", "Nancy", "Olivia", "Paula", "Rachel", "Sophie", "Tina", "Wendy", "Zoe", "Clara", "Hannah",
+        "Jenny", "Molly", "Amber", "Daisy", "Holly", "Linda", "Maria", "Sofia", "Eva", "Leah", "Ruth", "Carol",
+        "Joan", "Martha", "Bella")},
+    **{name: "male" for name in (
+        "Adam", "Bill", "Carl", "Dan", "Eric", "Frank", "Greg", "Harry", "Ian", "Joe", "Kevin", "Luke",
+        "Matt", "Nick", "Oliver", "Phil", "Steve", "Tim", "Alan", "Chris", "Fred", "George", "Jim", "Ken",
+        "Leon", "Max", "Neil", "Owen", "Pete", "Scott", "Ted", "Tony", "Walter", "Andy", "Colin", "Simon",
+        "Hugh", "Dean")},
+}
+#: Every real name an indirect-object sentence of the v2 recipe can use.
+ALL_NAMES: dict[str, Gender] = {**NAMES, **MORE_NAMES}
+
+
+def invented_names(n: int = 400, exclude: frozenset[str] = frozenset()) -> dict[str, Gender]:
+    """``n`` made-up names of two syllables ("Tarin", "Belos"...), genders alternating, none in
+    ``exclude``: names the tokenizer splits into pieces, so that copying a name cannot rely on
+    the name being one familiar token. Always the same names for the same arguments."""
+    onsets = ("B", "D", "F", "G", "K", "L", "M", "N", "P", "R", "S", "T", "V", "Z", "Br", "Dr", "Kr", "St", "Tr")
+    vowels, codas = ("a", "e", "i", "o", "u"), ("", "n", "r", "l", "s")
+    rng = random.Random(20_26)
+    names: dict[str, Gender] = {}
+    while len(names) < n:
+        name = rng.choice(onsets) + rng.choice(vowels) + rng.choice("dlmnrstv") + rng.choice(vowels) + rng.choice(codas)
+        if name not in ALL_NAMES and name not in exclude and name not in names:
+            names[name] = ("female", "male")[len(names) % 2]
+    return names
+
+ObjectKind = Literal["thing", "message", "writing"]
+#: Verbs of giving, telling and sending, each with the kind of object it takes ("gave the ring to").
+GIVING_VERBS: dict[str, ObjectKind] = {
+    "gave": "thing", "handed": "thing", "passed": "thing", "showed": "thing", "threw": "thing",
+    "brought": "thing", "offered": "thing", "sent": "thing", "lent": "thing", "sold": "thing",
+    "returned": "thing", "carried": "thing", "delivered": "thing", "tossed": "thing", "left": "thing",
+    "mailed": "writing", "wrote": "writing", "read": "writing", "told": "message", "explained": "message",
+    "repeated": "message", "taught": "message", "described": "message",
+}
+#: Objects that are not a topic's, by kind (the topic's objects are things too).
+GIVING_OBJECTS: dict[ObjectKind, tuple[str, ...]] = {
+    "thing": ("book", "gift", "drink", "key", "coin", "box", "flower", "basket", "bottle", "jacket"),
+    "message": ("story", "news", "secret", "joke", "plan", "truth", "rule", "answer"),
+    "writing": ("letter", "note", "card", "poem", "list", "message"),
+}
+MORE_PLACES: tuple[str, ...] = ("shop", "park", "garden", "office", "cafe", "river", "church", "hospital")
+
+#: More subjects and distractors; the nouns of the plural few-shot task (``PLURALS``) stay out of
+#: every agreement sentence, so that they can test agreement on nouns the model knows from elsewhere.
+MORE_AGREEMENT_NOUNS: tuple[tuple[str, str], ...] = (
+    ("book", "books"), ("house", "houses"), ("student", "students"), ("table", "tables"), ("tool", "tools"),
+    ("pilot", "pilots"), ("baker", "bakers"), ("window", "windows"), ("teacher", "teachers"), ("driver", "drivers"),
+    ("bottle", "bottles"), ("basket", "baskets"), ("bridge", "bridges"), ("candle", "candles"), ("rabbit", "rabbits"),
+    ("tiger", "tigers"), ("doctor", "doctors"), ("painter", "painters"), ("singer", "singers"), ("nurse", "nurses"),
+)
+MORE_AGREEMENT_PREPOSITIONS: tuple[str, ...] = ("on", "in", "over", "across from", "next to", "near to", "opposite")
+
+
+def world_words() -> tuple[str, ...]:
+    """Every word of the world's word lists (names, places, objects, adjectives, nouns...), sorted:
+    the pool that the v2 recipe's repeated sequences draw from."""
+    words: set[str] = {*ALL_NAMES, *CAPITALS, *CAPITALS.values(), *LANGUAGES.values(), *ANIMAL_SOUNDS,
+                       *ANIMAL_SOUNDS.values(), *ANTONYMS, *PLURALS, *PLURALS.values(), *DAYS, *MONTHS, *JOBS,
+                       *FILLER_WORDS, *AGREEMENT_ADJECTIVES, *GIVING_VERBS, *MORE_PLACES}
+    for topic in TOPIC_WORDS.values():
+        words |= topic.all_words
+    for groups in (SENTIMENT_WORDS, EMOTION_ADJECTIVES, EMOTION_VERBS, GIVING_OBJECTS):
+        words |= {w for group in groups.values() for w in group}
+    for pairs in (AGREEMENT_NOUNS, MORE_AGREEMENT_NOUNS):
+        words |= {w for pair in pairs for w in pair}
+    return tuple(sorted(w for w in words if " " not in w))

@@ -1,0 +1,88 @@
+"""The numbers the book quotes: recorded by the notebooks, checked on every build, shown by a role."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from utils.results import MODE_VARIABLE, RESULTS_DIR, Results, StaleResultError, format_value, lookup
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLE = re.compile(r"\{result\}`([^`]+)`")
+
+
+def test_values_are_quoted_at_the_stated_precision() -> None:
+    assert format_value(0.91666, digits=2) == "0.92"
+    assert format_value(-0.0004, digits=2) == "0.00"          # no "-0.00"
+    assert format_value(32_768_000) == "32,768,000"
+    assert format_value("L2H4") == "L2H4"
+    with pytest.raises(ValueError, match="needs digits="):
+        format_value(0.5)
+    with pytest.raises(ValueError, match="non-finite"):
+        format_value(float("nan"), digits=2)
+    with pytest.raises(TypeError, match="bool"):
+        format_value(True)
+
+
+def test_write_then_check_round_trips_and_a_changed_value_is_stale(tmp_path: Path, monkeypatch) -> None:
+    results = Results("04_logit_lens", directory=tmp_path)
+    monkeypatch.setenv(MODE_VARIABLE, "write")
+    assert results.record("kl_layer_0", 16.012, digits=2) == "16.01"
+    results.record("head", "L2H4")
+    assert json.loads(results.path.read_text()) == {"head": "L2H4", "kl_layer_0": "16.01"}
+    monkeypatch.setenv(MODE_VARIABLE, "check")
+    assert results.record("kl_layer_0", 16.0149, digits=2) == "16.01"    # the same at the quoted precision
+    with pytest.raises(StaleResultError, match=r"quotes '16.01' but this run computes '15.20'.*store-outputs "
+                                               r"solutions/04_logit_lens.ipynb"):
+        results.record("kl_layer_0", 15.2, digits=2)
+    with pytest.raises(StaleResultError, match="not recorded"):
+        results.record("kl_layer_1", 3.0, digits=2)
+
+
+def test_learners_and_other_models_neither_write_nor_check(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(MODE_VARIABLE, raising=False)
+    assert Results("04_logit_lens", directory=tmp_path).record("x", 1.0, digits=1) == "1.0"
+    monkeypatch.setenv(MODE_VARIABLE, "check")
+    assert Results("04_logit_lens", model="gpt2", directory=tmp_path).record("x", 2.0, digits=1) == "2.0"
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv(MODE_VARIABLE, "always")
+    with pytest.raises(ValueError, match="'write', 'check' or leave it unset"):
+        Results("04_logit_lens", directory=tmp_path).record("x", 1.0, digits=1)
+
+
+def test_bad_chapters_keys_and_references_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a chapter slug"):
+        Results("logit lens")
+    with pytest.raises(ValueError, match="lower-case letters"):
+        Results("04_logit_lens", directory=tmp_path).record("KL layer 0", 1.0, digits=1)
+    with pytest.raises(KeyError, match="<chapter>/<key>"):
+        lookup("kl_layer_0", directory=tmp_path)
+    with pytest.raises(KeyError, match="not recorded in .*04_logit_lens.json.*store-outputs"):
+        lookup("04_logit_lens/kl_layer_0", directory=tmp_path)
+
+
+def _references() -> list[tuple[str, str]]:
+    pages = [(p.name, p.read_text()) for p in sorted((ROOT / "book").glob("*.md"))]
+    return [(name, reference) for name, text in pages for reference in ROLE.findall(text)]
+
+
+def test_every_quoted_result_is_recorded() -> None:
+    missing = []
+    for page, reference in _references():
+        try:
+            lookup(reference)
+        except KeyError as error:
+            missing.append(f"{page}: {error.args[0]}")
+    assert not missing, "\n".join(missing)
+
+
+def test_store_outputs_writes_and_the_build_checks() -> None:
+    """store-outputs runs kernels with COURSE_RESULTS=write, make with =check; other runs pass neither."""
+    from utils.notebooks.execute import kernel_env
+
+    assert "COURSE_RESULTS := check" in (ROOT / "Makefile").read_text()
+    assert MODE_VARIABLE not in kernel_env() and kernel_env(COURSE_RESULTS="write")[MODE_VARIABLE] == "write"
+    assert RESULTS_DIR == ROOT / "book" / "results"
