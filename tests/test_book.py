@@ -186,9 +186,42 @@ def test_every_quoted_result_shows_its_recorded_text(site):
     from utils.results import lookup
 
     for page in sorted((ROOT / "book").glob("*.md")):
-        references = re.findall(r"\{result\}`([^`]+)`", page.read_text())
-        if not references:
+        text = page.read_text()
+        references = re.findall(r"\{result\}`([^`]+)`", text)
+        tables = re.findall(r"```\{result-table\} (\S+)", text)
+        if not references and not tables:
             continue
         html = (site / "book" / f"{page.stem}.html").read_text(encoding="utf-8")
         shown = re.findall(r'<span class="course-result">([^<]*)</span>', html)
         assert shown == [lookup(reference) for reference in references], page.name
+        rendered = re.findall(r'<div class="course-result-table[^"]*">\s*<table', html)
+        assert len(rendered) == len(tables), f"{page.name}: {len(rendered)} of {len(tables)} result tables rendered"
+
+
+@pytest.mark.slow
+def test_result_role_and_table_show_the_recorded_text(tmp_path, monkeypatch):
+    """A one-page book quoting a recorded number and a recorded table: both appear as recorded, and a
+    result nobody recorded fails the build (-W)."""
+    from utils.results import Results
+
+    book, records = tmp_path / "book", tmp_path / "results"
+    shutil.copytree(FIXTURES / "results_book", book)
+    config = book / "_config.yml"
+    config.write_text(config.read_text().replace("@EXT_DIR@", str(ROOT / "book" / "_ext")))
+    env = dict(os.environ, COURSE_RESULTS="write", COURSE_RESULTS_DIR=str(records))
+    results = Results("04_logit_lens", directory=records)
+    monkeypatch.setenv("COURSE_RESULTS", "write")
+    results.record("kl_layer_0", 16.012, digits=2)
+    results.record_table("kl_by_layer", [{"layer": 0, "KL": 16.012}, {"layer": 1, "KL": 3.861}], digits=2)
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    build = [str(jupyter_book), "build", str(book), "--builder", "html", "-W", "-n", "--keep-going"]
+    result = subprocess.run(build, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    html = (book / "_build" / "html" / "quoted.html").read_text(encoding="utf-8")
+    assert '<span class="course-result">16.01</span>' in html
+    table = html[html.index('class="course-result-table'):]
+    table = table[:table.index("</table>")]
+    assert re.findall(r"<td[^>]*>(?:<p>)?([^<]+)(?:</p>)?</td>", table) == ["0", "16.01", "1", "3.86"]
+    (book / "quoted.md").write_text((book / "quoted.md").read_text() + "\nAnd {result}`04_logit_lens/missing`.\n")
+    result = subprocess.run(build, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0 and "04_logit_lens/missing" in result.stdout + result.stderr

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from utils.results import MODE_VARIABLE, RESULTS_DIR, Results, StaleResultError, format_value, lookup
+from utils.results import MODE_VARIABLE, RESULTS_DIR, Results, StaleResultError, format_table, format_value, lookup
 
 ROOT = Path(__file__).resolve().parent.parent
-ROLE = re.compile(r"\{result\}`([^`]+)`")
+ROLE = re.compile(r"\{result\}`([^`]+)`|```\{result-table\} (\S+)")
 
 
 def test_values_are_quoted_at_the_stated_precision() -> None:
@@ -42,6 +42,17 @@ def test_write_then_check_round_trips_and_a_changed_value_is_stale(tmp_path: Pat
         results.record("kl_layer_1", 3.0, digits=2)
 
 
+def test_a_table_is_one_record_in_column_order(tmp_path: Path, monkeypatch) -> None:
+    rows = [{"layer": 0, "logit lens": 16.04, "head": "L0H1"}, {"layer": 1, "logit lens": 3.861, "head": "L1H5"}]
+    assert format_table(rows, digits=2).splitlines() == [
+        "| layer | logit lens | head |", "|---|---|---|", "| 0 | 16.04 | L0H1 |", "| 1 | 3.86 | L1H5 |"]
+    with pytest.raises(ValueError, match="every row needs the columns"):
+        format_table([{"a": 1}, {"b": 2}], digits=1)
+    monkeypatch.setenv(MODE_VARIABLE, "write")
+    Results("04_logit_lens", directory=tmp_path).record_table("kl", rows, digits=2)
+    assert lookup("04_logit_lens/kl", directory=tmp_path) == format_table(rows, digits=2)
+
+
 def test_learners_and_other_models_neither_write_nor_check(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv(MODE_VARIABLE, raising=False)
     assert Results("04_logit_lens", directory=tmp_path).record("x", 1.0, digits=1) == "1.0"
@@ -66,7 +77,7 @@ def test_bad_chapters_keys_and_references_are_named(tmp_path: Path) -> None:
 
 def _references() -> list[tuple[str, str]]:
     pages = [(p.name, p.read_text()) for p in sorted((ROOT / "book").glob("*.md"))]
-    return [(name, reference) for name, text in pages for reference in ROLE.findall(text)]
+    return [(name, role or table) for name, text in pages for role, table in ROLE.findall(text)]
 
 
 def test_every_quoted_result_is_recorded() -> None:

@@ -7,7 +7,12 @@ A chapter's solution notebook records each number its page quotes::
     results.record("induction_head", f"{layer}.{head}")              # text is fine too
 
 and the page (``book/04_logit_lens.md``) writes ``{result}`04_logit_lens/kl_logit_lens_layer_0``` where
-the number goes; the book extension (``book/_ext/course_ext.py``) puts in the recorded text. The
+the number goes; the book extension (``book/_ext/course_ext.py``) puts in the recorded text. A whole
+table is one record (:meth:`Results.record_table`) and one directive on the page::
+
+    ```{result-table} 04_logit_lens/kl_by_layer
+    ```
+ The
 values live in ``book/results/<chapter>.json``, committed. What ``record`` does depends on the
 environment variable ``COURSE_RESULTS``:
 
@@ -27,10 +32,12 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "book" / "results"
+#: Where the records live (``COURSE_RESULTS_DIR`` points elsewhere, for the extension's own tests).
+RESULTS_DIR = Path(os.environ.get("COURSE_RESULTS_DIR") or Path(__file__).resolve().parent.parent / "book" / "results")
 MODE_VARIABLE = "COURSE_RESULTS"
 _CHAPTER = re.compile(r"^\d\d_[a-z0-9_]+$")
 _KEY = re.compile(r"^[a-z0-9_.]+$")
@@ -58,6 +65,25 @@ def format_value(value: float | int | str, digits: int | None = None) -> str:
         raise ValueError(f"cannot quote a non-finite value ({value!r})")
     text = f"{value:.{digits}f}"
     return "0" + text[2:] if text.startswith("-0") and float(text) == 0 else text  # no "-0.00"
+
+
+def format_table(rows: Sequence[Mapping[str, float | int | str]], digits: int) -> str:
+    """A markdown table of ``rows`` (dicts with the same keys, in column order), floats at ``digits`` decimals.
+
+    >>> print(format_table([{"layer": 0, "KL": 16.04}, {"layer": 1, "KL": 3.861}], digits=2))
+    | layer | KL |
+    |---|---|
+    | 0 | 16.04 |
+    | 1 | 3.86 |
+    """
+    if not rows:
+        raise ValueError("a table needs at least one row")
+    columns = list(rows[0])
+    if any(list(row) != columns for row in rows):
+        raise ValueError(f"every row needs the columns {columns}, in that order")
+    cell = lambda value: format_value(value, digits if isinstance(value, float) else None)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows])
 
 
 @dataclass(frozen=True)
@@ -106,6 +132,11 @@ class Results:
                 f"model or the code changed on purpose, run `python -m utils.notebooks store-outputs "
                 f"solutions/{self.chapter}.ipynb` and reread the sentences around {{result}}`{self.chapter}/{key}`")
         return text
+
+
+    def record_table(self, key: str, rows: Sequence[Mapping[str, float | int | str]], *, digits: int) -> str:
+        """Record a whole table (:func:`format_table`) under ``key``; the page shows it with ``{result-table}``."""
+        return self.record(key, format_table(rows, digits))
 
 
 def lookup(reference: str, directory: Path = RESULTS_DIR) -> str:

@@ -25,7 +25,8 @@ It does five things, each configured once here rather than in every notebook:
 
 4. ``result`` role: ``{result}`04_logit_lens/kl_logit_lens_layer_0``` shows the text that the
    chapter's solution notebook recorded with :class:`utils.results.Results` (``book/results/``),
-   so the prose quotes what the code computed; an unknown key is a warning (an error under -W).
+   so the prose quotes what the code computed; ``{result-table}`` does the same for a recorded
+   markdown table. An unknown key is a warning (an error under -W).
 
 5. Each page loads an inline script once: Sphinx 7.4 registers an inline script added after the
    builder starts (sphinx-thebe's ``const THEBE_JS_URL``, sphinx-togglebutton's selector) twice,
@@ -298,10 +299,33 @@ class ResultRole(SphinxRole):
         return [nodes.inline(text, text, classes=["course-result"])], []
 
 
+class ResultTable(SphinxDirective):
+    """``{result-table} <chapter>/<key>``: a table that a notebook recorded with ``Results.record_table``."""
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        from docutils.statemachine import StringList
+
+        from utils.results import RESULTS_DIR, lookup
+
+        reference = self.arguments[0]
+        self.env.note_dependency(str(RESULTS_DIR / f"{reference.partition('/')[0]}.json"))
+        try:
+            table = lookup(reference)
+        except (KeyError, ValueError) as error:
+            LOGGER.warning("result %s", error.args[0], location=self.get_location())
+            return []
+        container = nodes.container(classes=["course-result-table"])
+        self.state.nested_parse(StringList(table.splitlines(), source=reference), self.content_offset, container)
+        return [container]
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     _patch_myst_nb()
     app.add_directive("colab-lab", ColabLab)
     app.add_role("result", ResultRole())
+    app.add_directive("result-table", ResultTable)
     app.connect("config-inited", prefer_plotly_mime, priority=900)
     app.connect("builder-inited", copy_plotly_js)
     app.connect("html-page-context", load_plotly_where_needed)
