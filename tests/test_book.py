@@ -6,6 +6,7 @@ checks fail and say to run `make book`. tests/test_site.py opens the site in a b
 
 from __future__ import annotations
 
+import html as html_text
 import os
 import re
 import shutil
@@ -181,6 +182,10 @@ def test_plotly_figure_is_interactive_offline(tmp_path):
     assert "cdn.plot.ly" not in html and "require.js" not in html
 
 
+#: Sphinx's smartquotes turn the quotes of quoted text into typographic ones.
+TYPOGRAPHIC_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})
+
+
 def test_every_quoted_result_shows_its_recorded_text(site):
     """A `{result}` role on a chapter page renders as the text its notebook recorded (utils.results)."""
     from utils.results import lookup
@@ -192,9 +197,10 @@ def test_every_quoted_result_shows_its_recorded_text(site):
         if not references and not tables:
             continue
         html = (site / "book" / f"{page.stem}.html").read_text(encoding="utf-8")
-        shown = re.findall(r'<span class="course-result">([^<]*)</span>', html)
+        shown = [html_text.unescape(text).translate(TYPOGRAPHIC_QUOTES)
+                 for text in re.findall(r'<span class="course-result">([^<]*)</span>', html)]
         assert shown == [lookup(reference) for reference in references], page.name
-        rendered = re.findall(r'<div class="course-result-table[^"]*">\s*<table', html)
+        rendered = re.findall(r'<div class="course-result-table[^"]*">\s*(?:<div[^>]*>\s*)?<table', html)
         assert len(rendered) == len(tables), f"{page.name}: {len(rendered)} of {len(tables)} result tables rendered"
 
 

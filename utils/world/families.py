@@ -17,10 +17,10 @@ from typing import Callable, Literal
 
 from utils.world.documents import Document, TextBuilder
 from utils.world.vocabulary import (
-    AGREEMENT_ADJECTIVES, AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS, AGREEMENT_VERBS, ANIMAL_SOUNDS,
-    ALL_NAMES, ANTONYMS, CAPITALS, DAYS, GIVING_OBJECTS, GIVING_VERBS, MORE_PLACES, EMOTION_ADJECTIVES, EMOTION_VERBS, EMOTIONS, FILLER_WORDS, JOBS,
-    LANGUAGES, MONTHS, NAMES, PLURALS, PRONOUNS, SENTIMENT_WORDS, SENTIMENTS, TOPIC_WORDS, TOPICS,
-    Emotion, Gender, ObjectKind, Sentiment, Topic,
+    AGREEMENT_ADJECTIVES, AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS, AGREEMENT_VERBS, ALL_NAMES, ANIMAL_SOUNDS,
+    ANTONYMS, CAPITALS, DAYS, EMOTION_ADJECTIVES, EMOTION_VERBS, EMOTIONS, FILLER_WORDS, GIVING_OBJECTS,
+    GIVING_VERBS, JOBS, LANGUAGES, MONTHS, MORE_PLACES, NAMES, PLURALS, PRONOUNS, SENTIMENT_WORDS, SENTIMENTS,
+    TOPIC_WORDS, TOPICS, Emotion, Gender, ObjectKind, Sentiment, Topic,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -28,8 +28,8 @@ from utils.world.vocabulary import (
 # ---------------------------------------------------------------------------------------------
 
 
-def _pick_names(rng: random.Random, n: int) -> list[str]:
-    return rng.sample(sorted(NAMES), n)
+def _pick_names(rng: random.Random, n: int, pool: dict[str, Gender] = NAMES) -> list[str]:
+    return rng.sample(sorted(pool), n)
 
 
 #: The verbs of a story's indirect-object sentence ("Then John gave the ring to Mary.").
@@ -245,8 +245,7 @@ def indirect_object(
     Labels: ``indirect_object``, ``subject``, their genders, ``order``, ``template`` (the template's
     or the opener's index), ``topic``.
     """
-    pool = parts.names if parts else NAMES
-    a, b = names or rng.sample(sorted(pool), 2)
+    a, b = names or _pick_names(rng, 2, parts.names if parts else NAMES)
     subject_first = rng.random() < 0.5 if subject_first is None else subject_first
     if parts is None:
         template_index = rng.randrange(len(IOI_TEMPLATES)) if template is None else template
