@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.decoding import Decoding, generate_text
 from utils.models import COURSE_MODEL_DIR, load_model, load_tokenizer, read_manifest
-from utils.world import FEW_SHOT_TASKS, eval_set, label_text, story
+from utils.world import FEW_SHOT_TASKS, Document, eval_set, label_text, story
 from utils.world.families import RANDOM_WORD_POOL, all_facts, FACT_PHRASINGS
 
 FEW_SHOT_COUNTS = (0, 1, 3, 5)
@@ -172,15 +172,40 @@ def induction_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     return first_copy, second_copy, induction
 
 
+def preference_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                        good: list[str], bad: list[str]) -> tuple[float, float]:
+    """Share of prompts where the continuation ``good`` beats ``bad`` at their first differing
+    token, and the mean logit difference there.
+
+    The common prefix of the two continuations (" (" of " (A)" and " (B)") is appended to the
+    prompt, so multi-token continuations are compared where they part.
+    """
+    extended, good_ids, bad_ids = [], [], []
+    for prompt, g, b in zip(prompts, good, bad, strict=True):
+        g_ids, b_ids = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (g, b))
+        shared = next((i for i, (x, y) in enumerate(zip(g_ids, b_ids)) if x != y), None)
+        if shared is None:
+            raise ValueError(f"{g!r} and {b!r} tokenize alike up to the shorter one: no token tells them apart")
+        extended.append(prompt + tokenizer.decode(g_ids[:shared]))
+        good_ids.append(g_ids[shared])
+        bad_ids.append(b_ids[shared])
+    logits = next_token_logits(model, tokenizer, extended)                                   # [n, vocab]
+    rows = torch.arange(len(prompts))
+    difference: Float[torch.Tensor, "n"] = logits[rows, good_ids] - logits[rows, bad_ids]
+    return (difference > 0).float().mean().item(), difference.mean().item()
+
+
+def ioi_preference(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, docs: list[Document]
+                   ) -> tuple[float, float]:
+    """Share of indirect-object prompts with logit(IO) > logit(S) (first tokens), and the mean difference."""
+    return preference_accuracy(model, tokenizer, [d.prompt for d in docs],
+                               [" " + d.labels["indirect_object"] for d in docs],
+                               [" " + d.labels["subject"] for d in docs])
+
+
 def ioi_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int) -> tuple[float, float]:
     """Share of held-out indirect-object prompts with logit(IO) > logit(S), and the mean difference."""
-    docs = eval_set("ioi", n, seed=2)
-    logits = next_token_logits(model, tokenizer, [d.prompt for d in docs])
-    io = torch.tensor([encode(tokenizer, " " + d.labels["indirect_object"])[1] for d in docs])
-    s = torch.tensor([encode(tokenizer, " " + d.labels["subject"])[1] for d in docs])
-    rows = torch.arange(len(docs))
-    difference = logits[rows, io] - logits[rows, s]
-    return (difference > 0).float().mean().item(), difference.mean().item()
+    return ioi_preference(model, tokenizer, eval_set("ioi", n, seed=2))
 
 
 def in_context_snapshot(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int = 32) -> dict[str, float]:
@@ -190,7 +215,7 @@ def in_context_snapshot(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     training loop logs it, so the training log shows when induction heads form and whether what
     forms is general."""
     from utils.course_model.generalisation import (
-        choice_accuracy_per_trait, copy_losses, ioi_documents, ioi_preference, random_token_repeats,
+        choice_accuracy_per_trait, copy_losses, ioi_documents, random_token_repeats,
     )
     from utils.world.heldout import HELDOUT_IOI_PARTS
 
@@ -215,13 +240,18 @@ def agreement_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     docs = [doc for number in ("singular", "plural") for doc in eval_set(
         "agreement", n // 2, seed=3, number=number,
         distractor_number="plural" if number == "singular" else "singular")]
-    logits = next_token_logits(model, tokenizer, [d.prompt for d in docs])
-    correct = []
-    for row, doc in zip(logits, docs):
+    return agreement_preference(model, tokenizer, docs)
+
+
+def agreement_preference(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, docs: list[Document]) -> float:
+    """Share of agreement prompts where the verb that agrees with the subject beats the other form."""
+    good, bad = [], []
+    for doc in docs:
         singular, plural = doc.labels["verb_pair"].split("/")
-        good, bad = (singular, plural) if doc.labels["number"] == "singular" else (plural, singular)
-        correct.append(row[encode(tokenizer, " " + good)[1]] > row[encode(tokenizer, " " + bad)[1]])
-    return torch.tensor(correct).float().mean().item()
+        agrees, other = (singular, plural) if doc.labels["number"] == "singular" else (plural, singular)
+        good.append(" " + agrees)
+        bad.append(" " + other)
+    return preference_accuracy(model, tokenizer, [d.prompt for d in docs], good, bad)[0]
 
 
 def fact_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> float:

@@ -21,10 +21,12 @@ import random
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.course_model.evaluate import Metric, encode, greedy_matches, next_token_logits
+from utils.course_model.evaluate import (
+    Metric, agreement_preference, greedy_matches, ioi_preference, preference_accuracy,
+)
 from utils.world import Document, agreement, all_facts, indirect_object, multiple_choice
 from utils.world.families import TRAIT_VALUES, IOIParts
 from utils.world.heldout import (
@@ -82,41 +84,10 @@ def copy_losses(model: PreTrainedModel, rows: Int[torch.Tensor, "n two_length_pl
 # ---------------------------------------------------------------------------------------------
 
 
-def preference_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                        good: list[str], bad: list[str]) -> tuple[float, float]:
-    """Share of prompts where the continuation ``good`` beats ``bad`` at their first differing
-    token, and the mean logit difference there.
-
-    The common prefix of the two continuations (" (" of " (A)" and " (B)") is appended to the
-    prompt, so multi-token continuations are compared where they part.
-    """
-    extended, good_ids, bad_ids = [], [], []
-    for prompt, g, b in zip(prompts, good, bad, strict=True):
-        g_ids, b_ids = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (g, b))
-        shared = next((i for i, (x, y) in enumerate(zip(g_ids, b_ids)) if x != y), None)
-        if shared is None:
-            raise ValueError(f"{g!r} and {b!r} tokenize alike up to the shorter one: no token tells them apart")
-        extended.append(prompt + tokenizer.decode(g_ids[:shared]))
-        good_ids.append(g_ids[shared])
-        bad_ids.append(b_ids[shared])
-    logits = next_token_logits(model, tokenizer, extended)                                   # [n, vocab]
-    rows = torch.arange(len(prompts))
-    difference: Float[torch.Tensor, "n"] = logits[rows, good_ids] - logits[rows, bad_ids]
-    return (difference > 0).float().mean().item(), difference.mean().item()
-
-
 def ioi_documents(parts: IOIParts, n: int, seed: int) -> list[Document]:
     """``n`` indirect-object sentences composed from ``parts``, ABA and ABB orders alternating."""
     rng = random.Random(HELDOUT_SEED + seed)
     return [indirect_object(rng, parts=parts, subject_first=i % 2 == 0) for i in range(n)]
-
-
-def ioi_preference(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, docs: list[Document]
-                   ) -> tuple[float, float]:
-    """Share of indirect-object prompts with logit(IO) > logit(S) (first tokens), and the mean difference."""
-    return preference_accuracy(model, tokenizer, [d.prompt for d in docs],
-                               [" " + d.labels["indirect_object"] for d in docs],
-                               [" " + d.labels["subject"] for d in docs])
 
 
 def agreement_documents(nouns: tuple[tuple[str, str], ...], prepositions: tuple[str, ...], n: int, seed: int
@@ -129,17 +100,6 @@ def agreement_documents(nouns: tuple[tuple[str, str], ...], prepositions: tuple[
         other = "plural" if number == "singular" else "singular"
         docs.append(agreement(rng, number=number, distractor_number=other, nouns=nouns, prepositions=prepositions))
     return docs
-
-
-def agreement_preference(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, docs: list[Document]) -> float:
-    """Share of agreement prompts where the verb that agrees with the subject beats the other form."""
-    good, bad = [], []
-    for doc in docs:
-        singular, plural = doc.labels["verb_pair"].split("/")
-        agrees, other = (singular, plural) if doc.labels["number"] == "singular" else (plural, singular)
-        good.append(" " + agrees)
-        bad.append(" " + other)
-    return preference_accuracy(model, tokenizer, [d.prompt for d in docs], good, bad)[0]
 
 
 def choice_documents(trait: str, n: int, seed: int) -> list[Document]:
