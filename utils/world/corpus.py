@@ -3,8 +3,8 @@
 Training documents come from ``random.Random(seed)`` and a *recipe*: the families' shares and
 the options each family's documents are drawn with. Recipe "v1" made the shipped course model;
 recipe "v2" draws every family from a wider world (composed indirect-object sentences with 100
-names and 23 verbs, A/B questions in five phrasings, repeats of any word at any distance, more
-nouns, prepositions and fact phrasings) and adds repeats of uniformly random token ids (which
+real and 400 invented names and 23 verbs, A/B questions in five phrasings and between two words,
+repeats of any word at any distance, more nouns, prepositions and fact phrasings) and adds repeats of uniformly random token ids (which
 the training script writes, since they are tokens, not text). Evaluation sets use their own
 seeds (``EVAL_SEED_OFFSET`` apart), so they are fresh draws from the same world; material that
 no recipe ever writes is in :mod:`utils.world.heldout`.
