@@ -45,7 +45,9 @@ CHROMIUM_ENV = "COURSE_CHROMIUM"
 CHAPTER_PAGE = re.compile(r"^book/(\d\d_[a-z0-9_]+)\.html$")
 COLAB = "https://colab.research.google.com/github"
 VIEWPORT = {"width": 1280, "height": 900}
-FIGURE_TIMEOUT_MS = 15_000
+#: How long a page may take to draw its plotly figures: the full suite loads both cores, and a
+#: page with five figures once needed more than 15 s there (a drawn figure is still required).
+FIGURE_TIMEOUT_MS = 60_000
 # Words a reader may search for, and a page the results must list.
 SEARCHES = {"LoRA": "book/02_lora.html", "induction": "book/03_caching_hooks.html"}
 # Every JS-drawn plotly figure has its <svg class="main-svg"> once plotly.js has run.
