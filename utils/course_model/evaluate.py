@@ -155,6 +155,17 @@ def repeated_random_tokens(tokenizer: PreTrainedTokenizerBase, n: int, length: i
     return torch.tensor(rows)
 
 
+def copy_losses_from_logits(logits: Float[torch.Tensor, "n two_length_plus_one vocab"],
+                            rows: Int[torch.Tensor, "n two_length_plus_one"]) -> tuple[float, float]:
+    """Mean next-token loss on the first and on the second copy of rows ``BOS c c``, from their logits.
+
+    Both exclude each copy's first token, which nothing before it predicts.
+    """
+    length = (rows.shape[1] - 1) // 2
+    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), rows[:, 1:], reduction="none")  # [n, 2L]
+    return losses[:, 1:length].mean().item(), losses[:, length + 1:].mean().item()
+
+
 @torch.no_grad()
 def induction_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int, length: int = 20
                       ) -> tuple[float, float, Float[torch.Tensor, "layer head"]]:
@@ -163,9 +174,7 @@ def induction_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     token's first occurrence."""
     tokens = repeated_random_tokens(tokenizer, n, length)
     out = model(input_ids=tokens, output_attentions=True)
-    token_losses = F.cross_entropy(out.logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")  # [n, 2L]
-    first_copy = token_losses[:, 1:length].mean().item()          # predicting w2..wL
-    second_copy = token_losses[:, length + 1:].mean().item()      # predicting the repeat's w2..wL
+    first_copy, second_copy = copy_losses_from_logits(out.logits, tokens)
     patterns = torch.stack(out.attentions, dim=1)                  # [n, layer, head, query, key]
     queries = torch.arange(length + 1, 2 * length + 1)
     induction = patterns[..., queries, queries - length + 1].mean(dim=(0, -1))  # [layer, head]

@@ -20,12 +20,11 @@ from __future__ import annotations
 import random
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Int
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.course_model.evaluate import (
-    Metric, agreement_preference, greedy_matches, ioi_preference, preference_accuracy,
+    Metric, agreement_preference, copy_losses_from_logits, greedy_matches, ioi_preference, preference_accuracy,
 )
 from utils.world import Document, agreement, all_facts, indirect_object, multiple_choice
 from utils.world.families import TRAIT_VALUES, IOIParts
@@ -69,14 +68,9 @@ def heldout_word_repeats(tokenizer: PreTrainedTokenizerBase, n: int, length: int
 
 @torch.no_grad()
 def copy_losses(model: PreTrainedModel, rows: Int[torch.Tensor, "n two_length_plus_one"]) -> tuple[float, float]:
-    """Mean next-token loss on the first and on the second copy of rows ``BOS c c``.
-
-    Both exclude each copy's first token, which nothing before it predicts.
-    """
-    length = (rows.shape[1] - 1) // 2
-    logits = model(input_ids=rows).logits                                                   # [n, 2L+1, vocab]
-    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), rows[:, 1:], reduction="none")  # [n, 2L]
-    return losses[:, 1:length].mean().item(), losses[:, length + 1:].mean().item()
+    """Mean next-token loss on the first and on the second copy of rows ``BOS c c``
+    (:func:`~utils.course_model.evaluate.copy_losses_from_logits`)."""
+    return copy_losses_from_logits(model(input_ids=rows).logits, rows)
 
 
 # ---------------------------------------------------------------------------------------------
