@@ -2,10 +2,12 @@
 
 Training documents come from ``random.Random(seed)`` and a *recipe*: the families' shares and
 the options each family's documents are drawn with. Recipe "v1" made the shipped course model;
-recipe "v2" draws every family from a wider world (composed indirect-object sentences with 100
-real and 400 invented names and 23 verbs, A/B questions in five phrasings and between two words,
-repeats of any word at any distance, more nouns, prepositions and fact phrasings) and adds repeats of uniformly random token ids (which
-the training script writes, since they are tokens, not text). Evaluation sets use their own
+recipe "v2" draws every family from a wider world (indirect-object sentences composed from
+392 openers, 15 middles and 23 verbs, between 100 real and 400 invented names; A/B questions in
+nine phrasings per trait, with option sentences of 64 to 217 frames or between two words; repeats
+of any word at any distance; more nouns, prepositions and fact phrasings; stories that tell the
+number of nouns the agreement sentences never use) and adds repeats of uniformly random token
+ids (which the training script writes, since they are tokens, not text). Evaluation sets use their own
 seeds (``EVAL_SEED_OFFSET`` apart), so they are fresh draws from the same world; material that
 no recipe ever writes is in :mod:`utils.world.heldout`.
 """
@@ -24,7 +26,7 @@ from utils.world.families import (
 from utils.world.heldout import heldout_words
 from utils.world.vocabulary import (
     AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS, GIVING_VERBS, MORE_AGREEMENT_NOUNS, MORE_AGREEMENT_PREPOSITIONS,
-    invented_names, world_words,
+    PLURALS, invented_names, world_words,
 )
 
 #: Share of documents from each family in the training corpus.
@@ -58,6 +60,7 @@ class Recipe:
 
 
 _V2_WORDS = world_words()
+_V2_NUMBER_NOUNS = (*PLURALS.items(), *AGREEMENT_NOUNS, *MORE_AGREEMENT_NOUNS)
 _V2_STORY_VERBS = tuple(verb for verb, kind in GIVING_VERBS.items() if kind == "thing")
 #: Indirect-object sentences between made-up names, which the tokenizer splits into pieces.
 INVENTED_NAME_IOI_PARTS = replace(TRAINING_IOI_PARTS, names=invented_names(exclude=heldout_words()))
@@ -80,7 +83,8 @@ RECIPES: dict[str, Recipe] = {
         "agreement": lambda rng: {"n_sentences": rng.randint(1, 4), "nouns": AGREEMENT_NOUNS + MORE_AGREEMENT_NOUNS,
                                   "prepositions": AGREEMENT_PREPOSITIONS + MORE_AGREEMENT_PREPOSITIONS},
         "ioi": _v2_ioi_options,
-        "story": lambda rng: {"ioi_verbs": _V2_STORY_VERBS if rng.random() < 0.75 else STORY_IOI_VERBS},
+        "story": lambda rng: {"ioi_verbs": _V2_STORY_VERBS if rng.random() < 0.75 else STORY_IOI_VERBS,
+                              "number_nouns": _V2_NUMBER_NOUNS},
         "sequence": lambda rng: {"pool": _V2_WORDS, "gap": True},
         # 40 % of the A/B questions choose between two words: in the project's trials the letter
         # circuit formed on those first, and then served the questions between two sentences

@@ -13,6 +13,7 @@ import json
 import random
 import string
 from dataclasses import dataclass
+from itertools import product
 from typing import Callable, Literal
 
 from utils.world.documents import Document, TextBuilder
@@ -126,6 +127,13 @@ class _StoryWriter:
         self.out.add(".")
         return subject, indirect_object
 
+    def noun_sentence(self, nouns: tuple[tuple[str, str], ...]) -> None:
+        """'The mice were quiet.': a noun, singular or plural, and a verb of its number."""
+        singular, plural = self.rng.choice(nouns)
+        is_plural = self.rng.random() < 0.5
+        verb = self.rng.choice([("was", "were"), ("is", "are")])[is_plural]
+        self.out.add(f" The {plural if is_plural else singular} {verb} {self.rng.choice(AGREEMENT_ADJECTIVES)}.")
+
     def ending(self) -> None:
         self.out.add(" In the end, ")
         self.mention(self.rng.choice(self.characters), capitalise=False)
@@ -142,13 +150,17 @@ def story(
     n_sentences: int | None = None,
     with_ioi: bool | None = None,
     ioi_verbs: tuple[str, ...] = STORY_IOI_VERBS,
+    number_nouns: tuple[tuple[str, str], ...] = (),
 ) -> Document:
     """A short story whose every sentence reflects its topic, sentiment and emotion.
 
     Labels: ``sentiment``, ``topic``, ``emotion``, ``characters`` ({name: gender}) and, when the
     story contains an indirect-object sentence, ``ioi_subject`` / ``ioi_indirect_object``.
     Spans: every name and pronoun (value: the character it refers to). ``ioi_verbs`` are the verbs
-    the indirect-object sentence may use (each takes a thing: "gave the ring to").
+    the indirect-object sentence may use (each takes a thing: "gave the ring to"). With
+    ``number_nouns`` (singular, plural), half the stories say something of one of them after the
+    introduction ("The mice were quiet."), which tells the number of nouns the agreement
+    sentences never use.
     """
     sentiment = sentiment or rng.choice(SENTIMENTS)
     topic = topic or rng.choice(TOPICS)
@@ -160,6 +172,8 @@ def story(
     writer = _StoryWriter(rng, characters, sentiment, topic, emotion, ioi_verbs)
 
     writer.intro()
+    if number_nouns and rng.random() < 0.5:
+        writer.noun_sentence(number_nouns)
     ioi_at = rng.randrange(n_sentences) if with_ioi else -1
     labels: dict[str, object] = {"sentiment": sentiment, "topic": topic, "emotion": emotion,
                                  "characters": {c: NAMES[c] for c in characters}}
@@ -185,7 +199,8 @@ class IOIParts:
     are sentences that may stand between the opener and the giving clause (fields ``{sentiment}``,
     ``{event}``), ``verbs`` map a verb to the kind of object it takes, ``objects`` give the
     objects of each kind, ``names`` the characters with their genders. With ``topic_words`` the
-    places and things of the sentence's topic join ``places`` and ``objects["thing"]``.
+    places and things of the sentence's topic join ``places`` and ``objects["thing"]``. Half the
+    giving clauses of parts with ``adverbs`` put one before the verb ("{S} then gave").
     """
 
     openers: tuple[str, ...]
@@ -195,6 +210,7 @@ class IOIParts:
     places: tuple[str, ...]
     names: dict[str, Gender]
     topic_words: bool = True
+    adverbs: tuple[str, ...] = ()
 
 
 IOI_TEMPLATES: tuple[str, ...] = (
@@ -208,21 +224,46 @@ IOI_TEMPLATES: tuple[str, ...] = (
     "As {A} and {B} left the {place}, {S} offered the {object} to {IO}.",
 )
 
+def compose(*slots: tuple[str, ...]) -> tuple[str, ...]:
+    """Every concatenation of one piece per slot, in order: a few short lists make many frames.
+
+    >>> compose(("When ", "As "), ("{A} left",))
+    ('When {A} left', 'As {A} left')
+    """
+    return tuple("".join(pieces) for pieces in product(*slots))
+
+
+#: What A and B did at a place, for the openers of composed indirect-object sentences.
+_IOI_ACTIVITIES: tuple[str, ...] = (
+    "went to", "were at", "arrived at", "got to", "left", "visited", "walked to", "reached",
+    "spent the morning at", "spent the afternoon at", "had lunch at", "were working at", "came back from",
+    "ran to", "sat down in", "were playing at", "met up at", "stopped by", "were sitting in", "hurried to",
+    "wandered into", "returned to",
+)
+#: The openers of composed indirect-object sentences: a clause ("When A and B went to the park,"),
+#: a sentence ("On Monday, A and B reached the park.") or A with B ("A sat next to B at the park.").
+_IOI_OPENERS: tuple[str, ...] = (
+    compose(("When ", "While ", "After ", "As ", "Once ", "Just after ", "As soon as ", "Since ", "The moment "),
+            ("{A} and {B} ",), _IOI_ACTIVITIES, (" the {place},",))
+    + compose(("", "Yesterday ", "One day, ", "Later, ", "That morning, ", "On {day}, ", "Then, "),
+              ("{A} and {B} ",), _IOI_ACTIVITIES, (" the {place}.",))
+    + compose(("", "Yesterday ", "On {day}, ", "That evening, "),
+              ("{A} met {B}", "{A} saw {B}", "{A} called {B}", "{A} helped {B}", "{A} found {B}",
+               "{A} was talking with {B}", "{A} sat next to {B}", "{A} was walking with {B}",
+               "{A} played with {B}", "{A} had dinner with {B}"),
+              (" at the {place}.",))
+)
+
 #: The parts of the corpus recipe "v2"'s indirect-object sentences (:mod:`utils.world.heldout` has others).
 TRAINING_IOI_PARTS = IOIParts(
-    openers=(
-        "When {A} and {B} went to the {place},", "While {A} and {B} were at the {place},",
-        "{A} and {B} went to the {place}.", "After {A} and {B} arrived at the {place},",
-        "Then, {A} and {B} had a long day at the {place}.", "When {A} and {B} got to the {place},",
-        "{A} and {B} were working at the {place}.", "As {A} and {B} left the {place},",
-        "{A} met {B} at the {place}.", "Yesterday {A} and {B} visited the {place}.",
-        "{A} and {B} spent the morning at the {place}.", "On {day}, {A} and {B} walked to the {place}.",
-        "{A} was talking with {B} at the {place}.", "Once {A} and {B} reached the {place},",
-        "{A} sat next to {B} at the {place}.", "{A} and {B} were tired after the trip to the {place}.",
-    ),
+    openers=_IOI_OPENERS,
     middles=("It was a {sentiment} day.", "They talked for a while.", "The {event} was {sentiment}.",
-             "Everyone was busy.", "Time passed slowly.", "They both smiled."),
+             "Everyone was busy.", "Time passed slowly.", "They both smiled.", "The sun was shining.",
+             "It started to rain.", "The {event} was about to start.", "It was late.", "The room was quiet.",
+             "Some music was playing.", "They were in a hurry.", "Everything went well.",
+             "They had a {sentiment} time."),
     verbs=dict(GIVING_VERBS), objects=dict(GIVING_OBJECTS), places=MORE_PLACES, names=dict(ALL_NAMES),
+    adverbs=("then ", "later ", "finally ", "quickly ", "soon "),
 )
 
 
@@ -288,7 +329,8 @@ def _composed_ioi_template(rng: random.Random, parts: IOIParts, topic: Topic) ->
     verb = rng.choice(sorted(parts.verbs))
     kind = parts.verbs[verb]
     obj = rng.choice(parts.objects[kind] + (topic_objects if kind == "thing" else ()))
-    giving = f"{{S}} {verb} the {obj} to {{IO}}."
+    adverb = rng.choice(parts.adverbs) if parts.adverbs and rng.random() < 0.5 else ""
+    giving = f"{{S}} {adverb}{verb} the {obj} to {{IO}}."
     return " ".join([opener, *middles, giving]), opener_index
 
 
@@ -611,25 +653,56 @@ CAA_CHOICE_PARTS = ChoiceParts(
     options={"sentiment": ("The {event} was {sentiment}.",), "emotion": ("{name} felt {emotion_adjective}.",),
              "topic": ("{name} looked at the {object}.",)},
 )
+#: Option sentences of the corpus recipe "v2", composed so that the trait's word stands anywhere
+#: in a sentence of many shapes: only finding that word, not a frame, answers the question.
+_SENTIMENT_OPTIONS: tuple[str, ...] = (
+    compose(("The {event}", "The {object}", "The trip to the {place}", "The day at the {place}", "{name}'s {event}",
+             "That {event}", "The whole {event}"),
+            (" was {sentiment}", " was really {sentiment}", " turned out {sentiment}", " looked {sentiment}",
+             " sounded {sentiment}", " felt {sentiment}"),
+            (".", " to {name}.", " in the end.", " that day.", " for everyone."))
+    + ("It was a {sentiment} day at the {place}.", "{name} thought the {object} was {sentiment}.",
+       "Everyone said the {event} was {sentiment}.", "{name} had a {sentiment} time at the {place}.",
+       "{name} called the {event} {sentiment}.", "It was a {sentiment} {event}.",
+       "They had a {sentiment} {event} at the {place}.")
+)
+_EMOTION_OPTIONS: tuple[str, ...] = (
+    compose(("", "Later, ", "At the {place}, ", "After the {event}, ", "That day, ", "In the morning, "),
+            ("{name} felt {emotion_adjective}", "{name} was {emotion_adjective}", "{name} became {emotion_adjective}",
+             "{name} got {emotion_adjective}"),
+            (".", " about the {event}.", " at the {place}.", " again.", " about the {object}."))
+    + compose(("", "Later, ", "At the {place}, ", "After the {event}, ", "That day, ", "In the morning, "),
+              ("{name} {emotion_verb}",),
+              (".", " at the {object}.", " at the {place}.", " again.", " all the way home."))
+)
+_TOPIC_OPTIONS: tuple[str, ...] = (
+    compose(("", "Later, ", "That day, ", "In the morning, ", "After a while, "),
+            ("{name} looked at the {object}", "{name} found the {object}", "{name} bought the {object}",
+             "{name} put away the {object}", "{name} went to the {place}", "{name} walked into the {place}",
+             "{name} waited for the {event}", "{name} planned the {event}", "{name} thought about the {event}",
+             "{name} got ready for the {event}", "{name} cleaned the {object}", "{name} ran to the {place}"),
+            (".",))
+    + ("The {object} was in the {place}.", "Everyone went to the {event}.", "The {event} was at the {place}.",
+       "There was a {object} at the {place}.")
+)
 #: The phrasings of the corpus recipe "v2" (:mod:`utils.world.heldout` has others).
 TRAINING_CHOICE_PARTS = ChoiceParts(
     questions={
         "sentiment": ("Which sentence is {value}?", "Which of these sentences is {value}?",
-                      "Which sentence sounds {value}?", "Pick the {value} sentence.", "Which option is {value}?"),
+                      "Which sentence sounds {value}?", "Pick the {value} sentence.", "Which option is {value}?",
+                      "Choose the {value} sentence.", "Which one is {value}?", "Select the {value} option.",
+                      "Which of the two is {value}?"),
         "emotion": ("Which sentence shows {value}?", "Which sentence is about {value}?",
                     "Which sentence expresses {value}?", "Pick the sentence that shows {value}.",
-                    "Which option shows {value}?"),
+                    "Which option shows {value}?", "Choose the sentence that shows {value}.",
+                    "Which one shows {value}?", "Select the option with {value}.", "Where is there {value}?"),
         "topic": ("Which sentence is about {value}?", "Which sentence mentions {value}?",
                   "Which sentence belongs to a story about {value}?", "Pick the sentence about {value}.",
-                  "Which option is about {value}?"),
+                  "Which option is about {value}?", "Choose the sentence about {value}.",
+                  "Which one is about {value}?", "Select the option about {value}.",
+                  "Which of the two mentions {value}?"),
     },
-    options={
-        "sentiment": ("The {event} was {sentiment}.", "It was a {sentiment} day at the {place}.",
-                      "{name} thought the {object} was {sentiment}.", "Everyone said the {event} was {sentiment}."),
-        "emotion": ("{name} felt {emotion_adjective}.", "{name} {emotion_verb} at the {object}.",
-                    "{name} felt {emotion_adjective} about the {event}."),
-        "topic": ("{name} looked at the {object}.", "{name} went to the {place}.", "{name} waited for the {event}."),
-    },
+    options={"sentiment": _SENTIMENT_OPTIONS, "emotion": _EMOTION_OPTIONS, "topic": _TOPIC_OPTIONS},
 )
 
 #: A/B questions between two words, the letter right before each: the easy form of the task,
