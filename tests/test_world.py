@@ -179,8 +179,10 @@ def test_unknown_task_and_family_errors_name_the_choices() -> None:
 # Recipes, the wider world of recipe "v2", and held-out material
 # ---------------------------------------------------------------------------------------------
 
-from utils.world.corpus import INVENTED_NAME_IOI_PARTS, RECIPES, recipe  # noqa: E402
-from utils.world.families import CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, TRAINING_IOI_PARTS, IOIParts  # noqa: E402
+from utils.world.corpus import INVENTED_NAME_IOI_PARTS, RECIPES, V2_IOI_PARTS, recipe  # noqa: E402
+from utils.world.families import (  # noqa: E402
+    CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, TRAINING_IOI_PARTS, IOIParts, past_tense,
+)
 from utils.world.heldout import (  # noqa: E402
     HELDOUT_AGREEMENT_NOUNS, HELDOUT_CHOICE_PARTS, HELDOUT_FACT_PHRASINGS, HELDOUT_IOI_PARTS, HELDOUT_NAME_IOI_PARTS,
     heldout_words,
@@ -188,23 +190,23 @@ from utils.world.heldout import (  # noqa: E402
 from utils.world.vocabulary import ALL_NAMES, world_words  # noqa: E402
 
 
-def test_recipe_v1_still_writes_the_corpus_the_shipped_model_was_trained_on() -> None:
+def test_recipe_v1_still_writes_the_corpus_the_first_model_was_trained_on() -> None:
     """The digest of the first 500 documents, taken before recipe "v2" was added: the options that
     v2 added to the families leave every v1 document as it was."""
     import hashlib
 
-    texts = "\x00".join(d.text for d in generate_corpus(500, seed=0))
+    texts = "\x00".join(d.text for d in generate_corpus(500, seed=0, recipe_name="v1"))
     assert hashlib.sha256(texts.encode()).hexdigest() == "010e5471c74bdb6f432c167a23f75d2cae2b558209adc0befc3f877e78612716"
 
 
-def test_recipe_v2_still_writes_the_corpus_the_v2_model_was_trained_on() -> None:
+def test_recipe_v2_still_writes_the_corpus_the_shipped_model_was_trained_on() -> None:
     """The digest of the first 3,000 documents of recipe "v2" when the v2 model was trained: a change
     to the world that moves it makes ``python -m utils.course_model train --recipe v2`` train
     another model than the one described (change the digest only together with a retrain)."""
     import hashlib
 
     texts = "\x00".join(d.text for d in generate_corpus(3_000, seed=0, recipe_name="v2"))
-    assert hashlib.sha256(texts.encode()).hexdigest() == "ca9d4120d5b81544558c8c98f2b24c0036aad74be4d370839855a71cbe343595"
+    assert hashlib.sha256(texts.encode()).hexdigest() == "2edcfe5b8178b1be418ccc7c535e9650200ee193b74269091aa2ddac8a9beba2"
 
 
 def test_unknown_recipe_is_named() -> None:
@@ -237,7 +239,9 @@ def test_heldout_words_are_in_no_word_list_and_no_training_document(v2_corpus: l
     held_out = heldout_words()
     assert not held_out & set(world_words()), held_out & set(world_words())
     assert not held_out & set(INVENTED_NAME_IOI_PARTS.names)
-    v1_corpus = list(generate_corpus(5_000, seed=0))
+    made_up = set(V2_IOI_PARTS.made_up_words)
+    assert len(made_up) == 300 and not made_up & (held_out | set(world_words()))
+    v1_corpus = list(generate_corpus(5_000, seed=0, recipe_name="v1"))
     assert not held_out & _words([d.text for d in v2_corpus + v1_corpus])
 
 
@@ -261,21 +265,21 @@ def test_heldout_frames_and_phrasings_match_no_training_document(v2_corpus: list
                  *(q for qs in HELDOUT_CHOICE_PARTS.questions.values() for q in qs),
                  *(o for os_ in HELDOUT_CHOICE_PARTS.options.values() for o in os_),
                  *(p for ps in HELDOUT_FACT_PHRASINGS.values() for p in ps)]
-    texts = [d.text for d in v2_corpus + list(generate_corpus(5_000, seed=0))]
+    texts = [d.text for d in v2_corpus + list(generate_corpus(5_000, seed=0, recipe_name="v1"))]
     for template in templates:
         pattern = _as_pattern(template)
         assert not any(pattern.search(text) for text in texts), template
 
 
 @settings(max_examples=200, deadline=None)
-@given(seed=seeds, parts=st.sampled_from([TRAINING_IOI_PARTS, INVENTED_NAME_IOI_PARTS, HELDOUT_IOI_PARTS,
+@given(seed=seeds, parts=st.sampled_from([TRAINING_IOI_PARTS, V2_IOI_PARTS, INVENTED_NAME_IOI_PARTS, HELDOUT_IOI_PARTS,
                                            HELDOUT_NAME_IOI_PARTS]))
 def test_composed_indirect_object_names_the_subject_twice_and_the_answer_once(seed: int, parts: IOIParts) -> None:
     doc = indirect_object(random.Random(seed), parts=parts)
     io, s = doc.labels["indirect_object"], doc.labels["subject"]
     assert io != s and doc.text.startswith(doc.prompt + doc.answer) and doc.answer == " " + io
     assert doc.prompt.endswith(" to") and doc.prompt.split()[-3] == "the"
-    assert doc.prompt.split()[-4] in parts.verbs
+    assert doc.prompt.split()[-4] in {*parts.verbs, *map(past_tense, parts.made_up_words)}
     names = Counter(w for w in re.findall(r"[A-Z][a-z]+", doc.prompt) if w in parts.names)
     assert names == Counter({s: 2, io: 1})
     assert doc.labels["indirect_object_gender"] == parts.names[io]

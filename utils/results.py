@@ -139,6 +139,30 @@ class Results:
         return self.record(key, format_table(rows, digits))
 
 
+#: A number as prose quotes a measurement: a decimal, a percentage or an integer with thousands separators.
+_QUOTED_NUMBER = re.compile(r"(?<![\w.,])(\d+\.\d+|\d+ ?%|\d{1,3}(?:,\d{3})+)(?![\w]|\.\d)")
+#: What is not prose: fenced and inline code, maths, link targets, and exercise numbers ("Exercise 3.1").
+_NOT_PROSE = re.compile(r"```.*?```|`[^`]*`|\$\$.*?\$\$|\$[^$\n]*\$|\]\([^)]*\)|Exercise \d+\.\d+", re.S)
+
+
+def quoted_numbers(text: str) -> list[str]:
+    """The measurement-like numbers of markdown prose, outside code, maths, links and exercise numbers.
+
+    >>> quoted_numbers("Exercise 3.2: heads 2.0 and 2.4 cost 0.3 nats (`x = 1.5`), 95 % of 1,024, $p = 0.5$.")
+    ['2.0', '2.4', '0.3', '95 %', '1,024']
+    """
+    return [match.replace(" %", "%").replace("%", " %") for match in _QUOTED_NUMBER.findall(_NOT_PROSE.sub(" ", text))]
+
+
+def recorded_numbers(chapter: str, directory: Path = RESULTS_DIR) -> set[str]:
+    """Every number in the recorded texts of ``chapter`` (percentages also as ``"N %"``)."""
+    numbers: set[str] = set()
+    for text in Results(chapter, directory=directory).stored().values():
+        numbers |= set(quoted_numbers(text))
+        numbers |= {f"{n} %" for n in re.findall(r"\d+(?:\.\d+)?", text)}
+    return numbers
+
+
 def lookup(reference: str, directory: Path = RESULTS_DIR) -> str:
     """The recorded text of ``"<chapter>/<key>"`` (what the book's ``{result}`` role shows).
 

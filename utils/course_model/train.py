@@ -29,7 +29,7 @@ from utils.course_model.evaluate import in_context_snapshot
 from utils.course_model.tokenizer import train_tokenizer
 from utils.models import COURSE_MODEL_DIR, write_manifest
 from utils.world import generate_corpus
-from utils.world.corpus import recipe
+from utils.world.corpus import DEFAULT_RECIPE, recipe
 
 
 @dataclass
@@ -42,7 +42,7 @@ class TrainConfig:
     d_model: int = 128
     context_length: int = 256
     vocab_size: int = 2048
-    tokens: int = 32_768_000
+    tokens: int = 48_000_000
     batch_size: int = 16
     learning_rate: float = 2e-3
     min_learning_rate: float = 2e-4
@@ -53,7 +53,7 @@ class TrainConfig:
     log_every: int = 25
     validate_every: int = 250
     checkpoint_every: int = 500
-    recipe: str = "v1"
+    recipe: str = DEFAULT_RECIPE
     mix: dict[str, float] | None = None  # the recipe's own mix when None
 
     def __post_init__(self) -> None:

@@ -1,9 +1,10 @@
 """Mix the document families into a training corpus, and draw held-out evaluation sets.
 
 Training documents come from ``random.Random(seed)`` and a *recipe*: the families' shares and
-the options each family's documents are drawn with. Recipe "v1" made the shipped course model;
-recipe "v2" draws every family from a wider world (indirect-object sentences composed from
-392 openers, 15 middles and 23 verbs, between 100 real and 400 invented names; A/B questions in
+the options each family's documents are drawn with. Recipe "v1" made the first course model;
+recipe "v2", the shipped model's and the default, draws every family from a wider world
+(indirect-object sentences composed from 392 openers, 15 middles and 23 verbs, between 100 real
+and 400 invented names, with made-up words for places, objects and verbs; A/B questions in
 nine phrasings per trait, with option sentences of 64 to 217 frames or between two words; repeats
 of any word at any distance; more nouns, prepositions and fact phrasings; stories that tell the
 number of nouns the agreement sentences never use) and adds repeats of uniformly random token
@@ -26,11 +27,11 @@ from utils.world.families import (
 from utils.world.heldout import heldout_words
 from utils.world.vocabulary import (
     AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS, GIVING_VERBS, MORE_AGREEMENT_NOUNS, MORE_AGREEMENT_PREPOSITIONS,
-    PLURALS, invented_names, world_words,
+    PLURALS, invented_names, invented_words, world_words,
 )
 
-#: Share of documents from each family in the training corpus.
-DEFAULT_MIX: dict[str, float] = {
+#: Share of documents from each family in the recipe "v1" (the first course model's corpus).
+V1_MIX: dict[str, float] = {
     "story": 0.13, "ioi": 0.20, "agreement": 0.08, "facts": 0.08, "few_shot": 0.15,
     "sequence": 0.20, "arithmetic": 0.10, "record": 0.03, "multiple_choice": 0.03,
 }
@@ -39,6 +40,9 @@ V2_MIX: dict[str, float] = {
     "story": 0.12, "ioi": 0.16, "agreement": 0.08, "facts": 0.08, "few_shot": 0.12,
     "sequence": 0.14, "arithmetic": 0.07, "record": 0.03, "multiple_choice": 0.20,
 }
+#: The recipe of the shipped course model, and its shares of documents.
+DEFAULT_RECIPE = "v2"
+DEFAULT_MIX: dict[str, float] = V2_MIX
 EVAL_SEED_OFFSET = 1_000_003
 
 #: Options drawn for one document of a family: ``options(rng) -> kwargs``.
@@ -62,19 +66,22 @@ class Recipe:
 _V2_WORDS = world_words()
 _V2_NUMBER_NOUNS = (*PLURALS.items(), *AGREEMENT_NOUNS, *MORE_AGREEMENT_NOUNS)
 _V2_STORY_VERBS = tuple(verb for verb, kind in GIVING_VERBS.items() if kind == "thing")
-#: Indirect-object sentences between made-up names, which the tokenizer splits into pieces.
-INVENTED_NAME_IOI_PARTS = replace(TRAINING_IOI_PARTS, names=invented_names(exclude=heldout_words()))
+#: The composed indirect-object sentences of recipe "v2": their place, object and verb are
+#: sometimes made-up words (never a world word or a held-out one).
+V2_IOI_PARTS = replace(TRAINING_IOI_PARTS, made_up_words=invented_words(exclude=heldout_words() | set(_V2_WORDS)))
+#: The same, between made-up names, which the tokenizer splits into pieces.
+INVENTED_NAME_IOI_PARTS = replace(V2_IOI_PARTS, names=invented_names(exclude=heldout_words()))
 
 
 def _v2_ioi_options(rng: random.Random) -> dict[str, object]:
     """A sixth of the v2 indirect-object sentences keep the eight templates; the others are
-    composed from parts, a third of them between made-up names."""
+    composed from parts, half of them between made-up names."""
     draw = rng.random()
-    return {} if draw < 1 / 6 else {"parts": INVENTED_NAME_IOI_PARTS if draw < 4 / 9 else TRAINING_IOI_PARTS}
+    return {} if draw < 1 / 6 else {"parts": INVENTED_NAME_IOI_PARTS if draw < 7 / 12 else V2_IOI_PARTS}
 
 
 RECIPES: dict[str, Recipe] = {
-    "v1": Recipe(DEFAULT_MIX, {
+    "v1": Recipe(V1_MIX, {
         "facts": lambda rng: {"n_facts": rng.randint(1, 5)},
         "agreement": lambda rng: {"n_sentences": rng.randint(1, 4)},
     }),
@@ -86,9 +93,9 @@ RECIPES: dict[str, Recipe] = {
         "story": lambda rng: {"ioi_verbs": _V2_STORY_VERBS if rng.random() < 0.75 else STORY_IOI_VERBS,
                               "number_nouns": _V2_NUMBER_NOUNS},
         "sequence": lambda rng: {"pool": _V2_WORDS, "gap": True},
-        # 40 % of the A/B questions choose between two words: in the project's trials the letter
+        # half the A/B questions choose between two words: in the project's trials the letter
         # circuit formed on those first, and then served the questions between two sentences
-        "multiple_choice": lambda rng: {"parts": WORD_CHOICE_PARTS if rng.random() < 0.4 else TRAINING_CHOICE_PARTS},
+        "multiple_choice": lambda rng: {"parts": WORD_CHOICE_PARTS if rng.random() < 0.5 else TRAINING_CHOICE_PARTS},
     }, token_repeats=0.06),
 }
 
@@ -101,7 +108,7 @@ def recipe(name: str) -> Recipe:
 
 
 def generate_corpus(n_documents: int, seed: int = 0, mix: dict[str, float] | None = None,
-                    recipe_name: str = "v1") -> Iterator[Document]:
+                    recipe_name: str = DEFAULT_RECIPE) -> Iterator[Document]:
     """Yield ``n_documents`` training documents of a recipe, families drawn in the proportions
     of ``mix`` (the recipe's own mix by default).
 

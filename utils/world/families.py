@@ -200,7 +200,10 @@ class IOIParts:
     ``{event}``), ``verbs`` map a verb to the kind of object it takes, ``objects`` give the
     objects of each kind, ``names`` the characters with their genders. With ``topic_words`` the
     places and things of the sentence's topic join ``places`` and ``objects["thing"]``. Half the
-    giving clauses of parts with ``adverbs`` put one before the verb ("{S} then gave").
+    giving clauses of parts with ``adverbs`` put one before the verb ("{S} then gave"). With
+    ``made_up_words``, the place, the object and the verb are each, a quarter of the time, a
+    made-up word ("the dova", "{S} kelined the tarup to"): a word never seen before must not
+    break the sentence's reading.
     """
 
     openers: tuple[str, ...]
@@ -211,6 +214,7 @@ class IOIParts:
     names: dict[str, Gender]
     topic_words: bool = True
     adverbs: tuple[str, ...] = ()
+    made_up_words: tuple[str, ...] = ()
 
 
 IOI_TEMPLATES: tuple[str, ...] = (
@@ -261,7 +265,7 @@ TRAINING_IOI_PARTS = IOIParts(
              "Everyone was busy.", "Time passed slowly.", "They both smiled.", "The sun was shining.",
              "It started to rain.", "The {event} was about to start.", "It was late.", "The room was quiet.",
              "Some music was playing.", "They were in a hurry.", "Everything went well.",
-             "They had a {sentiment} time."),
+             "Their time there was {sentiment}."),
     verbs=dict(GIVING_VERBS), objects=dict(GIVING_OBJECTS), places=MORE_PLACES, names=dict(ALL_NAMES),
     adverbs=("then ", "later ", "finally ", "quickly ", "soon "),
 )
@@ -314,14 +318,20 @@ def indirect_object(
     return Document(out.text, "ioi", labels, tuple(out.spans), prompt=prompt, answer=" " + io)
 
 
+def past_tense(word: str | None) -> str | None:
+    """A made-up verb's past tense ("dova" -> "dovaed", "tare" -> "tared"); None stays None."""
+    return None if word is None else word + ("d" if word.endswith("e") else "ed")
+
+
 def _composed_ioi_template(rng: random.Random, parts: IOIParts, topic: Topic) -> tuple[str, int]:
     """A sentence template composed from ``parts`` with only the name fields left open, and the
     index of its opener: ``"{A} met {B} at the cafe. It was a lovely day. {S} sent the card to {IO}."``."""
     words = TOPIC_WORDS[topic]
     topic_places, topic_objects = (words.places, words.objects) if parts.topic_words else ((), ())
     opener_index = rng.randrange(len(parts.openers))
-    opener = parts.openers[opener_index].format(
-        A="{A}", B="{B}", place=rng.choice(topic_places + parts.places), day=rng.choice(DAYS))
+    made_up = lambda: rng.choice(parts.made_up_words) if parts.made_up_words and rng.random() < 0.25 else None  # noqa: E731
+    place = made_up() or rng.choice(topic_places + parts.places)
+    opener = parts.openers[opener_index].format(A="{A}", B="{B}", place=place, day=rng.choice(DAYS))
     # a sentence may stand between a full opening sentence and the giving clause, not after "When ...,"
     n_middles = 0 if opener.endswith(",") else rng.choice([0, 1, 1, 2])
     middles = [m.format(sentiment=rng.choice(SENTIMENT_WORDS[rng.choice(SENTIMENTS)]), event=rng.choice(words.events))
@@ -329,6 +339,7 @@ def _composed_ioi_template(rng: random.Random, parts: IOIParts, topic: Topic) ->
     verb = rng.choice(sorted(parts.verbs))
     kind = parts.verbs[verb]
     obj = rng.choice(parts.objects[kind] + (topic_objects if kind == "thing" else ()))
+    obj, verb = made_up() or obj, past_tense(made_up()) or verb
     adverb = rng.choice(parts.adverbs) if parts.adverbs and rng.random() < 0.5 else ""
     giving = f"{{S}} {adverb}{verb} the {obj} to {{IO}}."
     return " ".join([opener, *middles, giving]), opener_index
@@ -662,9 +673,9 @@ _SENTIMENT_OPTIONS: tuple[str, ...] = (
              " sounded {sentiment}", " felt {sentiment}"),
             (".", " to {name}.", " in the end.", " that day.", " for everyone."))
     + ("It was a {sentiment} day at the {place}.", "{name} thought the {object} was {sentiment}.",
-       "Everyone said the {event} was {sentiment}.", "{name} had a {sentiment} time at the {place}.",
-       "{name} called the {event} {sentiment}.", "It was a {sentiment} {event}.",
-       "They had a {sentiment} {event} at the {place}.")
+       "Everyone said the {event} was {sentiment}.", "{name} called the {place} {sentiment}.",
+       "{name} called the {event} {sentiment}.", "Everyone found the {event} {sentiment}.",
+       "They found the {place} {sentiment}.")
 )
 _EMOTION_OPTIONS: tuple[str, ...] = (
     compose(("", "Later, ", "At the {place}, ", "After the {event}, ", "That day, ", "In the morning, "),

@@ -173,6 +173,21 @@ def invented_names(n: int = 400, exclude: frozenset[str] = frozenset()) -> dict[
             names[name] = ("female", "male")[len(names) % 2]
     return names
 
+def invented_words(n: int = 300, exclude: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """``n`` made-up lower-case words of two syllables ("dova", "kelin"...), none in ``exclude`` and
+    none a world word: the unfamiliar words that composed sentences may contain. Always the same."""
+    onsets = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "bl", "gr", "pl", "sn", "tr")
+    vowels, codas = ("a", "e", "i", "o", "u"), ("", "n", "p", "l", "k")
+    known = {w.lower() for w in (*ALL_NAMES, *exclude)}
+    rng = random.Random(20_27)
+    words: list[str] = []
+    while len(words) < n:
+        word = rng.choice(onsets) + rng.choice(vowels) + rng.choice("dklmnprstv") + rng.choice(vowels) + rng.choice(codas)
+        if word not in known and word not in words:
+            words.append(word)
+    return tuple(words)
+
+
 ObjectKind = Literal["thing", "message", "writing"]
 #: Verbs of giving, telling and sending, each with the kind of object it takes ("gave the ring to").
 GIVING_VERBS: dict[str, ObjectKind] = {
