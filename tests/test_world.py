@@ -190,7 +190,7 @@ from utils.world.heldout import (  # noqa: E402
 from utils.world.vocabulary import ALL_NAMES, world_words  # noqa: E402
 
 
-def test_recipe_v1_still_writes_the_corpus_the_first_model_was_trained_on() -> None:
+def test_recipe_v1_still_writes_the_corpus_the_shipped_model_was_trained_on() -> None:
     """The digest of the first 500 documents, taken before recipe "v2" was added: the options that
     v2 added to the families leave every v1 document as it was."""
     import hashlib
@@ -199,7 +199,7 @@ def test_recipe_v1_still_writes_the_corpus_the_first_model_was_trained_on() -> N
     assert hashlib.sha256(texts.encode()).hexdigest() == "010e5471c74bdb6f432c167a23f75d2cae2b558209adc0befc3f877e78612716"
 
 
-def test_recipe_v2_still_writes_the_corpus_the_shipped_model_was_trained_on() -> None:
+def test_recipe_v2_still_writes_the_corpus_the_v2_model_was_trained_on() -> None:
     """The digest of the first 3,000 documents of recipe "v2" when the v2 model was trained: a change
     to the world that moves it makes ``python -m utils.course_model train --recipe v2`` train
     another model than the one described (change the digest only together with a retrain)."""

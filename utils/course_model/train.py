@@ -42,7 +42,7 @@ class TrainConfig:
     d_model: int = 128
     context_length: int = 256
     vocab_size: int = 2048
-    tokens: int = 48_000_000
+    tokens: int = 32_768_000
     batch_size: int = 16
     learning_rate: float = 2e-3
     min_learning_rate: float = 2e-4
