@@ -126,8 +126,46 @@ def test_not_implemented_error_propagates_and_logs_nothing(tmp_path, monkeypatch
     assert not log.exists()
 
 
-def test_in_place_edits_by_the_learner_do_not_corrupt_the_reference():
-    assert_accepts(check_softmax(softmax_in_place))
+def test_an_in_place_edit_of_any_tensor_argument_is_named_and_never_reaches_the_reference():
+    assert_rejects(check_softmax(softmax_in_place), r"input 'batch of 1': your function changed its argument 'x' in place")
+    assert_accepts(check_softmax(softmax_in_place, mutable=("x",)))  # allowed: the reference saw a clean copy
+
+    def second_argument_edited(x, weights):
+        weights.add_(1)
+        return x * 2
+    edited = [Case("weights", torch.ones(2), torch.zeros(2)), Case("in a list", torch.ones(2), [torch.zeros(2)])]
+    reference = lambda x, weights: x * 2  # noqa: E731
+    assert_rejects(check_function(second_argument_edited, reference, edited[:1], exercise="0.2", hint=HINT),
+                   r"changed its argument 'weights' in place.*x = x\.clone\(\)")
+    assert_rejects(check_function(lambda x, w: second_argument_edited(x, w[0]), reference, edited[1:],
+                                  exercise="0.2", hint=HINT), r"argument 'weights\[0\]' in place")
+
+
+def test_a_module_argument_must_keep_its_weights_hooks_and_mode():
+    def forward(model, x):
+        return model(x)
+
+    def leaves_a_hook(model, x):
+        model.register_forward_hook(lambda module, inputs, output: None)
+        return model(x)
+
+    def scales_weights(model, x):
+        with torch.no_grad():
+            model.weight.mul_(1.0)
+        return model(x)
+
+    def switches_to_training(model, x):
+        model.train()
+        return model(x)
+
+    for wrong, match in [(leaves_a_hook, "left a hook on its argument 'model'.*try/finally"),
+                         (scales_weights, "changed the weights of its argument 'model'"),
+                         (switches_to_training, "changed the training mode of its argument 'model'")]:
+        model = torch.nn.Linear(3, 3).eval()
+        assert_rejects(check_function(wrong, forward, [Case("linear", model, torch.ones(2, 3))],
+                                      exercise="0.3", hint=HINT), match)
+    assert_accepts(check_function(forward, forward, [Case("linear", torch.nn.Linear(3, 3).eval(), torch.ones(2, 3))],
+                                  exercise="0.3", hint=HINT))
 
 
 def test_both_functions_get_the_same_seed_and_the_callers_random_state_is_kept():
@@ -267,3 +305,19 @@ def test_case_needs_a_name_and_keeps_its_arguments():
     assert (case.name, case.args, case.kwargs) == ("odd length 7", (1, 2), {"dim": 0, "name": "kwarg named name is fine"})
     with pytest.raises(TypeError, match="needs a name"):
         Case(torch.ones(2))
+
+
+def test_a_function_that_hangs_is_stopped_with_one_line(capsys):
+    def endless(x, dim=-1):
+        while True:
+            pass
+
+    result = check_function(endless, softmax, cases(), exercise="0.1 (softmax)", hint=HINT, time_limit=0.3)
+    assert_rejects(result, r"input 'batch of 1': your function ran for more than 0.3 s and was stopped")
+    assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_a_numpy_array_or_a_tensor_elsewhere_is_named_not_compared():
+    assert_rejects(check_softmax(lambda x, dim=-1: torch.softmax(x, dim=dim).numpy()),
+                   r"expected a torch tensor of shape \(1, 7\), got a numpy array.*torch.from_numpy")
+    assert compare(torch.zeros(2, device="meta"), torch.zeros(2)).startswith("expected a tensor on cpu, got one on meta")

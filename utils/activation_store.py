@@ -492,9 +492,9 @@ def _shards_problem(learner_fn: Callable[..., int], model: PreTrainedModel, wind
 def check_cache_to_shards(learner_fn: Callable[..., int], model: PreTrainedModel, windows: Int[Tensor, "n context"]
                           ) -> CheckResult:
     """Exercise 3.4 on ``model`` (two layers, two shard sizes) and a tiny random Llama, in temporary directories."""
-    hint = ("per batch: block_output(model, batch, layer, bos), keep the rows where batch != bos, append them to the "
-            "pending rows; while at least shard_rows are pending, save the first shard_rows as shard_{i:05d}."
-            "safetensors and keep the rest; after the loop save what is left (the last, smaller shard)")
+    hint = ("per batch, take the block's output (block_output) and append the rows of the tokens that are not BOS, in "
+            "order, to the pending rows; while at least shard_rows are pending, save the first shard_rows as "
+            "shard_{i:05d}.safetensors and keep the rest; after the loop save what is left (the last, smaller shard)")
     llama = tiny_random_model("llama")
     llama_windows = torch.randint(1, llama.config.vocab_size, (5, 12), generator=torch.Generator().manual_seed(0))
     llama_windows[:, 0] = llama.config.bos_token_id

@@ -199,8 +199,9 @@ def check_previous_token_scores(learner_fn: Callable[[Tensor], Tensor]) -> Check
     return check_function(
         learner_fn, previous_token_scores, cases, exercise="3.2 (previous_token_scores)", atol=1e-5,
         hint="the attention from query q to key q - 1 is pattern[..., q, q - 1]: the diagonal just below the main one "
-             "(pattern.diagonal(offset=-1, dim1=-2, dim2=-1)); average it over the batch and over the queries 1..pos-1 "
-             "only (query 0 has no previous token), keeping the head dimension")
+             "of each [query, key] matrix (Tensor.diagonal with a negative offset, on the last two dimensions); "
+             "average it over the batch and over the queries 1..pos-1 only (query 0 has no previous token), keeping "
+             "the head dimension")
 
 
 def check_induction_scores(learner_fn: Callable[[Tensor, int], Tensor]) -> CheckResult:

@@ -20,7 +20,10 @@ and returns a :class:`CheckResult` (truthy when it passed, invisible as a cell's
 Rules that every checker gets for free:
 
 - The learner's function and the reference run on *fresh copies* of the tensor arguments, so a
-  function that edits its input in place cannot corrupt the reference run or the next case.
+  function that edits its input in place cannot corrupt the reference run or the next case; and
+  the check fails when the learner's function changed any tensor argument in place, or the
+  weights, hooks or training mode of a module argument (``mutable=`` names the arguments an
+  exercise's function is meant to change).
 - Both run with the same random seed (``seed=0``), so sampling exercises can be compared; the
   notebook's own random state is restored afterwards.
 - A learner function that raises ``NotImplementedError`` (the lab's placeholder) is *not* caught:
@@ -37,13 +40,16 @@ Tests of checkers use :func:`assert_accepts` and :func:`assert_rejects`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import numbers
 import os
 import random
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +73,8 @@ CHECK_LOG_ENV = "COURSE_CHECK_LOG"
 PASS_MARK, FAIL_MARK = "✅", "❌"
 #: The learner's exception messages are cut to this many characters in a check's line.
 MAX_ERROR_CHARS = 300
+#: Seconds a learner's function may run on one case before the check stops it (a hang, an endless loop).
+TIME_LIMIT_SECONDS = 120.0
 #: Strings up to this length are shown whole when they differ.
 SHORT_STRING = 60
 
@@ -155,6 +163,8 @@ def check_function(
     atol: float = 1e-5,
     rtol: float = 1e-4,
     seed: int | None = 0,
+    mutable: Iterable[str] = (),
+    time_limit: float = TIME_LIMIT_SECONDS,
 ) -> CheckResult:
     """Run ``learner_fn`` and ``reference_fn`` on every case and compare their outputs.
 
@@ -168,6 +178,10 @@ def check_function(
         atol, rtol: tolerances for floating-point values (``|got - expected| <= atol + rtol * |expected|``).
         seed: both functions run with ``torch``/``random`` seeded with it (``None``: not seeded);
             the caller's random state is restored afterwards.
+        mutable: the names (in ``reference_fn``'s signature) of the arguments the function may
+            change in place; a change to any other tensor or module argument fails the check.
+        time_limit: seconds the learner's function may take on one case (0: no limit); past it the
+            check fails with one line (on Unix, in the main thread, where Jupyter runs cells).
 
     Returns:
         The :class:`CheckResult`; its line has been printed.
@@ -184,13 +198,19 @@ def check_function(
     if not callable(learner_fn):
         return _finish(label, False, f"expected a function, got {_describe_type(learner_fn)}: pass the "
                                      "function itself (check(my_function)), not the result of calling it", hint)
+    mutable = set(mutable)
     for case in cases:
         try:
-            actual = _call(learner_fn, case, seed)
+            actual, changed = _call_watched(learner_fn, case, seed, _argument_names(reference_fn, case), mutable,
+                                            time_limit)
         except NotImplementedError:
             raise
+        except CheckTimeout as error:
+            return _finish(label, False, f"input '{case.name}': your function {error}", hint)
         except Exception as error:  # the learner's bug: report it, no traceback
             return _finish(label, False, f"input '{case.name}': your function raised {_describe_error(error)}", hint)
+        if changed:
+            return _finish(label, False, f"input '{case.name}': your function {changed}", hint)
         expected = _call_reference(reference_fn, case, seed, label)
         problem = compare(actual, expected, atol=atol, rtol=rtol)
         if problem is not None:
@@ -260,7 +280,7 @@ def compare(actual: Any, expected: Any, *, atol: float = 1e-5, rtol: float = 1e-
     """
     where = f"{path}: " if path else ""
     if _is_array(expected):
-        return _compare_tensors(actual, _as_tensor(expected), atol, rtol, where)
+        return _compare_tensors(actual, _as_tensor(expected), atol, rtol, where, expected_is_array=True)
     if isinstance(expected, torch.Tensor):
         return _compare_tensors(actual, expected, atol, rtol, where)
     if _is_bool(expected):
@@ -284,11 +304,18 @@ def compare(actual: Any, expected: Any, *, atol: float = 1e-5, rtol: float = 1e-
     return None if equal else f"{where}expected {_short_repr(expected)}, got {_short_repr(actual)}"
 
 
-def _compare_tensors(actual: Any, expected: torch.Tensor, atol: float, rtol: float, where: str) -> str | None:
-    if _is_array(actual):
+def _compare_tensors(actual: Any, expected: torch.Tensor, atol: float, rtol: float, where: str,
+                     expected_is_array: bool = False) -> str | None:
+    if _is_array(actual) and expected_is_array:
         actual = _as_tensor(actual)
+    if _is_array(actual):
+        return (f"{where}expected a torch tensor of shape {_shape(expected)}, got {_describe_type(actual)}: "
+                "stay in torch (torch.from_numpy(array) turns an array back into a tensor)")
     if not isinstance(actual, torch.Tensor):
         return f"{where}expected a tensor of shape {_shape(expected)}, got {_describe_type(actual)}"
+    if actual.device != expected.device:
+        return (f"{where}expected a tensor on {expected.device}, got one on {actual.device}: create new tensors "
+                "on the inputs' device (torch.zeros(..., device=x.device))")
     if actual.shape != expected.shape:
         return f"{where}expected shape {_shape(expected)}, got {_shape(actual)}"
     kind_expected, kind_actual = _dtype_kind(expected.dtype), _dtype_kind(actual.dtype)
@@ -435,6 +462,93 @@ def _call(fn: Callable[..., Any], case: Case, seed: int | None) -> Any:
     args, kwargs = _fresh_copy(case.args), _fresh_copy(case.kwargs)
     with _seeded(seed):
         return fn(*args, **kwargs)
+
+
+def _call_watched(fn: Callable[..., Any], case: Case, seed: int | None, names: list[str],
+                  mutable: set[str], time_limit: float) -> tuple[Any, str | None]:
+    """``fn``'s output on fresh copies of the case's arguments, and what it changed in place
+    (``"changed its argument 'logits' in place: ..."``) or ``None``."""
+    args, kwargs = _fresh_copy(case.args), _fresh_copy(case.kwargs)
+    watched = [(name, value) for name, value in [*zip(names, args), *kwargs.items()] if name not in mutable]
+    before = [_state(value) for _, value in watched]
+    with _seeded(seed), _time_limit(time_limit):
+        output = fn(*args, **kwargs)
+    for (name, value), state in zip(watched, before):
+        change = _what_changed(state, _state(value))
+        if change:
+            return output, change.format(name=name)
+    return output, None
+
+
+class CheckTimeout(BaseException):
+    """The learner's function ran past the check's time limit (a BaseException, so that an
+    ``except Exception`` in the learner's code cannot swallow it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`CheckTimeout` in the block after ``seconds`` (main thread on Unix; elsewhere no limit)."""
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise CheckTimeout(f"ran for more than {seconds:g} s and was stopped: look for a loop that never ends")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _argument_names(fn: Callable[..., Any], case: Case) -> list[str]:
+    """The names of the case's positional arguments in ``fn``'s signature (``argument 2`` past them)."""
+    try:
+        parameters = [p.name for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):  # a builtin without a signature
+        parameters = []
+    return [parameters[i] if i < len(parameters) else f"argument {i + 1}" for i in range(len(case.args))]
+
+
+def _state(value: Any) -> tuple:
+    """What an in-place change would move: tensors' version counters (through tuples, lists and
+    dicts); a module's parameters' and buffers' versions, its number of hooks and its mode."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", value._version)
+    if isinstance(value, torch.nn.Module):
+        versions = tuple(t._version for t in (*value.parameters(), *value.buffers()))
+        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in value.modules())
+        return ("module", versions, hooks, value.training)
+    if isinstance(value, (list, tuple)):
+        return ("sequence", tuple(_state(item) for item in value))
+    if isinstance(value, dict):
+        return ("mapping", tuple((key, _state(item)) for key, item in value.items()))
+    return ("other",)
+
+
+def _what_changed(before: tuple, after: tuple) -> str | None:
+    """A sentence (with ``{name}`` for the argument) saying how ``after`` differs from ``before``."""
+    if before == after:
+        return None
+    if before[0] == "tensor" or before[0] != after[0]:
+        return ("changed its argument '{name}' in place: later cells (and the code that called it) see the "
+                "change. Work on a copy (x = x.clone()) or use operations that return new tensors (x + y, not x += y)")
+    if before[0] == "module":
+        if before[1] != after[1]:
+            return "changed the weights of its argument '{name}' in place: leave the model as it was given"
+        if before[2] != after[2]:
+            return ("left a hook on its argument '{name}': remove every hook it adds, also when the forward pass "
+                    "raises (try/finally, or a context manager)")
+        return "changed the training mode of its argument '{name}' (model.train() / model.eval()): restore it"
+    if before[0] == "sequence":
+        return next(change.replace("'{name}'", "'{name}[%d]'" % i) for i, (b, a) in enumerate(zip(before[1], after[1]))
+                    if (change := _what_changed(b, a)))
+    return next(change.replace("'{name}'", "'{name}[%r]'" % key) for (key, b), (_, a) in zip(before[1], after[1])
+                if (change := _what_changed(b, a)))
 
 
 def _call_reference(fn: Callable[..., Any], case: Case, seed: int | None, label: str) -> Any:

@@ -547,8 +547,9 @@ def check_top_k_filter(learner_fn: Callable) -> CheckResult:
              Case("ties: logits [2, 1, 1, 0, 1, -1] with k=2", ties, 2)]
     return check_function(
         learner_fn, top_k_filter, cases, exercise="1.1 (top_k_filter)",
-        hint="find each row's k-th largest logit (logits.topk(k).values[:, -1]) and set every logit below it to "
-             "-inf; compare with '<' so that tokens tied with the k-th are kept, and cap k at the vocabulary size")
+        hint="find each row's k-th largest logit (the smallest of the values topk returns) and set every logit below "
+             "it to -inf; compare with '<' so that tokens tied with the k-th are kept, and cap k at the vocabulary "
+             "size")
 
 
 def check_top_p_filter(learner_fn: Callable) -> CheckResult:
@@ -620,8 +621,9 @@ def check_greedy_generate(learner_fn: Callable, model: PreTrainedModel) -> Check
         return Case(name, checked_model, input_ids, new)
 
     exercise = "1.5 (greedy_generate)"
-    hint = ("run the whole prompt once with use_cache=True, then feed only the newest token together with "
-            "past_key_values=out.past_key_values; append each step's argmax of out.logits[:, -1] to the tokens")
+    hint = ("run the whole prompt once with use_cache=True, then feed only the newest token together with the cache "
+            "that the previous call returned (its past_key_values); append each step's argmax at the last position "
+            "to the tokens")
     lengths = _tokens_fed_per_call(model, lambda: learner_fn(model, torch.tensor([[0, 5, 6, 7, 8]]), 4))
     if len(lengths) > 1 and max(lengths[1:]) > 1:
         return report(exercise, False, f"the model was given {lengths} positions at its {len(lengths)} forward calls: "

@@ -226,5 +226,6 @@ def check_project_out(learner_fn: Callable[[Tensor, Tensor], Tensor]) -> CheckRe
              for direction in [F.normalize(torch.randn(8, generator=generator), dim=0)]]
     return check_function(
         learner_fn, project_out, cases, exercise="5.3 (project_out)", atol=1e-5,
-        hint="normalise the direction first (r = direction / direction.norm()); the component of x along r is "
-             "(x @ r) * r, with x @ r of shape [..., 1] after unsqueezing; subtract it from x (do not keep only it)")
+        hint="make the direction a unit vector r first (it may have any norm); the component of x along r is "
+             "(x · r) r, with the dot products given a trailing dimension to broadcast; subtract it from x (do not "
+             "keep only it)")

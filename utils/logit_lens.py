@@ -244,9 +244,9 @@ def check_logit_lens_at_position(learner_fn: Callable, model: PreTrainedModel) -
     with torch.no_grad():
         return check_function(
             learner_fn, logit_lens_at_position, cases, exercise="4.1 (logit_lens_at_position)", atol=1e-4, rtol=1e-4,
-            hint="take residual[:, :, position] (that position itself, not position - 1 or the last one), apply "
-                 "the final norm as the model does (architecture.final_norm(model): its weight AND its bias, and the "
-                 "mean subtraction for a LayerNorm), then the unembedding as a module "
+            hint="take residual at `position` on its position dimension (that position itself, not position - 1 or "
+                 "the last one), apply the final norm as the model does (architecture.final_norm(model): its weight "
+                 "AND its bias, and the mean subtraction for a LayerNorm), then the unembedding as a module "
                  "(architecture.unembedding(model), which adds its bias if it has one)")
 
 

@@ -772,9 +772,9 @@ def check_lora_forward(learner_fn: Callable) -> CheckResult:
     return check_function(
         _on_copies_of_the_layer(learner_fn), _on_copies_of_the_layer(lora_forward), cases,
         exercise="2.2 (lora_forward)",
-        hint="return layer(x) + (x @ lora_A.T @ lora_B.T) * scaling: call the frozen layer itself rather than "
-             "its weight (GPT-2's Conv1D stores W as [d_in, d_out] and computes x @ W + b), go down to r with "
-             "A [r, d_in] first and up to d_out with B [d_out, r] second, and multiply by scaling")
+        hint="call the frozen layer itself rather than using its weight (GPT-2's Conv1D stores W as [d_in, d_out] "
+             "and computes x @ W + b), and add the update: down to r with A [r, d_in] first, up to d_out with "
+             "B [d_out, r] second (both transposed, x being a row vector), times scaling")
 
 
 def check_merged_weight(learner_fn: Callable) -> CheckResult:

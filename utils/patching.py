@@ -469,8 +469,8 @@ def check_replace_head(learner_fn: Callable[[Tensor, Tensor, int], Tensor]) -> C
                                     "the model; clone it and patch the copy")
     return check_function(
         call, replace_head, cases, exercise="7.2 (replace_head)", atol=0,
-        hint="z is [n, pos, head, d_head]: the head is the third dimension, z[:, :, head]; copy z first "
-             "(z.clone()), then assign clean_z[:, :, head] at every position")
+        hint="z is [n, pos, head, d_head]: the head is the third dimension; clone z first, then replace that "
+             "head's slice of the copy with the same slice of clean_z, at every position")
 
 
 def check_attribution(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> CheckResult:
@@ -484,5 +484,4 @@ def check_attribution(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) ->
     return check_function(
         learner_fn, attribution, cases, exercise="7.3 (attribution)", atol=1e-4,
         hint="multiply (clean - corrupted) by the gradient elementwise, sum over d_head and over the batch (the "
-             "gradient is of the batch's mean metric), keep head and position: einops.einsum(..., "
-             "'n pos head d_head, n pos head d_head -> head pos')")
+             "gradient is of the batch's mean metric), and keep head and position, in that order: [head, pos]")

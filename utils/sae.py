@@ -284,8 +284,8 @@ def check_sae_forward(learner_fn: Callable[..., tuple[Tensor, Tensor]]) -> Check
         cases.append(Case(name, x, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], k=k))
     return check_function(
         learner_fn, _sae_lens_forward, cases, exercise="6.1 (sae_forward)", atol=1e-4,
-        hint="latents = ReLU((x - b_dec) @ W_enc + b_enc), the bias added before the ReLU; with k, keep each row's k "
-             "largest pre-activations (torch.topk), ReLU them and zero the rest; reconstruction = latents @ W_dec + b_dec. "
+        hint="subtract b_dec before the encoder and add b_enc before the ReLU; with k, keep each row's k largest "
+             "pre-activations (torch.topk), ReLU them and zero the rest; decode with W_dec and add b_dec back. "
              "Return (reconstruction, latents)")
 
 

@@ -478,4 +478,4 @@ def check_add_steering(learner_fn: Callable[[Tensor, Tensor, float], Tensor]) ->
     return check_function(
         call, add_steering, cases, exercise="5.2 (add_steering)", atol=1e-5,
         hint="a prompt pass has pos > 1: add alpha * vector at the last position only (residual[:, -1]); a "
-             "generation step has pos == 1: add it there; work on a copy (residual.clone()), never in place")
+             "generation step has pos == 1: add it there; work on a copy of the residual, never in place")

@@ -1,0 +1,136 @@
+"""Every exercise of the course: where its solution is, and how its checker is called.
+
+The solution notebook is the single source of each reference solution: :func:`solution` compiles
+the function an exercise's solution cell defines, so that tests and reports (mutation testing,
+``tests/test_mutation.py``; ``benchmarks/mutation_report.py``) work on exactly the code a learner
+is shown. :meth:`Exercise.check` calls the exercise's checker the way its lab does::
+
+    exercise = EXERCISES["0.1"]
+    reference, source = solution(exercise)
+    exercise.check(reference, ExerciseContext())    # prints "✅ Exercise 0.1 (per_token_loss): ..."
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utils.checks import CheckResult
+
+SOLUTIONS_DIR = Path(__file__).resolve().parent.parent / "solutions"
+
+
+class ExerciseContext:
+    """What some checkers need besides the learner's function, loaded once on first use: the course
+    model and tokenizer, and the packed windows the activation-caching exercise streams."""
+
+    @functools.cached_property
+    def model(self) -> Any:
+        from utils.models import load_model
+        return load_model("course")
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        from utils.models import load_tokenizer
+        return load_tokenizer("course")
+
+    @functools.cached_property
+    def windows(self) -> Any:
+        from utils.activation_store import token_windows
+        from utils.world import generate_corpus
+        texts = [doc.text for doc in generate_corpus(600, seed=7)]   # as in solutions/03_caching_hooks.ipynb
+        return token_windows(self.tokenizer, texts, context_length=128)[:12]
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise: its number, the notebook and function of its solution, its checker
+    (``"module:function"``) and what the checker takes after the learner's function."""
+
+    id: str
+    notebook: str
+    function: str
+    checker: str
+    needs: tuple[str, ...] = ()
+
+    def check(self, learner_fn: Callable[..., Any], context: ExerciseContext) -> CheckResult:
+        """Run the checker on ``learner_fn`` as the lab does."""
+        module, name = self.checker.split(":")
+        checker = getattr(importlib.import_module(module), name)
+        return checker(learner_fn, *(getattr(context, need) for need in self.needs))
+
+
+def solution(exercise: Exercise) -> tuple[Callable[..., Any], str]:
+    """The reference solution of ``exercise``, compiled from its solution notebook's cell, and
+    that cell's source. It runs in the namespace of the checker's module (which imports what the
+    solutions use), with the notebook's typing names."""
+    cells = json.loads((SOLUTIONS_DIR / f"{exercise.notebook}.ipynb").read_text())["cells"]
+    definition = f"def {exercise.function}("
+    sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    matching = [s for s in sources if definition in s and "BEGIN SOLUTION" in s]
+    if len(matching) != 1:
+        raise LookupError(f"{exercise.notebook}.ipynb has {len(matching)} solution cells defining "
+                          f"{exercise.function}(): expected one")
+    namespace = _solution_namespace(exercise)
+    exec(compile(matching[0], f"<{exercise.notebook}: {exercise.function}>", "exec"), namespace)  # noqa: S102
+    return namespace[exercise.function], matching[0]
+
+
+def _solution_namespace(exercise: Exercise) -> dict[str, Any]:
+    import einops
+    import torch
+    from jaxtyping import Bool, Float, Int
+
+    module = importlib.import_module(exercise.checker.split(":")[0])
+    return {**vars(module), "torch": torch, "einops": einops, "Tensor": torch.Tensor, "Float": Float, "Int": Int,
+            "Bool": Bool, "__name__": f"solution_{exercise.notebook}"}
+
+
+def _exercises(*rows: tuple[str, str, str, str, tuple[str, ...]]) -> dict[str, Exercise]:
+    return {row[0]: Exercise(*row) for row in rows}
+
+
+#: The course's exercises by number, in the order of the labs.
+EXERCISES: dict[str, Exercise] = _exercises(
+    ("0.1", "00_course_model", "per_token_loss", "utils.course_model.exercises:check_per_token_loss", ()),
+    ("0.2", "00_course_model", "logit_difference", "utils.course_model.exercises:check_logit_difference", ()),
+    ("0.3", "00_course_model", "logits_from_final_residual",
+     "utils.course_model.exercises:check_logits_from_final_residual", ("model",)),
+    ("1.1", "01_prompting", "top_k_filter", "utils.decoding:check_top_k_filter", ()),
+    ("1.2", "01_prompting", "top_p_filter", "utils.decoding:check_top_p_filter", ()),
+    ("1.3", "01_prompting", "min_p_filter", "utils.decoding:check_min_p_filter", ()),
+    ("1.4", "01_prompting", "apply_repetition_penalty", "utils.decoding:check_apply_repetition_penalty", ()),
+    ("1.5", "01_prompting", "greedy_generate", "utils.decoding:check_greedy_generate", ("model",)),
+    ("1.6", "01_prompting", "top_beam_continuations", "utils.decoding:check_top_beam_continuations", ()),
+    ("1.7", "01_prompting", "wilson_interval", "utils.prompt_eval:check_wilson_interval", ()),
+    ("1.8", "01_prompting", "token_transitions", "utils.structured:check_token_transitions", ()),
+    ("1.9", "01_prompting", "logits_with_soft_prompt", "utils.soft_prompts:check_logits_with_soft_prompt", ("model",)),
+    ("2.1", "02_lora", "response_labels", "utils.finetune:check_response_labels", ()),
+    ("2.2", "02_lora", "lora_forward", "utils.lora:check_lora_forward", ()),
+    ("2.3", "02_lora", "merged_weight", "utils.lora:check_merged_weight", ()),
+    ("2.4", "02_lora", "slerp", "utils.lora:check_slerp", ()),
+    ("3.1", "03_caching_hooks", "capture_residual_stream", "utils.hooks:check_capture_residual_stream", ("model",)),
+    ("3.2", "03_caching_hooks", "previous_token_scores", "utils.attention:check_previous_token_scores", ()),
+    ("3.3", "03_caching_hooks", "induction_scores", "utils.attention:check_induction_scores", ()),
+    ("3.4", "03_caching_hooks", "cache_to_shards", "utils.activation_store:check_cache_to_shards",
+     ("model", "windows")),
+    ("4.1", "04_logit_lens", "logit_lens_at_position", "utils.logit_lens:check_logit_lens_at_position", ("model",)),
+    ("4.2", "04_logit_lens", "logit_difference_contributions",
+     "utils.logit_lens:check_logit_difference_contributions", ("model",)),
+    ("4.3", "04_logit_lens", "formation_layers", "utils.logit_lens:check_formation_layers", ()),
+    ("4.4", "04_logit_lens", "kl_to_final", "utils.logit_lens:check_kl_to_final", ()),
+    ("5.1", "05_steering_caa", "caa_vector", "utils.steering:check_caa_vector", ("model", "tokenizer")),
+    ("5.2", "05_steering_caa", "add_steering", "utils.steering:check_add_steering", ()),
+    ("5.3", "05_steering_caa", "project_out", "utils.directions:check_project_out", ()),
+    ("6.1", "06_sparse_autoencoders", "sae_forward", "utils.sae:check_sae_forward", ()),
+    ("6.2", "06_sparse_autoencoders", "sae_loss", "utils.sae:check_sae_loss", ()),
+    ("6.3", "06_sparse_autoencoders", "explained_variance", "utils.sae:check_explained_variance", ()),
+    ("7.1", "07_circuits", "normalised_metric", "utils.patching:check_normalised_metric", ()),
+    ("7.2", "07_circuits", "replace_head", "utils.patching:check_replace_head", ()),
+    ("7.3", "07_circuits", "attribution", "utils.patching:check_attribution", ()),
+)
