@@ -139,6 +139,8 @@ def test_an_in_place_edit_of_any_tensor_argument_is_named_and_never_reaches_the_
                    r"changed its argument 'weights' in place.*x = x\.clone\(\)")
     assert_rejects(check_function(lambda x, w: second_argument_edited(x, w[0]), reference, edited[1:],
                                   exercise="0.2", hint=HINT), r"argument 'weights\[0\]' in place")
+    assert_rejects(check_function(lambda x, w: w.append(x) or x * 2, reference, edited[1:], exercise="0.2", hint=HINT),
+                   r"changed its argument 'weights' in place \(it added or removed items\)")
 
 
 def test_a_module_argument_must_keep_its_weights_hooks_and_mode():

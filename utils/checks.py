@@ -544,11 +544,15 @@ def _what_changed(before: tuple, after: tuple) -> str | None:
             return ("left a hook on its argument '{name}': remove every hook it adds, also when the forward pass "
                     "raises (try/finally, or a context manager)")
         return "changed the training mode of its argument '{name}' (model.train() / model.eval()): restore it"
+    resized = ("changed its argument '{name}' in place (it added or removed items): build a new list or dict "
+               "instead")
+    if len(before[1]) != len(after[1]):
+        return resized
     if before[0] == "sequence":
         return next(change.replace("'{name}'", "'{name}[%d]'" % i) for i, (b, a) in enumerate(zip(before[1], after[1]))
                     if (change := _what_changed(b, a)))
-    return next(change.replace("'{name}'", "'{name}[%r]'" % key) for (key, b), (_, a) in zip(before[1], after[1])
-                if (change := _what_changed(b, a)))
+    return next((change.replace("'{name}'", "'{name}[%r]'" % key) for (key, b), (_, a) in zip(before[1], after[1])
+                 if (change := _what_changed(b, a))), resized)
 
 
 def _call_reference(fn: Callable[..., Any], case: Case, seed: int | None, label: str) -> Any:
