@@ -237,7 +237,8 @@ def test_cache_to_shards_checker(course, windows):
         return reference(model, windows, layer, directory, shard_rows=10**9, batch_size=batch_size)
 
     def keeps_bos(model, windows, layer, directory, shard_rows=1024, batch_size=8):
-        directory.mkdir(parents=True)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         acts = activation_store.block_output(model, windows, layer, model.config.bos_token_id)
         rows = acts.reshape(-1, acts.shape[-1])
         for i, shard in enumerate(rows.split(shard_rows)):
@@ -246,15 +247,45 @@ def test_cache_to_shards_checker(course, windows):
 
     def drops_last_shard(model, windows, layer, directory, shard_rows=1024, batch_size=8):
         written = reference(model, windows, layer, directory, shard_rows, batch_size)
-        last = sorted(directory.glob("shard_*.safetensors"))[-1]
+        last = sorted(Path(directory).glob("shard_*.safetensors"))[-1]
         last.unlink()
         return written
 
     def wrong_layer(model, windows, layer, directory, shard_rows=1024, batch_size=8):
         return reference(model, windows, max(layer - 1, 0) if layer else 1, directory, shard_rows, batch_size)
 
+    def unpadded_names(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+        written = reference(model, windows, layer, directory, shard_rows, batch_size)
+        for path in Path(directory).glob("shard_*.safetensors"):
+            path.rename(path.with_name(f"shard_{int(path.stem[len('shard_'):])}.safetensors"))
+        return written
+
+    def a_shard_per_batch(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+        return reference(model, windows, layer, directory, shard_rows=1, batch_size=batch_size)
+
+    def all_windows_at_once(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+        return reference(model, windows, layer, directory, shard_rows, batch_size=len(windows))
+
+    def needs_a_path(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+        return reference(model, windows, layer, directory / ".", shard_rows, batch_size)
+
+    def makes_only_the_last_folder(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+        Path(directory).mkdir()
+        return reference(model, windows, layer, directory, shard_rows, batch_size)
+
     assert_accepts(activation_store.check_cache_to_shards(reference, model, windows))
-    assert_rejects(activation_store.check_cache_to_shards(one_shard, model, windows), "more than shard_rows=100")
+    assert_rejects(activation_store.check_cache_to_shards(one_shard, model, windows),
+                   r"shard_00000.safetensors holds \d+ rows, expected 100: every shard but the last holds exactly")
+    assert_rejects(activation_store.check_cache_to_shards(unpadded_names, model, windows),
+                   r"holds \d+ files: shard_0.safetensors, .*\(shard_0.safetensors where shard_00000.safetensors was")
+    assert_rejects(activation_store.check_cache_to_shards(a_shard_per_batch, model, windows),
+                   r"shard_00000.safetensors holds 1 row, expected 100")
+    assert_rejects(activation_store.check_cache_to_shards(all_windows_at_once, model, windows),
+                   r"ran the model on 8 windows at once, with batch_size=3")
+    assert_rejects(activation_store.check_cache_to_shards(needs_a_path, model, windows),
+                   r"directory a str .*raised TypeError")
+    assert_rejects(activation_store.check_cache_to_shards(makes_only_the_last_folder, model, windows),
+                   r"folders do not exist yet': your function raised FileNotFoundError")
     assert_rejects(activation_store.check_cache_to_shards(keeps_bos, model, windows), "not BOS")
     assert_rejects(activation_store.check_cache_to_shards(drops_last_shard, model, windows), "rows in all")
     assert_rejects(activation_store.check_cache_to_shards(wrong_layer, model, windows), "the rows, in shard order")

@@ -15,6 +15,9 @@ from utils.checks import (
     CHECK_LOG_ENV,
     Case,
     CheckResult,
+    HasCase,
+    RaisingCase,
+    Varies,
     assert_accepts,
     assert_rejects,
     check_function,
@@ -141,6 +144,10 @@ def test_an_in_place_edit_of_any_tensor_argument_is_named_and_never_reaches_the_
                                   exercise="0.2", hint=HINT), r"argument 'weights\[0\]' in place")
     assert_rejects(check_function(lambda x, w: w.append(x) or x * 2, reference, edited[1:], exercise="0.2", hint=HINT),
                    r"changed its argument 'weights' in place \(it added or removed items\)")
+    advice = {"weights": "the weights belong to the model: copy them first"}
+    assert_rejects(check_function(second_argument_edited, reference, edited[:1], exercise="0.2", hint=HINT,
+                                  in_place_advice=advice),
+                   r"changed its argument 'weights' in place: the weights belong to the model: copy them first\. Hint")
 
 
 def test_a_module_argument_must_keep_its_weights_hooks_and_mode():
@@ -323,3 +330,44 @@ def test_a_numpy_array_or_a_tensor_elsewhere_is_named_not_compared():
     assert_rejects(check_softmax(lambda x, dim=-1: torch.softmax(x, dim=dim).numpy()),
                    r"expected a torch tensor of shape \(1, 7\), got a numpy array.*torch.from_numpy")
     assert compare(torch.zeros(2, device="meta"), torch.zeros(2)).startswith("expected a tensor on cpu, got one on meta")
+
+
+def scale(x, factor=2.0):
+    return x * factor
+
+
+def test_declared_properties_of_the_cases_are_verified_on_the_reference():
+    cases = [Case("a batch of 3", torch.ones(3, 2), factor=3.0)]
+    ignores_factor = Varies("factor", lambda factor: 2.0, "ignores factor")
+    assert_accepts(check_function(scale, scale, cases, exercise="0.4", hint=HINT,
+                                  properties=[ignores_factor, HasCase("a batch of 3", lambda c: len(c.args[0]) == 3)]))
+    with pytest.raises(RuntimeError, match=r"Exercise 0\.4 lack a property it declares: some case is a batch of 1\."):
+        check_function(scale, scale, cases, exercise="0.4", hint=HINT,
+                       properties=[HasCase("a batch of 1", lambda c: len(c.args[0]) == 1)])
+    with pytest.raises(RuntimeError, match=r"an answer that ignores factor gives another answer on some case"):
+        check_function(scale, scale, [Case("the default factor", torch.ones(3, 2))], exercise="0.5", hint=HINT,
+                       properties=[ignores_factor])
+
+
+def test_a_raising_case_needs_an_exception_and_unchanged_arguments():
+    def reference(model, x):
+        handle = model.register_forward_hook(lambda *args: None)
+        try:
+            return model(x)
+        finally:
+            handle.remove()
+
+    def no_finally(model, x):
+        handle = model.register_forward_hook(lambda *args: None)
+        output = model(x)
+        handle.remove()
+        return output
+
+    model = torch.nn.Linear(2, 2)
+    cases = [Case("a batch of 2", model, torch.ones(2, 2)), RaisingCase("a wrong width", model, torch.ones(2, 3))]
+    assert_accepts(check_function(reference, reference, cases, exercise="0.6", hint=HINT))
+    assert_rejects(check_function(no_finally, reference, cases, exercise="0.6", hint=HINT),
+                   r"input 'a wrong width': when it raised RuntimeError.*left a hook on its argument 'model'")
+    assert not model._forward_hooks, "the checker removes the hook the learner left"
+    assert_rejects(check_function(lambda model, x: x, reference, cases[1:], exercise="0.6", hint=HINT),
+                   r"input 'a wrong width': your function returned a tensor.*but on this input it must raise")

@@ -272,8 +272,15 @@ def off_by_one(model, input_ids, layer):
     return _hooked(model, input_ids, max(layer - 1, 0) if layer else 1, take="output")
 
 
+def removes_without_finally(model, input_ids, layer):
+    output = _hooked(model, input_ids, layer, take="output")  # right, until a forward pass raises
+    return output[0] if isinstance(output, tuple) else output
+
+
 @pytest.mark.parametrize("wrong, match", [
-    (forgets_to_remove, r"left a hook registered on transformer.h.0 .*handle.remove\(\)"),
+    (forgets_to_remove, r"left a hook on its argument 'model': remove every hook it adds, also when the forward"),
+    (removes_without_finally, r"input 'a token id past the vocabulary.*when it raised \w*Error.*left a hook on its "
+                              r"argument 'model'"),
     (captures_the_input, "input 'your model, layer 0, batch of 2': .*differ"),
     (returns_a_tuple, "input 'your model, layer 0, batch of 2': expected a tensor.*got a tuple"),
     (off_by_one, "input 'your model, layer 0, batch of 2': .*differ"),

@@ -155,6 +155,6 @@ def test_replace_head_checker():
     def whole_layer(z, clean_z, head):
         return clean_z.clone()
 
-    assert_rejects(check_replace_head(in_place), "in place")
+    assert_rejects(check_replace_head(in_place), "changed its argument 'z' in place: the corrupted z is the hook's input")
     assert_rejects(check_replace_head(wrong_dimension), "head 1")
     assert_rejects(check_replace_head(whole_layer), "head 1")

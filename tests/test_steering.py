@@ -303,7 +303,7 @@ def test_add_steering_checker():
         return steered
 
     assert_rejects(check_add_steering(everywhere), "a prompt pass")
-    assert_rejects(check_add_steering(in_place), "in place")
+    assert_rejects(check_add_steering(in_place), "changed its argument 'residual' in place: the hook's input is the model's own")
     assert_rejects(check_add_steering(first_position), "a prompt pass")
 
 

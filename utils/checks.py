@@ -30,6 +30,10 @@ Rules that every checker gets for free:
   running a lab top to bottom stops at the first unfinished exercise. Any other exception becomes
   a ❌ line naming the exception (no traceback).
 - Messages show the first difference only, never the whole reference output.
+- A checker may declare ``properties`` its cases must have (:class:`Varies`: an argument changes
+  the answer on some case; :class:`HasCase`: some case is of a kind), so that an answer that
+  ignores ``k`` or normalises a weight it was given cannot pass. They are verified on the
+  reference before the learner's function runs; a case list without them is a bug in the course.
 - If the environment variable ``COURSE_CHECK_LOG`` names a file, each result is appended to it as a
   JSON line ``{"exercise": "1.1", "passed": true, "message": "..."}`` (``python -m utils.grade``
   reads it).
@@ -59,13 +63,19 @@ import torch
 __all__ = [
     "CHECK_LOG_ENV",
     "Case",
+    "CaseProperty",
     "CheckResult",
+    "CheckTimeout",
+    "HasCase",
+    "RaisingCase",
+    "Varies",
     "assert_accepts",
     "assert_rejects",
     "check_function",
     "check_value",
     "compare",
     "report",
+    "time_limited",
 ]
 
 #: Environment variable naming a file that receives one JSON line per check (used for grading).
@@ -103,7 +113,56 @@ class Case:
         self.kwargs = kwargs
 
     def __repr__(self) -> str:
-        return f"Case({self.name!r}, {len(self.args)} args, kwargs={sorted(self.kwargs)})"
+        return f"{type(self).__name__}({self.name!r}, {len(self.args)} args, kwargs={sorted(self.kwargs)})"
+
+
+class RaisingCase(Case):
+    """An input on which the function must raise (any exception: the reference does too), and must
+    still leave its arguments as they were: for example a forward pass that fails while a hook is
+    registered (the hook must go all the same, in a ``finally`` block)."""
+
+
+@dataclass(frozen=True)
+class Varies:
+    """A property of a checker's cases: on at least one case, the reference's answer changes when the
+    argument ``name`` is replaced by ``change(value)``, so that an answer which makes that mistake
+    cannot pass. ``mistake`` says which ("ignores k", "normalises the decoder's rows")."""
+
+    name: str
+    change: Callable[[Any], Any]
+    mistake: str
+
+    def holds(self, reference_fn: Callable[..., Any], cases: list[Case], seed: int | None) -> bool:
+        for case in cases:
+            arguments = _bound_arguments(reference_fn, case)
+            if self.name not in arguments:
+                continue
+            changed = {**arguments, self.name: self.change(_fresh_copy(arguments[self.name]))}
+            expected = _run(reference_fn, (), _fresh_copy(arguments), seed)
+            if compare(_run(reference_fn, (), changed, seed), expected) is not None:
+                return True
+        return False
+
+    def __str__(self) -> str:
+        return f"an answer that {self.mistake} gives another answer on some case (argument '{self.name}')"
+
+
+@dataclass(frozen=True)
+class HasCase:
+    """A property of a checker's cases: at least one case is ``kind`` (``test(case)`` is true),
+    for example "a batch of 1" or "a row with more than k positive pre-activations"."""
+
+    kind: str
+    test: Callable[[Case], bool]
+
+    def holds(self, reference_fn: Callable[..., Any], cases: list[Case], seed: int | None) -> bool:
+        return any(self.test(case) for case in cases)
+
+    def __str__(self) -> str:
+        return f"some case is {self.kind}"
+
+
+CaseProperty = Varies | HasCase
 
 
 @dataclass(frozen=True)
@@ -164,7 +223,9 @@ def check_function(
     rtol: float = 1e-4,
     seed: int | None = 0,
     mutable: Iterable[str] = (),
-    time_limit: float = TIME_LIMIT_SECONDS,
+    in_place_advice: Mapping[str, str] | None = None,
+    properties: Iterable[CaseProperty] = (),
+    time_limit: float | None = None,
 ) -> CheckResult:
     """Run ``learner_fn`` and ``reference_fn`` on every case and compare their outputs.
 
@@ -180,14 +241,21 @@ def check_function(
             the caller's random state is restored afterwards.
         mutable: the names (in ``reference_fn``'s signature) of the arguments the function may
             change in place; a change to any other tensor or module argument fails the check.
-        time_limit: seconds the learner's function may take on one case (0: no limit); past it the
-            check fails with one line (on Unix, in the main thread, where Jupyter runs cells).
+        in_place_advice: for a tensor argument (by name), why changing it in place is a bug here and
+            what to do instead, said in place of the general advice ("the hook's input is the
+            model's own tensor: clone it first").
+        properties: what the cases must be like (:class:`Varies`, :class:`HasCase`), verified on the
+            reference once per process and exercise before the learner's function runs.
+        time_limit: seconds the learner's function may take on one case (0: no limit; ``None``:
+            :data:`TIME_LIMIT_SECONDS`, read at call time); past it the check fails with one line
+            (on Unix, in the main thread, where Jupyter runs cells).
 
     Returns:
         The :class:`CheckResult`; its line has been printed.
 
     Raises:
         NotImplementedError: raised by ``learner_fn`` (an unfinished exercise) is passed on.
+        RuntimeError: the cases lack one of the ``properties`` (a bug in the course's checker).
     """
     label = _label(exercise, learner_fn)
     cases = list(cases)
@@ -198,21 +266,10 @@ def check_function(
     if not callable(learner_fn):
         return _finish(label, False, f"expected a function, got {_describe_type(learner_fn)}: pass the "
                                      "function itself (check(my_function)), not the result of calling it", hint)
-    mutable = set(mutable)
+    _verify_properties(reference_fn, cases, tuple(properties), exercise_id(exercise), seed)
+    watch = _Watch(set(mutable), in_place_advice or {}, TIME_LIMIT_SECONDS if time_limit is None else time_limit, seed)
     for case in cases:
-        try:
-            actual, changed = _call_watched(learner_fn, case, seed, _argument_names(reference_fn, case), mutable,
-                                            time_limit)
-        except NotImplementedError:
-            raise
-        except CheckTimeout as error:
-            return _finish(label, False, f"input '{case.name}': your function {error}", hint)
-        except Exception as error:  # the learner's bug: report it, no traceback
-            return _finish(label, False, f"input '{case.name}': your function raised {_describe_error(error)}", hint)
-        if changed:
-            return _finish(label, False, f"input '{case.name}': your function {changed}", hint)
-        expected = _call_reference(reference_fn, case, seed, label)
-        problem = compare(actual, expected, atol=atol, rtol=rtol)
+        problem = _case_problem(learner_fn, reference_fn, case, watch, label, atol, rtol)
         if problem is not None:
             return _finish(label, False, f"input '{case.name}': {problem}", hint)
     count = len(cases)
@@ -240,23 +297,6 @@ def check_value(
     if problem is not None:
         return _finish(label, False, problem, hint)
     return _finish(label, True, "correct")
-
-
-def not_in_place(learner_fn: Callable[..., Any], message: str) -> Callable[..., Any]:
-    """``learner_fn``, which also raises ``RuntimeError(message)`` when it changed its first argument (a tensor).
-
-    For exercises whose input is the model's own activation (a hook's argument): editing it in place
-    changes it for every later reader, a bug no output comparison shows.
-    """
-    def call(first: Any, *args: Any, **kwargs: Any) -> Any:
-        before = first.clone()
-        result = learner_fn(first, *args, **kwargs)
-        if not torch.equal(before, first):
-            raise RuntimeError(message)
-        return result
-
-    call.__name__ = getattr(learner_fn, "__name__", "learner_fn")
-    return call
 
 
 def report(exercise: str, passed: bool, message: str, *, hint: str = "",
@@ -458,26 +498,88 @@ def _log(result: CheckResult) -> None:
         handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _call(fn: Callable[..., Any], case: Case, seed: int | None) -> Any:
-    args, kwargs = _fresh_copy(case.args), _fresh_copy(case.kwargs)
-    with _seeded(seed):
+_VERIFIED: set[tuple[str, Callable[..., Any], str]] = set()   # (exercise, reference, property) verified
+
+
+def _verify_properties(reference_fn: Callable[..., Any], cases: list[Case], properties: tuple[CaseProperty, ...],
+                       exercise: str, seed: int | None) -> None:
+    """Raise RuntimeError naming the first of ``properties`` that the cases lack (each verified once)."""
+    for prop in properties:
+        key = (exercise, reference_fn, str(prop))
+        if key in _VERIFIED:
+            continue
+        if not prop.holds(reference_fn, cases, seed):
+            raise RuntimeError(f"the cases of the checker of Exercise {exercise} lack a property it declares: "
+                               f"{prop}. This is a bug in the course, please report it")
+        _VERIFIED.add(key)
+
+
+def _bound_arguments(fn: Callable[..., Any], case: Case) -> dict[str, Any]:
+    """The case's arguments by the names of ``fn``'s parameters."""
+    bound = inspect.signature(fn).bind(*case.args, **case.kwargs)
+    return dict(bound.arguments)
+
+
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, seed: int | None, time_limit: float = 0) -> Any:
+    with _seeded(seed), time_limited(time_limit):
         return fn(*args, **kwargs)
 
 
-def _call_watched(fn: Callable[..., Any], case: Case, seed: int | None, names: list[str],
-                  mutable: set[str], time_limit: float) -> tuple[Any, str | None]:
-    """``fn``'s output on fresh copies of the case's arguments, and what it changed in place
-    (``"changed its argument 'logits' in place: ..."``) or ``None``."""
+@dataclass(frozen=True)
+class _Watch:
+    """How the learner's function is run: the arguments it may change, the advice for those it must
+    not, its time limit and seed."""
+
+    mutable: set[str]
+    advice: Mapping[str, str]
+    time_limit: float
+    seed: int | None
+
+
+def _case_problem(learner_fn: Callable[..., Any], reference_fn: Callable[..., Any], case: Case, watch: _Watch,
+                  label: str, atol: float, rtol: float) -> str | None:
+    """What is wrong with the learner's function on one case (``"your function raised ..."``), or None."""
+    try:
+        actual, error, changed = _call_watched(learner_fn, case, _argument_names(reference_fn, case), watch)
+    except CheckTimeout as timeout:
+        return f"your function {timeout}"
+    if isinstance(case, RaisingCase):
+        if changed:
+            return f"when it raised {_describe_error(error)}, your function {changed}" if error else f"your function {changed}"
+        return None if error else f"your function returned {_describe_type(actual)}, but on this input it must raise"
+    if error is not None:  # the learner's bug: report it, no traceback
+        return f"your function raised {_describe_error(error)}"
+    if changed:
+        return f"your function {changed}"
+    return compare(actual, _call_reference(reference_fn, case, watch.seed, label), atol=atol, rtol=rtol)
+
+
+def _call_watched(fn: Callable[..., Any], case: Case, names: list[str], watch: _Watch
+                  ) -> tuple[Any, Exception | None, str | None]:
+    """``fn``'s output (or its exception) on fresh copies of the case's arguments, and what it
+    changed in place (``"changed its argument 'logits' in place: ..."``, with ``watch.advice[name]``
+    as the reason when given) or ``None``. Hooks it left on a module argument are removed and the
+    module's mode restored, so that a later case, and the learner's notebook, see the module as it was."""
     args, kwargs = _fresh_copy(case.args), _fresh_copy(case.kwargs)
-    watched = [(name, value) for name, value in [*zip(names, args), *kwargs.items()] if name not in mutable]
+    watched = [(name, value) for name, value in [*zip(names, args), *kwargs.items()] if name not in watch.mutable]
     before = [_state(value) for _, value in watched]
-    with _seeded(seed), _time_limit(time_limit):
-        output = fn(*args, **kwargs)
-    for (name, value), state in zip(watched, before):
-        change = _what_changed(state, _state(value))
+    output, error = None, None
+    try:
+        output = _run(fn, args, kwargs, watch.seed, watch.time_limit)
+    except (NotImplementedError, CheckTimeout):
+        raise
+    except Exception as raised:
+        error = raised
+    finally:
+        changes = [(name, value, _what_changed(state, _state(value))) for (name, value), state in zip(watched, before)]
+        for (_, value), state in zip(watched, before):
+            _restore_module(value, state)
+    for name, value, change in changes:
+        if change and name in watch.advice and isinstance(value, torch.Tensor):
+            return output, error, f"changed its argument '{name}' in place: {watch.advice[name]}"
         if change:
-            return output, change.format(name=name)
-    return output, None
+            return output, error, change.format(name=name)
+    return output, error, None
 
 
 class CheckTimeout(BaseException):
@@ -486,7 +588,7 @@ class CheckTimeout(BaseException):
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
+def time_limited(seconds: float) -> Iterator[None]:
     """Raise :class:`CheckTimeout` in the block after ``seconds`` (main thread on Unix; elsewhere no limit)."""
     if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
         yield
@@ -521,13 +623,40 @@ def _state(value: Any) -> tuple:
         return ("tensor", value._version)
     if isinstance(value, torch.nn.Module):
         versions = tuple(t._version for t in (*value.parameters(), *value.buffers()))
-        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in value.modules())
-        return ("module", versions, hooks, value.training)
+        return ("module", versions, _hooks(value), value.training)
     if isinstance(value, (list, tuple)):
         return ("sequence", tuple(_state(item) for item in value))
     if isinstance(value, dict):
         return ("mapping", tuple((key, _state(item)) for key, item in value.items()))
     return ("other",)
+
+
+def _hook_registries(module: torch.nn.Module) -> Iterator[dict]:
+    for submodule in module.modules():
+        yield from (submodule._forward_hooks, submodule._forward_pre_hooks, submodule._backward_hooks)
+
+
+def _is_transformers_own(hook: Callable[..., Any]) -> bool:
+    """Whether ``hook`` belongs to ``transformers``: version 5 installs hooks of its own, for good, the first
+    time a model is asked for ``output_hidden_states`` or ``output_attentions``."""
+    return getattr(hook, "__module__", "").startswith("transformers.")
+
+
+def _hooks(module: torch.nn.Module) -> frozenset[tuple[int, int]]:
+    """``(registry id, key)`` of every hook on ``module`` and its submodules but transformers' own."""
+    return frozenset((id(registry), key) for registry in _hook_registries(module)
+                     for key, hook in registry.items() if not _is_transformers_own(hook))
+
+
+def _restore_module(value: Any, before: tuple) -> None:
+    """Remove the hooks added to a module argument since ``before`` (its :func:`_state`) and restore its mode."""
+    if before[0] != "module":
+        return
+    for registry in _hook_registries(value):
+        for key in [key for key in registry if (id(registry), key) not in before[2] and not _is_transformers_own(registry[key])]:
+            del registry[key]
+    if value.training != before[3]:
+        value.train(before[3])
 
 
 def _what_changed(before: tuple, after: tuple) -> str | None:
@@ -557,7 +686,7 @@ def _what_changed(before: tuple, after: tuple) -> str | None:
 
 def _call_reference(fn: Callable[..., Any], case: Case, seed: int | None, label: str) -> Any:
     try:
-        return _call(fn, case, seed)
+        return _run(fn, _fresh_copy(case.args), _fresh_copy(case.kwargs), seed)
     except Exception as error:
         raise RuntimeError(
             f"the reference solution of Exercise {label} failed on input '{case.name}' "

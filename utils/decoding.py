@@ -567,11 +567,13 @@ def check_top_p_filter(learner_fn: Callable) -> CheckResult:
 
 
 def check_min_p_filter(learner_fn: Callable) -> CheckResult:
-    """Exercise 1.3 on a peaked row, a flat row and random batches."""
+    """Exercise 1.3 on a peaked row, a flat row, random batches and tokens exactly at the threshold."""
     cases = [Case("batch of 4, min_p=0.1", _random_logits(4, 50, seed=6), 0.1),
              Case("peaked row [8, 1, 0.5, 0, -1], min_p=0.01", torch.tensor([[8.0, 1.0, 0.5, 0.0, -1.0]]), 0.01),
              Case("flat row [1, 0.9, 0.8, 0.7], min_p=0.5", torch.tensor([[1.0, 0.9, 0.8, 0.7]]), 0.5),
-             Case("min_p=0 keeps every token", _random_logits(2, 20, seed=7), 0.0)]
+             Case("min_p=0 keeps every token", _random_logits(2, 20, seed=7), 0.0),
+             Case("three equal tokens and a less likely one, min_p=1: the equal ones stay",
+                  torch.tensor([[0.0, 0.0, 0.0, -1.0]]), 1.0)]
     return check_function(
         learner_fn, min_p_filter, cases, exercise="1.3 (min_p_filter)",
         hint="compare probabilities, not logits: a token stays when softmax(logits) >= min_p times the largest "

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from utils import architecture
-from utils.checks import Case, CheckResult, check_function
+from utils.checks import Case, CheckResult, RaisingCase, check_function
 from utils.models import tiny_random_model
 
 if TYPE_CHECKING:
@@ -502,39 +502,6 @@ def capture_residual_stream(model: PreTrainedModel, input_ids: Int[Tensor, "batc
     return captured[0]
 
 
-def _is_transformers_own(hook: Callable) -> bool:
-    """Whether ``hook`` belongs to ``transformers``: version 5 installs hooks of its own, for good, the first
-    time a model is asked for ``output_hidden_states`` or ``output_attentions``."""
-    return getattr(hook, "__module__", "").startswith("transformers.")
-
-
-def _new_hooks(model: PreTrainedModel, before: Mapping[int, set[int]]) -> Iterator[tuple[str, dict, int]]:
-    """``(module name, registry, key)`` of each hook registered since ``before`` (transformers' own excepted)."""
-    for name, module in model.named_modules():
-        for registry in (module._forward_hooks, module._forward_pre_hooks):
-            for key in set(registry) - before.get(id(registry), set()):
-                if not _is_transformers_own(registry[key]):
-                    yield name or "the model", registry, key
-
-
-def _removing_left_hooks(learner_fn: Callable) -> Callable:
-    """``learner_fn``, which also fails if it leaves a hook on the model (removing it, so later cases run clean)."""
-    def call(model: PreTrainedModel, input_ids: Tensor, layer: int) -> Any:
-        before = {id(registry): set(registry) for module in model.modules()
-                  for registry in (module._forward_hooks, module._forward_pre_hooks)}
-        try:
-            return learner_fn(model, input_ids, layer)
-        finally:
-            left = list(_new_hooks(model, before))
-            for _, registry, key in left:
-                del registry[key]
-            if left:
-                raise RuntimeError(f"your function left a hook registered on {left[0][0]} after it returned: keep the "
-                                   "handle that register_forward_hook returns and call handle.remove() in a finally block")
-    call.__name__ = getattr(learner_fn, "__name__", "capture_residual_stream")
-    return call
-
-
 def check_capture_residual_stream(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
     """Exercise 3.1 on ``model`` (first and last layer, batch 1 and 2) and tiny random Pythia and Llama models."""
     def case(name: str, checked_model: PreTrainedModel, layer: int, batch: int, pos: int) -> Case:
@@ -546,10 +513,12 @@ def check_capture_residual_stream(learner_fn: Callable, model: PreTrainedModel) 
     cases = [case("your model, layer 0, batch of 2", model, 0, 2, 6),
              case(f"your model, last layer ({last}), batch of 1", model, last, 1, 5),
              case("tiny random Pythia (GPT-NeoX), layer 1", tiny_random_model("gpt_neox"), 1, 2, 5),
-             case("tiny random Llama, layer 0", tiny_random_model("llama"), 0, 1, 4)]
+             case("tiny random Llama, layer 0", tiny_random_model("llama"), 0, 1, 4),
+             RaisingCase("a token id past the vocabulary: the forward pass raises, and the hook must go all the same",
+                         model, torch.tensor([[0, model.config.vocab_size]]), 0)]
     with torch.no_grad():
         return check_function(
-            _removing_left_hooks(learner_fn), capture_residual_stream, cases, exercise="3.1 (capture_residual_stream)",
+            learner_fn, capture_residual_stream, cases, exercise="3.1 (capture_residual_stream)",
             atol=1e-5, rtol=1e-4,
             hint="register_forward_hook on architecture.blocks(model)[layer] (not layer - 1 or + 1); in the hook "
                  "save `output` (the block's output, not its input; a tensor: take output[0] if it is a tuple); "

@@ -802,7 +802,7 @@ def _unit(*values: float) -> Tensor:
 
 
 def check_slerp(learner_fn: Callable) -> CheckResult:
-    """Exercise 2.4 on orthogonal, oblique, parallel and 2-D inputs, at several ``t``."""
+    """Exercise 2.4 on orthogonal, oblique, parallel, opposite and 2-D inputs, at several ``t``."""
     generator = torch.Generator().manual_seed(0)
     cos60, sin60 = 0.5, math.sqrt(3) / 2
     a_2d, b_2d = torch.randn(6, 4, generator=generator), 3 * torch.randn(6, 4, generator=generator)
@@ -815,6 +815,8 @@ def check_slerp(learner_fn: Callable) -> CheckResult:
         Case("t = 1 gives b", 2 * _unit(1.0, 2.0, -1.0), _unit(0.0, 1.0, 3.0), 1.0),
         Case("parallel vectors (norms 1 and 3): fall back to linear interpolation", _unit(1.0, 2.0, 2.0),
              3 * _unit(1.0, 2.0, 2.0), 0.4),
+        Case("opposite vectors (cos θ = -1, sin θ = 0): fall back to linear interpolation", _unit(1.0, 2.0, 2.0),
+             -2 * _unit(1.0, 2.0, 2.0), 0.3),
     ]
     return check_function(
         learner_fn, slerp, cases, exercise="2.4 (slerp)",

@@ -27,10 +27,16 @@ import contextlib
 import copy
 import inspect
 import io
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from utils import checks
+
+#: Seconds a mutant may run on one case of its checker: a mutated loop that never ends is a wrong answer.
+MUTANT_TIME_LIMIT_SECONDS = 10.0
 
 __all__ = ["Mutant", "mutants", "surviving"]
 
@@ -81,11 +87,16 @@ def mutants(function: Callable[..., Any], source: str | None = None) -> list[Mut
     return list(found.values())
 
 
-def surviving(checker: Callable[[Callable[..., Any]], Any], candidates: list[Mutant]) -> list[Mutant]:
-    """The mutants that ``checker`` (called with the mutant's function) accepts; checker output is silenced."""
+def surviving(checker: Callable[[Callable[..., Any]], Any], candidates: list[Mutant],
+              time_limit: float = MUTANT_TIME_LIMIT_SECONDS) -> list[Mutant]:
+    """The mutants that ``checker`` (called with the mutant's function) accepts; checker output is
+    silenced, and a mutant that hangs (a loop that no longer ends) is stopped after ``time_limit`` s.
+    Each runs in a scratch working directory, so that a mutant writing files where its reference
+    would not (a path dropped from ``directory / name``) leaves nothing behind."""
     accepted = []
     for mutant in candidates:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with (contextlib.redirect_stdout(io.StringIO()), _checks_time_limit(time_limit),
+              tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch)):
             try:
                 passed = bool(checker(mutant.function))
             except Exception:  # a mutant that breaks the checker itself is not accepted
@@ -93,6 +104,16 @@ def surviving(checker: Callable[[Callable[..., Any]], Any], candidates: list[Mut
         if passed:
             accepted.append(mutant)
     return accepted
+
+
+@contextlib.contextmanager
+def _checks_time_limit(seconds: float) -> Iterator[None]:
+    """Set the checkers' time limit per case (:data:`utils.checks.TIME_LIMIT_SECONDS`) in the block."""
+    previous, checks.TIME_LIMIT_SECONDS = checks.TIME_LIMIT_SECONDS, seconds
+    try:
+        yield
+    finally:
+        checks.TIME_LIMIT_SECONDS = previous
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
-from utils.checks import Case, CheckResult, check_function, not_in_place
+from utils.checks import Case, CheckResult, check_function
 from utils.hooks import capture, editing_head_outputs, hooks
 from utils.world import agreement, indirect_object
 from utils.world.vocabulary import AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS
@@ -465,10 +465,10 @@ def check_replace_head(learner_fn: Callable[[Tensor, Tensor, int], Tensor]) -> C
     generator = torch.Generator().manual_seed(1)
     cases = [Case(f"[2, 5, 4, 3] head outputs, head {head}", torch.randn(2, 5, 4, 3, generator=generator),
                   torch.randn(2, 5, 4, 3, generator=generator), head) for head in (1, 3)]
-    call = not_in_place(learner_fn, "your function changed the corrupted z in place: the hook's input belongs to "
-                                    "the model; clone it and patch the copy")
     return check_function(
-        call, replace_head, cases, exercise="7.2 (replace_head)", atol=0,
+        learner_fn, replace_head, cases, exercise="7.2 (replace_head)", atol=0,
+        in_place_advice={"z": "the corrupted z is the hook's input and belongs to the model; clone it and patch "
+                              "the copy"},
         hint="z is [n, pos, head, d_head]: the head is the third dimension; clone z first, then replace that "
              "head's slice of the copy with the same slice of clean_z, at every position")
 

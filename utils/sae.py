@@ -61,7 +61,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
 from utils.activation_store import ActivationStore
-from utils.checks import Case, CheckResult, check_function
+from utils.checks import Case, CheckResult, HasCase, Varies, check_function
 from utils.hooks import SITE_KINDS, TRANSFORMER_LENS_HOOKS, hooks, parse_site
 from utils.models import (
     COURSE_MODEL_DIR, COURSE_MODEL_NAME, file_sha256, load_model, load_tokenizer,
@@ -271,19 +271,34 @@ def _random_weights(d_in: int, d_sae: int, seed: int, unit_rows: bool = True) ->
             "W_dec": W_dec, "b_dec": torch.randn(d_in, generator=g)}
 
 
+def _relu_after_topk_matters(case: Case) -> bool:
+    """Whether a TopK case has a row whose ``k`` largest pre-activations include a negative one."""
+    x, W_enc, b_enc, _, b_dec = case.args
+    k = case.kwargs.get("k")
+    return k is not None and bool(((x - b_dec) @ W_enc + b_enc).topk(k, dim=-1).values.lt(0).any())
+
+
 def check_sae_forward(learner_fn: Callable[..., tuple[Tensor, Tensor]]) -> CheckResult:
     """Exercise 6.1: ``learner_fn(x, W_enc, b_enc, W_dec, b_dec, k=None)`` against sae-lens's SAE of the same weights."""
     cases = []
-    for name, d_in, d_sae, batch, k, seed in [("ReLU, d_in 8, d_sae 32", 8, 32, 5, None, 0),
-                                              ("ReLU, batch of 1", 16, 64, 1, None, 1),
-                                              ("TopK with k=3", 8, 32, 6, 3, 2)]:
-        w = _random_weights(d_in, d_sae, seed)
-        if k is not None:   # mostly negative pre-activations: some of the top k must be zeroed by the ReLU
-            w["b_enc"] = w["b_enc"] - 2.5
+    for name, d_in, d_sae, batch, k, seed, shift in [
+            ("ReLU, d_in 8, d_sae 32, decoder rows of any norm", 8, 32, 5, None, 0, 0.0),
+            ("ReLU, batch of 1", 16, 64, 1, None, 1, 0.0),
+            ("TopK with k=3, many pre-activations negative", 8, 32, 6, 3, 2, -3.0),
+            ("TopK with k=4, many pre-activations positive", 8, 32, 6, 4, 3, 0.0)]:
+        w = _random_weights(d_in, d_sae, seed, unit_rows=batch == 1)
+        w["b_enc"] = w["b_enc"] + shift   # negative: some of the top k must be zeroed by the ReLU
         x = torch.randn(batch, d_in, generator=torch.Generator().manual_seed(100 + seed)) + 2 * w["b_dec"]
         cases.append(Case(name, x, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], k=k))
     return check_function(
         learner_fn, _sae_lens_forward, cases, exercise="6.1 (sae_forward)", atol=1e-4,
+        properties=[Varies("k", lambda k: None, "ignores k"),
+                    Varies("W_dec", lambda w: F.normalize(w, dim=-1), "normalises the decoder's rows"),
+                    Varies("b_enc", torch.zeros_like, "forgets the encoder's bias"),
+                    Varies("b_dec", torch.zeros_like, "forgets the decoder's bias"),
+                    HasCase("a batch of 1", lambda case: case.args[0].shape[0] == 1),
+                    HasCase("a TopK row whose k largest pre-activations include a negative one",
+                            _relu_after_topk_matters)],
         hint="subtract b_dec before the encoder and add b_enc before the ReLU; with k, keep each row's k largest "
              "pre-activations (torch.topk), ReLU them and zero the rest; decode with W_dec and add b_dec back. "
              "Return (reconstruction, latents)")

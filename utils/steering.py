@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
-from utils.checks import Case, CheckResult, check_function, not_in_place
+from utils.checks import Case, CheckResult, check_function
 from utils.course_model.evaluate import encode_batch
 from utils.decoding import Decoding, generate_text
 from utils.hooks import EditFn, capture, hooks
@@ -248,10 +248,9 @@ def add_steering(residual: Float[Tensor, "batch pos d_model"], vector: Float[Ten
 
     Generation with a KV cache runs the prompt once (``pos > 1``), then one new position at a time
     (``pos == 1``). The prompt's last position predicts the first new token, so it is steered; the
-    earlier prompt positions are not. A new position is always steered. The input is not modified.
+    earlier prompt positions are not. A new position, the only one of its pass, is its last: it is
+    always steered. The input is not modified.
     """
-    if residual.shape[1] == 1:
-        return residual + alpha * vector
     steered = residual.clone()
     steered[:, -1] += alpha * vector
     return steered
@@ -473,9 +472,8 @@ def check_add_steering(learner_fn: Callable[[Tensor, Tensor, float], Tensor]) ->
     cases = [case("a prompt pass: batch 2, 7 positions, alpha 4", 2, 7, 4.0),
              case("a generation step: batch 2, 1 position, alpha 4", 2, 1, 4.0),
              case("a prompt pass with alpha -2.5", 1, 3, -2.5)]
-    call = not_in_place(learner_fn, "your function changed its input in place: the hook's input is the model's own "
-                                    "tensor; clone it first and return the copy")
     return check_function(
-        call, add_steering, cases, exercise="5.2 (add_steering)", atol=1e-5,
+        learner_fn, add_steering, cases, exercise="5.2 (add_steering)", atol=1e-5,
+        in_place_advice={"residual": "the hook's input is the model's own tensor; clone it first and return the copy"},
         hint="a prompt pass has pos > 1: add alpha * vector at the last position only (residual[:, -1]); a "
              "generation step has pos == 1: add it there; work on a copy of the residual, never in place")

@@ -696,7 +696,8 @@ def _state_after(fsm: CharFSM, text: str) -> int:
 def check_token_transitions(learner_fn: Callable, *, exercise: str = "1.8 (token_transitions)") -> CheckResult:
     """The lab's exercise: hand-made token lists on small automata, then the course tokenizer on the
     Record schema. The cases catch checking only a token's first character, allowing the empty
-    string or a ``'\\ufffd'`` token, and returning the state after the first character only.
+    string or a ``'\\ufffd'`` token, returning the state after the first character only, and
+    taking the start state (id 0) for a dead end.
 
     ``exercise`` is the label printed (the chapter notebook numbers its exercises)."""
     from utils.models import load_tokenizer
@@ -707,6 +708,8 @@ def check_token_transitions(learner_fn: Callable, *, exercise: str = "1.8 (token
     number_tokens = ["0", "7", "42", "01", "-", "-0", "-7", "4a", "10", "", "\ufffd"]
     json_string = CharFSM.from_regex(STRING_REGEX + ",")
     string_tokens = ["a", "ab", '"', '",', '" ,', '"x', "\ufffd", "", "é", " x"]
+    loop = CharFSM.from_regex("(ab)*")           # "ab" leads back to the start state, whose id is 0
+    loop_tokens = ["a", "b", "ab", "abab", "aba", "ba", "bab", "", "\ufffd"]
     record = CharFSM.from_regex(RECORD_PREFIX + regex_for_schema(Record))
     course_tokens = token_strings(load_tokenizer("course"))
     cases = [
@@ -717,6 +720,8 @@ def check_token_transitions(learner_fn: Callable, *, exercise: str = "1.8 (token
         Case("'(ab|ac)+' after 'ab' (a final state): the empty token must not be allowed",
              pairs, _state_after(pairs, "ab"), tokens),
         Case("an integer at the start: '01' has a leading zero", digits, digits.initial, number_tokens),
+        Case("'(ab)*' after 'a': 'b' and 'bab' lead back to the start state (state 0 is a state, not a failure)",
+             loop, _state_after(loop, "a"), loop_tokens),
         Case("inside a JSON string: '\\ufffd' (part of a multi-byte character) is never allowed",
              json_string, _state_after(json_string, '"ab'), string_tokens),
         Case("the Record schema after ' {\"name\": \"A', course tokenizer", record,

@@ -71,6 +71,8 @@ _V2_STORY_VERBS = tuple(verb for verb, kind in GIVING_VERBS.items() if kind == "
 V2_IOI_PARTS = replace(TRAINING_IOI_PARTS, made_up_words=invented_words(exclude=heldout_words() | set(_V2_WORDS)))
 #: The same, between made-up names, which the tokenizer splits into pieces.
 INVENTED_NAME_IOI_PARTS = replace(V2_IOI_PARTS, names=invented_names(exclude=heldout_words()))
+#: The A/B questions between two sentences of recipe "v2", with the same made-up words.
+V2_CHOICE_PARTS = replace(TRAINING_CHOICE_PARTS, made_up_words=V2_IOI_PARTS.made_up_words)
 
 
 def _v2_ioi_options(rng: random.Random) -> dict[str, object]:
@@ -93,9 +95,9 @@ RECIPES: dict[str, Recipe] = {
         "story": lambda rng: {"ioi_verbs": _V2_STORY_VERBS if rng.random() < 0.75 else STORY_IOI_VERBS,
                               "number_nouns": _V2_NUMBER_NOUNS},
         "sequence": lambda rng: {"pool": _V2_WORDS, "gap": True},
-        # half the A/B questions choose between two words: in the project's trials the letter
+        # a third of the A/B questions choose between two words: in the project's trials the letter
         # circuit formed on those first, and then served the questions between two sentences
-        "multiple_choice": lambda rng: {"parts": WORD_CHOICE_PARTS if rng.random() < 0.5 else TRAINING_CHOICE_PARTS},
+        "multiple_choice": lambda rng: {"parts": WORD_CHOICE_PARTS if rng.random() < 1 / 3 else V2_CHOICE_PARTS},
     }, token_repeats=0.06),
 }
 

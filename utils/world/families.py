@@ -203,7 +203,9 @@ class IOIParts:
     giving clauses of parts with ``adverbs`` put one before the verb ("{S} then gave"). With
     ``made_up_words``, the place, the object and the verb are each, a quarter of the time, a
     made-up word ("the dova", "{S} kelined the tarup to"): a word never seen before must not
-    break the sentence's reading.
+    break the sentence's reading. Openers may leave their ``{activity}`` (what A and B did at the
+    place, a made-up verb a quarter of the time) and ``{encounter}`` (what A did with B) open,
+    drawn from ``activities`` and ``encounters``.
     """
 
     openers: tuple[str, ...]
@@ -215,6 +217,8 @@ class IOIParts:
     topic_words: bool = True
     adverbs: tuple[str, ...] = ()
     made_up_words: tuple[str, ...] = ()
+    activities: tuple[str, ...] = ()
+    encounters: tuple[str, ...] = ()
 
 
 IOI_TEMPLATES: tuple[str, ...] = (
@@ -237,25 +241,34 @@ def compose(*slots: tuple[str, ...]) -> tuple[str, ...]:
     return tuple("".join(pieces) for pieces in product(*slots))
 
 
-#: What A and B did at a place, for the openers of composed indirect-object sentences.
+#: What A and B did at a place, the ``{activity}`` of a composed opener ("went to", "reached").
 _IOI_ACTIVITIES: tuple[str, ...] = (
     "went to", "were at", "arrived at", "got to", "left", "visited", "walked to", "reached",
     "spent the morning at", "spent the afternoon at", "had lunch at", "were working at", "came back from",
     "ran to", "sat down in", "were playing at", "met up at", "stopped by", "were sitting in", "hurried to",
-    "wandered into", "returned to",
+    "wandered into", "returned to", "moved into", "painted", "found", "were resting in", "climbed up to",
+    "were waiting in", "headed for", "set off for", "were reading in", "showed up at",
+)
+#: What A did with B, the ``{encounter}`` of an opener such as "{A} met {B} at the {place}.".
+_IOI_ENCOUNTERS: tuple[str, ...] = (
+    "met", "saw", "called", "helped", "found", "was talking with", "sat next to", "was walking with",
+    "played with", "had dinner with", "waved to", "spotted", "followed", "bumped into", "waited for",
+    "looked for", "chatted with", "worked with", "ran into", "was dancing with",
 )
 #: The openers of composed indirect-object sentences: a clause ("When A and B went to the park,"),
 #: a sentence ("On Monday, A and B reached the park.") or A with B ("A sat next to B at the park.").
+#: Their ``{activity}``, ``{encounter}`` and preposition are drawn when a sentence is composed.
 _IOI_OPENERS: tuple[str, ...] = (
-    compose(("When ", "While ", "After ", "As ", "Once ", "Just after ", "As soon as ", "Since ", "The moment "),
-            ("{A} and {B} ",), _IOI_ACTIVITIES, (" the {place},",))
-    + compose(("", "Yesterday ", "One day, ", "Later, ", "That morning, ", "On {day}, ", "Then, "),
-              ("{A} and {B} ",), _IOI_ACTIVITIES, (" the {place}.",))
-    + compose(("", "Yesterday ", "On {day}, ", "That evening, "),
-              ("{A} met {B}", "{A} saw {B}", "{A} called {B}", "{A} helped {B}", "{A} found {B}",
-               "{A} was talking with {B}", "{A} sat next to {B}", "{A} was walking with {B}",
-               "{A} played with {B}", "{A} had dinner with {B}"),
-              (" at the {place}.",))
+    compose(("When ", "While ", "After ", "As ", "Once ", "Just after ", "As soon as ", "Since ", "The moment ",
+             "Just as ", "Right after ", "By the time ", "Whenever ", "Every time ", "Soon after ", "Now that ",
+             "Although ", "Even though ", "If ", "Shortly after ", "Until "),
+            ("{A} and {B} {activity} the {place},", "{A} and {B} {activity} the {place} together,"))
+    + compose(("", "Yesterday ", "One day, ", "Later, ", "That morning, ", "On {day}, ", "Then, ", "Last week, ",
+               "At noon, ", "Early that day, ", "In the evening, ", "This time, ", "Once again, "),
+              ("{A} and {B} {activity} the {place}.", "{A} and {B} {activity} the {place} together."))
+    + compose(("", "Yesterday ", "On {day}, ", "That evening, ", "Later, ", "One morning, ", "Last week, "),
+              ("{A} {encounter} {B} ",), ("at", "in", "by", "near", "behind", "next to", "across from"),
+              (" the {place}.",))
 )
 
 #: The parts of the corpus recipe "v2"'s indirect-object sentences (:mod:`utils.world.heldout` has others).
@@ -263,11 +276,15 @@ TRAINING_IOI_PARTS = IOIParts(
     openers=_IOI_OPENERS,
     middles=("It was a {sentiment} day.", "They talked for a while.", "The {event} was {sentiment}.",
              "Everyone was busy.", "Time passed slowly.", "They both smiled.", "The sun was shining.",
-             "It started to rain.", "The {event} was about to start.", "It was late.", "The room was quiet.",
+             "It started to rain.", "The {event} was about to start.", "It was late.",
              "Some music was playing.", "They were in a hurry.", "Everything went well.",
-             "Their time there was {sentiment}."),
+             "Their time there was {sentiment}.")
+    + compose(("The room", "The street", "The air", "The sky", "The road", "The water", "The garden", "The hall"),
+              (" was quiet.", " was cold.", " felt warm.", " grew dark.", " was busy.", " looked clean.",
+               " was empty.", " smelled of rain.")),
     verbs=dict(GIVING_VERBS), objects=dict(GIVING_OBJECTS), places=MORE_PLACES, names=dict(ALL_NAMES),
     adverbs=("then ", "later ", "finally ", "quickly ", "soon "),
+    activities=_IOI_ACTIVITIES, encounters=_IOI_ENCOUNTERS,
 )
 
 
@@ -331,7 +348,10 @@ def _composed_ioi_template(rng: random.Random, parts: IOIParts, topic: Topic) ->
     opener_index = rng.randrange(len(parts.openers))
     made_up = lambda: rng.choice(parts.made_up_words) if parts.made_up_words and rng.random() < 0.25 else None  # noqa: E731
     place = made_up() or rng.choice(topic_places + parts.places)
-    opener = parts.openers[opener_index].format(A="{A}", B="{B}", place=place, day=rng.choice(DAYS))
+    activity = past_tense(made_up()) or (rng.choice(parts.activities) if parts.activities else None)
+    encounter = rng.choice(parts.encounters) if parts.encounters else None
+    opener = parts.openers[opener_index].format(A="{A}", B="{B}", place=place, day=rng.choice(DAYS),
+                                                activity=activity, encounter=encounter)
     # a sentence may stand between a full opening sentence and the giving clause, not after "When ...,"
     n_middles = 0 if opener.endswith(",") else rng.choice([0, 1, 1, 2])
     middles = [m.format(sentiment=rng.choice(SENTIMENT_WORDS[rng.choice(SENTIMENTS)]), event=rng.choice(words.events))
@@ -650,11 +670,14 @@ class ChoiceParts:
     ``questions`` have a ``{value}`` field (for topics, a phrase such as "a wedding"); ``options``
     are sentences whose fields are filled from the world's word lists: ``{sentiment}``,
     ``{emotion_adjective}``, ``{emotion_verb}`` from the option's value, ``{event}``, ``{object}``,
-    ``{place}`` from its topic, ``{name}`` a character.
+    ``{place}`` from its topic, ``{name}`` a character. With ``made_up_words``, each event, object
+    and place of a sentiment or emotion option is, a quarter of the time, a made-up word: only
+    the trait's own word answers the question (a topic option keeps its topic's words).
     """
 
     questions: dict[str, tuple[str, ...]]
     options: dict[str, tuple[str, ...]]
+    made_up_words: tuple[str, ...] = ()
 
 
 #: The one phrasing of each trait that chapter 5's contrastive pairs use.
@@ -668,50 +691,80 @@ CAA_CHOICE_PARTS = ChoiceParts(
 #: in a sentence of many shapes: only finding that word, not a frame, answers the question.
 _SENTIMENT_OPTIONS: tuple[str, ...] = (
     compose(("The {event}", "The {object}", "The trip to the {place}", "The day at the {place}", "{name}'s {event}",
-             "That {event}", "The whole {event}"),
+             "That {event}", "The whole {event}", "The {place}", "Everything", "The end of the {event}"),
             (" was {sentiment}", " was really {sentiment}", " turned out {sentiment}", " looked {sentiment}",
-             " sounded {sentiment}", " felt {sentiment}"),
-            (".", " to {name}.", " in the end.", " that day.", " for everyone."))
-    + ("It was a {sentiment} day at the {place}.", "{name} thought the {object} was {sentiment}.",
-       "Everyone said the {event} was {sentiment}.", "{name} called the {place} {sentiment}.",
-       "{name} called the {event} {sentiment}.", "Everyone found the {event} {sentiment}.",
-       "They found the {place} {sentiment}.")
+             " sounded {sentiment}", " felt {sentiment}", " seemed {sentiment}", " was quite {sentiment}"),
+            (".", " to {name}.", " in the end.", " that day.", " for everyone.", " again.", " this time."))
+    + compose(("", "Later, ", "In the end, ", "For {name}, ", "That day, "),
+              ("It was a {sentiment} {event}", "It was a {sentiment} day at the {place}",
+               "{name} thought the {object} was {sentiment}", "Everyone said the {event} was {sentiment}",
+               "{name} called the {place} {sentiment}", "{name} called the {event} {sentiment}",
+               "Everyone found the {event} {sentiment}", "They found the {place} {sentiment}",
+               "{name} had a {sentiment} time", "{name} found the {object} {sentiment}"),
+              (".",))
+)
+_EMOTION_PREFIXES: tuple[str, ...] = (
+    "", "Later, ", "At the {place}, ", "After the {event}, ", "That day, ", "In the morning, ", "Soon ", "Then ",
+    "At last, ", "That night, ", "All day, ", "By noon, ", "Once again, ",
 )
 _EMOTION_OPTIONS: tuple[str, ...] = (
-    compose(("", "Later, ", "At the {place}, ", "After the {event}, ", "That day, ", "In the morning, "),
+    compose(_EMOTION_PREFIXES,
             ("{name} felt {emotion_adjective}", "{name} was {emotion_adjective}", "{name} became {emotion_adjective}",
-             "{name} got {emotion_adjective}"),
-            (".", " about the {event}.", " at the {place}.", " again.", " about the {object}."))
-    + compose(("", "Later, ", "At the {place}, ", "After the {event}, ", "That day, ", "In the morning, "),
+             "{name} got {emotion_adjective}", "{name} looked {emotion_adjective}", "{name} seemed {emotion_adjective}",
+             "{name} sounded {emotion_adjective}", "{name} grew {emotion_adjective}", "{name} stayed {emotion_adjective}",
+             "{name} was very {emotion_adjective}", "{name} felt so {emotion_adjective}"),
+            (".", " about the {event}.", " at the {place}.", " again.", " about the {object}.", " all day.",
+             " for a while.", " that night.", " at the {event}."))
+    + compose(_EMOTION_PREFIXES,
               ("{name} {emotion_verb}",),
-              (".", " at the {object}.", " at the {place}.", " again.", " all the way home."))
+              (".", " at the {object}.", " at the {place}.", " again.", " all the way home.", " for a while.",
+               " at the {event}."))
 )
 _TOPIC_OPTIONS: tuple[str, ...] = (
-    compose(("", "Later, ", "That day, ", "In the morning, ", "After a while, "),
+    compose(("", "Later, ", "That day, ", "In the morning, ", "After a while, ", "Soon ", "At last, ", "That night, "),
             ("{name} looked at the {object}", "{name} found the {object}", "{name} bought the {object}",
              "{name} put away the {object}", "{name} went to the {place}", "{name} walked into the {place}",
              "{name} waited for the {event}", "{name} planned the {event}", "{name} thought about the {event}",
-             "{name} got ready for the {event}", "{name} cleaned the {object}", "{name} ran to the {place}"),
+             "{name} got ready for the {event}", "{name} cleaned the {object}", "{name} ran to the {place}",
+             "{name} asked for the {object}", "{name} dreamed of the {event}", "{name} stayed at the {place}",
+             "{name} wrote about the {event}"),
             (".",))
     + ("The {object} was in the {place}.", "Everyone went to the {event}.", "The {event} was at the {place}.",
-       "There was a {object} at the {place}.")
+       "There was a {object} at the {place}.", "The {event} took all day.", "Nobody forgot the {event}.")
 )
+
+
+def _questions(*cores: str) -> tuple[str, ...]:
+    """The A/B questions of a trait: each core question alone or after a sentence that sets it up."""
+    leads = ("", "Look at both sentences. ", "Read the two sentences. ", "Here are two options. ", "Think about it. ")
+    return compose(leads, cores)
+
+
 #: The phrasings of the corpus recipe "v2" (:mod:`utils.world.heldout` has others).
 TRAINING_CHOICE_PARTS = ChoiceParts(
     questions={
-        "sentiment": ("Which sentence is {value}?", "Which of these sentences is {value}?",
-                      "Which sentence sounds {value}?", "Pick the {value} sentence.", "Which option is {value}?",
-                      "Choose the {value} sentence.", "Which one is {value}?", "Select the {value} option.",
-                      "Which of the two is {value}?"),
-        "emotion": ("Which sentence shows {value}?", "Which sentence is about {value}?",
-                    "Which sentence expresses {value}?", "Pick the sentence that shows {value}.",
-                    "Which option shows {value}?", "Choose the sentence that shows {value}.",
-                    "Which one shows {value}?", "Select the option with {value}.", "Where is there {value}?"),
-        "topic": ("Which sentence is about {value}?", "Which sentence mentions {value}?",
-                  "Which sentence belongs to a story about {value}?", "Pick the sentence about {value}.",
-                  "Which option is about {value}?", "Choose the sentence about {value}.",
-                  "Which one is about {value}?", "Select the option about {value}.",
-                  "Which of the two mentions {value}?"),
+        "sentiment": _questions(
+            "Which sentence is {value}?", "Which of these sentences is {value}?", "Which sentence sounds {value}?",
+            "Pick the {value} sentence.", "Which option is {value}?", "Choose the {value} sentence.",
+            "Which one is {value}?", "Select the {value} option.", "Which of the two is {value}?",
+            "Which one seems {value}?", "Which line is {value}?", "Which of them is {value}?",
+            "Choose the {value} one.", "Name the {value} sentence.", "Which sentence is the {value} one?",
+            "Tell me which sentence is {value}."),
+        "emotion": _questions(
+            "Which sentence shows {value}?", "Which sentence is about {value}?", "Which sentence expresses {value}?",
+            "Pick the sentence that shows {value}.", "Which option shows {value}?",
+            "Choose the sentence that shows {value}.", "Which one shows {value}?", "Select the option with {value}.",
+            "Where is there {value}?", "Which sentence has {value} in it?", "Which line shows {value}?",
+            "Which of them expresses {value}?", "Pick the one with {value}.", "Which sentence describes {value}?",
+            "In which sentence is there {value}?", "Tell me which sentence shows {value}."),
+        "topic": _questions(
+            "Which sentence is about {value}?", "Which sentence mentions {value}?",
+            "Which sentence belongs to a story about {value}?", "Pick the sentence about {value}.",
+            "Which option is about {value}?", "Choose the sentence about {value}.", "Which one is about {value}?",
+            "Select the option about {value}.", "Which of the two mentions {value}?", "Which line is about {value}?",
+            "Which sentence has to do with {value}?", "Which of them is about {value}?", "Which one mentions {value}?",
+            "Which sentence describes {value}?", "Pick the one about {value}.",
+            "Tell me which sentence is about {value}."),
     },
     options={"sentiment": _SENTIMENT_OPTIONS, "emotion": _EMOTION_OPTIONS, "topic": _TOPIC_OPTIONS},
 )
@@ -725,15 +778,20 @@ WORD_CHOICE_PARTS = ChoiceParts(
 )
 
 
-def _option_sentence(rng: random.Random, template: str, trait: str, value: str, name: str, topic: Topic) -> str:
-    """Fill an option template, its fields drawn in order from the word lists of ``value`` (and ``topic``)."""
+def _option_sentence(rng: random.Random, template: str, trait: str, value: str, name: str, topic: Topic,
+                     made_up_words: tuple[str, ...] = ()) -> str:
+    """Fill an option template, its fields drawn in order from the word lists of ``value`` (and
+    ``topic``); outside topic questions an event, object or place is a made-up word a quarter of the time."""
     words = TOPIC_WORDS[value if trait == "topic" else topic]  # type: ignore[index]
     choices = {"sentiment": lambda: SENTIMENT_WORDS[value], "emotion_adjective": lambda: EMOTION_ADJECTIVES[value],
                "emotion_verb": lambda: EMOTION_VERBS[value], "event": lambda: words.events,
                "object": lambda: words.objects, "place": lambda: words.places}
+    replaceable = ("event", "object", "place") if made_up_words and trait != "topic" else ()
     values = {"name": name}
     for _, field, _, _ in string.Formatter().parse(template):
-        if field and field != "name":
+        if field in replaceable and rng.random() < 0.25:
+            values[field] = rng.choice(made_up_words)
+        elif field and field != "name":
             values[field] = rng.choice(choices[field]())  # type: ignore[index]
     return template.format(**values)
 
@@ -763,7 +821,8 @@ def multiple_choice(
     name, topic = rng.choice(sorted(NAMES)), rng.choice(TOPICS)
     phrasings = parts or CAA_CHOICE_PARTS
     option = rng.randrange(len(phrasings.options[trait])) if parts else 0
-    right, wrong = (_option_sentence(rng, phrasings.options[trait][option], trait, v, name, topic) for v in (value, other))
+    right, wrong = (_option_sentence(rng, phrasings.options[trait][option], trait, v, name, topic,
+                                     phrasings.made_up_words) for v in (value, other))
     first, second = (right, wrong) if correct_letter == "A" else (wrong, right)
     question = rng.randrange(len(phrasings.questions[trait])) if parts else 0
     asked = TOPIC_PHRASES[value] if trait == "topic" else value  # type: ignore[index]

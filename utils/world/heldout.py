@@ -44,6 +44,7 @@ HELDOUT_IOI_PARTS = IOIParts(
 HELDOUT_NAME_IOI_PARTS = IOIParts(
     openers=TRAINING_IOI_PARTS.openers, middles=TRAINING_IOI_PARTS.middles, verbs=TRAINING_IOI_PARTS.verbs,
     objects=TRAINING_IOI_PARTS.objects, places=TRAINING_IOI_PARTS.places, names=HELDOUT_NAMES,
+    activities=TRAINING_IOI_PARTS.activities, encounters=TRAINING_IOI_PARTS.encounters,
 )
 
 #: Nouns of no agreement sentence of the corpus that the model knows from elsewhere: the plural

@@ -212,6 +212,9 @@ MORE_AGREEMENT_NOUNS: tuple[tuple[str, str], ...] = (
     ("pilot", "pilots"), ("baker", "bakers"), ("window", "windows"), ("teacher", "teachers"), ("driver", "drivers"),
     ("bottle", "bottles"), ("basket", "baskets"), ("bridge", "bridges"), ("candle", "candles"), ("rabbit", "rabbits"),
     ("tiger", "tigers"), ("doctor", "doctors"), ("painter", "painters"), ("singer", "singers"), ("nurse", "nurses"),
+    # singulars that end in "s" and plurals without one: the number is the word's, not its last letter's
+    ("dress", "dresses"), ("class", "classes"), ("boss", "bosses"), ("princess", "princesses"), ("goose", "geese"),
+    ("person", "people"), ("shelf", "shelves"), ("calf", "calves"), ("wife", "wives"), ("ox", "oxen"),
 )
 MORE_AGREEMENT_PREPOSITIONS: tuple[str, ...] = ("on", "in", "over", "across from", "next to", "near to", "opposite")
 
