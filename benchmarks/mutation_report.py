@@ -1,6 +1,8 @@
 """Mutation testing of every exercise's checker: per exercise, the mutants of its reference solution
 (``utils.mutation``), how many the checker rejects, how many are listed as equivalent
-(``tests/mutation_equivalents.json``), the ones it lets through, and the seconds it took.
+(``tests/mutation_equivalents.json``), the ones it lets through, the hand-written wrong answers it
+rejects and correct answers in other styles it accepts (``tests/wrong_answers.py``), and the
+seconds it took; then the same per chapter.
 
     .venv/bin/python benchmarks/mutation_report.py              # every exercise
     .venv/bin/python benchmarks/mutation_report.py 0 1.4         # a chapter, or single exercises
@@ -13,9 +15,13 @@ non-equivalent mutant through.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import platform
+import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -23,7 +29,10 @@ import torch
 from utils.exercises import EXERCISES, Exercise, ExerciseContext, solution
 from utils.mutation import mutants, surviving
 
-EQUIVALENTS_FILE = Path(__file__).resolve().parent.parent / "tests" / "mutation_equivalents.json"
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+EQUIVALENTS_FILE = TESTS / "mutation_equivalents.json"
+sys.path.insert(0, str(TESTS))
+from wrong_answers import RIGHT, WRONG  # noqa: E402  (tests/ holds the hand-written answers)
 
 
 def selected(patterns: list[str]) -> list[Exercise]:
@@ -40,10 +49,35 @@ def report_row(exercise: Exercise, context: ExerciseContext, equivalents: dict[s
     candidates = mutants(reference, source)
     alive = [m.name for m in surviving(lambda fn: exercise.check(fn, context), candidates)]
     equivalent = [name for name in alive if name in equivalents]
+    with contextlib.redirect_stdout(io.StringIO()):
+        wrong_rejected = sum(not exercise.check(fn, context) for fn in WRONG.get(exercise.id, ()))
+        right_accepted = sum(bool(exercise.check(fn, context)) for fn in RIGHT.get(exercise.id, ()))
     return {"exercise": exercise.id, "function": exercise.function, "mutants": len(candidates),
             "killed": len(candidates) - len(alive), "equivalent": len(equivalent),
             "surviving": [name for name in alive if name not in equivalents],
+            "wrong": len(WRONG.get(exercise.id, ())), "wrong_rejected": wrong_rejected,
+            "right": len(RIGHT.get(exercise.id, ())), "right_accepted": right_accepted,
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+def kill_rate(rows: list[dict]) -> str:
+    """Killed mutants over the non-equivalent ones."""
+    non_equivalent = sum(r["mutants"] - r["equivalent"] for r in rows)
+    return f"{sum(r['killed'] for r in rows) / non_equivalent:.0%}" if non_equivalent else "100%"
+
+
+def print_chapters(rows: list[dict]) -> None:
+    """The per-chapter table: exercises, mutants, killed, equivalent, surviving, hand-written answers."""
+    chapters: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        chapters[row["exercise"].split(".")[0]].append(row)
+    print("\n| chapter | exercises | mutants | killed | equivalent | surviving | kill rate | wrong answers rejected "
+          "| other correct forms accepted |\n|---|---|---|---|---|---|---|---|---|")
+    for chapter, group in [*chapters.items(), ("all", rows)]:
+        total = lambda key: sum(r[key] if isinstance(r[key], int) else len(r[key]) for r in group)  # noqa: E731
+        print(f"| {chapter} | {len(group)} | {total('mutants')} | {total('killed')} | {total('equivalent')} | "
+              f"{total('surviving')} | {kill_rate(group)} | {total('wrong_rejected')}/{total('wrong')} | "
+              f"{total('right_accepted')}/{total('right')} |")
 
 
 def main() -> None:
@@ -55,14 +89,15 @@ def main() -> None:
     listed = json.loads(EQUIVALENTS_FILE.read_text())
     context = ExerciseContext()
     rows = []
-    print("| exercise | mutants | killed | equivalent | surviving | kill rate | seconds |\n|---|---|---|---|---|---|---|")
+    print("| exercise | mutants | killed | equivalent | surviving | kill rate | wrong rejected | right accepted "
+          "| seconds |\n|---|---|---|---|---|---|---|---|---|")
     for exercise in selected(args.exercises):
         row = report_row(exercise, context, listed.get(exercise.id, {}))
         rows.append(row)
-        non_equivalent = row["mutants"] - row["equivalent"]
-        rate = row["killed"] / non_equivalent if non_equivalent else 1.0
         print(f"| {row['exercise']} {row['function']} | {row['mutants']} | {row['killed']} | {row['equivalent']} | "
-              f"{len(row['surviving'])} | {rate:.0%} | {row['seconds']} |", flush=True)
+              f"{len(row['surviving'])} | {kill_rate([row])} | {row['wrong_rejected']}/{row['wrong']} | "
+              f"{row['right_accepted']}/{row['right']} | {row['seconds']} |", flush=True)
+    print_chapters(rows)
     for row in rows:
         for name in row["surviving"]:
             print(f"surviving, {row['exercise']}: {name}")

@@ -53,7 +53,13 @@ SEARCHES = {"LoRA": "book/02_lora.html", "induction": "book/03_caching_hooks.htm
 # Every JS-drawn plotly figure has its <svg class="main-svg"> once plotly.js has run.
 UNDRAWN_FIGURES_JS = """() => [...document.querySelectorAll('.course-plotly')]
     .filter(el => !el.querySelector('svg.main-svg')).map(el => el.id || '(no id)')"""
-ALL_FIGURES_DRAWN_JS = f"() => ({UNDRAWN_FIGURES_JS})().length === 0"
+# What the page was like, for an undrawn figure's report: did plotly.js load, did newPlot start?
+UNDRAWN_FIGURE_STATE_JS = """(id) => { const el = document.getElementById(id);
+    return `window.Plotly ${typeof window.Plotly}, document ${document.readyState}, ` +
+           `newPlot started ${el.classList.contains('js-plotly-plot')}, ${el.childElementCount} children, ` +
+           `width ${el.getBoundingClientRect().width}px`; }"""
+# Only a parsed document can say so: before the parser reaches the first figure there is none to wait for.
+ALL_FIGURES_DRAWN_JS = f"() => document.readyState === 'complete' && ({UNDRAWN_FIGURES_JS})().length === 0"
 LINKS_JS = "() => [...document.querySelectorAll('a[href]')].map(a => a.href)"
 
 
@@ -185,13 +191,15 @@ def _is_external(url: str, base_url: str) -> bool:
 
 
 def _wait_for_figures(page: Page, timeout_ms: int) -> list[str]:
-    """Wait until every plotly figure of the page has drawn its SVG; return the ids of those
-    that have not when the time is up."""
+    """Wait until the page has loaded and every plotly figure has drawn its SVG; return the ids of
+    those that have not when the time is up, each with the state of the page (see
+    ``UNDRAWN_FIGURE_STATE_JS``). "networkidle" alone is not enough: while the parser runs
+    plotly.min.js no request is open, so it can come before the figures' elements exist."""
     try:
         page.wait_for_function(ALL_FIGURES_DRAWN_JS, timeout=timeout_ms)
     except PlaywrightTimeout:
         pass
-    return list(page.evaluate(UNDRAWN_FIGURES_JS))
+    return [f"{id_} ({page.evaluate(UNDRAWN_FIGURE_STATE_JS, id_)})" for id_ in page.evaluate(UNDRAWN_FIGURES_JS)]
 
 
 @contextmanager

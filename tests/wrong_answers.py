@@ -1,0 +1,867 @@
+"""Hand-written answers to every exercise: mistakes a learner makes that mutation cannot produce (the
+wrong layer, the wrong library call, a TopK over the batch), and correct answers in another style.
+
+``WRONG[exercise]`` must each be rejected and ``RIGHT[exercise]`` each accepted by the exercise's
+checker (``tests/test_wrong_answers.py``); ``benchmarks/mutation_report.py`` counts them. Each
+function's name says its mistake, or its style.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from statistics import NormalDist
+
+import einops
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers.pytorch_utils import Conv1D
+
+from utils import architecture
+from utils.activation_store import block_output, cache_to_shards
+from utils.finetune import IGNORE_INDEX
+from utils.steering import last_token_activations
+
+Answer = Callable[..., object]
+
+
+# --------------------------------------------------------------------------------------------- 0
+def loss_without_the_shift(logits, tokens):
+    return -logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def loss_of_the_current_token(logits, tokens):
+    return -logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, :-1].unsqueeze(-1)).squeeze(-1)
+
+
+def loss_averaged_to_one_number(logits, tokens):
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:])
+
+
+def loss_with_cross_entropy(logits, tokens):
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+
+
+def difference_at_the_first_position(logits, correct, wrong):
+    rows = torch.arange(len(correct))
+    return logits[rows, 0, correct] - logits[rows, 0, wrong]
+
+
+def difference_the_wrong_way_round(logits, correct, wrong):
+    rows = torch.arange(len(correct))
+    return logits[rows, -1, wrong] - logits[rows, -1, correct]
+
+
+def difference_of_probabilities(logits, correct, wrong):
+    probs, rows = logits[:, -1].softmax(-1), torch.arange(len(correct))
+    return probs[rows, correct] - probs[rows, wrong]
+
+
+def difference_with_gather(logits, correct, wrong):
+    last = logits[:, -1]
+    return (last.gather(-1, correct[:, None]) - last.gather(-1, wrong[:, None])).squeeze(-1)
+
+
+def logits_without_the_final_norm(model, residual):
+    return architecture.unembedding(model)(residual)
+
+
+def logits_with_the_norm_twice(model, residual):
+    norm = architecture.final_norm(model)
+    return architecture.unembedding(model)(norm(norm(residual)))
+
+
+def logits_with_a_norm_of_no_weights(model, residual):
+    return architecture.unembedding(model)(F.layer_norm(residual, residual.shape[-1:]))
+
+
+def logits_as_a_matrix_product(model, residual):
+    unembedding = architecture.unembedding(model)
+    logits = architecture.final_norm(model)(residual) @ unembedding.weight.T
+    return logits if unembedding.bias is None else logits + unembedding.bias
+
+
+# --------------------------------------------------------------------------------------------- 1
+def top_k_dropping_the_kth(logits, k):
+    kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]
+    return logits.masked_fill(logits <= kth, -torch.inf)
+
+
+def top_k_zeroing_instead_of_minus_infinity(logits, k):
+    kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, 0.0)
+
+
+def top_k_over_the_batch(logits, k):
+    kth = logits.topk(min(k, logits.shape[0]), dim=0).values[-1:]
+    return logits.masked_fill(logits < kth, -torch.inf)
+
+
+def top_k_with_a_sort(logits, k):
+    kth = logits.sort(dim=-1, descending=True).values[:, min(k, logits.shape[-1]) - 1:][:, :1]
+    return torch.where(logits >= kth, logits, torch.full_like(logits, -torch.inf))
+
+
+def top_p_on_cumulative_logits(logits, p):
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    before = sorted_logits.cumsum(-1) - sorted_logits
+    return logits.masked_fill((before >= p).scatter(-1, order, before >= p), -torch.inf)
+
+
+def top_p_without_the_token_that_crosses_p(logits, p):
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    remove = sorted_logits.softmax(-1).cumsum(-1) > p
+    return logits.masked_fill(remove.scatter(-1, order, remove), -torch.inf)
+
+
+def top_p_mask_left_in_sorted_order(logits, p):
+    sorted_logits, _ = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    return logits.masked_fill(probs.cumsum(-1) - probs >= p, -torch.inf)
+
+
+def top_p_row_by_row(logits, p):
+    filtered = torch.full_like(logits, -torch.inf)
+    for row, row_logits in enumerate(logits):
+        mass = 0.0
+        for token in row_logits.softmax(-1).argsort(descending=True).tolist():
+            filtered[row, token] = row_logits[token]
+            mass += row_logits.softmax(-1)[token].item()
+            if mass >= p:
+                break
+    return filtered
+
+
+def min_p_on_logits(logits, min_p):
+    return logits.masked_fill(logits < min_p * logits.max(-1, keepdim=True).values, -torch.inf)
+
+
+def min_p_against_the_batch_maximum(logits, min_p):
+    probs = logits.softmax(-1)
+    return logits.masked_fill(probs < min_p * probs.max(), -torch.inf)
+
+
+def min_p_as_an_absolute_threshold(logits, min_p):
+    return logits.masked_fill(logits.softmax(-1) < min_p, -torch.inf)
+
+
+def min_p_in_log_space(logits, min_p):
+    log_probs = logits.log_softmax(-1)
+    threshold = log_probs.max(-1, keepdim=True).values + torch.log(torch.tensor(min_p))
+    return torch.where(log_probs < threshold, -torch.inf, logits)
+
+
+def penalty_dividing_every_seen_logit(logits, previous_tokens, penalty):
+    return logits.scatter(-1, previous_tokens, logits.gather(-1, previous_tokens) / penalty)
+
+
+def penalty_for_every_occurrence(logits, previous_tokens, penalty):
+    logits = logits.clone()
+    for row, tokens in enumerate(previous_tokens.tolist()):
+        for token in tokens:
+            value = logits[row, token]
+            logits[row, token] = value * penalty if value < 0 else value / penalty
+    return logits
+
+
+def penalty_on_the_unseen_tokens(logits, previous_tokens, penalty):
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, previous_tokens, True)
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, logits, penalised)
+
+
+def penalty_with_a_seen_mask(logits, previous_tokens, penalty):
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, previous_tokens, True)
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalised, logits)
+
+
+@torch.no_grad()
+def greedy_without_the_cache(model, input_ids, max_new_tokens):
+    tokens = input_ids
+    for _ in range(max_new_tokens):
+        tokens = torch.cat([tokens, model(tokens).logits[:, -1:].argmax(-1)], dim=1)
+    return tokens
+
+
+@torch.no_grad()
+def greedy_one_token_short(model, input_ids, max_new_tokens):
+    tokens, fed, cache = input_ids, input_ids, None
+    for _ in range(max_new_tokens - 1):
+        out = model(input_ids=fed, past_key_values=cache, use_cache=True)
+        cache, fed = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        tokens = torch.cat([tokens, fed], dim=1)
+    return tokens
+
+
+@torch.no_grad()
+def greedy_returning_only_the_new_tokens(model, input_ids, max_new_tokens):
+    fed, cache, new = input_ids, None, []
+    for _ in range(max_new_tokens):
+        out = model(input_ids=fed, past_key_values=cache, use_cache=True)
+        cache, fed = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        new.append(fed)
+    return torch.cat(new, dim=1)
+
+
+@torch.no_grad()
+def greedy_while_loop(model, input_ids, max_new_tokens):
+    out = model(input_ids=input_ids, use_cache=True)
+    tokens = input_ids
+    while tokens.shape[1] < input_ids.shape[1] + max_new_tokens:
+        next_token = out.logits[:, -1].argmax(-1, keepdim=True)
+        tokens = torch.cat([tokens, next_token], dim=1)
+        if tokens.shape[1] < input_ids.shape[1] + max_new_tokens:
+            out = model(input_ids=next_token, past_key_values=out.past_key_values, use_cache=True)
+    return tokens
+
+
+def beams_best_per_beam(beam_scores, log_probs, k):
+    best, tokens = (beam_scores[:, None] + log_probs).max(-1)
+    order = best.argsort(descending=True)[:k]
+    return best[order], order, tokens[order]
+
+
+def beams_ignoring_their_scores(beam_scores, log_probs, k):
+    scores, flat = log_probs.flatten().topk(k)
+    return scores, flat // log_probs.shape[1], flat % log_probs.shape[1]
+
+
+def beams_with_beam_and_token_swapped(beam_scores, log_probs, k):
+    scores, flat = (beam_scores[:, None] + log_probs).flatten().topk(k)
+    return scores, flat % log_probs.shape[1], flat // log_probs.shape[1]
+
+
+def beams_with_a_sort(beam_scores, log_probs, k):
+    scores, flat = (beam_scores[:, None] + log_probs).reshape(-1).sort(descending=True)
+    beams, tokens = torch.div(flat[:k], log_probs.shape[1], rounding_mode="floor"), flat[:k] % log_probs.shape[1]
+    return scores[:k], beams, tokens
+
+
+def wald_interval(correct, n, confidence=0.95):
+    z, p = NormalDist().inv_cdf((1 + confidence) / 2), correct / n
+    half = z * math.sqrt(p * (1 - p) / n)
+    return p - half, p + half
+
+
+def wilson_with_a_one_sided_z(correct, n, confidence=0.95):
+    z, p = NormalDist().inv_cdf(confidence), correct / n
+    denominator = 1 + z**2 / n
+    centre, half = (p + z**2 / (2 * n)) / denominator, z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
+    return centre - half, centre + half
+
+
+def wilson_without_its_denominator(correct, n, confidence=0.95):
+    z, p = NormalDist().inv_cdf((1 + confidence) / 2), correct / n
+    centre, half = p + z**2 / (2 * n), z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return centre - half, centre + half
+
+
+def wilson_from_counts(correct, n, confidence=0.95):
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    root = z * math.sqrt(z**2 + 4 * correct * (n - correct) / n)
+    return ((2 * correct + z**2 - root) / (2 * (n + z**2)), (2 * correct + z**2 + root) / (2 * (n + z**2)))
+
+
+def transitions_by_first_character(fsm, state, token_strings):
+    return {i: fsm.step(state, text[0]) for i, text in enumerate(token_strings)
+            if text and "\ufffd" not in text and fsm.step(state, text[0]) is not None}
+
+
+def transitions_allowing_the_empty_token(fsm, state, token_strings):
+    return {i: end for i, text in enumerate(token_strings) if "\ufffd" not in text
+            and (end := fsm.walk(state, text)) is not None}
+
+
+def transitions_taking_state_0_for_a_dead_end(fsm, state, token_strings):
+    return {i: end for i, text in enumerate(token_strings) if text and "\ufffd" not in text
+            and (end := fsm.walk(state, text))}
+
+
+def transitions_character_by_character(fsm, state, token_strings):
+    transitions = {}
+    for token_id, text in enumerate(token_strings):
+        if not text or "\ufffd" in text:
+            continue
+        current = state
+        for char in text:
+            current = fsm.step(current, char)
+            if current is None:
+                break
+        if current is not None:
+            transitions[token_id] = current
+    return transitions
+
+
+def soft_prompt_after_the_tokens(model, soft_prompt, input_ids):
+    embeds = model.get_input_embeddings()(input_ids)
+    prompt = soft_prompt.expand(len(input_ids), -1, -1)
+    return model(inputs_embeds=torch.cat([embeds, prompt], dim=1)).logits[:, :input_ids.shape[1]]
+
+
+def soft_prompt_logits_kept(model, soft_prompt, input_ids):
+    prompt = soft_prompt.expand(len(input_ids), -1, -1)
+    return model(inputs_embeds=torch.cat([prompt, model.get_input_embeddings()(input_ids)], dim=1)).logits
+
+
+def soft_prompt_one_position_off(model, soft_prompt, input_ids):
+    prompt = soft_prompt.expand(len(input_ids), -1, -1)
+    logits = model(inputs_embeds=torch.cat([prompt, model.get_input_embeddings()(input_ids)], dim=1)).logits
+    return logits[:, soft_prompt.shape[0] - 1:-1]
+
+
+def soft_prompt_with_expand(model, soft_prompt, input_ids):
+    prompt = soft_prompt.unsqueeze(0).expand(input_ids.shape[0], -1, -1)
+    embeds = torch.cat([prompt, model.get_input_embeddings()(input_ids)], dim=1)
+    return model(inputs_embeds=embeds).logits[:, -input_ids.shape[1]:]
+
+
+# --------------------------------------------------------------------------------------------- 2
+def labels_on_the_padding_too(input_ids, prompt_lengths, attention_mask):
+    positions = torch.arange(input_ids.shape[1])
+    return input_ids.masked_fill(positions[None] < prompt_lengths[:, None], IGNORE_INDEX)
+
+
+def labels_one_past_the_prompt(input_ids, prompt_lengths, attention_mask):
+    positions = torch.arange(input_ids.shape[1])
+    return input_ids.masked_fill((positions[None] <= prompt_lengths[:, None]) | (attention_mask == 0), IGNORE_INDEX)
+
+
+def labels_ignored_with_zero(input_ids, prompt_lengths, attention_mask):
+    positions = torch.arange(input_ids.shape[1])
+    return input_ids.masked_fill((positions[None] < prompt_lengths[:, None]) | (attention_mask == 0), 0)
+
+
+def labels_row_by_row(input_ids, prompt_lengths, attention_mask):
+    labels = input_ids.clone()
+    for row, length in enumerate(prompt_lengths.tolist()):
+        labels[row, :length] = IGNORE_INDEX
+    labels[attention_mask == 0] = IGNORE_INDEX
+    return labels
+
+
+def lora_without_scaling(layer, x, lora_A, lora_B, scaling):
+    return layer(x) + x @ lora_A.T @ lora_B.T
+
+
+def lora_scaling_the_whole_output(layer, x, lora_A, lora_B, scaling):
+    return (layer(x) + x @ lora_A.T @ lora_B.T) * scaling
+
+
+def lora_without_the_layer(layer, x, lora_A, lora_B, scaling):
+    return x @ lora_A.T @ lora_B.T * scaling
+
+
+def lora_with_a_merged_matrix(layer, x, lora_A, lora_B, scaling):
+    return layer(x) + scaling * einops.einsum(x, lora_B @ lora_A, "... d_in, d_out d_in -> ... d_out")
+
+
+def merged_without_the_conv1d_transpose(layer, lora_A, lora_B, scaling):
+    return layer.weight + scaling * (lora_B @ lora_A)
+
+
+def merged_without_scaling(layer, lora_A, lora_B, scaling):
+    delta = lora_B @ lora_A
+    return layer.weight + (delta.T if isinstance(layer, Conv1D) else delta)
+
+
+def merged_delta_only(layer, lora_A, lora_B, scaling):
+    delta = scaling * lora_B @ lora_A
+    return delta.T if isinstance(layer, Conv1D) else delta
+
+
+def merged_with_einsum_in_the_layer_layout(layer, lora_A, lora_B, scaling):
+    layout = "d_in d_out" if isinstance(layer, Conv1D) else "d_out d_in"
+    return layer.weight + scaling * einops.einsum(lora_A, lora_B, f"r d_in, d_out r -> {layout}")
+
+
+def slerp_as_linear_interpolation(a, b, t):
+    return (1 - t) * a + t * b
+
+
+def slerp_of_the_raw_vectors(a, b, t):
+    a_flat, b_flat = a.flatten(), b.flatten()
+    cos = (a_flat @ b_flat / (a_flat.norm() * b_flat.norm())).clamp(-1, 1)
+    if cos.abs() > 0.9995:
+        return torch.lerp(a, b, t)
+    theta = torch.arccos(cos)
+    return ((torch.sin((1 - t) * theta) * a_flat + torch.sin(t * theta) * b_flat) / torch.sin(theta)).reshape(a.shape)
+
+
+def slerp_with_the_weights_swapped(a, b, t):
+    a_flat, b_flat = a.flatten(), b.flatten()
+    a_unit, b_unit = a_flat / a_flat.norm(), b_flat / b_flat.norm()
+    cos = (a_unit @ b_unit).clamp(-1, 1)
+    if cos.abs() > 0.9995:
+        return torch.lerp(a, b, t)
+    theta = torch.arccos(cos)
+    direction = (torch.sin(t * theta) * a_unit + torch.sin((1 - t) * theta) * b_unit) / torch.sin(theta)
+    return (((1 - t) * a_flat.norm() + t * b_flat.norm()) * direction).reshape(a.shape)
+
+
+def slerp_with_atan2(a, b, t):
+    a_unit, b_unit = a.flatten() / a.norm(), b.flatten() / b.norm()
+    if (a_unit @ b_unit).abs() > 0.9995:
+        return torch.lerp(a, b, t)
+    theta = 2 * torch.atan2((a_unit - b_unit).norm(), (a_unit + b_unit).norm())   # the angle, robustly
+    direction = (torch.sin((1 - t) * theta) * a_unit + torch.sin(t * theta) * b_unit) / torch.sin(theta)
+    return (torch.lerp(a.norm(), b.norm(), t) * direction).reshape(a.shape)
+
+
+# --------------------------------------------------------------------------------------------- 3
+def _hooked_block(model, input_ids, block, pre: bool = False):
+    captured = []
+    handle = (block.register_forward_pre_hook(lambda module, args: captured.append(args[0])) if pre else
+              block.register_forward_hook(lambda module, args, output: captured.append(output)))
+    try:
+        with torch.no_grad():
+            model(input_ids)
+    finally:
+        handle.remove()
+    return captured[0][0] if isinstance(captured[0], tuple) else captured[0]
+
+
+def residual_before_the_block(model, input_ids, layer):
+    return _hooked_block(model, input_ids, architecture.blocks(model)[layer], pre=True)
+
+
+def residual_of_the_block_before(model, input_ids, layer):
+    return _hooked_block(model, input_ids, architecture.blocks(model)[max(layer - 1, 0) if layer else 1])
+
+
+def residual_from_hidden_states_at_layer(model, input_ids, layer):
+    with torch.no_grad():
+        return model(input_ids, output_hidden_states=True).hidden_states[layer]
+
+
+class _Recorder:
+    """A forward hook that keeps the block's output."""
+
+    def __init__(self) -> None:
+        self.output = None
+
+    def __call__(self, module, args, kwargs, output) -> None:
+        self.output = output[0] if isinstance(output, tuple) else output
+
+
+def residual_with_a_hook_object(model, input_ids, layer):
+    recorder = _Recorder()
+    handle = architecture.blocks(model)[layer].register_forward_hook(recorder, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(input_ids)
+    finally:
+        handle.remove()
+    return recorder.output
+
+
+def previous_token_on_the_main_diagonal(pattern):
+    return pattern.diagonal(dim1=-2, dim2=-1).mean(dim=(0, 2))
+
+
+def previous_token_looking_forward(pattern):
+    return pattern.diagonal(offset=1, dim1=-2, dim2=-1).mean(dim=(0, 2))
+
+
+def previous_token_summed(pattern):
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).sum(dim=(0, 2))
+
+
+def previous_token_in_a_loop(pattern):
+    positions = pattern.shape[-1]
+    return torch.stack([pattern[:, :, query, query - 1] for query in range(1, positions)], dim=-1).mean(dim=(0, 2))
+
+
+def induction_to_the_first_occurrence(pattern, length):
+    queries = torch.arange(length + 1, 2 * length + 1)
+    return pattern[..., queries, queries - length].mean(dim=(0, 2))
+
+
+def induction_one_query_early(pattern, length):
+    queries = torch.arange(length, 2 * length)
+    return pattern[..., queries, queries - length + 1].mean(dim=(0, 2))
+
+
+def induction_one_query_too_many(pattern, length):
+    queries = torch.arange(length, pattern.shape[-1])
+    return pattern[..., queries, queries - length + 1].mean(dim=(0, 2))
+
+
+def induction_in_a_loop(pattern, length):
+    scores = [pattern[:, :, length + i, i + 1] for i in range(1, length + 1)]
+    return torch.stack(scores).mean(dim=(0, 1))
+
+
+def shards_in_one_file(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+    return cache_to_shards(model, windows, layer, directory, shard_rows=10**9, batch_size=batch_size)
+
+
+def shards_keeping_bos(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = torch.cat([block_output(model, batch, layer, model.config.bos_token_id).flatten(0, 1)
+                      for batch in windows.split(batch_size)])
+    for i, shard in enumerate(rows.split(shard_rows)):
+        save_file({"activations": shard.contiguous()}, str(directory / f"shard_{i:05d}.safetensors"))
+    return len(rows)
+
+
+def shards_of_the_layer_before(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+    return cache_to_shards(model, windows, max(layer - 1, 0) if layer else 1, directory, shard_rows, batch_size)
+
+
+def shards_from_a_list_of_chunks(model, windows, layer, directory, shard_rows=1024, batch_size=8):
+    directory, bos = Path(directory), model.config.bos_token_id
+    directory.mkdir(parents=True, exist_ok=True)
+    chunks, pending, written = [], 0, 0
+
+    def flush(rows: torch.Tensor) -> None:
+        nonlocal written
+        save_file({"activations": rows.contiguous()}, str(directory / f"shard_{written // shard_rows:05d}.safetensors"))
+        written += len(rows)
+
+    for batch in windows.split(batch_size):
+        chunks.append(block_output(model, batch, layer, bos)[batch != bos])
+        pending += len(chunks[-1])
+        while pending >= shard_rows:
+            rows = torch.cat(chunks)
+            flush(rows[:shard_rows])
+            chunks, pending = [rows[shard_rows:]], pending - shard_rows
+    if pending:
+        flush(torch.cat(chunks))
+    return written
+
+
+# --------------------------------------------------------------------------------------------- 4
+def lens_without_the_final_norm(model, residual, position):
+    return architecture.unembedding(model)(residual[:, :, position])
+
+
+def lens_at_the_last_position(model, residual, position):
+    return architecture.unembedding(model)(architecture.final_norm(model)(residual[:, :, -1]))
+
+
+def lens_indexing_the_batch(model, residual, position):
+    return architecture.unembedding(model)(architecture.final_norm(model)(residual[:, position]))
+
+
+def lens_of_every_position_then_one(model, residual, position):
+    logits = architecture.unembedding(model)(architecture.final_norm(model)(residual))
+    return logits[:, :, position]
+
+
+def _direction(model, answer, contrast):
+    W_U = architecture.unembedding(model).weight
+    return W_U[answer] - W_U[contrast]
+
+
+def contributions_uncentred(model, components, scale, answer, contrast):
+    return (components / scale * _direction(model, answer, contrast) * architecture.final_norm(model).weight).sum(-1)
+
+
+def contributions_without_the_norm_weight(model, components, scale, answer, contrast):
+    if isinstance(architecture.final_norm(model), torch.nn.LayerNorm):
+        components = components - components.mean(-1, keepdim=True)
+    return (components / scale * _direction(model, answer, contrast)).sum(-1)
+
+
+def contributions_without_the_scale(model, components, scale, answer, contrast):
+    if isinstance(architecture.final_norm(model), torch.nn.LayerNorm):
+        components = components - components.mean(-1, keepdim=True)
+    return (components * _direction(model, answer, contrast) * architecture.final_norm(model).weight).sum(-1)
+
+
+def contributions_with_einsum(model, components, scale, answer, contrast):
+    norm = architecture.final_norm(model)
+    centred = components - components.mean(-1, keepdim=True) if isinstance(norm, torch.nn.LayerNorm) else components
+    direction = _direction(model, answer, contrast) * norm.weight
+    return einops.einsum(centred, direction, "component batch d, batch d -> component batch") / scale.squeeze(-1)
+
+
+def formation_at_the_first_correct_layer(correct):
+    first = correct.long().argmax(0)
+    return torch.where(correct.any(0), first, torch.full_like(first, -1))
+
+
+def formation_as_the_number_of_final_layers(correct):
+    return correct.flip(0).long().cumprod(0).sum(0)
+
+
+def formation_past_the_last_layer_when_never(correct):
+    return correct.shape[0] - correct.flip(0).long().cumprod(0).sum(0)
+
+
+def formation_in_a_loop(correct):
+    layers = []
+    for column in correct.T.tolist():
+        layer = -1
+        for index in range(len(column) - 1, -1, -1):
+            if not column[index]:
+                break
+            layer = index
+        layers.append(layer)
+    return torch.tensor(layers)
+
+
+def kl_the_other_way_round(lens_logits):
+    log_probs = lens_logits.log_softmax(-1)
+    return (log_probs.exp() * (log_probs - log_probs[-1])).sum(-1).mean(-1)
+
+
+def kl_of_logits_not_log_probabilities(lens_logits):
+    final = lens_logits[-1]
+    return (final.softmax(-1) * (final - lens_logits)).sum(-1).mean(-1)
+
+
+def kl_summed_over_prompts(lens_logits):
+    log_probs = lens_logits.log_softmax(-1)
+    return (log_probs[-1].exp() * (log_probs[-1] - log_probs)).sum(-1).sum(-1)
+
+
+def kl_with_torch_kl_div(lens_logits):
+    log_probs = lens_logits.log_softmax(-1)
+    final = log_probs[-1].expand_as(log_probs)
+    return F.kl_div(log_probs, final, log_target=True, reduction="none").sum(-1).mean(-1)
+
+
+# --------------------------------------------------------------------------------------------- 5
+def _letters(model, tokenizer, pairs, layer):
+    matching = last_token_activations(model, tokenizer, [p.matching_text for p in pairs], [layer])[0]
+    return matching, last_token_activations(model, tokenizer, [p.non_matching_text for p in pairs], [layer])[0]
+
+
+def caa_the_wrong_way_round(model, tokenizer, pairs, layer):
+    matching, non_matching = _letters(model, tokenizer, pairs, layer)
+    return non_matching.mean(0) - matching.mean(0)
+
+
+def caa_of_the_layer_before(model, tokenizer, pairs, layer):
+    matching, non_matching = _letters(model, tokenizer, pairs, max(layer - 1, 0) if layer else 1)
+    return matching.mean(0) - non_matching.mean(0)
+
+
+def caa_summed_over_pairs(model, tokenizer, pairs, layer):
+    matching, non_matching = _letters(model, tokenizer, pairs, layer)
+    return matching.sum(0) - non_matching.sum(0)
+
+
+def caa_as_the_mean_of_differences(model, tokenizer, pairs, layer):
+    matching, non_matching = _letters(model, tokenizer, pairs, layer)
+    return einops.reduce(matching - non_matching, "pair d_model -> d_model", "mean")
+
+
+def steering_every_position(residual, vector, alpha):
+    return residual + alpha * vector
+
+
+def steering_in_place(residual, vector, alpha):
+    residual[:, -1] += alpha * vector
+    return residual
+
+
+def steering_the_first_position(residual, vector, alpha):
+    steered = residual.clone()
+    steered[:, 0] += alpha * vector
+    return steered
+
+
+def steering_with_cat(residual, vector, alpha):
+    return torch.cat([residual[:, :-1], residual[:, -1:] + alpha * vector], dim=1)
+
+
+def project_out_unnormalised(residual, direction):
+    return residual - (residual @ direction)[..., None] * direction
+
+
+def project_onto_the_direction(residual, direction):
+    unit = direction / direction.norm()
+    return (residual @ unit)[..., None] * unit
+
+
+def project_out_of_a_normalised_residual(residual, direction):
+    unit, residual = direction / direction.norm(), F.normalize(residual, dim=-1)
+    return residual - (residual @ unit)[..., None] * unit
+
+
+def project_out_with_a_projection_matrix(residual, direction):
+    unit = direction / direction.norm()
+    return residual @ (torch.eye(len(unit)) - torch.outer(unit, unit))
+
+
+# --------------------------------------------------------------------------------------------- 6
+def sae_with_topk_over_the_batch(x, W_enc, b_enc, W_dec, b_dec, k=None):
+    pre = (x - b_dec) @ W_enc + b_enc
+    if k is None:
+        latents = pre.relu()
+    else:
+        values, indices = pre.topk(min(k, len(pre)), dim=0)
+        latents = torch.zeros_like(pre).scatter(0, indices, values.relu())
+    return latents @ W_dec + b_dec, latents
+
+
+def sae_ignoring_k(x, W_enc, b_enc, W_dec, b_dec, k=None):
+    latents = ((x - b_dec) @ W_enc + b_enc).relu()
+    return latents @ W_dec + b_dec, latents
+
+
+def sae_normalising_the_decoder(x, W_enc, b_enc, W_dec, b_dec, k=None):
+    pre = (x - b_dec) @ W_enc + b_enc
+    if k is None:
+        latents = pre.relu()
+    else:
+        values, indices = pre.topk(k, dim=-1)
+        latents = torch.zeros_like(pre).scatter(-1, indices, values.relu())
+    return latents @ F.normalize(W_dec, dim=-1) + b_dec, latents
+
+
+def sae_with_a_topk_mask(x, W_enc, b_enc, W_dec, b_dec, k=None):
+    pre = einops.einsum(x - b_dec, W_enc, "batch d_in, d_in d_sae -> batch d_sae") + b_enc
+    keep = torch.ones_like(pre, dtype=torch.bool) if k is None else \
+        torch.zeros_like(pre, dtype=torch.bool).scatter(-1, pre.topk(k, dim=-1).indices, True)
+    latents = pre.relu() * keep
+    return einops.einsum(latents, W_dec, "batch d_sae, d_sae d_in -> batch d_in") + b_dec, latents
+
+
+def sae_loss_mse_averaged_over_dimensions(x, reconstruction, latents, W_dec, l1_coefficient):
+    return F.mse_loss(reconstruction, x) + l1_coefficient * (latents * W_dec.norm(dim=-1)).sum(-1).mean()
+
+
+def sae_loss_unweighted_l1(x, reconstruction, latents, W_dec, l1_coefficient):
+    return (reconstruction - x).pow(2).sum(-1).mean() + l1_coefficient * latents.abs().sum(-1).mean()
+
+
+def sae_loss_l1_summed_over_the_batch(x, reconstruction, latents, W_dec, l1_coefficient):
+    return (reconstruction - x).pow(2).sum(-1).mean() + l1_coefficient * (latents * W_dec.norm(dim=-1)).sum()
+
+
+def sae_loss_with_einsum(x, reconstruction, latents, W_dec, l1_coefficient):
+    batch = len(x)
+    sparsity = einops.einsum(latents, W_dec.norm(dim=-1), "batch d_sae, d_sae ->") / batch
+    return F.mse_loss(reconstruction, x, reduction="sum") / batch + l1_coefficient * sparsity
+
+
+def explained_variance_uncentred(x, reconstruction):
+    return 1 - (x - reconstruction).pow(2).sum() / x.pow(2).sum()
+
+
+def explained_variance_per_dimension(x, reconstruction):
+    return (1 - (x - reconstruction).pow(2).sum(0) / (x - x.mean(0)).pow(2).sum(0)).mean()
+
+
+def explained_variance_of_the_reconstruction(x, reconstruction):
+    return (reconstruction - reconstruction.mean(0)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+
+
+def explained_variance_with_var(x, reconstruction):
+    total = x.var(dim=0, unbiased=False).sum() * len(x)
+    return 1 - F.mse_loss(reconstruction, x, reduction="sum") / total
+
+
+# --------------------------------------------------------------------------------------------- 7
+def metric_divided_by_clean(logit_diff, clean, corrupted):
+    return (logit_diff - corrupted) / clean
+
+
+def metric_from_the_clean_end(logit_diff, clean, corrupted):
+    return (logit_diff - clean) / (corrupted - clean)
+
+
+def metric_without_the_baseline(logit_diff, clean, corrupted):
+    return logit_diff / (clean - corrupted)
+
+
+def metric_as_one_minus_the_gap(logit_diff, clean, corrupted):
+    return 1 - (clean - logit_diff) / (clean - corrupted)
+
+
+def head_on_the_position_axis(z, clean_z, head):
+    patched = z.clone()
+    patched[:, head] = clean_z[:, head]
+    return patched
+
+
+def head_patched_in_place(z, clean_z, head):
+    z[:, :, head] = clean_z[:, :, head]
+    return z
+
+
+def head_the_whole_layer(z, clean_z, head):
+    return clean_z.clone()
+
+
+def head_with_a_mask(z, clean_z, head):
+    is_head = torch.arange(z.shape[2]) == head
+    return torch.where(einops.rearrange(is_head, "head -> 1 1 head 1"), clean_z, z)
+
+
+def attribution_of_the_clean_run(clean, corrupted, gradient):
+    return einops.einsum(clean, gradient, "n pos head d, n pos head d -> head pos")
+
+
+def attribution_the_wrong_way_round(clean, corrupted, gradient):
+    return einops.einsum(corrupted - clean, gradient, "n pos head d, n pos head d -> head pos")
+
+
+def attribution_averaged_over_prompts(clean, corrupted, gradient):
+    return einops.einsum(clean - corrupted, gradient, "n pos head d, n pos head d -> head pos") / len(clean)
+
+
+def attribution_as_a_sum_of_products(clean, corrupted, gradient):
+    return ((clean - corrupted) * gradient).sum(dim=(0, 3)).T
+
+
+WRONG: dict[str, tuple[Answer, ...]] = {
+    "0.1": (loss_without_the_shift, loss_of_the_current_token, loss_averaged_to_one_number),
+    "0.2": (difference_at_the_first_position, difference_the_wrong_way_round, difference_of_probabilities),
+    "0.3": (logits_without_the_final_norm, logits_with_the_norm_twice, logits_with_a_norm_of_no_weights),
+    "1.1": (top_k_dropping_the_kth, top_k_zeroing_instead_of_minus_infinity, top_k_over_the_batch),
+    "1.2": (top_p_on_cumulative_logits, top_p_without_the_token_that_crosses_p, top_p_mask_left_in_sorted_order),
+    "1.3": (min_p_on_logits, min_p_against_the_batch_maximum, min_p_as_an_absolute_threshold),
+    "1.4": (penalty_dividing_every_seen_logit, penalty_for_every_occurrence, penalty_on_the_unseen_tokens),
+    "1.5": (greedy_without_the_cache, greedy_one_token_short, greedy_returning_only_the_new_tokens),
+    "1.6": (beams_best_per_beam, beams_ignoring_their_scores, beams_with_beam_and_token_swapped),
+    "1.7": (wald_interval, wilson_with_a_one_sided_z, wilson_without_its_denominator),
+    "1.8": (transitions_by_first_character, transitions_allowing_the_empty_token,
+            transitions_taking_state_0_for_a_dead_end),
+    "1.9": (soft_prompt_after_the_tokens, soft_prompt_logits_kept, soft_prompt_one_position_off),
+    "2.1": (labels_on_the_padding_too, labels_one_past_the_prompt, labels_ignored_with_zero),
+    "2.2": (lora_without_scaling, lora_scaling_the_whole_output, lora_without_the_layer),
+    "2.3": (merged_without_the_conv1d_transpose, merged_without_scaling, merged_delta_only),
+    "2.4": (slerp_as_linear_interpolation, slerp_of_the_raw_vectors, slerp_with_the_weights_swapped),
+    "3.1": (residual_before_the_block, residual_of_the_block_before, residual_from_hidden_states_at_layer),
+    "3.2": (previous_token_on_the_main_diagonal, previous_token_looking_forward, previous_token_summed),
+    "3.3": (induction_to_the_first_occurrence, induction_one_query_early, induction_one_query_too_many),
+    "3.4": (shards_in_one_file, shards_keeping_bos, shards_of_the_layer_before),
+    "4.1": (lens_without_the_final_norm, lens_at_the_last_position, lens_indexing_the_batch),
+    "4.2": (contributions_uncentred, contributions_without_the_norm_weight, contributions_without_the_scale),
+    "4.3": (formation_at_the_first_correct_layer, formation_as_the_number_of_final_layers, formation_past_the_last_layer_when_never),
+    "4.4": (kl_the_other_way_round, kl_of_logits_not_log_probabilities, kl_summed_over_prompts),
+    "5.1": (caa_the_wrong_way_round, caa_of_the_layer_before, caa_summed_over_pairs),
+    "5.2": (steering_every_position, steering_in_place, steering_the_first_position),
+    "5.3": (project_out_unnormalised, project_onto_the_direction, project_out_of_a_normalised_residual),
+    "6.1": (sae_with_topk_over_the_batch, sae_ignoring_k, sae_normalising_the_decoder),
+    "6.2": (sae_loss_mse_averaged_over_dimensions, sae_loss_unweighted_l1, sae_loss_l1_summed_over_the_batch),
+    "6.3": (explained_variance_uncentred, explained_variance_per_dimension, explained_variance_of_the_reconstruction),
+    "7.1": (metric_divided_by_clean, metric_from_the_clean_end, metric_without_the_baseline),
+    "7.2": (head_on_the_position_axis, head_patched_in_place, head_the_whole_layer),
+    "7.3": (attribution_of_the_clean_run, attribution_the_wrong_way_round, attribution_averaged_over_prompts),
+}
+
+RIGHT: dict[str, tuple[Answer, ...]] = {
+    "0.1": (loss_with_cross_entropy,), "0.2": (difference_with_gather,), "0.3": (logits_as_a_matrix_product,),
+    "1.1": (top_k_with_a_sort,), "1.2": (top_p_row_by_row,), "1.3": (min_p_in_log_space,),
+    "1.4": (penalty_with_a_seen_mask,), "1.5": (greedy_while_loop,), "1.6": (beams_with_a_sort,),
+    "1.7": (wilson_from_counts,), "1.8": (transitions_character_by_character,), "1.9": (soft_prompt_with_expand,),
+    "2.1": (labels_row_by_row,), "2.2": (lora_with_a_merged_matrix,), "2.3": (merged_with_einsum_in_the_layer_layout,),
+    "2.4": (slerp_with_atan2,),
+    "3.1": (residual_with_a_hook_object,), "3.2": (previous_token_in_a_loop,), "3.3": (induction_in_a_loop,),
+    "3.4": (shards_from_a_list_of_chunks,),
+    "4.1": (lens_of_every_position_then_one,), "4.2": (contributions_with_einsum,), "4.3": (formation_in_a_loop,),
+    "4.4": (kl_with_torch_kl_div,),
+    "5.1": (caa_as_the_mean_of_differences,), "5.2": (steering_with_cat,),
+    "5.3": (project_out_with_a_projection_matrix,),
+    "6.1": (sae_with_a_topk_mask,), "6.2": (sae_loss_with_einsum,), "6.3": (explained_variance_with_var,),
+    "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (attribution_as_a_sum_of_products,),
+}
