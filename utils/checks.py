@@ -134,12 +134,16 @@ class Varies:
 
     def holds(self, reference_fn: Callable[..., Any], cases: list[Case], seed: int | None) -> bool:
         for case in cases:
-            arguments = _bound_arguments(reference_fn, case)
-            if self.name not in arguments:
+            bound = inspect.signature(reference_fn).bind(*_fresh_copy(case.args), **_fresh_copy(case.kwargs))
+            if self.name not in bound.arguments:
                 continue
-            changed = {**arguments, self.name: self.change(_fresh_copy(arguments[self.name]))}
-            expected = _run(reference_fn, (), _fresh_copy(arguments), seed)
-            if compare(_run(reference_fn, (), changed, seed), expected) is not None:
+            expected = _run(reference_fn, bound.args, bound.kwargs, seed)
+            bound.arguments[self.name] = self.change(bound.arguments[self.name])
+            try:
+                changed = _run(reference_fn, bound.args, bound.kwargs, seed)
+            except Exception:  # the changed value is no valid input on this case (a layer past the last)
+                continue
+            if compare(changed, expected) is not None:
                 return True
         return False
 
@@ -512,12 +516,6 @@ def _verify_properties(reference_fn: Callable[..., Any], cases: list[Case], prop
             raise RuntimeError(f"the cases of the checker of Exercise {exercise} lack a property it declares: "
                                f"{prop}. This is a bug in the course, please report it")
         _VERIFIED.add(key)
-
-
-def _bound_arguments(fn: Callable[..., Any], case: Case) -> dict[str, Any]:
-    """The case's arguments by the names of ``fn``'s parameters."""
-    bound = inspect.signature(fn).bind(*case.args, **case.kwargs)
-    return dict(bound.arguments)
 
 
 def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, seed: int | None, time_limit: float = 0) -> Any:

@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm.auto import trange
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.checks import Case, CheckResult, check_function, report
+from utils.checks import Case, CheckResult, Varies, check_function, report
 from utils.models import tiny_random_model
 
 
@@ -547,6 +547,7 @@ def check_top_k_filter(learner_fn: Callable) -> CheckResult:
              Case("ties: logits [2, 1, 1, 0, 1, -1] with k=2", ties, 2)]
     return check_function(
         learner_fn, top_k_filter, cases, exercise="1.1 (top_k_filter)",
+        properties=[Varies("k", lambda k: k + 1, "ignores k")],
         hint="find each row's k-th largest logit (the smallest of the values topk returns) and set every logit below "
              "it to -inf; compare with '<' so that tokens tied with the k-th are kept, and cap k at the vocabulary "
              "size")
@@ -561,6 +562,7 @@ def check_top_p_filter(learner_fn: Callable) -> CheckResult:
              Case("one token has 99.7% of the mass, p=0.9", peaked, 0.9)]
     return check_function(
         learner_fn, top_p_filter, cases, exercise="1.2 (top_p_filter)",
+        properties=[Varies("p", lambda p: p / 2, "ignores p")],
         hint="keep the most likely tokens up to and including the one whose cumulative probability "
              "reaches p (so at least one token stays); sort by probability, take the cumulative sum of "
              "softmax probabilities (not of logits), then map the mask back to vocabulary order with scatter")
@@ -576,6 +578,7 @@ def check_min_p_filter(learner_fn: Callable) -> CheckResult:
                   torch.tensor([[0.0, 0.0, 0.0, -1.0]]), 1.0)]
     return check_function(
         learner_fn, min_p_filter, cases, exercise="1.3 (min_p_filter)",
+        properties=[Varies("min_p", lambda min_p: min_p / 2, "ignores min_p")],
         hint="compare probabilities, not logits: a token stays when softmax(logits) >= min_p times the largest "
              "probability of its own row (keepdim so the comparison broadcasts over the vocabulary)")
 
@@ -590,6 +593,7 @@ def check_apply_repetition_penalty(learner_fn: Callable) -> CheckResult:
                   torch.randint(50, (3, 6), generator=torch.Generator().manual_seed(9)), 1.3)]
     return check_function(
         learner_fn, apply_repetition_penalty, cases, exercise="1.4 (apply_repetition_penalty)",
+        properties=[Varies("penalty", lambda penalty: penalty + 1, "ignores the penalty")],
         hint="gather the logits of the seen tokens, divide the positive ones by the penalty and multiply the "
              "negative ones by it (torch.where), then scatter them back into a copy; a repeated token must "
              "not be penalised twice")
@@ -652,5 +656,7 @@ def check_top_beam_continuations(learner_fn: Callable) -> CheckResult:
                   torch.tensor([0.0, -20.0]), torch.tensor([[-3.0, -1.0, -2.0], [-0.1, -5.0, -4.0]]).log_softmax(-1), 2)]
     return check_function(
         learner_fn, top_beam_continuations, cases, exercise="1.6 (top_beam_continuations)",
+        properties=[Varies("beam_scores", torch.zeros_like, "ignores the beams' scores"),
+                    Varies("k", lambda k: k - 1, "ignores k")],
         hint="add each beam's score to its row of log-probabilities, flatten [beams, vocab] to one row and take "
              "its top k; the beam is flat_index // vocab and the token flat_index % vocab")

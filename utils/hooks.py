@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from utils import architecture
-from utils.checks import Case, CheckResult, RaisingCase, check_function
+from utils.checks import Case, CheckResult, RaisingCase, Varies, check_function
 from utils.models import tiny_random_model
 
 if TYPE_CHECKING:
@@ -519,6 +519,7 @@ def check_capture_residual_stream(learner_fn: Callable, model: PreTrainedModel) 
     with torch.no_grad():
         return check_function(
             learner_fn, capture_residual_stream, cases, exercise="3.1 (capture_residual_stream)",
+            properties=[Varies("layer", lambda layer: layer + 1, "reads another layer")],
             atol=1e-5, rtol=1e-4,
             hint="register_forward_hook on architecture.blocks(model)[layer] (not layer - 1 or + 1); in the hook "
                  "save `output` (the block's output, not its input; a tensor: take output[0] if it is a tuple); "

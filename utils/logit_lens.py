@@ -42,7 +42,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from utils import architecture
-from utils.checks import Case, CheckResult, check_function
+from utils.checks import Case, CheckResult, Varies, check_function
 from utils.course_model.evaluate import encode, encode_batch
 from utils.hooks import ATTENTION_OUTPUT_PROJECTION, capture, editing_head_outputs
 from utils.models import tiny_random_model
@@ -244,6 +244,7 @@ def check_logit_lens_at_position(learner_fn: Callable, model: PreTrainedModel) -
     with torch.no_grad():
         return check_function(
             learner_fn, logit_lens_at_position, cases, exercise="4.1 (logit_lens_at_position)", atol=1e-4, rtol=1e-4,
+            properties=[Varies("position", lambda position: position - 1, "reads another position")],
             hint="take residual at `position` on its position dimension (that position itself, not position - 1 or "
                  "the last one), apply the final norm as the model does (architecture.final_norm(model): its weight "
                  "AND its bias, and the mean subtraction for a LayerNorm), then the unembedding as a module "

@@ -68,7 +68,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
-from utils.checks import Case, CheckResult, check_function
+from utils.checks import Case, CheckResult, Varies, check_function
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
@@ -771,6 +771,7 @@ def check_lora_forward(learner_fn: Callable) -> CheckResult:
     ]
     return check_function(
         _on_copies_of_the_layer(learner_fn), _on_copies_of_the_layer(lora_forward), cases,
+        properties=[Varies("scaling", lambda scaling: 2 * scaling, "ignores the scaling")],
         exercise="2.2 (lora_forward)",
         hint="call the frozen layer itself rather than using its weight (GPT-2's Conv1D stores W as [d_in, d_out] "
              "and computes x @ W + b), and add the update: down to r with A [r, d_in] first, up to d_out with "
@@ -790,6 +791,7 @@ def check_merged_weight(learner_fn: Callable) -> CheckResult:
     ]
     return check_function(
         _on_copies_of_the_layer(learner_fn), _on_copies_of_the_layer(merged_weight), cases,
+        properties=[Varies("scaling", lambda scaling: 2 * scaling, "ignores the scaling")],
         exercise="2.3 (merged_weight)",
         hint="ΔW = scaling * lora_B @ lora_A is [d_out, d_in], nn.Linear's layout; GPT-2's Conv1D stores its "
              "weight as [d_in, d_out], so add ΔW.T there. Decide with isinstance(layer, Conv1D), not by comparing "
@@ -820,6 +822,7 @@ def check_slerp(learner_fn: Callable) -> CheckResult:
     ]
     return check_function(
         learner_fn, slerp, cases, exercise="2.4 (slerp)",
+        properties=[Varies("t", lambda t: (t + 0.5) % 1, "ignores t")],
         hint="flatten a and b, take the angle θ = arccos(â · b̂) between the UNIT vectors â = a/|a| and "
              "b̂ = b/|b|, weight â by sin((1 - t) θ) / sin θ and b̂ by sin(t θ) / sin θ (t = 0 must give a), "
              "multiply by the interpolated norm (1 - t)|a| + t|b|, reshape back; when |cos θ| > 0.9995 return "

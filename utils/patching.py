@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
-from utils.checks import Case, CheckResult, check_function
+from utils.checks import Case, CheckResult, Varies, check_function
 from utils.hooks import capture, editing_head_outputs, hooks
 from utils.world import agreement, indirect_object
 from utils.world.vocabulary import AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS
@@ -456,6 +456,8 @@ def check_normalised_metric(learner_fn: Callable[[Tensor, float, float], Tensor]
              Case("clean -2.0, corrupted 1.0 (the task's answer has a lower logit)", values, -2.0, 1.0)]
     return check_function(
         learner_fn, normalised_metric, cases, exercise="7.1 (normalised_metric)", atol=1e-6,
+        properties=[Varies("clean", lambda clean: clean + 1, "ignores the clean run"),
+                    Varies("corrupted", lambda corrupted: corrupted + 1, "ignores the corrupted run")],
         hint="subtract the corrupted baseline, then divide by (clean - corrupted): the corrupted run maps to 0 "
              "and the clean run to 1, whatever their signs")
 
@@ -467,6 +469,7 @@ def check_replace_head(learner_fn: Callable[[Tensor, Tensor, int], Tensor]) -> C
                   torch.randn(2, 5, 4, 3, generator=generator), head) for head in (1, 3)]
     return check_function(
         learner_fn, replace_head, cases, exercise="7.2 (replace_head)", atol=0,
+        properties=[Varies("head", lambda head: head - 1, "patches another head")],
         in_place_advice={"z": "the corrupted z is the hook's input and belongs to the model; clone it and patch "
                               "the copy"},
         hint="z is [n, pos, head, d_head]: the head is the third dimension; clone z first, then replace that "

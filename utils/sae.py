@@ -317,6 +317,8 @@ def check_sae_loss(learner_fn: Callable[..., Tensor]) -> CheckResult:
         cases.append(Case(name, x, feats @ w["W_dec"] + w["b_dec"], feats, w["W_dec"], l1))
     return check_function(
         learner_fn, sae_loss, cases, exercise="6.2 (sae_loss)", atol=1e-4,
+        properties=[Varies("l1_coefficient", lambda l1: l1 + 1, "ignores the sparsity coefficient"),
+                    Varies("W_dec", torch.ones_like, "ignores the decoder's row norms")],
         hint="squared error summed over d_in then averaged over the batch, plus l1_coefficient times the latents "
              "weighted by their decoder row's norm (W_dec.norm(dim=-1)), summed over d_sae and averaged over the batch")
 

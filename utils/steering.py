@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
-from utils.checks import Case, CheckResult, check_function
+from utils.checks import Case, CheckResult, HasCase, Varies, check_function
 from utils.course_model.evaluate import encode_batch
 from utils.decoding import Decoding, generate_text
 from utils.hooks import EditFn, capture, hooks
@@ -456,6 +456,7 @@ def check_caa_vector(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
              Case(f"6 'wedding' pairs, layer {last}", model, tokenizer, wedding, last)]
     return check_function(
         learner_fn, caa_vector, cases, exercise="5.1 (caa_vector)", atol=1e-4,
+        properties=[Varies("layer", lambda layer: layer + 1, "reads another layer")],
         hint="last_token_activations(model, tokenizer, texts, [layer])[0] gives [n, d_model] at each text's last "
              "token (the answer letter); average the matching texts (pair.matching_text) and the non-matching "
              "ones over the pairs, and return matching minus non-matching, not normalised")
@@ -474,6 +475,8 @@ def check_add_steering(learner_fn: Callable[[Tensor, Tensor, float], Tensor]) ->
              case("a prompt pass with alpha -2.5", 1, 3, -2.5)]
     return check_function(
         learner_fn, add_steering, cases, exercise="5.2 (add_steering)", atol=1e-5,
+        properties=[Varies("alpha", lambda alpha: 2 * alpha, "ignores alpha"),
+                    HasCase("a generation step (one position)", lambda case: case.args[0].shape[1] == 1)],
         in_place_advice={"residual": "the hook's input is the model's own tensor; clone it first and return the copy"},
         hint="a prompt pass has pos > 1: add alpha * vector at the last position only (residual[:, -1]); a "
              "generation step has pos == 1: add it there; work on a copy of the residual, never in place")
