@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import utils.activation_store as activation_store
 from utils.activation_store import ActivationStore, cache_activations, document_attention, token_windows
+from utils.checkers.caching_hooks import check_cache_to_shards
 from utils.checks import assert_accepts, assert_rejects
 from utils.models import load_model, load_tokenizer, tiny_random_model
 from utils.world import generate_corpus
@@ -273,19 +274,19 @@ def test_cache_to_shards_checker(course, windows):
         Path(directory).mkdir()
         return reference(model, windows, layer, directory, shard_rows, batch_size)
 
-    assert_accepts(activation_store.check_cache_to_shards(reference, model, windows))
-    assert_rejects(activation_store.check_cache_to_shards(one_shard, model, windows),
+    assert_accepts(check_cache_to_shards(reference, model, windows))
+    assert_rejects(check_cache_to_shards(one_shard, model, windows),
                    r"shard_00000.safetensors holds \d+ rows, expected 100: every shard but the last holds exactly")
-    assert_rejects(activation_store.check_cache_to_shards(unpadded_names, model, windows),
+    assert_rejects(check_cache_to_shards(unpadded_names, model, windows),
                    r"holds \d+ files: shard_0.safetensors, .*\(shard_0.safetensors where shard_00000.safetensors was")
-    assert_rejects(activation_store.check_cache_to_shards(a_shard_per_batch, model, windows),
+    assert_rejects(check_cache_to_shards(a_shard_per_batch, model, windows),
                    r"shard_00000.safetensors holds 1 row, expected 100")
-    assert_rejects(activation_store.check_cache_to_shards(all_windows_at_once, model, windows),
+    assert_rejects(check_cache_to_shards(all_windows_at_once, model, windows),
                    r"ran the model on 8 windows at once, with batch_size=3")
-    assert_rejects(activation_store.check_cache_to_shards(needs_a_path, model, windows),
+    assert_rejects(check_cache_to_shards(needs_a_path, model, windows),
                    r"directory a str .*raised TypeError")
-    assert_rejects(activation_store.check_cache_to_shards(makes_only_the_last_folder, model, windows),
+    assert_rejects(check_cache_to_shards(makes_only_the_last_folder, model, windows),
                    r"folders do not exist yet': your function raised FileNotFoundError")
-    assert_rejects(activation_store.check_cache_to_shards(keeps_bos, model, windows), "not BOS")
-    assert_rejects(activation_store.check_cache_to_shards(drops_last_shard, model, windows), "rows in all")
-    assert_rejects(activation_store.check_cache_to_shards(wrong_layer, model, windows), "the rows, in shard order")
+    assert_rejects(check_cache_to_shards(keeps_bos, model, windows), "not BOS")
+    assert_rejects(check_cache_to_shards(drops_last_shard, model, windows), "rows in all")
+    assert_rejects(check_cache_to_shards(wrong_layer, model, windows), "the rows, in shard order")

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from utils.attention import (
-    ablate_heads, attention_patterns, check_induction_scores, check_previous_token_scores, copy_losses, heads_above,
-    induction_scores, plot_attention_patterns, plot_copy_losses, plot_head_scores, previous_token_scores,
-    token_losses,
+    ablate_heads, attention_patterns, copy_losses, heads_above, induction_scores, plot_attention_patterns,
+    plot_copy_losses, plot_head_scores, previous_token_scores, token_losses,
 )
+from utils.checkers.caching_hooks import check_induction_scores, check_previous_token_scores
 from utils.checks import assert_accepts, assert_rejects
 from utils.course_model.evaluate import repeated_random_tokens
 from utils.models import tiny_random_model

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from utils.checkers import course_model as checkers
 from utils.checks import assert_accepts, assert_rejects
 from utils.course_model import exercises
 
@@ -29,14 +30,14 @@ def loss_shifted_the_wrong_way(logits, tokens):
 
 
 def test_per_token_loss_checker_accepts_the_reference():
-    assert_accepts(exercises.check_per_token_loss(exercises.per_token_loss))
+    assert_accepts(checkers.check_per_token_loss(exercises.per_token_loss))
 
 
 def test_per_token_loss_checker_accepts_an_equivalent_formulation():
     def with_cross_entropy(logits, tokens):
         return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
 
-    assert_accepts(exercises.check_per_token_loss(with_cross_entropy))
+    assert_accepts(checkers.check_per_token_loss(with_cross_entropy))
 
 
 @pytest.mark.parametrize(("wrong", "message"), [
@@ -46,7 +47,7 @@ def test_per_token_loss_checker_accepts_an_equivalent_formulation():
     (loss_shifted_the_wrong_way, r"first difference"),
 ])
 def test_per_token_loss_checker_rejects(wrong, message):
-    assert_rejects(exercises.check_per_token_loss(wrong), match=message)
+    assert_rejects(checkers.check_per_token_loss(wrong), match=message)
 
 
 # Exercise 0.2 ---------------------------------------------------------------------------------
@@ -72,12 +73,12 @@ def difference_of_whole_matrix(logits, correct, wrong):
 
 
 def test_logit_difference_checker_accepts_the_reference_and_log_probabilities():
-    assert_accepts(exercises.check_logit_difference(exercises.logit_difference))
+    assert_accepts(checkers.check_logit_difference(exercises.logit_difference))
 
     def of_log_probabilities(logits, correct, wrong):  # the normaliser cancels: the same numbers
         return exercises.logit_difference(logits.log_softmax(-1), correct, wrong)
 
-    assert_accepts(exercises.check_logit_difference(of_log_probabilities))
+    assert_accepts(checkers.check_logit_difference(of_log_probabilities))
 
 
 @pytest.mark.parametrize(("wrong", "message"), [
@@ -87,7 +88,7 @@ def test_logit_difference_checker_accepts_the_reference_and_log_probabilities():
     (difference_of_whole_matrix, r"expected shape \(4,\), got \(4, 4\)"),
 ])
 def test_logit_difference_checker_rejects(wrong, message):
-    assert_rejects(exercises.check_logit_difference(wrong), match=message)
+    assert_rejects(checkers.check_logit_difference(wrong), match=message)
 
 
 # Exercise 0.3 ---------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def logits_with_gpt2_paths(model, residual):
 
 
 def test_final_residual_checker_accepts_the_reference(course_model):
-    assert_accepts(exercises.check_logits_from_final_residual(exercises.logits_from_final_residual, course_model))
+    assert_accepts(checkers.check_logits_from_final_residual(exercises.logits_from_final_residual, course_model))
 
 
 @pytest.mark.parametrize(("wrong", "message"), [
@@ -118,7 +119,7 @@ def test_final_residual_checker_accepts_the_reference(course_model):
     (logits_with_gpt2_paths, r"input 'tiny random Pythia \(GPT-NeoX\)'.*AttributeError"),
 ])
 def test_final_residual_checker_rejects(course_model, wrong, message):
-    assert_rejects(exercises.check_logits_from_final_residual(wrong, course_model), match=message)
+    assert_rejects(checkers.check_logits_from_final_residual(wrong, course_model), match=message)
 
 
 def test_final_residual_stream_is_before_the_final_norm(course_model):

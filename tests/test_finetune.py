@@ -12,6 +12,7 @@ import torch
 from peft import get_peft_model_state_dict
 
 from utils import finetune
+from utils.checkers.lora import check_response_labels
 from utils.checks import assert_accepts, assert_rejects
 from utils.finetune import (
     ADAPTERS_DIR, IGNORE_INDEX, chat_batch, evaluate_chat, load_adapted_model, peft_adapter, train_model,
@@ -171,11 +172,11 @@ def labels_without_any_end_token(input_ids, prompt_lengths, attention_mask):
 
 
 def test_response_labels_checker():
-    assert_accepts(finetune.check_response_labels(finetune.response_labels))
-    assert_rejects(finetune.check_response_labels(labels_shifted_by_hand), "two rows")
-    assert_rejects(finetune.check_response_labels(labels_including_the_last_prompt_token), "two rows")
-    assert_rejects(finetune.check_response_labels(labels_on_padding_too), "padded on the right")
-    assert_rejects(finetune.check_response_labels(labels_without_any_end_token), "two rows")
+    assert_accepts(check_response_labels(finetune.response_labels))
+    assert_rejects(check_response_labels(labels_shifted_by_hand), "two rows")
+    assert_rejects(check_response_labels(labels_including_the_last_prompt_token), "two rows")
+    assert_rejects(check_response_labels(labels_on_padding_too), "padded on the right")
+    assert_rejects(check_response_labels(labels_without_any_end_token), "two rows")
 
 
 def test_unknown_adapters_are_refused_with_the_known_names(tmp_path):

@@ -10,6 +10,10 @@ import torch
 from transformers import AutoModel
 
 from utils import decoding
+from utils.checkers.prompting import (
+    _tokens_fed_per_call, check_apply_repetition_penalty, check_greedy_generate, check_min_p_filter,
+    check_top_beam_continuations, check_top_k_filter, check_top_p_filter,
+)
 from utils.checks import assert_accepts, assert_rejects
 from utils.decoding import (
     Decoding, beam_search, generate, generate_text, plot_filtered_distributions, top_k_filter, top_p_filter,
@@ -115,7 +119,7 @@ def test_the_kv_cache_feeds_one_position_per_step(course_model):
     def run():
         generate(course_model, torch.tensor([[0, 5, 6]]), 5, eos_token_id=())
 
-    assert decoding._tokens_fed_per_call(course_model, run) == [3, 1, 1, 1, 1]
+    assert _tokens_fed_per_call(course_model, run) == [3, 1, 1, 1, 1]
 
 
 def test_sampling_is_reproducible_with_a_generator(course_model, course_tokenizer):
@@ -168,7 +172,7 @@ def test_beam_search_matches_transformers_with_a_length_penalty(course_model, co
 def test_beam_search_stops_early_once_no_beam_can_win(course_model, course_tokenizer):
     """Records end after ~25 tokens: the search stops there, not at max_new_tokens."""
     input_ids = prompt_ids(course_tokenizer, "Record:")
-    calls = decoding._tokens_fed_per_call(course_model, lambda: beam_search(course_model, input_ids, 3, 120,
+    calls = _tokens_fed_per_call(course_model, lambda: beam_search(course_model, input_ids, 3, 120,
                                                                               eos_token_id=EOS))
     assert len(calls) < 60
     assert_same_as_beam_generate(course_model, input_ids, 3, 120, eos_token_id=EOS)
@@ -255,10 +259,10 @@ def top_k_keeping_the_smallest(logits, k):
 
 
 def test_top_k_checker():
-    assert_accepts(decoding.check_top_k_filter(top_k_filter))
-    assert_rejects(decoding.check_top_k_filter(top_k_with_exactly_k), "ties")
-    assert_rejects(decoding.check_top_k_filter(top_k_without_capping), "larger than the vocabulary")
-    assert_rejects(decoding.check_top_k_filter(top_k_keeping_the_smallest), "batch of 4")
+    assert_accepts(check_top_k_filter(top_k_filter))
+    assert_rejects(check_top_k_filter(top_k_with_exactly_k), "ties")
+    assert_rejects(check_top_k_filter(top_k_without_capping), "larger than the vocabulary")
+    assert_rejects(check_top_k_filter(top_k_keeping_the_smallest), "batch of 4")
 
 
 def top_p_excluding_the_crossing_token(logits, p):
@@ -280,10 +284,10 @@ def top_p_without_unsorting(logits, p):
 
 
 def test_top_p_checker():
-    assert_accepts(decoding.check_top_p_filter(top_p_filter))
-    assert_rejects(decoding.check_top_p_filter(top_p_excluding_the_crossing_token), "p=")
-    assert_rejects(decoding.check_top_p_filter(top_p_on_logits_not_probabilities), "p=")
-    assert_rejects(decoding.check_top_p_filter(top_p_without_unsorting), "batch of 4")
+    assert_accepts(check_top_p_filter(top_p_filter))
+    assert_rejects(check_top_p_filter(top_p_excluding_the_crossing_token), "p=")
+    assert_rejects(check_top_p_filter(top_p_on_logits_not_probabilities), "p=")
+    assert_rejects(check_top_p_filter(top_p_without_unsorting), "batch of 4")
 
 
 def min_p_on_logits(logits, min_p):
@@ -296,9 +300,9 @@ def min_p_over_the_batch(logits, min_p):
 
 
 def test_min_p_checker():
-    assert_accepts(decoding.check_min_p_filter(decoding.min_p_filter))
-    assert_rejects(decoding.check_min_p_filter(min_p_on_logits), "min_p")
-    assert_rejects(decoding.check_min_p_filter(min_p_over_the_batch), "batch of 4")
+    assert_accepts(check_min_p_filter(decoding.min_p_filter))
+    assert_rejects(check_min_p_filter(min_p_on_logits), "min_p")
+    assert_rejects(check_min_p_filter(min_p_over_the_batch), "batch of 4")
 
 
 def penalty_dividing_every_logit(logits, previous_tokens, penalty):
@@ -315,9 +319,9 @@ def penalty_once_per_occurrence(logits, previous_tokens, penalty):
 
 
 def test_repetition_penalty_checker():
-    assert_accepts(decoding.check_apply_repetition_penalty(decoding.apply_repetition_penalty))
-    assert_rejects(decoding.check_apply_repetition_penalty(penalty_dividing_every_logit), "tokens 0 and 1")
-    assert_rejects(decoding.check_apply_repetition_penalty(penalty_once_per_occurrence), "three times")
+    assert_accepts(check_apply_repetition_penalty(decoding.apply_repetition_penalty))
+    assert_rejects(check_apply_repetition_penalty(penalty_dividing_every_logit), "tokens 0 and 1")
+    assert_rejects(check_apply_repetition_penalty(penalty_once_per_occurrence), "three times")
 
 
 def greedy_generate_reference(model, input_ids, max_new_tokens):
@@ -351,10 +355,10 @@ def greedy_generate_first_position(model, input_ids, max_new_tokens):
 
 def test_greedy_generate_checker(course_model):
     with torch.no_grad():
-        assert_accepts(decoding.check_greedy_generate(greedy_generate_reference, course_model))
-        assert_rejects(decoding.check_greedy_generate(greedy_generate_without_cache, course_model), "KV cache")
-        assert_rejects(decoding.check_greedy_generate(greedy_generate_one_short, course_model), "shape")
-        assert_rejects(decoding.check_greedy_generate(greedy_generate_first_position, course_model), "batch of 2")
+        assert_accepts(check_greedy_generate(greedy_generate_reference, course_model))
+        assert_rejects(check_greedy_generate(greedy_generate_without_cache, course_model), "KV cache")
+        assert_rejects(check_greedy_generate(greedy_generate_one_short, course_model), "shape")
+        assert_rejects(check_greedy_generate(greedy_generate_first_position, course_model), "batch of 2")
 
 
 def continuations_ignoring_beam_scores(beam_scores, log_probs, k):
@@ -375,7 +379,7 @@ def continuations_with_swapped_indices(beam_scores, log_probs, k):
 
 
 def test_top_beam_continuations_checker():
-    assert_accepts(decoding.check_top_beam_continuations(decoding.top_beam_continuations))
-    assert_rejects(decoding.check_top_beam_continuations(continuations_ignoring_beam_scores), "3 beams")
-    assert_rejects(decoding.check_top_beam_continuations(continuations_per_beam), "3 beams")
-    assert_rejects(decoding.check_top_beam_continuations(continuations_with_swapped_indices), "3 beams")
+    assert_accepts(check_top_beam_continuations(decoding.top_beam_continuations))
+    assert_rejects(check_top_beam_continuations(continuations_ignoring_beam_scores), "3 beams")
+    assert_rejects(check_top_beam_continuations(continuations_per_beam), "3 beams")
+    assert_rejects(check_top_beam_continuations(continuations_with_swapped_indices), "3 beams")

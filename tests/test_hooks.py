@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from utils import architecture
+from utils.checkers.caching_hooks import check_capture_residual_stream
 from utils.checks import assert_accepts, assert_rejects
 from utils.hooks import (
     ablate_head, ablate_mlp, capture, capture_nnsight, capture_residual_stream, capture_transformer_lens,
-    check_capture_residual_stream, head_outputs, hooks, loss_with, nnsight_loss_with_ablation, site_to_transformer_lens,
+    head_outputs, hooks, loss_with, nnsight_loss_with_ablation, site_to_transformer_lens,
     transformer_lens_ablate_head, transformer_lens_ablate_mlp, valid_sites,
 )
 from utils.models import load_model, load_tokenizer, tiny_random_model

@@ -18,17 +18,20 @@ import torch
 from torch import nn
 
 from utils import architecture
+from utils.checkers.logit_lens import (
+    check_formation_layers, check_kl_to_final, check_logit_difference_contributions,
+    check_logit_lens_at_position,
+)
 from utils.checks import assert_accepts, assert_rejects
 from utils.hooks import capture
 from utils.logit_lens import (
-    FINAL_BIAS, answer_by_layer, attention_output_weight, check_formation_layers, check_kl_to_final,
-    check_logit_difference_contributions, check_logit_lens_at_position, check_stack_layer, corpus_batch,
+    FINAL_BIAS, answer_by_layer, attention_output_weight, check_stack_layer, corpus_batch,
     direct_logit_attribution, direction_logits, encode_prompts, formation_layers, kl_to_final, layer_labels,
-    lens_logits_at, lens_prompts, lens_table, logit_difference_contributions, logit_lens, logit_lens_at_position,
-    logit_lens_kl, logit_lens_layer, mlp_output_weight, ov_circuit, ov_copying_ranks, plot_answer_by_layer,
-    plot_component_attribution, plot_formation_histogram, plot_head_attribution, plot_kl_by_layer, plot_lens_table,
-    prompt_answers_by_layer, residual_components, residual_stack, singular_directions, top_tokens_of_directions,
-    value_weight,
+    lens_logits_at, lens_prompts, lens_table, logit_difference_contributions, logit_lens,
+    logit_lens_at_position, logit_lens_kl, logit_lens_layer, mlp_output_weight, ov_circuit, ov_copying_ranks,
+    plot_answer_by_layer, plot_component_attribution, plot_formation_histogram, plot_head_attribution,
+    plot_kl_by_layer, plot_lens_table, prompt_answers_by_layer, residual_components, residual_stack,
+    singular_directions, top_tokens_of_directions, value_weight,
 )
 from utils.models import CheckpointError, tiny_random_model
 from utils.tuned_lens import TUNED_LENS_DIR, TunedLens, compare_lenses, load_tuned_lens, train_tuned_lens

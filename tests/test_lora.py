@@ -13,32 +13,13 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from utils.checkers.lora import check_lora_forward, check_merged_weight, check_slerp
 from utils.checks import assert_accepts, assert_rejects
 from utils.lora import (
-    ADAPTER_CONFIG_FILE,
-    ADAPTER_WEIGHTS_FILE,
-    LoRALinear,
-    add_lora,
-    apply_task_vector,
-    check_lora_forward,
-    check_merged_weight,
-    check_slerp,
-    count_parameters,
-    linear_weight,
-    load_adapter,
-    load_lora_state_dict,
-    lora_forward,
-    lora_modules,
-    lora_state_dict,
-    merge_lora,
-    merge_task_vectors_linear,
-    merge_task_vectors_slerp,
-    merged_weight,
-    remove_lora,
-    save_adapter,
-    slerp,
-    task_vector,
-    unmerge_lora,
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LoRALinear, add_lora, apply_task_vector, count_parameters,
+    linear_weight, load_adapter, load_lora_state_dict, lora_forward, lora_modules, lora_state_dict,
+    merge_lora, merge_task_vectors_linear, merge_task_vectors_slerp, merged_weight, remove_lora, save_adapter,
+    slerp, task_vector, unmerge_lora,
 )
 from utils.models import tiny_random_model
 

@@ -10,11 +10,12 @@ import dataclasses
 import pytest
 import torch
 
+from utils.checkers.circuits import check_attribution, check_normalised_metric, check_replace_head
 from utils.checks import assert_accepts, assert_rejects
 from utils.models import load_model
 from utils.patching import (
-    PairTokens, accuracy, accuracy_with_heads_ablated, agreement_pairs, attribution, attribution_patch_head_positions,
-    attribution_patch_heads, baseline, check_attribution, check_normalised_metric, check_replace_head, correlation,
+    PairTokens, accuracy, accuracy_with_heads_ablated, agreement_pairs, attribution,
+    attribution_patch_head_positions, attribution_patch_heads, baseline, correlation,
     integrated_gradients_head_positions, ioi_pairs, normalised_metric, patch_head_positions, patch_heads,
     patch_residual, position_labels, replace_head, tokenize_pairs,
 )

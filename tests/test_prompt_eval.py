@@ -14,28 +14,15 @@ from statistics import NormalDist
 import plotly.graph_objects as go
 import pytest
 
+from utils.checkers.prompting import check_wilson_interval
 from utils.checks import assert_accepts, assert_rejects
 from utils.course_model.evaluate import greedy_matches
 from utils.models import COURSE_MODEL_DIR, load_model, load_tokenizer, tiny_random_model
 from utils.prompt_eval import (
-    Accuracy,
-    ChainOfThoughtComparison,
-    Example,
-    arithmetic_examples,
-    chain_of_thought_comparison,
-    check_wilson_interval,
-    evaluate_prompts,
-    exact_greedy_match,
-    example_from_document,
-    few_shot_examples,
-    few_shot_queries,
-    few_shot_sweep,
-    generated_answer_match,
-    mcnemar_exact,
-    parse_answer,
-    plot_accuracy_vs_shots,
-    score_examples,
-    wilson_interval,
+    Accuracy, ChainOfThoughtComparison, Example, arithmetic_examples, chain_of_thought_comparison,
+    evaluate_prompts, exact_greedy_match, example_from_document, few_shot_examples, few_shot_queries,
+    few_shot_sweep, generated_answer_match, mcnemar_exact, parse_answer, plot_accuracy_vs_shots,
+    score_examples, wilson_interval,
 )
 from utils.world import FEW_SHOT_TASKS, eval_set
 

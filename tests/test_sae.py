@@ -6,13 +6,14 @@ import shutil
 import pytest
 import torch
 
+from utils.checkers.sparse_autoencoders import check_explained_variance, check_sae_forward, check_sae_loss
 from utils.checks import assert_accepts, assert_rejects
 from utils.models import CheckpointError, tiny_random_model, verify_checkpoint
 from utils.sae import (
-    REBUILD_HINT, SAE_DIR, SHIPPED_SITES, SparseAutoencoder, activation, check_explained_variance,
-    check_feature_index, check_sae_fits, check_sae_forward, check_sae_loss, document_rows, evaluate_sae,
-    evaluation_batch, explained_variance, hook_name_of_site, load_sae, load_shipped_sae, plot_frontier,
-    resample_dead_latents, sae_forward, sae_loss, shipped_evaluation, site_of_hook_name, train_sae,
+    REBUILD_HINT, SAE_DIR, SHIPPED_SITES, SparseAutoencoder, activation, check_feature_index, check_sae_fits,
+    document_rows, evaluate_sae, evaluation_batch, explained_variance, hook_name_of_site, load_sae,
+    load_shipped_sae, plot_frontier, resample_dead_latents, sae_forward, sae_loss, shipped_evaluation,
+    site_of_hook_name, train_sae,
 )
 from utils.sae_features import (
     auroc, decompose_vector, feature_dashboard, ground_truth_table, label_features, labelled_probes,

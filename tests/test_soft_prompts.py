@@ -9,26 +9,14 @@ import einops
 import pytest
 import torch
 
+from utils.checkers.prompting import check_logits_with_soft_prompt
 from utils.checks import assert_accepts, assert_rejects
 from utils.course_model.evaluate import greedy_matches
 from utils.models import COURSE_MODEL_DIR, load_model, tiny_random_model
 from utils.soft_prompts import (
-    DEFAULT_TASK,
-    IGNORE,
-    SoftPrompt,
-    answer_batch,
-    answer_loss,
-    check_logits_with_soft_prompt,
-    compare_prompts,
-    few_shot_prompts,
-    frozen,
-    logits_with_soft_prompt,
-    nearest_tokens,
-    soft_prompt_accuracy,
-    soft_prompt_from_peft,
-    split_queries,
-    train_soft_prompt,
-    zero_shot_examples,
+    DEFAULT_TASK, IGNORE, SoftPrompt, answer_batch, answer_loss, compare_prompts, few_shot_prompts, frozen,
+    logits_with_soft_prompt, nearest_tokens, soft_prompt_accuracy, soft_prompt_from_peft, split_queries,
+    train_soft_prompt, zero_shot_examples,
 )
 from utils.world import FEW_SHOT_TASKS
 

@@ -12,18 +12,18 @@ import pytest
 import torch
 
 from utils import architecture
+from utils.checkers.steering_caa import check_add_steering, check_caa_vector, check_project_out
 from utils.checks import assert_accepts, assert_rejects
 from utils.directions import (
-    ablate_direction, actadd_vector, check_project_out, cosine_table, first_token_refusal_rate, labelled_stories,
-    mean_difference_direction, mean_token_activations, pca_direction, probe_accuracy, probe_direction, project_out,
-    refusal_direction, task_vector, zero_shot_accuracy, zero_shot_queries,
+    ablate_direction, actadd_vector, cosine_table, first_token_refusal_rate, labelled_stories,
+    mean_difference_direction, mean_token_activations, pca_direction, probe_accuracy, probe_direction,
+    project_out, refusal_direction, task_vector, zero_shot_accuracy, zero_shot_queries,
 )
 from utils.models import load_model, load_tokenizer
 from utils.steering import (
-    BEHAVIOURS, ContrastivePair, add_steering, behaviour_rate, caa_vector, caa_vectors, check_add_steering,
-    check_caa_vector, check_pairs, contrastive_pairs, generate_steered_nnsight, generate_steered_transformer_lens,
-    matching_probability, mean_token_loss, neutral_loss, neutral_texts, steer, steered_texts, steering_sweep,
-    story_openings, unit,
+    BEHAVIOURS, ContrastivePair, add_steering, behaviour_rate, caa_vector, caa_vectors, check_pairs,
+    contrastive_pairs, generate_steered_nnsight, generate_steered_transformer_lens, matching_probability,
+    mean_token_loss, neutral_loss, neutral_texts, steer, steered_texts, steering_sweep, story_openings, unit,
 )
 
 OPENINGS = 96

@@ -20,23 +20,13 @@ from outlines_core.json_schema import build_regex_from_schema
 from pydantic import BaseModel, Field
 from transformers import LogitsProcessorList
 
+from utils.checkers.prompting import check_token_transitions
 from utils.checks import assert_accepts, assert_rejects
 from utils.course_model.evaluate import Record, encode
 from utils.models import load_model, load_tokenizer
 from utils.structured import (
-    INTEGER_REGEX,
-    CharFSM,
-    SchemaLogitsProcessor,
-    TokenIndex,
-    check_token_transitions,
-    constrained_records,
-    plausibility,
-    record_index,
-    regex_for_schema,
-    token_strings,
-    token_transitions,
-    unconstrained_records,
-    validate_records,
+    INTEGER_REGEX, CharFSM, SchemaLogitsProcessor, TokenIndex, constrained_records, plausibility,
+    record_index, regex_for_schema, token_strings, token_transitions, unconstrained_records, validate_records,
 )
 from utils.world import eval_set
 

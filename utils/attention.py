@@ -21,7 +21,7 @@ Exercises 3.2 and 3.3 ask for the scores of one layer; their checkers are here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import einops
 import plotly.graph_objects as go
@@ -33,7 +33,6 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from utils import architecture
-from utils.checks import Case, CheckResult, check_function
 from utils.hooks import Ablation, ablate_head, capture
 
 Head = tuple[int, int]
@@ -183,33 +182,3 @@ def plot_copy_losses(losses: dict[str, Float[Tensor, "pos"]], length: int) -> go
 
 # --------------------------------------------------------------------------------------------
 # Exercises 3.2 and 3.3: the checkers
-
-
-def _random_patterns(batch: int, heads: int, pos: int, seed: int) -> Float[Tensor, "batch head query key"]:
-    """Causal attention patterns with random scores: rows sum to 1 over the keys at or before the query."""
-    scores = torch.randn(batch, heads, pos, pos, generator=torch.Generator().manual_seed(seed)) * 2
-    future = torch.triu(torch.ones(pos, pos, dtype=torch.bool), diagonal=1)
-    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-
-
-def check_previous_token_scores(learner_fn: Callable[[Tensor], Tensor]) -> CheckResult:
-    """Exercise 3.2: ``learner_fn(pattern [batch, head, query, key]) -> [head]`` on random causal patterns."""
-    cases = [Case("batch of 3, 4 heads, 9 positions", _random_patterns(3, 4, 9, seed=1)),
-             Case("batch of 1, 2 heads, 5 positions", _random_patterns(1, 2, 5, seed=2))]
-    return check_function(
-        learner_fn, previous_token_scores, cases, exercise="3.2 (previous_token_scores)", atol=1e-5,
-        hint="the attention from query q to key q - 1 is pattern[..., q, q - 1]: the diagonal just below the main one "
-             "of each [query, key] matrix (Tensor.diagonal with a negative offset, on the last two dimensions); "
-             "average it over the batch and over the queries 1..pos-1 only (query 0 has no previous token), keeping "
-             "the head dimension")
-
-
-def check_induction_scores(learner_fn: Callable[[Tensor, int], Tensor]) -> CheckResult:
-    """Exercise 3.3: ``learner_fn(pattern [batch, head, query, key], length) -> [head]`` on random causal patterns."""
-    cases = [Case("length 5: batch of 3, 4 heads, 11 positions", _random_patterns(3, 4, 11, seed=3), 5),
-             Case("length 3: batch of 2, 2 heads, 7 positions", _random_patterns(2, 2, 7, seed=4), 3)]
-    return check_function(
-        learner_fn, induction_scores, cases, exercise="3.3 (induction_scores)", atol=1e-5,
-        hint="positions are BOS=0, the first copy 1..L, the second copy L+1..2L; the query q of the second copy holds "
-             "the token of position q - L, and an induction head attends to the token AFTER it, at q - L + 1; "
-             "average over the batch and the L queries of the second copy only")

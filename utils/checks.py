@@ -542,9 +542,9 @@ def _case_problem(learner_fn: Callable[..., Any], reference_fn: Callable[..., An
     except CheckTimeout as timeout:
         return f"your function {timeout}"
     if isinstance(case, RaisingCase):
-        if changed:
-            return f"when it raised {_describe_error(error)}, your function {changed}" if error else f"your function {changed}"
-        return None if error else f"your function returned {_describe_type(actual)}, but on this input it must raise"
+        if error is None:
+            return f"your function returned {_describe_type(actual)}, but on this input it must raise"
+        return f"when it raised {_describe_error(error)}, your function {changed}" if changed else None
     if error is not None:  # the learner's bug: report it, no traceback
         return f"your function raised {_describe_error(error)}"
     if changed:
@@ -651,7 +651,9 @@ def _restore_module(value: Any, before: tuple) -> None:
     if before[0] != "module":
         return
     for registry in _hook_registries(value):
-        for key in [key for key in registry if (id(registry), key) not in before[2] and not _is_transformers_own(registry[key])]:
+        added = [key for key, hook in registry.items() if (id(registry), key) not in before[2]
+                 and not _is_transformers_own(hook)]
+        for key in added:
             del registry[key]
     if value.training != before[3]:
         value.train(before[3])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -30,7 +30,6 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
-from utils.checks import Case, CheckResult, check_function
 from utils.course_model.evaluate import encode_batch
 from utils.hooks import capture, hooks
 from utils.steering import behaviour, check_steering, last_token_activations
@@ -215,17 +214,3 @@ def zero_shot_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
 # --------------------------------------------------------------------------------------------
 # Exercise 5.3: the checker
-
-
-def check_project_out(learner_fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
-    """Exercise 5.3 on a batch of residuals and directions of norm 1, 3.5 and 0.2."""
-    generator = torch.Generator().manual_seed(0)
-    residual = torch.randn(2, 5, 8, generator=generator) * 4
-    cases = [Case(f"[2, 5, 8] residuals, a direction of norm {norm}", residual, direction * norm)
-             for norm in (1.0, 3.5, 0.2)
-             for direction in [F.normalize(torch.randn(8, generator=generator), dim=0)]]
-    return check_function(
-        learner_fn, project_out, cases, exercise="5.3 (project_out)", atol=1e-5,
-        hint="make the direction a unit vector r first (it may have any norm); the component of x along r is "
-             "(x · r) r, with the dot products given a trailing dimension to broadcast; subtract it from x (do not "
-             "keep only it)")

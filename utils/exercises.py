@@ -47,16 +47,30 @@ class ExerciseContext:
         return token_windows(self.tokenizer, texts, context_length=128)[:12]
 
 
+#: The module of each chapter's checkers (``utils/checkers/<name>.py``), by chapter number.
+CHECKER_MODULES: dict[str, str] = {
+    "0": "course_model", "1": "prompting", "2": "lora", "3": "caching_hooks", "4": "logit_lens",
+    "5": "steering_caa", "6": "sparse_autoencoders", "7": "circuits",
+}
+
+
 @dataclass(frozen=True)
 class Exercise:
-    """One exercise: its number, the notebook and function of its solution, its checker
-    (``"module:function"``) and what the checker takes after the learner's function."""
+    """One exercise: its number, the notebook and function of its solution, the library module the
+    solution builds on (its names are the solution's), its checker (in the chapter's module of
+    ``utils.checkers``) and what the checker takes after the learner's function."""
 
     id: str
     notebook: str
     function: str
-    checker: str
+    library: str
+    checker_name: str
     needs: tuple[str, ...] = ()
+
+    @property
+    def checker(self) -> str:
+        """``"utils.checkers.<chapter>:check_<exercise>"``."""
+        return f"utils.checkers.{CHECKER_MODULES[self.id.split('.')[0]]}:{self.checker_name}"
 
     def check(self, learner_fn: Callable[..., Any], context: ExerciseContext) -> CheckResult:
         """Run the checker on ``learner_fn`` as the lab does."""
@@ -67,8 +81,8 @@ class Exercise:
 
 def solution(exercise: Exercise) -> tuple[Callable[..., Any], str]:
     """The reference solution of ``exercise``, compiled from its solution notebook's cell, and
-    that cell's source. It runs in the namespace of the checker's module (which imports what the
-    solutions use), with the notebook's typing names."""
+    that cell's source. It runs in the namespace of the exercise's library module (which imports
+    what the solutions use), with the notebook's typing names."""
     cells = json.loads((SOLUTIONS_DIR / f"{exercise.notebook}.ipynb").read_text())["cells"]
     definition = f"def {exercise.function}("
     sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
@@ -86,13 +100,15 @@ def _solution_namespace(exercise: Exercise) -> dict[str, Any]:
     import torch
     from jaxtyping import Bool, Float, Int
 
-    module = importlib.import_module(exercise.checker.split(":")[0])
+    module = importlib.import_module(exercise.library)
     return {**vars(module), "torch": torch, "einops": einops, "Tensor": torch.Tensor, "Float": Float, "Int": Int,
             "Bool": Bool, "__name__": f"solution_{exercise.notebook}"}
 
 
 def _exercises(*rows: tuple[str, str, str, str, tuple[str, ...]]) -> dict[str, Exercise]:
-    return {row[0]: Exercise(*row) for row in rows}
+    """Rows ``(id, notebook, function, "library:check_name", needs)``."""
+    return {id_: Exercise(id_, notebook, function, *checker.split(":"), needs)
+            for id_, notebook, function, checker, needs in rows}
 
 
 #: The course's exercises by number, in the order of the labs.

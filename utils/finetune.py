@@ -29,7 +29,7 @@ import argparse
 import copy
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -42,7 +42,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.checks import Case, CheckResult, check_function
 from utils.course_model.evaluate import teacher_forced_logits
 from utils.decoding import generate_text
 from utils.lora import (
@@ -361,24 +360,6 @@ def merged_skill_models(model: PreTrainedModel, vectors: Sequence[Mapping[str, T
 # --------------------------------------------------------------------------------------------
 # Checker for the lab's exercise (tests/test_finetune.py proves it accepts the reference and rejects
 # typical wrong answers)
-
-
-def check_response_labels(learner_fn: Callable) -> CheckResult:
-    """Exercise 2.1 on hand-made rows: right padding, a one-token response, a batch of one."""
-    def case(name: str, rows: list[list[int]], prompt_lengths: list[int]) -> Case:
-        width = max(map(len, rows))
-        input_ids = torch.tensor([row + [0] * (width - len(row)) for row in rows])
-        attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-        return Case(name, input_ids, torch.tensor(prompt_lengths), attention_mask)
-
-    cases = [case("two rows, the second padded on the right", [[0, 5, 6, 7, 8, 9, 0], [0, 5, 6, 9, 0]], [4, 3]),
-             case("a batch of one, no padding", [[0, 11, 12, 13, 14, 0]], [3]),
-             case("a one-token response (then EOS)", [[0, 5, 6, 7, 9, 0], [0, 5, 6, 9, 9, 9, 9, 0]], [4, 3])]
-    return check_function(
-        learner_fn, response_labels, cases, exercise="2.1 (response_labels)",
-        hint="keep input_ids where the position is >= the row's prompt length and the attention mask is 1, put "
-             "-100 everywhere else; do not shift the labels yourself: transformers compares the logits at "
-             "position i with labels[:, i + 1]")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

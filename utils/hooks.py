@@ -48,8 +48,6 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from utils import architecture
-from utils.checks import Case, CheckResult, RaisingCase, Varies, check_function
-from utils.models import tiny_random_model
 
 if TYPE_CHECKING:
     from nnsight import TransformersModel
@@ -500,27 +498,3 @@ def capture_residual_stream(model: PreTrainedModel, input_ids: Int[Tensor, "batc
     finally:
         handle.remove()
     return captured[0]
-
-
-def check_capture_residual_stream(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
-    """Exercise 3.1 on ``model`` (first and last layer, batch 1 and 2) and tiny random Pythia and Llama models."""
-    def case(name: str, checked_model: PreTrainedModel, layer: int, batch: int, pos: int) -> Case:
-        generator = torch.Generator().manual_seed(batch * 100 + pos + layer)
-        input_ids = torch.randint(checked_model.config.vocab_size, (batch, pos), generator=generator)
-        return Case(name, checked_model, input_ids, layer)
-
-    last = architecture.n_layers(model) - 1
-    cases = [case("your model, layer 0, batch of 2", model, 0, 2, 6),
-             case(f"your model, last layer ({last}), batch of 1", model, last, 1, 5),
-             case("tiny random Pythia (GPT-NeoX), layer 1", tiny_random_model("gpt_neox"), 1, 2, 5),
-             case("tiny random Llama, layer 0", tiny_random_model("llama"), 0, 1, 4),
-             RaisingCase("a token id past the vocabulary: the forward pass raises, and the hook must go all the same",
-                         model, torch.tensor([[0, model.config.vocab_size]]), 0)]
-    with torch.no_grad():
-        return check_function(
-            learner_fn, capture_residual_stream, cases, exercise="3.1 (capture_residual_stream)",
-            properties=[Varies("layer", lambda layer: layer + 1, "reads another layer")],
-            atol=1e-5, rtol=1e-4,
-            hint="register_forward_hook on architecture.blocks(model)[layer] (not layer - 1 or + 1); in the hook "
-                 "save `output` (the block's output, not its input; a tensor: take output[0] if it is a tuple); "
-                 "run the model, remove the hook with its handle in a finally block, and return the saved tensor")

@@ -40,7 +40,6 @@ import plotly.graph_objects as go
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.checks import Case, CheckResult, Varies, check_function
 from utils.course_model.evaluate import encode, greedy_matches
 from utils.decoding import generate_text
 from utils.world import FEW_SHOT_TASKS, Document, eval_set
@@ -479,16 +478,3 @@ def chain_of_thought_comparison(model: PreTrainedModel, tokenizer: PreTrainedTok
 # Checker for the lab's exercise (tests/test_prompt_eval.py proves it accepts the reference and
 # rejects typical wrong answers)
 # ---------------------------------------------------------------------------------------------
-
-
-def check_wilson_interval(learner_fn: Callable) -> CheckResult:
-    """Exercise 1.7: 8/10, the extremes 0/n and n/n, a small n, and another confidence level."""
-    cases = [Case("8 right out of 10", 8, 10), Case("0 right out of 20 (the interval is not empty)", 0, 20),
-             Case("50 right out of 50", 50, 50), Case("1 right out of 3", 1, 3),
-             Case("42 out of 50 at confidence 0.9", 42, 50, 0.9)]
-    return check_function(
-        learner_fn, wilson_interval, cases, exercise="1.7 (wilson_interval)", atol=1e-6,
-        properties=[Varies("confidence", lambda confidence: 0.95, "ignores the confidence level")],
-        hint="z is the standard normal quantile of (1 + confidence) / 2 (1.96 for 95 %, from "
-             "statistics.NormalDist().inv_cdf); centre = (p + z²/2n) / (1 + z²/n) and half-width = "
-             "z √(p(1-p)/n + z²/4n²) / (1 + z²/n): not the textbook p ± z √(p(1-p)/n)")

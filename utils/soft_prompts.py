@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import einops
@@ -53,8 +53,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.checks import Case, CheckResult, check_function
-from utils.models import frozen, tiny_random_model
+from utils.models import frozen
 from utils.world import FEW_SHOT_TASKS
 from utils.world.families import few_shot
 
@@ -66,7 +65,6 @@ __all__ = [
     "answer_batch",
     "answer_loss",
     "answer_matches",
-    "check_logits_with_soft_prompt",
     "compare_prompts",
     "few_shot_prompts",
     "frozen",
@@ -447,36 +445,3 @@ def _check_soft_prompt(model: PreTrainedModel, soft_prompt: Tensor, input_ids: T
     if positions is not None and soft_prompt.shape[0] + input_ids.shape[1] > positions:
         raise ValueError(f"{soft_prompt.shape[0]} soft tokens + {input_ids.shape[1]} input tokens exceed the "
                          f"model's {positions} positions: use a shorter soft prompt or shorter inputs")
-
-
-# --------------------------------------------------------------------------------------------
-# Checkers
-
-
-def check_logits_with_soft_prompt(learner_fn: Callable, model: PreTrainedModel, *,
-                                  exercise: str = "1.9 (logits_with_soft_prompt)") -> CheckResult:
-    """The exercise on ``model`` (batch of 2, batch of 1, 1 and 8 soft tokens) and on tiny random
-    GPT-NeoX (Pythia) and Llama models, whose rotary positions need no position embedding.
-
-    ``exercise`` is the label printed (the chapter notebook numbers its exercises)."""
-    def case(name: str, checked_model: PreTrainedModel, batch: int, seq: int, n_tokens: int) -> Case:
-        generator = torch.Generator().manual_seed(100 * batch + 10 * seq + n_tokens)
-        input_ids = torch.randint(checked_model.config.vocab_size, (batch, seq), generator=generator)
-        soft_prompt = SoftPrompt.from_vocabulary(checked_model, n_tokens, seed=n_tokens).embeddings.detach()
-        return Case(f"{name}: {n_tokens} soft tokens, input_ids {tuple(input_ids.shape)}",
-                    checked_model, soft_prompt, input_ids)
-
-    cases = [case("your model, batch of 2", model, 2, 6, 4),
-             case("your model, batch of 1", model, 1, 5, 3),
-             case("your model, 1 soft token", model, 3, 4, 1),
-             case("your model, 8 soft tokens", model, 2, 5, 8),
-             case("tiny random Pythia (GPT-NeoX)", tiny_random_model("gpt_neox"), 2, 5, 3),
-             case("tiny random Llama (rotary positions)", tiny_random_model("llama"), 2, 4, 2)]
-    with torch.no_grad():
-        return check_function(
-            learner_fn, logits_with_soft_prompt, cases, exercise=exercise,
-            atol=1e-4, rtol=1e-4,
-            hint="embed input_ids with model.get_input_embeddings(), repeat the soft prompt for every "
-                 "sequence of the batch (einops.repeat), concatenate it *before* the token embeddings "
-                 "(dim=1), call model(inputs_embeds=...), and return only the logits of the real tokens "
-                 "(drop the first n_tokens positions); the model adds positions itself")

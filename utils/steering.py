@@ -45,7 +45,6 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
-from utils.checks import Case, CheckResult, HasCase, Varies, check_function
 from utils.course_model.evaluate import encode_batch
 from utils.decoding import Decoding, generate_text
 from utils.hooks import EditFn, capture, hooks
@@ -445,38 +444,3 @@ def plot_sweep(sweep: pd.DataFrame, column: str, title: str) -> go.Figure:
 
 # --------------------------------------------------------------------------------------------
 # Exercises 5.1 and 5.2: the checkers
-
-
-def check_caa_vector(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
-                     tokenizer: PreTrainedTokenizerBase) -> CheckResult:
-    """Exercise 5.1 on the course model (two layers, two behaviours)."""
-    positive, wedding = contrastive_pairs("positive", 8, seed=5), contrastive_pairs("wedding", 6, seed=6)
-    last = architecture.n_layers(model) - 1
-    cases = [Case("8 'positive' pairs, layer 0", model, tokenizer, positive, 0),
-             Case(f"6 'wedding' pairs, layer {last}", model, tokenizer, wedding, last)]
-    return check_function(
-        learner_fn, caa_vector, cases, exercise="5.1 (caa_vector)", atol=1e-4,
-        properties=[Varies("layer", lambda layer: layer + 1, "reads another layer")],
-        hint="last_token_activations(model, tokenizer, texts, [layer])[0] gives [n, d_model] at each text's last "
-             "token (the answer letter); average the matching texts (pair.matching_text) and the non-matching "
-             "ones over the pairs, and return matching minus non-matching, not normalised")
-
-
-def check_add_steering(learner_fn: Callable[[Tensor, Tensor, float], Tensor]) -> CheckResult:
-    """Exercise 5.2 on a prompt pass (several positions) and on generation steps (one position)."""
-    generator = torch.Generator().manual_seed(0)
-    vector = torch.randn(16, generator=generator)
-
-    def case(name: str, batch: int, pos: int, alpha: float) -> Case:
-        return Case(name, torch.randn(batch, pos, 16, generator=generator), vector, alpha)
-
-    cases = [case("a prompt pass: batch 2, 7 positions, alpha 4", 2, 7, 4.0),
-             case("a generation step: batch 2, 1 position, alpha 4", 2, 1, 4.0),
-             case("a prompt pass with alpha -2.5", 1, 3, -2.5)]
-    return check_function(
-        learner_fn, add_steering, cases, exercise="5.2 (add_steering)", atol=1e-5,
-        properties=[Varies("alpha", lambda alpha: 2 * alpha, "ignores alpha"),
-                    HasCase("a generation step (one position)", lambda case: case.args[0].shape[1] == 1)],
-        in_place_advice={"residual": "the hook's input is the model's own tensor; clone it first and return the copy"},
-        hint="a prompt pass has pos > 1: add alpha * vector at the last position only (residual[:, -1]); a "
-             "generation step has pos == 1: add it there; work on a copy of the residual, never in place")

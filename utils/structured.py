@@ -41,7 +41,7 @@ import string
 import time
 import typing
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import interegular
@@ -52,7 +52,6 @@ from pydantic import BaseModel, ValidationError
 from torch import Tensor
 from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.checks import Case, CheckResult, check_function
 from utils.course_model.evaluate import Record, encode
 from utils.decoding import Decoding, generate, token_strings
 from utils.world.vocabulary import CAPITALS, JOBS, NAMES
@@ -64,7 +63,6 @@ __all__ = [
     "STRING_REGEX",
     "SchemaLogitsProcessor",
     "TokenIndex",
-    "check_token_transitions",
     "constrained_records",
     "plausibility",
     "record_index",
@@ -681,54 +679,3 @@ def plausibility(records: Iterable[BaseModel | dict[str, Any]]) -> dict[str, flo
               "city": lambda row: row.get("city") in cities,
               "job": lambda row: row.get("job") in JOBS}
     return {field: sum(map(check, rows)) / len(rows) for field, check in checks.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# Checkers
-
-
-def _state_after(fsm: CharFSM, text: str) -> int:
-    state = fsm.walk(fsm.initial, text)
-    assert state is not None, f"{text!r} does not start a match of {fsm.pattern!r}"
-    return state
-
-
-def check_token_transitions(learner_fn: Callable, *, exercise: str = "1.8 (token_transitions)") -> CheckResult:
-    """The lab's exercise: hand-made token lists on small automata, then the course tokenizer on the
-    Record schema. The cases catch checking only a token's first character, allowing the empty
-    string or a ``'\\ufffd'`` token, returning the state after the first character only, and
-    taking the start state (id 0) for a dead end.
-
-    ``exercise`` is the label printed (the chapter notebook numbers its exercises)."""
-    from utils.models import load_tokenizer
-
-    pairs = CharFSM.from_regex("(ab|ac)+")
-    tokens = ["a", "b", "c", "ab", "ac", "abac", "aba", "ad", "abx", "ba", "", "\ufffd", "acab"]
-    digits = CharFSM.from_regex(INTEGER_REGEX)
-    number_tokens = ["0", "7", "42", "01", "-", "-0", "-7", "4a", "10", "", "\ufffd"]
-    json_string = CharFSM.from_regex(STRING_REGEX + ",")
-    string_tokens = ["a", "ab", '"', '",', '" ,', '"x', "\ufffd", "", "é", " x"]
-    loop = CharFSM.from_regex("(ab)*")           # "ab" leads back to the start state, whose id is 0
-    loop_tokens = ["a", "b", "ab", "abab", "aba", "ba", "bab", "", "\ufffd"]
-    record = CharFSM.from_regex(RECORD_PREFIX + regex_for_schema(Record))
-    course_tokens = token_strings(load_tokenizer("course"))
-    cases = [
-        Case("'(ab|ac)+' at the start: tokens such as 'ad' fit only at their first character",
-             pairs, pairs.initial, tokens),
-        Case("'(ab|ac)+' after 'a': the state after a token is not the state after its first character",
-             pairs, _state_after(pairs, "a"), tokens),
-        Case("'(ab|ac)+' after 'ab' (a final state): the empty token must not be allowed",
-             pairs, _state_after(pairs, "ab"), tokens),
-        Case("an integer at the start: '01' has a leading zero", digits, digits.initial, number_tokens),
-        Case("'(ab)*' after 'a': 'b' and 'bab' lead back to the start state (state 0 is a state, not a failure)",
-             loop, _state_after(loop, "a"), loop_tokens),
-        Case("inside a JSON string: '\\ufffd' (part of a multi-byte character) is never allowed",
-             json_string, _state_after(json_string, '"ab'), string_tokens),
-        Case("the Record schema after ' {\"name\": \"A', course tokenizer", record,
-             _state_after(record, ' {"name": "A'), course_tokens),
-    ]
-    return check_function(
-        learner_fn, token_transitions, cases, exercise=exercise,
-        hint="walk every character of a token's text from `state` with fsm.step (or fsm.walk) and keep the token "
-             "only if no step returns None; map it to the state after its LAST character; skip empty texts and "
-             "texts containing '\\ufffd'")

@@ -1,0 +1,110 @@
+"""Checkers for the exercises of chapter 4 (the logit lens), kept apart from the library code they check.
+
+Each ``check_<exercise>(learner_fn, ...)`` runs the learner's function and the library's reference
+on inputs chosen so that every plausible mistake shows (see ``utils.checks``), and prints one line.
+``tests/test_mutation.py`` and ``tests/test_wrong_answers.py`` prove that each rejects wrong answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from utils.checks import Case, CheckResult, Varies, check_function
+from utils.logit_lens import (
+    checker_models, formation_layers, kl_to_final, logit_difference_contributions, logit_lens_at_position, residual_components, residual_stack,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercises on utils.logit_lens
+
+
+def _random_ids(model: PreTrainedModel, batch: int, pos: int, seed: int) -> Int[Tensor, "batch pos"]:
+    return torch.randint(model.config.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(seed))
+
+
+def check_logit_lens_at_position(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 4.1 on ``model`` (last position and an earlier one) and on tiny random Pythia, Llama and GPT-2."""
+    cases = [Case("your model, position -1 (the last)", model, residual_stack(model, _random_ids(model, 2, 7, 0)), -1),
+             Case("your model, position 2 (not the last)", model, residual_stack(model, _random_ids(model, 1, 6, 1)), 2)]
+    for seed, (name, other) in enumerate(checker_models().items()):
+        position = (1, -1, 0)[seed]
+        cases.append(Case(f"{name}, position {position}", other,
+                          residual_stack(other, _random_ids(other, 2, 5, 10 + seed)), position))
+    with torch.no_grad():
+        return check_function(
+            learner_fn, logit_lens_at_position, cases, exercise="4.1 (logit_lens_at_position)", atol=1e-4, rtol=1e-4,
+            properties=[Varies("position", lambda position: position - 1, "reads another position")],
+            hint="take residual at `position` on its position dimension (that position itself, not position - 1 or "
+                 "the last one), apply the final norm as the model does (architecture.final_norm(model): its weight "
+                 "AND its bias, and the mean subtraction for a LayerNorm), then the unembedding as a module "
+                 "(architecture.unembedding(model), which adds its bias if it has one)")
+
+
+def _flickering_correct(layers: int, batch: int, seed: int) -> Bool[Tensor, "layers batch"]:
+    """Random correct/incorrect tables whose answers come and go before settling (or never settle)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((layers, batch), generator=generator) < torch.linspace(0.2, 0.8, layers)[:, None]
+
+
+def check_formation_layers(learner_fn: Callable) -> CheckResult:
+    """Exercise 4.3 on a hand-made table (an answer that flickers, one that is lost at the end) and random ones."""
+    example = torch.tensor([[0, 0, 0, 1, 1],      # [layer_plus_one = 5, batch = 5]
+                            [1, 0, 1, 1, 1],
+                            [0, 1, 0, 0, 1],
+                            [1, 1, 0, 1, 1],
+                            [1, 1, 1, 0, 1]]).bool()
+    cases = [Case("5 layers, 5 prompts (formed at 3, 2, 4, never, 0)", example),
+             Case("a 4-block model, 32 random prompts", _flickering_correct(5, 32, seed=0)),
+             Case("a 12-block model, 16 random prompts", _flickering_correct(13, 16, seed=1))]
+    return check_function(
+        learner_fn, formation_layers, cases, exercise="4.3 (formation_layers)",
+        hint="an answer forms at the first layer from which it stays correct until the last one, not at the first "
+             "layer where it is correct (it can be lost again); a prompt wrong at the last layer gets -1. Flip the "
+             "layers, take a cumulative product of correct, and count the layers it stays correct")
+
+
+def _spread_logits(layers: int, n: int, vocab: int, seed: int) -> Float[Tensor, "layers n vocab"]:
+    """Random lens logits, sharper at later layers, with an offset per row (logits are not log-probabilities)."""
+    generator = torch.Generator().manual_seed(seed)
+    sharpness = torch.linspace(0.5, 4.0, layers)[:, None, None]
+    return sharpness * torch.randn((layers, n, vocab), generator=generator) + 3 * torch.randn((layers, n, 1),
+                                                                                             generator=generator)
+
+
+def check_kl_to_final(learner_fn: Callable) -> CheckResult:
+    """Exercise 4.4 on random lens logits of a few shapes (unnormalised, with an offset per row)."""
+    cases = [Case("5 layers, 7 predictions, vocabulary 50", _spread_logits(5, 7, 50, seed=0)),
+             Case("13 layers, 3 predictions, vocabulary 11", _spread_logits(13, 3, 11, seed=1)),
+             Case("2 layers, 1 prediction, vocabulary 4", _spread_logits(2, 1, 4, seed=2))]
+    return check_function(
+        learner_fn, kl_to_final, cases, exercise="4.4 (kl_to_final)", atol=1e-4, rtol=1e-4,
+        hint="turn logits into log-probabilities with log_softmax over the vocabulary first; the final layer's "
+             "distribution p is the reference: KL(p || q) = sum_v p_v (log p_v - log q_v), summed over the "
+             "vocabulary, then averaged over the n predictions (one value per layer)")
+
+
+def check_logit_difference_contributions(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 4.2 on ``model`` and on tiny random Pythia (LayerNorm) and Llama (RMSNorm) models."""
+    def case(name: str, checked_model: PreTrainedModel, seed: int) -> Case:
+        input_ids = _random_ids(checked_model, 3, 6, seed)
+        components = residual_components(checked_model, input_ids)
+        answer, contrast = torch.randint(checked_model.config.vocab_size, (2, 3),
+                                         generator=torch.Generator().manual_seed(seed + 1))
+        return Case(name, checked_model, components.vectors, components.scale, answer, contrast)
+
+    others = list(checker_models().items())[:2]
+    cases = [case("your model, 3 prompts", model, 0), *(case(name, other, 10 + i) for i, (name, other) in enumerate(others))]
+    with torch.no_grad():
+        return check_function(
+            learner_fn, logit_difference_contributions, cases, exercise="4.2 (logit_difference_contributions)",
+            atol=1e-4, rtol=1e-3,
+            hint="for a LayerNorm (isinstance(norm, torch.nn.LayerNorm); not for Llama's RMSNorm) subtract each "
+                 "component's own mean over d_model; divide by `scale` (the whole stream's, given: do not recompute "
+                 "it per component); multiply by the norm's weight; then take the dot product with "
+                 "W_U[answer] - W_U[contrast] (the difference, not W_U[answer] alone)")
