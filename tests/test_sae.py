@@ -326,15 +326,17 @@ def test_feature_index_and_vector_shape_are_checked(course_model, sae):
 
 
 @pytest.mark.slow
-def test_sae_lens_runner_trains_offline_on_the_course_model(course_tokenizer, tmp_path):
+def test_sae_lens_runner_trains_offline_on_the_course_model(course_tokenizer, tmp_path, recwarn):
     from utils.models import load_model
-    from utils.sae import train_with_sae_lens
+    from utils.sae import _EXPECTED_SAE_LENS_WARNINGS, train_with_sae_lens
 
     tl_model = load_model("course", backend="transformer_lens")
     trained = train_with_sae_lens(tl_model, course_tokenizer, "mlp_out.1", d_sae=64, training_tokens=8192,
                                   n_documents=400, batch_size=512, output_dir=tmp_path / "sae")
     assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.1.hook_mlp_out"
     assert load_sae(tmp_path / "sae").cfg.d_sae == 64 and trained.cfg.d_sae == 64
+    shown = [str(w.message) for w in recwarn if any(m in str(w.message) for m in _EXPECTED_SAE_LENS_WARNINGS)]
+    assert not shown, "the expected sae-lens warnings reach the reader (chapter 6's page prints them)"
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import dataclasses
 import pytest
 import torch
 
+from wrong_answers import steering_every_position, steering_in_place, steering_the_first_position
+
 from utils import architecture
 from utils.checkers.steering_caa import check_add_steering, check_caa_vector, check_project_out
 from utils.checks import assert_accepts, assert_rejects
@@ -288,23 +290,12 @@ def test_caa_vector_checker(course_model, course_tokenizer):
 
 
 def test_add_steering_checker():
+    """The registry's wrong answers (tests/wrong_answers.py) fail on the input that shows their mistake."""
     assert_accepts(check_add_steering(add_steering))
-
-    def everywhere(residual, vector, alpha):
-        return residual + alpha * vector
-
-    def in_place(residual, vector, alpha):
-        residual[:, -1] += alpha * vector
-        return residual
-
-    def first_position(residual, vector, alpha):
-        steered = residual.clone()
-        steered[:, 0] += alpha * vector
-        return steered
-
-    assert_rejects(check_add_steering(everywhere), "a prompt pass")
-    assert_rejects(check_add_steering(in_place), "changed its argument 'residual' in place: the hook's input is the model's own")
-    assert_rejects(check_add_steering(first_position), "a prompt pass")
+    assert_rejects(check_add_steering(steering_every_position), "a prompt pass")
+    assert_rejects(check_add_steering(steering_in_place),
+                   "changed its argument 'residual' in place: the hook's input is the model's own")
+    assert_rejects(check_add_steering(steering_the_first_position), "a prompt pass")
 
 
 def test_project_out_checker():

@@ -691,13 +691,16 @@ def project_out_with_a_projection_matrix(residual, direction):
 
 
 # --------------------------------------------------------------------------------------------- 6
-def sae_with_topk_over_the_batch(x, W_enc, b_enc, W_dec, b_dec, k=None):
-    pre = (x - b_dec) @ W_enc + b_enc
+def _sae_latents(pre, k, dim=-1):
+    """ReLU, or the k largest along ``dim`` ReLU'd and the rest zeroed."""
     if k is None:
-        latents = pre.relu()
-    else:
-        values, indices = pre.topk(min(k, len(pre)), dim=0)
-        latents = torch.zeros_like(pre).scatter(0, indices, values.relu())
+        return pre.relu()
+    values, indices = pre.topk(min(k, pre.shape[dim]), dim=dim)
+    return torch.zeros_like(pre).scatter(dim, indices, values.relu())
+
+
+def sae_with_topk_over_the_batch(x, W_enc, b_enc, W_dec, b_dec, k=None):
+    latents = _sae_latents((x - b_dec) @ W_enc + b_enc, k, dim=0)
     return latents @ W_dec + b_dec, latents
 
 
@@ -707,12 +710,7 @@ def sae_ignoring_k(x, W_enc, b_enc, W_dec, b_dec, k=None):
 
 
 def sae_normalising_the_decoder(x, W_enc, b_enc, W_dec, b_dec, k=None):
-    pre = (x - b_dec) @ W_enc + b_enc
-    if k is None:
-        latents = pre.relu()
-    else:
-        values, indices = pre.topk(k, dim=-1)
-        latents = torch.zeros_like(pre).scatter(-1, indices, values.relu())
+    latents = _sae_latents((x - b_dec) @ W_enc + b_enc, k)
     return latents @ F.normalize(W_dec, dim=-1) + b_dec, latents
 
 

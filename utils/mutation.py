@@ -27,6 +27,7 @@ import contextlib
 import copy
 import inspect
 import io
+import os
 import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
@@ -95,8 +96,7 @@ def surviving(checker: Callable[[Callable[..., Any]], Any], candidates: list[Mut
     would not (a path dropped from ``directory / name``) leaves nothing behind."""
     accepted = []
     for mutant in candidates:
-        with (contextlib.redirect_stdout(io.StringIO()), _checks_time_limit(time_limit),
-              tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch)):
+        with contextlib.redirect_stdout(io.StringIO()), _checks_time_limit(time_limit), _in_a_scratch_directory():
             try:
                 passed = bool(checker(mutant.function))
             except Exception:  # a mutant that breaks the checker itself is not accepted
@@ -104,6 +104,18 @@ def surviving(checker: Callable[[Callable[..., Any]], Any], candidates: list[Mut
         if passed:
             accepted.append(mutant)
     return accepted
+
+
+@contextlib.contextmanager
+def _in_a_scratch_directory() -> Iterator[None]:
+    """Run the block in a new temporary working directory, removed afterwards."""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -611,6 +612,14 @@ def document_rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], cont
     return torch.tensor(rows)
 
 
+#: What sae-lens warns of when it trains on a small in-memory data set, by design here: it makes
+#: several passes over the documents, and copies the tensors it batches.
+_EXPECTED_SAE_LENS_WARNINGS: tuple[str, ...] = (
+    "The training dataset contains fewer samples", "All samples in the training dataset have been exhausted",
+    "To copy construct from a tensor",
+)
+
+
 def train_with_sae_lens(
     tl_model: Any, tokenizer: PreTrainedTokenizerBase, site: str, *, d_sae: int = 512, l1_coefficient: float = 4.0,
     training_tokens: int = 600_000, n_documents: int = 30_000, seed: int = TRAIN_SEED, lr: float = 2e-3,
@@ -643,7 +652,9 @@ def train_with_sae_lens(
         n_batches_in_buffer=max(64, 4 * batch_size // context_size), lr=lr, lr_warm_up_steps=20,
         lr_scheduler_name="constant", device=str(next(tl_model.parameters()).device), seed=seed,
         logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None, n_eval_batches=1, verbose=False)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        for message in _EXPECTED_SAE_LENS_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
         cfg.output_path = tmp
         LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=tl_model).run()
         sae = SAE.load_from_disk(tmp, fold_W_dec_norm=True)

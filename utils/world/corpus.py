@@ -3,11 +3,12 @@
 Training documents come from ``random.Random(seed)`` and a *recipe*: the families' shares and
 the options each family's documents are drawn with. Recipe "v1" made the shipped course model
 (the default); recipe "v2", its successor, draws every family from a wider world
-(indirect-object sentences composed from 392 openers, 15 middles and 23 verbs, between 100 real
-and 400 invented names, with made-up words for places, objects and verbs; A/B questions in
-nine phrasings per trait, with option sentences of 64 to 217 frames or between two words; repeats
-of any word at any distance; more nouns, prepositions and fact phrasings; stories that tell the
-number of nouns the agreement sentences never use) and adds repeats of uniformly random token
+(indirect-object sentences composed from openers of many shapes, middles and verbs of giving
+and telling, between real and invented names, with made-up words for places, objects, verbs and
+activities; A/B questions in many phrasings, with option sentences of many frames that sometimes
+hold made-up words, or between two words; repeats of any word at any distance; more nouns
+(some whose number is not their last letter), prepositions and fact phrasings; stories that tell
+the number of nouns the agreement sentences never use) and adds repeats of uniformly random token
 ids (which the training script writes, since they are tokens, not text). Evaluation sets use their own
 seeds (``EVAL_SEED_OFFSET`` apart), so they are fresh draws from the same world; material that
 no recipe ever writes is in :mod:`utils.world.heldout`.
