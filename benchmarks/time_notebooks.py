@@ -8,9 +8,14 @@ written back. Results are printed as a table; nothing here is asserted (see READ
     .venv/bin/python benchmarks/time_notebooks.py 00 03              # a subset, by prefix or path
     .venv/bin/python benchmarks/time_notebooks.py --json out.json    # also save the results
     .venv/bin/python benchmarks/time_notebooks.py --budget 90        # flag notebooks over 90 s
+    .venv/bin/python benchmarks/time_notebooks.py --shape gpt2-small  # at the size of a real model
+    .venv/bin/python benchmarks/time_notebooks.py --model path/to/checkpoint
 
-Peak memory is the largest resident set size (RSS) of the kernel process and its children,
-sampled every 0.1 s.
+``--shape`` writes a random checkpoint of a real model's shape (``utils.models.REAL_MODEL_SHAPES``:
+GPT-2 small, Pythia-160M) with the course tokenizer to a temporary folder, and ``--model`` names a
+checkpoint; either replaces the notebook's ``MODEL = "course"`` line, as a learner would. Every
+cell is timed, and the slowest cell of each notebook is named. Peak memory is the largest resident
+set size (RSS) of the kernel process and its children, sampled every 0.1 s.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -70,27 +77,56 @@ class PeakRSS:
         self._thread.join()
 
 
-def time_notebook(path: Path, timeout: int) -> dict:
+MODEL_LINE = re.compile(r"^MODEL = .*$", re.M)
+
+
+def with_model(nb, model: str) -> None:
+    """Point the notebook's ``MODEL = ...`` line at ``model`` (a checkpoint name or folder)."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and MODEL_LINE.search(cell.source):
+            cell.source = MODEL_LINE.sub(f"MODEL = {model!r}", cell.source, count=1)
+            return
+    raise ValueError("the notebook has no `MODEL = ...` line to point at another model")
+
+
+def time_notebook(path: Path, timeout: int, model: str | None = None) -> dict:
+    """Run one notebook (on ``model`` when given); its seconds, peak RSS, per-cell seconds and error."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    if model is not None:
+        with_model(nb, model)
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
-    result = {"notebook": os.path.relpath(path, ROOT), "seconds": None, "peak_rss_mb": None, "error": None}
+    result = {"notebook": os.path.relpath(path, ROOT), "seconds": None, "peak_rss_mb": None, "error": None,
+              "cells": []}
     start = time.perf_counter()
     with client.setup_kernel(env=kernel_env()):
         pid = client.km.provisioner.process.pid  # the kernel process
         with PeakRSS(pid) as rss:
             try:
                 for index, cell in enumerate(nb.cells):
+                    cell_start = time.perf_counter()
                     client.execute_cell(cell, index)
+                    if cell.cell_type == "code":
+                        first_line = next((line for line in cell.source.splitlines() if line.strip()), "")
+                        result["cells"].append({"index": index, "seconds": round(time.perf_counter() - cell_start, 1),
+                                                "first_line": first_line[:60]})
             except Exception as error:  # report and go on with the next notebook
                 result["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:200] if str(error).strip() else ''}"
         result["seconds"] = round(time.perf_counter() - start, 1)
         result["peak_rss_mb"] = round(rss.peak / 2**20)
     return result
+
+
+def slowest_cell(row: dict) -> str:
+    """``"cell 12, 41.3 s: patch_head_positions(...)"`` for the notebook's slowest code cell."""
+    if not row["cells"]:
+        return ""
+    cell = max(row["cells"], key=lambda c: c["seconds"])
+    return f"cell {cell['index']}, {cell['seconds']} s: {cell['first_line']}"
 
 
 def select(patterns: list[str]) -> list[Path]:
@@ -116,24 +152,36 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
     parser.add_argument("--budget", type=float, default=90.0, help="mark notebooks slower than this (s)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--model", help="run the notebooks on this checkpoint (name or folder) instead of the course model")
+    target.add_argument("--shape", help="run them on a random checkpoint of this real model's shape: "
+                                        "gpt2-small or pythia-160m")
     args = parser.parse_args()
 
     notebooks = select(args.notebooks)
     if not notebooks:
         print("no solutions/*.ipynb to time")
         return 0
-    print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    rows = []
-    header = f"{'notebook':<42} {'seconds':>8} {'peak RSS MB':>12}  note"
-    print(header)
-    print("-" * len(header))
-    for path in notebooks:
-        row = time_notebook(path, args.timeout)
-        note = row["error"] or ("over budget" if row["seconds"] > args.budget else "")
-        print(f"{row['notebook']:<42} {row['seconds']:>8.1f} {row['peak_rss_mb']:>12}  {note}", flush=True)
-        rows.append(row)
+    with tempfile.TemporaryDirectory() as scratch:
+        model = args.model
+        if args.shape:
+            from utils.models import random_checkpoint_of_shape
+            model = str(random_checkpoint_of_shape(args.shape, Path(scratch) / args.shape))
+        print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+              f"model {args.shape or args.model or 'course'}")
+        rows = []
+        header = f"{'notebook':<42} {'seconds':>8} {'peak RSS MB':>12}  slowest cell  note"
+        print(header)
+        print("-" * len(header))
+        for path in notebooks:
+            row = time_notebook(path, args.timeout, model)
+            note = row["error"] or ("over budget" if row["seconds"] > args.budget else "")
+            print(f"{row['notebook']:<42} {row['seconds']:>8.1f} {row['peak_rss_mb']:>12}  {slowest_cell(row)}  {note}",
+                  flush=True)
+            rows.append(row)
     if args.json:
-        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "results": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "model": args.shape or args.model or "course",
+                                         "results": rows}, indent=2) + "\n")
     return 1 if any(row["error"] for row in rows) else 0
 
 

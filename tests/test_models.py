@@ -15,8 +15,8 @@ from transformers import GPT2LMHeadModel
 
 from utils import architecture
 from utils.models import (
-    COURSE_MODEL_DIR, CheckpointError, ModelNotAvailableError, load_model, load_tokenizer, resolve_checkpoint,
-    verify_checkpoint, write_manifest,
+    COURSE_MODEL_DIR, REAL_MODEL_SHAPES, CheckpointError, ModelNotAvailableError, load_model, load_tokenizer,
+    random_checkpoint_of_shape, resolve_checkpoint, verify_checkpoint, write_manifest,
 )
 
 TOKENS = torch.tensor([[0, 5, 17, 42, 99, 7, 3, 250], [0, 11, 12, 13, 14, 15, 16, 17]])
@@ -158,3 +158,14 @@ def test_write_manifest_records_checksums(tiny_checkpoint, tmp_path):
     assert json.loads((copy / "manifest.json").read_text()) == manifest
     assert manifest["steps"] == 3 and len(manifest["files"]["model.safetensors"]["sha256"]) == 64
     assert verify_checkpoint(copy) == manifest
+
+
+def test_a_random_checkpoint_of_a_real_models_shape_loads_offline(tmp_path):
+    directory = random_checkpoint_of_shape("gpt2-small", tmp_path / "gpt2-small")
+    model, tokenizer = load_model(directory), load_tokenizer(directory)
+    assert (model.config.n_layer, model.config.n_head, model.config.n_embd) == (12, 12, 768)
+    assert model.config.vocab_size == len(tokenizer) == len(load_tokenizer("course"))
+    assert 80e6 < sum(p.numel() for p in model.parameters()) < 100e6
+    assert set(REAL_MODEL_SHAPES) == {"gpt2-small", "pythia-160m"}
+    with pytest.raises(ValueError, match="unknown shape 'gpt2-xl': use one of gpt2-small, pythia-160m"):
+        random_checkpoint_of_shape("gpt2-xl", tmp_path / "x")

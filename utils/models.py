@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
 if TYPE_CHECKING:
@@ -315,6 +317,35 @@ def tiny_random_model(family: str, seed: int = 0, vocab_size: int = 320) -> PreT
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_random_config(family, vocab_size), attn_implementation="eager")
     return model.eval()
+
+
+#: Real models' shapes (layers, heads, widths, context) with the course tokenizer's vocabulary: a
+#: notebook run on a random checkpoint of such a shape costs what it would on the real model.
+REAL_MODEL_SHAPES: dict[str, dict[str, Any]] = {
+    "gpt2-small": dict(model_type="gpt2", n_layer=12, n_head=12, n_embd=768, n_positions=1024),
+    "pythia-160m": dict(model_type="gpt_neox", num_hidden_layers=12, num_attention_heads=12, hidden_size=768,
+                        intermediate_size=3072, max_position_embeddings=2048, rotary_pct=0.25),
+}
+
+
+def random_checkpoint_of_shape(shape: str, directory: str | Path, seed: int = 0) -> Path:
+    """Write a randomly initialised checkpoint of a real model's shape (:data:`REAL_MODEL_SHAPES`),
+    with the course tokenizer, to ``directory`` in the hub's format; ``load_model(directory)`` loads it.
+
+    For measuring what a notebook costs at the size of a real model (``benchmarks/time_notebooks.py
+    --shape gpt2-small``), offline: the weights are noise, the cost is real. About 350 MB on disk.
+    """
+    if shape not in REAL_MODEL_SHAPES:
+        raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(REAL_MODEL_SHAPES)}")
+    tokenizer = load_tokenizer(COURSE_MODEL_NAME)
+    fields = dict(REAL_MODEL_SHAPES[shape])
+    config = AutoConfig.for_model(fields.pop("model_type"), vocab_size=len(tokenizer),
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **fields)
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
 
 
 @contextlib.contextmanager
