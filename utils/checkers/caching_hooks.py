@@ -136,7 +136,7 @@ def _shards_problem(learner_fn: Callable[..., int], model: PreTrainedModel, wind
                 "are BOS)")
     for (name, activations), (_, expected) in zip(shards, expected_shards):
         if len(activations) != len(expected):
-            return (f"{name} holds {_rows(len(activations))}, expected {len(expected)}: every shard but the last "
+            return (f"{name} holds {_count(len(activations), 'row')}, expected {len(expected)}: every shard but the last "
                     f"holds exactly shard_rows={shard_rows} rows, the last one the rows that are left")
     problem = compare(torch.cat([a for _, a in shards]), torch.cat([a for _, a in expected_shards]),
                       atol=1e-5, rtol=1e-4)
@@ -147,8 +147,9 @@ def _shards_problem(learner_fn: Callable[..., int], model: PreTrainedModel, wind
     return None
 
 
-def _rows(n: int) -> str:
-    return f"{n} row{'s' if n != 1 else ''}"
+def _count(n: int, noun: str) -> str:
+    """``"1 row"``, ``"3 rows"``."""
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def _some_names(names: list[str], shown: int = 3) -> str:
@@ -156,7 +157,7 @@ def _some_names(names: list[str], shown: int = 3) -> str:
     if not names:
         return "no file"
     listed = ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
-    return f"{len(names)} file{'s' if len(names) != 1 else ''}: {listed}"
+    return f"{_count(len(names), 'file')}: {listed}"
 
 
 @contextmanager
