@@ -12,7 +12,8 @@ written back. Results are printed as a table; nothing here is asserted (see READ
     .venv/bin/python benchmarks/time_notebooks.py --model path/to/checkpoint
 
 ``--shape`` writes a random checkpoint of a real model's shape (``utils.models.REAL_MODEL_SHAPES``:
-GPT-2 small, Pythia-160M) with the course tokenizer to a temporary folder, and ``--model`` names a
+GPT-2 small, Pythia-160M) with the course tokenizer to a temporary folder (with a tuned lens beside it,
+as a real model's published one would be), and ``--model`` names a
 checkpoint; either replaces the notebook's ``MODEL = "course"`` line, as a learner would. Every
 cell is timed, and the slowest cell of each notebook is named. Peak memory is the largest resident
 set size (RSS) of the kernel process and its children, sampled every 0.1 s.
@@ -121,6 +122,17 @@ def time_notebook(path: Path, timeout: int, model: str | None = None) -> dict:
     return result
 
 
+def checkpoint_of_shape(shape: str, directory: Path) -> Path:
+    """A random checkpoint of ``shape`` with an (identity) tuned lens saved beside it, in ``tuned_lens/``: it stands
+    in for the lens the tuned-lens project publishes for the real GPT-2, which chapter 4 loads instead of training."""
+    from utils.models import load_model, random_checkpoint_of_shape
+    from utils.tuned_lens import TunedLens, save_published_tuned_lens
+
+    checkpoint = random_checkpoint_of_shape(shape, directory)
+    save_published_tuned_lens(TunedLens.for_model(load_model(checkpoint)), checkpoint / "tuned_lens", base_model=shape)
+    return checkpoint
+
+
 def slowest_cell(row: dict) -> str:
     """``"cell 12, 41.3 s: patch_head_positions(...)"`` for the notebook's slowest code cell."""
     if not row["cells"]:
@@ -165,8 +177,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
         if args.shape:
-            from utils.models import random_checkpoint_of_shape
-            model = str(random_checkpoint_of_shape(args.shape, Path(scratch) / args.shape))
+            model = str(checkpoint_of_shape(args.shape, Path(scratch) / args.shape))
         print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
               f"model {args.shape or args.model or 'course'}")
         rows = []

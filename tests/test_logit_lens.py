@@ -10,6 +10,7 @@ GPT-2, GPT-NeoX and Llama models, and both exercise checkers reject the classic 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import einops
@@ -33,8 +34,11 @@ from utils.logit_lens import (
     plot_kl_by_layer, plot_lens_table, prompt_answers_by_layer, residual_components, residual_stack,
     singular_directions, top_tokens_of_directions, value_weight,
 )
-from utils.models import CheckpointError, tiny_random_model
-from utils.tuned_lens import TUNED_LENS_DIR, TunedLens, compare_lenses, load_tuned_lens, train_tuned_lens
+from utils.models import CheckpointError, ModelNotAvailableError, tiny_random_model
+from utils.tuned_lens import (
+    TUNED_LENS_DIR, TunedLens, compare_lenses, load_published_tuned_lens, load_tuned_lens, save_published_tuned_lens,
+    shipped_or_trained_tuned_lens, train_tuned_lens,
+)
 
 FAMILIES = ("gpt2", "gpt_neox", "llama")
 #: Measured on the shipped course model: the median layer of the residual stack at which a fact's object
@@ -375,6 +379,54 @@ def test_tuned_lens_refuses_another_model_and_a_modified_file(tiny_models, cours
         load_tuned_lens(course_model, copy)
     with pytest.raises(ValueError, match="5 layers in its residual stack"):
         TunedLens(4, 128)(course_model, torch.zeros(3, 1, 2, 128))
+
+
+def write_published_lens(directory, model, seed=0):
+    """A lens in the tuned-lens project's format (config.json, params.pt: residual translators ``h + W h + b``)."""
+    generator = torch.Generator().manual_seed(seed)
+    n_layers, d_model = model.config.num_hidden_layers, model.config.hidden_size
+    state = {}
+    for index in range(n_layers):
+        state[f"{index}.weight"] = 0.1 * torch.randn(d_model, d_model, generator=generator)
+        state[f"{index}.bias"] = 0.1 * torch.randn(d_model, generator=generator)
+    directory.mkdir()
+    torch.save(state, directory / "params.pt")
+    (directory / "config.json").write_text(json.dumps({
+        "base_model_name_or_path": "tiny", "d_model": d_model, "num_hidden_layers": n_layers, "bias": True,
+        "base_model_revision": None, "unembed_hash": None, "lens_type": "linear_tuned_lens"}))
+    return state
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_published_tuned_lens_loads_from_a_local_folder_in_the_projects_format(tiny_models, course_model, family,
+                                                                                 tmp_path):
+    model = tiny_models[family]
+    state = write_published_lens(tmp_path / "lens", model)
+    lens = load_published_tuned_lens(model, tmp_path / "lens")
+    stack = residual_stack(model, random_ids(model))
+    expected = torch.stack([stack[l] + stack[l] @ state[f"{l}.weight"].T + state[f"{l}.bias"]
+                            for l in range(len(stack) - 1)] + [stack[-1]])
+    torch.testing.assert_close(lens.translate(stack), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=rf"is for a model with {len(stack) - 1} layers of width .* this one has 4 "
+                                         "of width 128: load the lens of this model"):
+        load_published_tuned_lens(course_model, tmp_path / "lens")
+
+
+def test_without_a_published_lens_another_model_gets_a_bounded_one_trained_here(course_tokenizer, tmp_path, capsys):
+    model = tiny_random_model("gpt2", vocab_size=len(course_tokenizer))
+    with pytest.raises(ModelNotAvailableError, match="holds no published tuned lens"):
+        load_published_tuned_lens(model, tmp_path)
+    lens = shipped_or_trained_tuned_lens(model, course_tokenizer, "gpt2-not-cached", steps_elsewhere=2,
+                                         documents_per_step_elsewhere=2)
+    assert len(lens.losses) == 2
+    assert "no published tuned lens for 'gpt2-not-cached'" in capsys.readouterr().out
+    trained = train_tuned_lens(model, course_tokenizer, steps=2, documents_per_step=2)
+    save_published_tuned_lens(trained, tmp_path / "checkpoint" / "tuned_lens", base_model="tiny")   # saved with a model
+    loaded = shipped_or_trained_tuned_lens(model, course_tokenizer, tmp_path / "checkpoint")
+    assert "published lens" in capsys.readouterr().out and not hasattr(loaded, "losses")
+    for mine, theirs in zip(trained.translators, loaded.translators):
+        torch.testing.assert_close(theirs.weight, mine.weight)
+        torch.testing.assert_close(theirs.bias, mine.bias)
 
 
 # --------------------------------------------------------------------------------------------

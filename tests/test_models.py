@@ -13,10 +13,11 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from utils import architecture
+from utils import architecture, models
 from utils.models import (
-    COURSE_MODEL_DIR, REAL_MODEL_SHAPES, CheckpointError, ModelNotAvailableError, load_model, load_tokenizer,
-    random_checkpoint_of_shape, resolve_checkpoint, verify_checkpoint, write_manifest,
+    COURSE_MODEL_DIR, REAL_MODEL_SHAPES, CheckpointError, ModelNotAvailableError, ModelTooLargeError,
+    check_fits_in_memory, load_model, load_tokenizer, parameter_count, random_checkpoint_of_shape,
+    resolve_checkpoint, verify_checkpoint, write_manifest,
 )
 
 TOKENS = torch.tensor([[0, 5, 17, 42, 99, 7, 3, 250], [0, 11, 12, 13, 14, 15, 16, 17]])
@@ -169,3 +170,15 @@ def test_a_random_checkpoint_of_a_real_models_shape_loads_offline(tmp_path):
     assert set(REAL_MODEL_SHAPES) == {"gpt2-small", "pythia-160m"}
     with pytest.raises(ValueError, match="unknown shape 'gpt2-xl': use one of gpt2-small, pythia-160m"):
         random_checkpoint_of_shape("gpt2-xl", tmp_path / "x")
+
+
+def test_a_model_too_large_for_the_free_memory_is_refused_with_what_it_needs(tiny_checkpoint, monkeypatch):
+    model = load_model(tiny_checkpoint)
+    count = sum(p.numel() for p in model.parameters())
+    assert parameter_count(model.config) == count
+    assert check_fits_in_memory(tiny_checkpoint, model.config, torch.bfloat16) == 2 * count
+    monkeypatch.setattr(models, "free_memory_bytes", lambda device="cpu": 4 * count - 1)
+    with pytest.raises(ModelTooLargeError, match=rf"has {count:,} parameters: its weights alone need .* MiB in "
+                                                 r"float32, and cpu has .* free\. Choose a smaller MODEL"):
+        load_model(tiny_checkpoint)
+    assert isinstance(load_model(tiny_checkpoint, dtype=torch.bfloat16), torch.nn.Module)   # half of it fits

@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from utils.checkers.circuits import check_attribution, check_normalised_metric, check_replace_head
+from utils.batching import activation_bytes_per_prompt, variants_per_pass
 from utils.checks import assert_accepts, assert_rejects
+from utils.hooks import capture, editing_head_outputs, hooks
 from utils.models import load_model
 from utils.patching import (
     PairTokens, accuracy, accuracy_with_heads_ablated, agreement_pairs, attribution,
-    attribution_patch_head_positions, attribution_patch_heads, baseline, correlation,
-    integrated_gradients_head_positions, ioi_pairs, normalised_metric, patch_head_positions, patch_heads,
-    patch_residual, position_labels, replace_head, tokenize_pairs,
+    attribution_patch_head_positions, attribution_patch_heads, baseline, clean_head_outputs, correlation,
+    integrated_gradients_head_positions, ioi_pairs, logit_difference, normalised_metric, patch_head_positions,
+    patch_heads, patch_residual, position_labels, replace_head, tokenize_pairs,
 )
 
 #: The IOI heads that matter (patching one head back restores: 0.2 1.05, 3.5 0.62, 1.3 0.14, 1.6 0.14).
@@ -93,6 +95,91 @@ def test_attribution_patching_approximates_activation_patching(course_model, ioi
     torch.testing.assert_close(attribution_patch_heads(course_model, ioi), estimate.sum(dim=-1))
 
 
+def one_patch_per_pass(model, tokens, site, layer, masks, clean):
+    """The specification of the batched sweeps: one forward pass per patch, nothing skipped."""
+    base = baseline(model, tokens)
+    effects = []
+    for mask in masks:
+        def patch(activation, mask=mask):
+            chosen = mask.reshape(1, *mask.shape, 1)
+            return torch.where(chosen, clean, activation)
+        edit = hooks(model, {f"resid_pre.{layer}": patch}) if site == "resid_pre" else \
+            editing_head_outputs(model, layer, patch)
+        with edit, torch.no_grad():
+            difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+        effects.append(normalised_metric(difference, base.clean, base.corrupted))
+    return torch.stack(effects)
+
+
+def test_batched_sweeps_equal_one_patch_per_pass(course_model, ioi):
+    """Many patches per forward pass, the prefix run once and unchanged entries skipped: the same numbers."""
+    n_pos = ioi.clean.shape[1]
+    residual = patch_residual(course_model, ioi, progress=False)
+    heads = patch_heads(course_model, ioi, progress=False)
+    positions = patch_head_positions(course_model, ioi, progress=False)
+    clean_z, clean_residual = clean_head_outputs(course_model, ioi.clean), capture(
+        course_model, ioi.clean, ["resid_pre.2"])["resid_pre.2"]
+    one_position = torch.eye(n_pos, dtype=torch.bool)
+    torch.testing.assert_close(residual[2], one_patch_per_pass(course_model, ioi, "resid_pre", 2, one_position,
+                                                               clean_residual), atol=1e-5, rtol=0)
+    for layer in (0, 3):
+        one_head = torch.eye(8, dtype=torch.bool).unsqueeze(1).expand(8, n_pos, 8)
+        torch.testing.assert_close(heads[layer], one_patch_per_pass(course_model, ioi, "z", layer, one_head,
+                                                                    clean_z[layer]), atol=1e-5, rtol=0)
+        entries = [(head, pos) for head in (2, 5) for pos in (0, 9, 10, n_pos - 1)]
+        masks = torch.zeros(len(entries), n_pos, 8, dtype=torch.bool)
+        for index, (head, pos) in enumerate(entries):
+            masks[index, pos, head] = True
+        expected = one_patch_per_pass(course_model, ioi, "z", layer, masks, clean_z[layer])
+        torch.testing.assert_close(torch.stack([positions[layer, h, p] for h, p in entries]), expected,
+                                   atol=1e-5, rtol=0)
+
+
+def integrated_gradients_one_point_per_pass(model, tokens, steps):
+    """The specification of integrated gradients: one forward and backward pass per layer and midpoint."""
+    base = baseline(model, tokens)
+    clean, corrupted = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    results = []
+    for layer in range(len(clean)):
+        total = torch.zeros_like(clean[layer])
+        for t in (torch.arange(steps) + 0.5) / steps:
+            point = (corrupted[layer] + t * (clean[layer] - corrupted[layer])).requires_grad_()
+            with editing_head_outputs(model, layer, lambda _: point):
+                difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+            normalised_metric(difference, base.clean, base.corrupted).backward()
+            total += point.grad
+        model.zero_grad(set_to_none=True)
+        results.append(attribution(clean[layer], corrupted[layer], total / steps))
+    return torch.stack(results)
+
+
+@pytest.mark.parametrize("memory_budget", [2**30, 1])
+def test_integrated_gradients_side_by_side_equal_one_point_per_pass(course_model, ioi, memory_budget):
+    expected = integrated_gradients_one_point_per_pass(course_model, ioi, steps=4)
+    actual = integrated_gradients_head_positions(course_model, ioi, steps=4, memory_budget=memory_budget)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_sweep_over_the_memory_budget_runs_in_chunks(course_model, agreement_tokens):
+    n, n_pos = agreement_tokens.clean.shape
+    one_prompt = activation_bytes_per_prompt(course_model, n_pos)
+    assert variants_per_pass(course_model, n, n_pos, 10 * n * one_prompt) == 10
+    assert variants_per_pass(course_model, n, n_pos, 1) == 1                         # never fewer than one
+    with pytest.raises(ValueError, match="memory_budget must be a positive number of bytes"):
+        variants_per_pass(course_model, n, n_pos, 0)
+    passes = []
+    handle = course_model.register_forward_hook(lambda module, args, output: passes.append(output.logits.shape[0]))
+    try:
+        in_one_go = patch_heads(course_model, agreement_tokens, progress=False)
+        passes.clear()
+        chunked = patch_heads(course_model, agreement_tokens, progress=False, memory_budget=3 * n * one_prompt)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(chunked, in_one_go, atol=1e-5, rtol=0)
+    patch_passes = passes[4:]                      # after the baseline's and the recordings' four passes
+    assert max(patch_passes) == 3 * n and len(patch_passes) == 4 * 3   # 8 heads a layer in chunks of 3, 3, 2
+
+
 @pytest.mark.parametrize("family", ["gpt_neox", "llama"])
 def test_other_architectures(family):
     from utils.models import tiny_random_model
@@ -106,6 +193,10 @@ def test_other_architectures(family):
     effects = patch_head_positions(model, tokens, progress=False)
     assert effects.shape == (2, 4, 6) and effects[:, :, :2].abs().max() < 1e-5   # before the change, nothing
     assert correlation(effects, attribution_patch_head_positions(model, tokens)) > 0.5
+    masks = torch.zeros(6, 6, 4, dtype=torch.bool)
+    masks[torch.arange(6), torch.arange(6), 1] = True                         # head 1 at each position
+    expected = one_patch_per_pass(model, tokens, "z", 1, masks, clean_head_outputs(model, tokens.clean)[1])
+    torch.testing.assert_close(effects[1, 1], expected, atol=1e-5, rtol=0)
 
 
 def test_normalised_metric_checker():

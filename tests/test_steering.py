@@ -21,11 +21,13 @@ from utils.directions import (
     mean_difference_direction, mean_token_activations, pca_direction, probe_accuracy, probe_direction,
     project_out, refusal_direction, task_vector, zero_shot_accuracy, zero_shot_queries,
 )
+from utils.decoding import Decoding, generate_text
 from utils.models import load_model, load_tokenizer
 from utils.steering import (
     BEHAVIOURS, ContrastivePair, add_steering, behaviour_rate, caa_vector, caa_vectors, check_pairs,
     contrastive_pairs, generate_steered_nnsight, generate_steered_transformer_lens, matching_probability,
-    mean_token_loss, neutral_loss, neutral_texts, steer, steered_texts, steering_sweep, story_openings, unit,
+    mean_token_loss, neutral_loss, neutral_texts, steer, steered_texts, steering_sweep, steering_variants,
+    story_openings, unit,
 )
 
 OPENINGS = 96
@@ -140,6 +142,30 @@ def test_sweep_has_one_row_per_setting(course_model, course_tokenizer, caa):
     assert list(sweep[["layer", "alpha"]].itertuples(index=False, name=None)) == [(0, 0.0), (0, 4.0), (1, 0.0), (1, 4.0)]
     assert {"behaviour", "rate anger", "rate wedding", "ab_probability", "neutral_loss", "fluency_loss"} <= set(sweep)
     assert sweep.loc[0, "neutral_loss"] == pytest.approx(sweep.loc[2, "neutral_loss"])   # alpha 0 changes nothing
+    chunked = steering_sweep(course_model, course_tokenizer, "positive", caa["positive"][:2], [0.0, 4.0], n_openings=8,
+                             n_questions=8, max_new_tokens=10, memory_budget=1)           # one setting per pass
+    one_at_a_time = []
+    for layer, alpha in [(0, 0.0), (0, 4.0), (1, 0.0), (1, 4.0)]:
+        direction = unit(caa["positive"][layer])
+        with steer(course_model, layer, direction, alpha):
+            ab = matching_probability(course_model, course_tokenizer, contrastive_pairs("positive", 8, "test"))
+        one_at_a_time.append((ab, neutral_loss(course_model, course_tokenizer, neutral_texts(), layer, direction, alpha)))
+    for table in (sweep, chunked):
+        assert table[["ab_probability", "neutral_loss"]].to_numpy().tolist() == [pytest.approx(row, abs=1e-5) for row in one_at_a_time]
+
+
+def test_steering_variants_side_by_side_generate_what_each_setting_generates_alone(course_model, course_tokenizer, caa):
+    openings = story_openings("positive", 6)
+    settings = [(0, unit(caa["positive"][0]), 8.0), (1, unit(caa["positive"][1]), 4.0), (2, unit(caa["positive"][2]), 0.0)]
+    greedy = Decoding(temperature=0)
+    with steering_variants(course_model, settings, len(openings)):
+        together = generate_text(course_model, course_tokenizer, openings * len(settings), 12, decoding=greedy)
+    alone = [text for layer, vector, alpha in settings
+             for text in steered_texts(course_model, course_tokenizer, openings, layer, vector, alpha, 12, decoding=greedy)]
+    assert together == alone and together[:6] != together[12:]                 # steering changed the first setting
+    with steering_variants(course_model, settings, len(openings)), pytest.raises(ValueError, match="3 variants x 6 "
+                                                                                   "prompts = 18 rows, got a batch of 6"):
+        generate_text(course_model, course_tokenizer, openings, 4)
 
 
 # --------------------------------------------------------------------------------------------

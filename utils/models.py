@@ -56,6 +56,10 @@ class ModelNotAvailableError(OSError):
     """A hub model was asked for on a machine that cannot download it."""
 
 
+class ModelTooLargeError(MemoryError):
+    """A model's weights alone would not fit the memory this machine has free."""
+
+
 # --------------------------------------------------------------------------------------------
 # The manifest
 
@@ -119,7 +123,8 @@ def verify_checkpoint(checkpoint_dir: Path = COURSE_MODEL_DIR, hint: str = RETRA
 # Finding a checkpoint
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` asks for no downloads."""
     return any(os.environ.get(flag, "").strip().lower() in {"1", "true", "yes", "on"}
                for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
@@ -147,7 +152,7 @@ def resolve_checkpoint(name: str | Path) -> str:
         return str(path.resolve())
     if str(name).startswith((".", "/", "~")):
         raise CheckpointError(f"{name} does not exist: pass an existing checkpoint directory, 'course' or a hub name")
-    if _hub_offline() and not _in_hub_cache(str(name)):
+    if hub_offline() and not _in_hub_cache(str(name)):
         raise ModelNotAvailableError(
             f"'{name}' is a hub model and this machine is offline (HF_HUB_OFFLINE=1) without a cached copy: "
             f"use MODEL = 'course' here, or run the notebook where the hub is reachable (e.g. Colab)")
@@ -170,6 +175,7 @@ def load_hf_model(name: str | Path = COURSE_MODEL_NAME, *, device: str | torch.d
                   dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A ``transformers`` causal LM in eval mode with eager attention (so attention weights can be returned)."""
     checkpoint = resolve_checkpoint(name)
+    check_fits_in_memory(name, AutoConfig.from_pretrained(checkpoint), dtype, device)
     bars_were_enabled = hf_logging.is_progress_bar_enabled()
     if Path(checkpoint).is_dir():  # a local checkpoint loads in a blink: its progress bar is noise
         hf_logging.disable_progress_bar()
@@ -181,6 +187,41 @@ def load_hf_model(name: str | Path = COURSE_MODEL_NAME, *, device: str | torch.d
         if bars_were_enabled:
             hf_logging.enable_progress_bar()
     return model.to(device).eval()
+
+
+def parameter_count(config: PretrainedConfig) -> int:
+    """The number of parameters of a causal LM with ``config``, counted without allocating its weights."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+
+
+def free_memory_bytes(device: str | torch.device = "cpu") -> int:
+    """Bytes of memory free for new tensors on ``device``: the machine's available RAM, or the GPU's free memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def check_fits_in_memory(name: str | Path, config: PretrainedConfig, dtype: torch.dtype = torch.float32,
+                         device: str | torch.device = "cpu") -> int:
+    """The bytes ``name``'s weights need in ``dtype``; raises :class:`ModelTooLargeError` when that is more than
+    ``device`` has free, before anything is downloaded or allocated."""
+    count = parameter_count(config)
+    needed = count * torch.empty((), dtype=dtype).element_size()
+    free = free_memory_bytes(device)
+    if needed > free:
+        raise ModelTooLargeError(
+            f"'{name}' has {count:,} parameters: its weights alone need {_readable(needed)} in "
+            f"{str(dtype).removeprefix('torch.')}, and {torch.device(device)} has {_readable(free)} free. Choose a smaller MODEL (e.g. 'gpt2' or 'EleutherAI/pythia-160m'), load it "
+            "in half precision (dtype=torch.bfloat16 halves it) or run on a machine with more memory")
+    return needed
+
+
+def _readable(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def load_model(name: str | Path = COURSE_MODEL_NAME, backend: Backend = "hf", *,

@@ -29,18 +29,19 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import einops
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float, Int
-from torch import Tensor
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
-from utils.hooks import capture, editing_head_outputs, hooks
+from utils.batching import MEMORY_BUDGET, chunks, variants_per_pass
+from utils.hooks import capture, editing_head_outputs
 from utils.world import agreement, indirect_object
 from utils.world.vocabulary import AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS
 
@@ -212,7 +213,95 @@ def accuracy(model: PreTrainedModel, tokens: PairTokens, which: Literal["clean",
 
 
 # --------------------------------------------------------------------------------------------
-# 3. Activation patching
+# 3. Activation patching, many patches per forward pass
+#
+# A sweep patches one activation at a time: every position of the residual stream, every head,
+# every head at every position. Run one forward pass per patch and the cost is (number of patches)
+# x (a whole forward pass). Two things make it cheap:
+#
+# - **Variants side by side.** The corrupted prompts are repeated once per patch *variant* along the
+#   batch dimension ([variant * n, pos]) and each copy is patched differently, so one forward pass
+#   runs many patches, chunked to a memory budget.
+# - **The shared prefix once.** Every patch at block ``layer`` leaves the blocks before it untouched,
+#   so the corrupted prompts run once up to there and are repeated only on entering block ``layer``.
+#
+# A patch is a boolean *mask* over the activation's entries (``[pos]`` of the residual stream,
+# ``[pos, head]`` of the heads' outputs): where it is True the clean value is copied in. A mask that
+# only covers entries where clean and corrupted are already equal (positions before the first token
+# that differs) changes nothing, so it is not run: its effect is 0 by definition.
+
+Site = Literal["resid_pre", "z"]
+
+
+@contextlib.contextmanager
+def _repeated_from(model: PreTrainedModel, layer: int, copies: int,
+                   edit: Callable[[Tensor], Tensor] | None = None) -> Iterator[None]:
+    """Inside the block, the residual stream entering block ``layer`` is repeated ``copies`` times along
+    the batch (``[n, pos, d_model] -> [copies * n, pos, d_model]``, copy by copy), then passed to ``edit``.
+
+    The blocks before ``layer`` run once for all copies; the model's output has ``copies * n`` rows. The
+    per-prompt inputs every block receives besides the residual stream (an attention mask ``[n, 1, pos, pos]``,
+    rotary tables ``[n, pos, d]``) are repeated the same way from block ``layer`` on.
+    """
+    first, *later = architecture.blocks(model)[layer:]
+    n_prompts: list[int] = []                                # set when the first block is reached
+
+    def repeat(value: Any) -> Any:
+        if isinstance(value, Tensor) and value.ndim >= 2 and len(value) == n_prompts[0]:
+            return einops.repeat(value, "n ... -> (copy n) ...", copy=copies)
+        return tuple(map(repeat, value)) if isinstance(value, tuple) else value
+
+    def pre_hook(module: nn.Module, args: tuple[Tensor, ...], kwargs: dict) -> tuple[tuple, dict]:
+        residual, *others = args
+        if module is first:
+            n_prompts[:] = [len(residual)]
+            residual = repeat(residual)
+            residual = edit(residual) if edit else residual
+        return (residual, *map(repeat, others)), {key: repeat(value) for key, value in kwargs.items()}
+
+    handles = [block.register_forward_pre_hook(pre_hook, with_kwargs=True) for block in (first, *later)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def copy_where(masks: Bool[Tensor, "variant *entry"], clean: Float[Tensor, "n *entry d"],
+               activation: Float[Tensor, "variant_n *entry d"]) -> Float[Tensor, "variant_n *entry d"]:
+    """``activation`` (``variant`` copies of ``n`` prompts, copy by copy) with copy ``v`` taking ``clean``'s
+    value wherever ``masks[v]`` is True."""
+    copies = einops.rearrange(activation, "(variant n) ... -> variant n ...", variant=len(masks))
+    chosen = einops.rearrange(masks, "variant ... -> variant () ... ()")
+    return einops.rearrange(torch.where(chosen, clean, copies), "variant n ... -> (variant n) ...")
+
+
+@torch.no_grad()
+def patched_metrics(model: PreTrainedModel, tokens: PairTokens, base: Baseline, layer: int, site: Site,
+                    clean: Float[Tensor, "n *entry d"], masks: Bool[Tensor, "variant *entry"],
+                    memory_budget: int = MEMORY_BUDGET, progress: tqdm | None = None) -> Float[Tensor, "variant"]:
+    """The normalised metric of the corrupted run under each patch ``masks[v]`` at ``layer``, many per pass.
+
+    ``site`` is ``"resid_pre"`` (the residual stream entering block ``layer``, entries ``[pos]``) or ``"z"``
+    (the heads' outputs, entries ``[pos, head]``); ``clean`` is that activation on the clean prompts. Variants
+    run in chunks of :func:`variants_per_pass`; ``progress`` advances by one per variant.
+    """
+    n, n_pos = tokens.corrupted.shape
+    metrics = []
+    for chunk in chunks(len(masks), variants_per_pass(model, n, n_pos, memory_budget)):
+        part = masks[chunk]
+        patch = lambda activation, part=part: copy_where(part, clean, activation)  # noqa: E731
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_repeated_from(model, layer, len(part), patch if site == "resid_pre" else None))
+            if site == "z":
+                stack.enter_context(editing_head_outputs(model, layer, patch))
+            logits = model(tokens.corrupted, logits_to_keep=1).logits                 # [(variant n), 1, vocab]
+        difference = logit_difference(logits, tokens.answer.repeat(len(part)), tokens.wrong.repeat(len(part)))
+        per_variant = einops.reduce(difference, "(variant n) -> variant", "mean", variant=len(part))
+        metrics.append(normalised_metric(per_variant, base.clean, base.corrupted))
+        if progress is not None:
+            progress.update(len(part))
+    return torch.cat(metrics)
 
 
 @contextlib.contextmanager
@@ -244,28 +333,43 @@ def clean_head_outputs(model: PreTrainedModel, ids: Int[Tensor, "n pos"]) -> dic
     return store
 
 
-@torch.no_grad()
-def _patched_metric(model: PreTrainedModel, tokens: PairTokens, base: Baseline) -> float:
-    """The normalised metric of the corrupted run with whatever patch hooks are active."""
-    difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
-    return normalised_metric(difference, base.clean, base.corrupted).item()
+def patch_sweep(model: PreTrainedModel, tokens: PairTokens, site: Site, masks: Bool[Tensor, "variant *entry"],
+                description: str, memory_budget: int = MEMORY_BUDGET, progress: bool = True
+                ) -> Float[Tensor, "layer variant"]:
+    """The metric of every patch ``masks[v]`` at every layer: ``effects[layer, v]``.
 
-
-def patch_residual(model: PreTrainedModel, tokens: PairTokens, progress: bool = True) -> Float[Tensor, "layer pos"]:
-    """The metric with the residual stream entering block ``layer`` at ``pos`` copied from the clean run."""
+    Patches that only copy values equal in the clean and the corrupted run are not run (their effect is 0).
+    """
     base = baseline(model, tokens)
-    n_layers, n_pos = architecture.n_layers(model), tokens.clean.shape[1]
-    clean = _clean_residuals(model, tokens.clean)
-    effects = torch.zeros(n_layers, n_pos)
-    for layer in tqdm(range(n_layers), desc="patching the residual stream", disable=not progress):
-        for pos in range(n_pos):
-            def patch(residual: Tensor, layer: int = layer, pos: int = pos) -> Tensor:
-                patched = residual.clone()
-                patched[:, pos] = clean[layer][:, pos]
-                return patched
-            with hooks(model, {f"resid_pre.{layer}": patch}):
-                effects[layer, pos] = _patched_metric(model, tokens, base)
+    clean, corrupted = _activations(model, tokens.clean, site), _activations(model, tokens.corrupted, site)
+    n_layers = architecture.n_layers(model)
+    effects = torch.zeros(n_layers, len(masks))
+    changing = [_masks_that_change(masks, clean[layer], corrupted[layer]) for layer in range(n_layers)]
+    with tqdm(total=sum(len(c) for c in changing), desc=description, unit="patch", disable=not progress) as bar:
+        for layer, variants in enumerate(changing):
+            if len(variants):
+                effects[layer, variants] = patched_metrics(model, tokens, base, layer, site, clean[layer],
+                                                           masks[variants], memory_budget, bar)
     return effects
+
+
+def _masks_that_change(masks: Bool[Tensor, "variant *entry"], clean: Float[Tensor, "n *entry d"],
+                       corrupted: Float[Tensor, "n *entry d"]) -> Int[Tensor, "changing"]:
+    """Indices of the masks that cover at least one entry where ``clean`` and ``corrupted`` differ."""
+    differs = einops.reduce(clean != corrupted, "n ... d -> ...", "max")                    # [*entry]
+    return torch.nonzero((masks & differs).flatten(1).any(dim=1)).flatten()
+
+
+def _activations(model: PreTrainedModel, ids: Int[Tensor, "n pos"], site: Site) -> dict[int, Tensor]:
+    return _clean_residuals(model, ids) if site == "resid_pre" else clean_head_outputs(model, ids)
+
+
+def patch_residual(model: PreTrainedModel, tokens: PairTokens, progress: bool = True,
+                   memory_budget: int = MEMORY_BUDGET) -> Float[Tensor, "layer pos"]:
+    """The metric with the residual stream entering block ``layer`` at ``pos`` copied from the clean run."""
+    one_position = torch.eye(tokens.clean.shape[1], dtype=torch.bool)                 # [variant = pos, pos]
+    return patch_sweep(model, tokens, "resid_pre", one_position, "patching the residual stream", memory_budget,
+                       progress)
 
 
 @torch.no_grad()
@@ -283,52 +387,34 @@ def replace_head(z: Float[Tensor, "n pos head d_head"], clean_z: Float[Tensor, "
     return patched
 
 
-def patch_heads(model: PreTrainedModel, tokens: PairTokens, progress: bool = True) -> Float[Tensor, "layer head"]:
+def patch_heads(model: PreTrainedModel, tokens: PairTokens, progress: bool = True,
+                memory_budget: int = MEMORY_BUDGET) -> Float[Tensor, "layer head"]:
     """The metric with one head's output (every position) copied from the clean run."""
-    base = baseline(model, tokens)
-    clean = clean_head_outputs(model, tokens.clean)
-    n_layers, n_heads = architecture.n_layers(model), model.config.num_attention_heads
-    effects = torch.zeros(n_layers, n_heads)
-    for layer, head in tqdm([(l, h) for l in range(n_layers) for h in range(n_heads)], desc="patching heads",
-                            disable=not progress):
-        def patch(z: Tensor, layer: int = layer, head: int = head) -> Tensor:
-            return replace_head(z, clean[layer], head)
-        with editing_head_outputs(model, layer, patch):
-            effects[layer, head] = _patched_metric(model, tokens, base)
-    return effects
+    n_pos, n_heads = tokens.clean.shape[1], model.config.num_attention_heads
+    one_head = einops.repeat(torch.eye(n_heads, dtype=torch.bool), "variant head -> variant pos head", pos=n_pos)
+    return patch_sweep(model, tokens, "z", one_head, "patching heads", memory_budget, progress)
 
 
-def patch_head_positions(model: PreTrainedModel, tokens: PairTokens, progress: bool = True
-                         ) -> Float[Tensor, "layer head pos"]:
+def patch_head_positions(model: PreTrainedModel, tokens: PairTokens, progress: bool = True,
+                         memory_budget: int = MEMORY_BUDGET) -> Float[Tensor, "layer head pos"]:
     """The metric with one head's output at one position copied from the clean run."""
-    base = baseline(model, tokens)
-    clean = clean_head_outputs(model, tokens.clean)
-    n_layers, n_heads, n_pos = architecture.n_layers(model), model.config.num_attention_heads, tokens.clean.shape[1]
-    effects = torch.zeros(n_layers, n_heads, n_pos)
-    grid = [(l, h, p) for l in range(n_layers) for h in range(n_heads) for p in range(n_pos)]
-    for layer, head, pos in tqdm(grid, desc="patching heads by position", disable=not progress):
-        def patch(z: Tensor, layer: int = layer, head: int = head, pos: int = pos) -> Tensor:
-            patched = z.clone()
-            patched[:, pos, head] = clean[layer][:, pos, head]
-            return patched
-        with editing_head_outputs(model, layer, patch):
-            effects[layer, head, pos] = _patched_metric(model, tokens, base)
-    return effects
+    n_pos, n_heads = tokens.clean.shape[1], model.config.num_attention_heads
+    one_entry = einops.rearrange(torch.eye(n_heads * n_pos, dtype=torch.bool),      # variant = (head, pos)
+                                 "variant (head pos) -> variant pos head", head=n_heads)
+    effects = patch_sweep(model, tokens, "z", one_entry, "patching heads by position", memory_budget, progress)
+    return einops.rearrange(effects, "layer (head pos) -> layer head pos", head=n_heads)
 
 
 # --------------------------------------------------------------------------------------------
 # 4. Attribution patching and integrated gradients
 
 
-def _metric_gradients(model: PreTrainedModel, tokens: PairTokens, base: Baseline,
-                      z_override: dict[int, Tensor] | None = None) -> dict[int, Float[Tensor, "n pos head d_head"]]:
+def _metric_gradients(model: PreTrainedModel, tokens: PairTokens, base: Baseline
+                      ) -> dict[int, Float[Tensor, "n pos head d_head"]]:
     """Gradients of the normalised metric (mean over the batch) with respect to every layer's head outputs
-    on the corrupted run (or, with ``z_override``, with those layers' head outputs replaced)."""
+    on the corrupted run."""
     store: dict[int, Tensor] = {}
-    with contextlib.ExitStack() as stack:
-        for layer, z in (z_override or {}).items():
-            stack.enter_context(editing_head_outputs(model, layer, lambda _, z=z: z.detach().clone().requires_grad_()))
-        stack.enter_context(_recording_heads(model, store, keep_grad=True))
+    with _recording_heads(model, store, keep_grad=True):
         difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
         normalised_metric(difference, base.clean, base.corrupted).backward()
     model.zero_grad(set_to_none=True)
@@ -361,26 +447,48 @@ def attribution_patch_heads(model: PreTrainedModel, tokens: PairTokens) -> Float
     return attribution_patch_head_positions(model, tokens).sum(dim=-1)
 
 
-def integrated_gradients_head_positions(model: PreTrainedModel, tokens: PairTokens, steps: int = 8
-                                        ) -> Float[Tensor, "layer head pos"]:
+def integrated_gradients_head_positions(model: PreTrainedModel, tokens: PairTokens, steps: int = 8,
+                                        memory_budget: int = MEMORY_BUDGET) -> Float[Tensor, "layer head pos"]:
     """Attribution patching with the gradient averaged along the straight path from corrupted to clean.
 
     For each layer, its head outputs are set to ``z_corrupted + t (z_clean - z_corrupted)`` for ``steps``
     midpoints ``t`` in (0, 1) (the other layers run corrupted), and the gradients are averaged. Exact
     for a metric linear along the path; far better than one gradient where the softmax saturates.
+    The midpoints of a layer run side by side in one batch (as many as fit ``memory_budget``), from
+    that layer on.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     base = baseline(model, tokens)
     clean, corrupted = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    n, n_pos = tokens.corrupted.shape
+    midpoints = (torch.arange(steps) + 0.5) / steps
+    per_pass = variants_per_pass(model, 3 * n, n_pos, memory_budget)        # 3x: activations kept for the backward
     results = []
     for layer in range(architecture.n_layers(model)):
         total = torch.zeros_like(clean[layer])
-        for t in (torch.arange(steps) + 0.5) / steps:
-            point = corrupted[layer] + t * (clean[layer] - corrupted[layer])
-            total += _metric_gradients(model, tokens, base, {layer: point})[layer]
+        for chunk in chunks(steps, per_pass):
+            total += _gradient_sum_along_path(model, tokens, base, layer, clean[layer], corrupted[layer],
+                                              midpoints[chunk.start:chunk.stop])
         results.append(attribution(clean[layer], corrupted[layer], total / steps))
     return torch.stack(results)
+
+
+def _gradient_sum_along_path(model: PreTrainedModel, tokens: PairTokens, base: Baseline, layer: int,
+                             clean: Float[Tensor, "n pos head d_head"], corrupted: Float[Tensor, "n pos head d_head"],
+                             midpoints: Float[Tensor, "variant"]) -> Float[Tensor, "n pos head d_head"]:
+    """The metric's gradient with respect to ``layer``'s head outputs at each point ``corrupted + t (clean -
+    corrupted)``, summed over the ``midpoints`` ``t``: one forward and one backward pass for all of them."""
+    t = einops.rearrange(midpoints, "variant -> variant 1 1 1 1")
+    points = einops.rearrange(corrupted + t * (clean - corrupted), "variant n ... -> (variant n) ...").requires_grad_()
+    with _repeated_from(model, layer, len(midpoints), edit=Tensor.detach), \
+            editing_head_outputs(model, layer, lambda _: points):
+        logits = model(tokens.corrupted, logits_to_keep=1).logits
+    difference = logit_difference(logits, tokens.answer.repeat(len(midpoints)), tokens.wrong.repeat(len(midpoints)))
+    per_point = einops.reduce(difference, "(variant n) -> variant", "mean", variant=len(midpoints))
+    normalised_metric(per_point, base.clean, base.corrupted).sum().backward()   # the points do not interact
+    model.zero_grad(set_to_none=True)
+    return einops.reduce(points.grad, "(variant n) ... -> n ...", "sum", variant=len(midpoints))
 
 
 def correlation(a: Tensor, b: Tensor) -> float:

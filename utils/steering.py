@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import einops
 import pandas as pd
 import plotly.graph_objects as go
 import torch
@@ -45,7 +46,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
-from utils.course_model.evaluate import encode_batch
+from utils.batching import MEMORY_BUDGET, chunks, variants_per_pass
+from utils.course_model.evaluate import encode, encode_batch
 from utils.decoding import Decoding, generate_text
 from utils.hooks import EditFn, capture, hooks
 from utils.world import generate_corpus, label_text
@@ -357,18 +359,24 @@ def steered_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
 
 
 @torch.no_grad()
+def matching_probabilities(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                           pairs: Sequence[ContrastivePair]) -> Float[Tensor, "n"]:
+    """The probability of each question's matching letter, renormalised over ``A`` and ``B``."""
+    input_ids, attention_mask, last = encode_batch(tokenizer, [p.question for p in pairs])
+    logits = model(input_ids, attention_mask=attention_mask).logits[torch.arange(len(pairs)), last]   # [n, vocab]
+    letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in LETTERS]
+    letter_probabilities = logits[:, letter_ids].softmax(dim=-1)                                   # [n, 2]
+    matching = torch.tensor([LETTERS.index(p.matching) for p in pairs])
+    return letter_probabilities[torch.arange(len(pairs)), matching]
+
+
 def matching_probability(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                          pairs: Sequence[ContrastivePair]) -> float:
     """Mean probability of the matching letter, renormalised over ``A`` and ``B``, after each question.
 
     Run it inside :func:`steer` to measure the A/B shift of a steering vector.
     """
-    input_ids, attention_mask, last = encode_batch(tokenizer, [p.question for p in pairs])
-    logits = model(input_ids, attention_mask=attention_mask).logits[torch.arange(len(pairs)), last]   # [n, vocab]
-    letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in LETTERS]
-    letter_probabilities = logits[:, letter_ids].softmax(dim=-1)                                   # [n, 2]
-    matching = torch.tensor([LETTERS.index(p.matching) for p in pairs])
-    return letter_probabilities[torch.arange(len(pairs)), matching].mean().item()
+    return matching_probabilities(model, tokenizer, pairs).mean().item()
 
 
 def neutral_texts(n: int = 64, seed: int = 3) -> list[str]:
@@ -378,13 +386,20 @@ def neutral_texts(n: int = 64, seed: int = 3) -> list[str]:
 
 
 @torch.no_grad()
-def mean_token_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> float:
-    """Mean next-token loss (nats) over every token of ``texts`` (BOS first, right-padded batch)."""
+def token_loss_sums(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
+                    ) -> tuple[Float[Tensor, "n"], Int[Tensor, "n"]]:
+    """Each text's summed next-token loss (nats) and its number of predicted tokens (BOS first, right-padded batch)."""
     input_ids, attention_mask, _ = encode_batch(tokenizer, texts)
     logits = model(input_ids, attention_mask=attention_mask).logits[:, :-1]
     losses = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")       # [n, pos - 1]
-    mask = attention_mask[:, 1:].float()
-    return ((losses * mask).sum() / mask.sum()).item()
+    mask = attention_mask[:, 1:]
+    return (losses * mask).sum(dim=1), mask.sum(dim=1)
+
+
+def mean_token_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> float:
+    """Mean next-token loss (nats) over every token of ``texts`` (BOS first, right-padded batch)."""
+    sums, counts = token_loss_sums(model, tokenizer, texts)
+    return (sums.sum() / counts.sum()).item()
 
 
 def neutral_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], layer: int,
@@ -401,9 +416,73 @@ def fluency_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     return mean_token_loss(model, tokenizer, [p + c for p, c in zip(prompts, continuations)])
 
 
+@contextlib.contextmanager
+def steering_variants(model: PreTrainedModel, settings: Sequence[tuple[int, Float[Tensor, "d_model"], float]],
+                      n_prompts: int, everywhere: bool = False) -> Iterator[PreTrainedModel]:
+    """Inside the ``with`` block, the batch holds ``len(settings)`` variants of ``n_prompts`` prompts, variant
+    by variant (``[variant * n_prompts, pos]``), and variant ``v`` is steered by ``alpha * vector`` after block
+    ``layer``, where ``settings[v] = (layer, vector, alpha)``.
+
+    As in :func:`steer`, steering starts at the last prompt position (:func:`add_steering`); with
+    ``everywhere`` it is added at every position, as in :func:`neutral_loss`. One forward pass (or one
+    generation) then runs every setting of a sweep.
+    """
+    layers = [check_steering(model, layer, vector, alpha) for layer, vector, alpha in settings]
+    rows = len(settings) * n_prompts
+
+    def edit_for(layer: int) -> EditFn:
+        added = torch.stack([alpha * vector if at == layer else torch.zeros_like(vector)
+                             for at, (_, vector, alpha) in zip(layers, settings)])           # [variant, d_model]
+        per_row = einops.repeat(added, "variant d -> (variant n) d", n=n_prompts)
+
+        def add(residual: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+            if len(residual) != rows:
+                raise ValueError(f"steering_variants expects {len(settings)} variants x {n_prompts} prompts = {rows} "
+                                 f"rows, got a batch of {len(residual)}: repeat the prompts once per setting")
+            if everywhere:
+                return residual + per_row[:, None].to(residual.dtype)
+            steered = residual.clone()
+            steered[:, -1] += per_row.to(residual.dtype)
+            return steered
+        return add
+
+    with hooks(model, {f"resid_post.{layer}": edit_for(layer) for layer in sorted(set(layers))}):
+        yield model
+
+
+def _mean_per_variant(values: Float[Tensor, "rows"], n_variants: int) -> list[float]:
+    return einops.reduce(values, "(variant n) -> variant", "mean", variant=n_variants).tolist()
+
+
+def _sweep_chunk(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str,
+                 settings: list[tuple[int, Tensor, float]], openings: list[str], questions: list[ContrastivePair],
+                 neutral: list[str], max_new_tokens: int, seed: int) -> list[dict[str, float]]:
+    """The measurements of :func:`steering_sweep` for each setting of ``settings``, all in one batch each."""
+    n_variants = len(settings)
+    with steering_variants(model, settings, len(openings)):
+        texts = generate_text(model, tokenizer, openings * n_variants, max_new_tokens,
+                              decoding=Decoding(temperature=1.0), seed=seed)
+    with steering_variants(model, settings, len(questions)):
+        ab = _mean_per_variant(matching_probabilities(model, tokenizer, questions * n_variants), n_variants)
+    with steering_variants(model, settings, len(neutral), everywhere=True):
+        neutral_sums, neutral_counts = token_loss_sums(model, tokenizer, neutral * n_variants)
+    fluency_sums, fluency_counts = token_loss_sums(model, tokenizer, [p + t for p, t in zip(openings * n_variants, texts)])
+    per_variant = lambda values: einops.rearrange(values, "(variant n) -> variant n", variant=n_variants).sum(1)  # noqa: E731
+    rows = []
+    for v, (layer, _, alpha) in enumerate(settings):
+        own = texts[v * len(openings):(v + 1) * len(openings)]
+        rows.append({"layer": layer, "alpha": alpha, "behaviour": behaviour_rate(own, name),
+                     **{f"rate {other}": rate for other, rate in off_target_rates(own).items() if other != name},
+                     "ab_probability": ab[v],
+                     "neutral_loss": (per_variant(neutral_sums)[v] / per_variant(neutral_counts)[v]).item(),
+                     "fluency_loss": (per_variant(fluency_sums)[v] / per_variant(fluency_counts)[v]).item()})
+    return rows
+
+
 def steering_sweep(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str,
                    vectors: Float[Tensor, "layer d_model"], alphas: Sequence[float], *, n_openings: int = 48,
-                   n_questions: int = 64, max_new_tokens: int = 40, seed: int = 0) -> pd.DataFrame:
+                   n_questions: int = 64, max_new_tokens: int = 40, seed: int = 0,
+                   memory_budget: int = MEMORY_BUDGET) -> pd.DataFrame:
     """Steer toward behaviour ``name`` with the unit vector of each layer and each ``alpha``, and measure.
 
     One row per ``(layer, alpha)``: the behaviour rate of sampled continuations of held-out openings
@@ -411,22 +490,24 @@ def steering_sweep(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n
     questions (``ab_probability``), the loss on neutral text with the vector added everywhere
     (``neutral_loss``) and the unsteered model's loss on the steered texts (``fluency_loss``).
     ``alpha=0`` is the unsteered baseline.
+
+    The settings run side by side in the batch (:func:`steering_variants`), as many per pass as fit
+    ``memory_budget`` bytes. Greedy or not, each setting's numbers are those of running it alone; only
+    the sampled continuations differ, because a batch of another size draws other random numbers.
     """
     openings = story_openings(name, n_openings, seed)
     questions = contrastive_pairs(name, n_questions, "test", seed)
     neutral = neutral_texts()
+    grid = [(layer, unit(vectors[layer]), float(alpha)) for layer in range(len(vectors)) for alpha in alphas]
+    longest = max(len(encode(tokenizer, text)) for text in neutral) + 1
+    per_pass = variants_per_pass(model, max(len(openings), len(neutral)), longest, memory_budget,
+                                 logit_positions=longest)
     rows = []
-    grid = [(layer, alpha) for layer in range(len(vectors)) for alpha in alphas]
-    for layer, alpha in tqdm(grid, desc=f"steering toward {name}"):
-        direction = unit(vectors[layer])
-        texts = steered_texts(model, tokenizer, openings, layer, direction, alpha, max_new_tokens, seed)
-        with steer(model, layer, direction, alpha):
-            ab = matching_probability(model, tokenizer, questions)
-        rows.append({"layer": layer, "alpha": alpha, "behaviour": behaviour_rate(texts, name),
-                     **{f"rate {other}": rate for other, rate in off_target_rates(texts).items() if other != name},
-                     "ab_probability": ab,
-                     "neutral_loss": neutral_loss(model, tokenizer, neutral, layer, direction, alpha),
-                     "fluency_loss": fluency_loss(model, tokenizer, openings, texts)})
+    with tqdm(total=len(grid), desc=f"steering toward {name}", unit="setting") as progress:
+        for chunk in chunks(len(grid), per_pass):
+            rows += _sweep_chunk(model, tokenizer, name, [grid[i] for i in chunk], openings, questions, neutral,
+                                 max_new_tokens, seed)
+            progress.update(len(chunk))
     return pd.DataFrame(rows)
 
 

@@ -6,7 +6,8 @@ that: for each layer ``l`` of the residual stack (but the last) it learns a *tra
 model's final distribution (minimising ``KL(final || lens)`` on course text)::
 
     lens = load_tuned_lens(model)                              # the shipped one, for the course model
-    lens = train_tuned_lens(model, tokenizer, steps=100)       # any other model (a hub MODEL)
+    lens = load_published_tuned_lens(model, "gpt2")            # the tuned-lens project's, for a hub model
+    lens = train_tuned_lens(model, tokenizer, steps=100)       # any other model
     logits = lens(model, residual_stack(model, input_ids))     # [n_layers + 1, batch, pos, vocab]
 
 ``python -m utils.tuned_lens`` retrains the shipped lens of the course model
@@ -17,6 +18,7 @@ course model it was trained on).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +33,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils import architecture
 from utils.logit_lens import corpus_batch, kl_to_final, logit_lens, residual_stack
 from utils.models import (
-    COURSE_MODEL_DIR, COURSE_MODEL_NAME, file_sha256, frozen, load_model, load_tokenizer, verify_checkpoint,
-    write_manifest,
+    COURSE_MODEL_DIR, COURSE_MODEL_NAME, ModelNotAvailableError, file_sha256, frozen, hub_offline, load_model,
+    load_tokenizer, verify_checkpoint, write_manifest,
 )
 
 TUNED_LENS_DIR = Path(__file__).resolve().parent / "assets" / "tuned_lens"
@@ -41,6 +43,8 @@ REBUILD_HINT = ("restore it with `git checkout -- utils/assets/tuned_lens` or re
                 "`python -m utils.tuned_lens` (about a minute of CPU)")
 #: Seeds of the course-corpus documents the lens trains on and is evaluated on (the course model trained on seed 0).
 TRAIN_SEED, EVAL_SEED = 11, 12
+#: Adam steps of the shipped lens (``python -m utils.tuned_lens``).
+SHIPPED_STEPS = 250
 
 
 class TunedLens(nn.Module):
@@ -155,18 +159,103 @@ def load_tuned_lens(model: PreTrainedModel, directory: Path = TUNED_LENS_DIR) ->
     return lens.to(device=model.device, dtype=model.dtype).eval().requires_grad_(False)
 
 
-def shipped_or_trained_tuned_lens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_name: str,
-                                  steps_elsewhere: int = 100) -> TunedLens:
-    """The shipped lens for the course model; for any other ``model_name``, one trained here for ``steps_elsewhere`` steps."""
-    if model_name == COURSE_MODEL_NAME:
+#: The Hugging Face space where the tuned-lens project (Belrose et al.) publishes trained lenses, one folder
+#: ``lens/<hub model name>`` each (``lens/gpt2``, ``lens/EleutherAI/pythia-160m-deduped``, ...).
+PUBLISHED_LENSES = "AlignmentResearch/tuned-lens"
+PUBLISHED_FILES = ("config.json", "params.pt")
+#: The folder of a checkpoint directory where a lens saved with the model is looked for.
+PUBLISHED_SUBFOLDER = "tuned_lens"
+
+
+def published_lens_directory(name: str | Path) -> Path:
+    """The folder holding the tuned-lens project's ``config.json`` and ``params.pt`` for model ``name``.
+
+    ``name`` is a local folder in that format (or a checkpoint folder with one in ``tuned_lens/``, as
+    :func:`save_published_tuned_lens` writes it), or a hub model name whose lens is downloaded from
+    :data:`PUBLISHED_LENSES` (once; then it is read from the hub cache). Raises
+    :class:`~utils.models.ModelNotAvailableError` when there is none, or none reachable offline.
+    """
+    local = Path(name).expanduser()
+    if local.is_dir():
+        for folder in (local, local / PUBLISHED_SUBFOLDER):
+            if all((folder / file).exists() for file in PUBLISHED_FILES):
+                return folder
+        raise ModelNotAvailableError(f"{local} holds no published tuned lens (config.json and params.pt, the "
+                                     f"tuned-lens project's format, in it or in its {PUBLISHED_SUBFOLDER}/ folder)")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        paths = [hf_hub_download(PUBLISHED_LENSES, file, subfolder=f"lens/{name}", repo_type="space",
+                                 local_files_only=hub_offline()) for file in PUBLISHED_FILES]
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise ModelNotAvailableError(f"no published tuned lens for '{name}' could be read from the {PUBLISHED_LENSES} "
+                                     f"space ({type(error).__name__})") from error
+    return Path(paths[0]).parent
+
+
+def load_published_tuned_lens(model: PreTrainedModel, name: str | Path) -> TunedLens:
+    """A lens trained by the tuned-lens project for ``model`` (see :func:`published_lens_directory`).
+
+    That project adds its translators to the stream (``h + W h + b``, trained from zero); here a
+    translator is the whole map, so its weight becomes ``I + W``. The lens must be for a model of
+    ``model``'s depth and width.
+    """
+    directory = published_lens_directory(name)
+    config = json.loads((directory / "config.json").read_text())
+    shape = (architecture.n_layers(model), architecture.d_model(model))
+    if (config["num_hidden_layers"], config["d_model"]) != shape:
+        raise ValueError(f"the tuned lens in {directory} is for a model with {config['num_hidden_layers']} layers of width "
+                         f"{config['d_model']}, this one has {shape[0]} of width {shape[1]}: load the lens of this model")
+    state = torch.load(directory / "params.pt", map_location="cpu", weights_only=True)
+    lens = TunedLens(*shape)
+    with torch.no_grad():
+        for index, translator in enumerate(lens.translators):
+            translator.weight.add_(state[f"{index}.weight"].float())
+            translator.bias.copy_(state.get(f"{index}.bias", torch.zeros(shape[1])).float())
+    return lens.to(device=model.device, dtype=model.dtype).eval().requires_grad_(False)
+
+
+def save_published_tuned_lens(lens: TunedLens, directory: str | Path, base_model: str = "") -> Path:
+    """Write ``lens`` in the tuned-lens project's format (translators ``h + W h + b``, so ``W = A - I``),
+    which :func:`load_published_tuned_lens` and that project's ``TunedLens.from_model_and_pretrained`` read."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for index, translator in enumerate(lens.translators):
+        identity = torch.eye(translator.in_features, dtype=translator.weight.dtype, device=translator.weight.device)
+        state[f"{index}.weight"] = (translator.weight.detach() - identity).cpu()
+        state[f"{index}.bias"] = translator.bias.detach().cpu()
+    torch.save(state, directory / "params.pt")
+    (directory / "config.json").write_text(json.dumps({
+        "base_model_name_or_path": base_model, "d_model": lens.translators[0].in_features,
+        "num_hidden_layers": len(lens.translators), "bias": True, "base_model_revision": None, "unembed_hash": None,
+        "lens_type": "linear_tuned_lens"}, indent=1))
+    return directory
+
+
+def shipped_or_trained_tuned_lens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_name: str | Path,
+                                  steps_elsewhere: int = 40, documents_per_step_elsewhere: int = 8) -> TunedLens:
+    """The tuned lens for ``model_name``: the shipped one for the course model; for another model the tuned-lens
+    project's published lens (:func:`load_published_tuned_lens`) when there is one; otherwise one trained here
+    for a bounded ``steps_elsewhere`` steps of ``documents_per_step_elsewhere`` documents, saying so."""
+    if str(model_name) == COURSE_MODEL_NAME:
         return load_tuned_lens(model)
-    return train_tuned_lens(model, tokenizer, steps=steps_elsewhere)
+    try:
+        lens = load_published_tuned_lens(model, model_name)
+        print(f"loaded the tuned-lens project's published lens for {model_name}")
+        return lens
+    except ModelNotAvailableError as reason:
+        print(f"{reason}: training a tuned lens here for {steps_elsewhere} steps of {documents_per_step_elsewhere} "
+              f"course documents (the course model's shipped lens had {SHIPPED_STEPS} of 32), so expect it to sit "
+              "closer to the logit lens than a full run would")
+    return train_tuned_lens(model, tokenizer, steps=steps_elsewhere, documents_per_step=documents_per_step_elsewhere)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m utils.tuned_lens``: train the course model's tuned lens and write it to utils/assets/tuned_lens."""
     parser = argparse.ArgumentParser(prog="python -m utils.tuned_lens", description=main.__doc__)
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=SHIPPED_STEPS)
     parser.add_argument("--out", type=Path, default=TUNED_LENS_DIR)
     args = parser.parse_args(argv)
     model, tokenizer = load_model(COURSE_MODEL_NAME), load_tokenizer(COURSE_MODEL_NAME)
