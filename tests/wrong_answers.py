@@ -22,6 +22,7 @@ from transformers.pytorch_utils import Conv1D
 from utils import architecture
 from utils.activation_store import block_output, cache_to_shards
 from utils.finetune import IGNORE_INDEX
+from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
 from utils.steering import last_token_activations
 
 Answer = Callable[..., object]
@@ -81,6 +82,153 @@ def logits_as_a_matrix_product(model, residual):
     unembedding = architecture.unembedding(model)
     logits = architecture.final_norm(model)(residual) @ unembedding.weight.T
     return logits if unembedding.bias is None else logits + unembedding.bias
+
+
+
+# GPT-2 from scratch (0.4 to 0.10)
+def norm_with_the_unbiased_variance(x, norm):
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + norm.eps) * norm.weight + norm.bias
+
+
+def norm_without_eps(x, norm):
+    centred = x - x.mean(-1, keepdim=True)
+    return centred / centred.pow(2).mean(-1, keepdim=True).sqrt() * norm.weight + norm.bias
+
+
+def norm_without_its_weight_and_bias(x, norm):
+    centred = x - x.mean(-1, keepdim=True)
+    return centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + norm.eps)
+
+
+def norm_with_layer_norm(x, norm):
+    return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
+
+
+def embed_without_positions(model, input_ids):
+    return model.transformer.wte.weight[input_ids]
+
+
+def embed_with_positions_from_one(model, input_ids):
+    return model.transformer.wte.weight[input_ids] + model.transformer.wpe.weight[1:input_ids.shape[1] + 1]
+
+
+def embed_with_the_token_table_for_positions(model, input_ids):
+    return model.transformer.wte.weight[input_ids] + model.transformer.wte.weight[:input_ids.shape[1]]
+
+
+def embed_with_the_modules(model, input_ids):
+    return model.transformer.wte(input_ids) + model.transformer.wpe(torch.arange(input_ids.shape[1]))[None]
+
+
+def pattern_without_scaling(q, k):
+    scores = q @ k.transpose(-1, -2)
+    return scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+
+
+def pattern_masking_the_past(q, k):
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    return scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).tril(-1), float("-inf")).softmax(-1)
+
+
+def pattern_normalised_over_queries(q, k):
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    return scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf")).softmax(-2)
+
+
+def pattern_with_scaled_dot_product_attention(q, k):
+    n = q.shape[-2]
+    identity = torch.eye(n).expand(*q.shape[:-2], n, n)        # the values' identity returns the pattern itself
+    return F.scaled_dot_product_attention(q, k, identity, is_causal=True)
+
+
+def attention_with_heads_outermost(attention, x):
+    qkv = x @ attention.c_attn.weight + attention.c_attn.bias
+    q, k, v = einops.rearrange(qkv, "b p (head three d) -> three b head p d", three=3, head=attention.num_heads)
+    z = causal_attention_pattern(q, k) @ v
+    return einops.rearrange(z, "b head p d -> b p (head d)") @ attention.c_proj.weight + attention.c_proj.bias
+
+
+def attention_without_the_mask(attention, x):
+    qkv = x @ attention.c_attn.weight + attention.c_attn.bias
+    q, k, v = einops.rearrange(qkv, "b p (three head d) -> three b head p d", three=3, head=attention.num_heads)
+    z = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1) @ v
+    return einops.rearrange(z, "b head p d -> b p (head d)") @ attention.c_proj.weight + attention.c_proj.bias
+
+
+def attention_without_the_output_bias(attention, x):
+    qkv = x @ attention.c_attn.weight + attention.c_attn.bias
+    q, k, v = einops.rearrange(qkv, "b p (three head d) -> three b head p d", three=3, head=attention.num_heads)
+    z = causal_attention_pattern(q, k) @ v
+    return einops.rearrange(z, "b head p d -> b p (head d)") @ attention.c_proj.weight
+
+
+def attention_with_split_and_sdpa(attention, x):
+    q, k, v = attention.c_attn(x).split(x.shape[-1], dim=-1)
+    heads = lambda t: t.unflatten(-1, (attention.num_heads, -1)).transpose(1, 2)  # noqa: E731
+    z = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+    return attention.c_proj(z.transpose(1, 2).flatten(-2))
+
+
+def mlp_with_the_exact_gelu(feed_forward, x):
+    return F.gelu(x @ feed_forward.c_fc.weight + feed_forward.c_fc.bias) @ feed_forward.c_proj.weight + feed_forward.c_proj.bias
+
+
+def mlp_with_relu(feed_forward, x):
+    return F.relu(x @ feed_forward.c_fc.weight + feed_forward.c_fc.bias) @ feed_forward.c_proj.weight + feed_forward.c_proj.bias
+
+
+def mlp_without_the_biases(feed_forward, x):
+    return F.gelu(x @ feed_forward.c_fc.weight, approximate="tanh") @ feed_forward.c_proj.weight
+
+
+def mlp_with_the_modules(feed_forward, x):
+    return feed_forward.c_proj(torch.tanh((2 / math.pi) ** 0.5 * (lambda h: h + 0.044715 * h ** 3)(
+        feed_forward.c_fc(x))).add(1).mul(feed_forward.c_fc(x)).mul(0.5))
+
+
+def block_post_norm(block, x):
+    x = layer_norm(x + self_attention(block.attn, x), block.ln_1)
+    return layer_norm(x + mlp(block.mlp, x), block.ln_2)
+
+
+def block_in_parallel(block, x):
+    return x + self_attention(block.attn, layer_norm(x, block.ln_1)) + mlp(block.mlp, layer_norm(x, block.ln_2))
+
+
+def block_without_the_residual(block, x):
+    x = self_attention(block.attn, layer_norm(x, block.ln_1))
+    return x + mlp(block.mlp, layer_norm(x, block.ln_2))
+
+
+def block_with_the_norm_and_mlp_modules(block, x):
+    x = x + attention_with_split_and_sdpa(block.attn, block.ln_1(x))    # block.attn alone is not causal: no mask
+    return x + block.mlp(block.ln_2(x))
+
+
+def forward_without_the_final_norm(model, input_ids):
+    x = embed(model, input_ids)
+    for block in model.transformer.h:
+        x = transformer_block(block, x)
+    return x @ model.lm_head.weight.T
+
+
+def forward_without_positions(model, input_ids):
+    x = model.transformer.wte.weight[input_ids]
+    for block in model.transformer.h:
+        x = transformer_block(block, x)
+    return layer_norm(x, model.transformer.ln_f) @ model.lm_head.weight.T
+
+
+def forward_through_the_first_block_only(model, input_ids):
+    x = transformer_block(model.transformer.h[0], embed(model, input_ids))
+    return layer_norm(x, model.transformer.ln_f) @ model.lm_head.weight.T
+
+
+def forward_with_the_modules(model, input_ids):
+    x = embed(model, input_ids)
+    for block in model.transformer.h:
+        x = transformer_block(block, x)
+    return model.lm_head(model.transformer.ln_f(x))
 
 
 # --------------------------------------------------------------------------------------------- 1
@@ -814,6 +962,13 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "0.1": (loss_without_the_shift, loss_of_the_current_token, loss_averaged_to_one_number),
     "0.2": (difference_at_the_first_position, difference_the_wrong_way_round, difference_of_probabilities),
     "0.3": (logits_without_the_final_norm, logits_with_the_norm_twice, logits_with_a_norm_of_no_weights),
+    "0.4": (norm_with_the_unbiased_variance, norm_without_eps, norm_without_its_weight_and_bias),
+    "0.5": (embed_without_positions, embed_with_positions_from_one, embed_with_the_token_table_for_positions),
+    "0.6": (pattern_without_scaling, pattern_masking_the_past, pattern_normalised_over_queries),
+    "0.7": (attention_with_heads_outermost, attention_without_the_mask, attention_without_the_output_bias),
+    "0.8": (mlp_with_the_exact_gelu, mlp_with_relu, mlp_without_the_biases),
+    "0.9": (block_post_norm, block_in_parallel, block_without_the_residual),
+    "0.10": (forward_without_the_final_norm, forward_without_positions, forward_through_the_first_block_only),
     "1.1": (top_k_dropping_the_kth, top_k_zeroing_instead_of_minus_infinity, top_k_over_the_batch),
     "1.2": (top_p_on_cumulative_logits, top_p_without_the_token_that_crosses_p, top_p_mask_left_in_sorted_order),
     "1.3": (min_p_on_logits, min_p_against_the_batch_maximum, min_p_as_an_absolute_threshold),
@@ -849,6 +1004,9 @@ WRONG: dict[str, tuple[Answer, ...]] = {
 
 RIGHT: dict[str, tuple[Answer, ...]] = {
     "0.1": (loss_with_cross_entropy,), "0.2": (difference_with_gather,), "0.3": (logits_as_a_matrix_product,),
+    "0.4": (norm_with_layer_norm,), "0.5": (embed_with_the_modules,), "0.6": (pattern_with_scaled_dot_product_attention,),
+    "0.7": (attention_with_split_and_sdpa,), "0.8": (mlp_with_the_modules,), "0.9": (block_with_the_norm_and_mlp_modules,),
+    "0.10": (forward_with_the_modules,),
     "1.1": (top_k_with_a_sort,), "1.2": (top_p_row_by_row,), "1.3": (min_p_in_log_space,),
     "1.4": (penalty_with_a_seen_mask,), "1.5": (greedy_while_loop,), "1.6": (beams_with_a_sort,),
     "1.7": (wilson_from_counts,), "1.8": (transitions_character_by_character,), "1.9": (soft_prompt_with_expand,),
