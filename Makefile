@@ -5,7 +5,7 @@
 #   make test   `make book`, then the whole test suite (unit tests, the site in a headless
 #               chromium, nbval over solutions/)
 #
-# Helpers: make venv | make labs | make clean | make help
+# Helpers: make venv | make labs | make artefacts | make clean | make help
 # Use another interpreter with e.g. `make book PYTHON=python3.11`.
 
 SHELL := /bin/bash
@@ -37,12 +37,12 @@ BOOK_FLAGS   ?= -W -n --keep-going
 PYTEST_FLAGS ?= -n 2 --dist loadscope
 NBVAL_FLAGS  := --nbval-lax --nbval-kernel-name python3 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: help book test venv labs clean check-python
+.PHONY: help book test venv labs artefacts clean check-python
 
 help:
 	@echo "make book   build the book into _build/html (creates .venv on first use)"
 	@echo "make test   build the book, then run the whole test suite"
-	@echo "helpers:    make venv | make labs | make clean"
+	@echo "helpers:    make venv | make labs | make artefacts (after a retrain) | make clean"
 
 check-python:
 	@$(PYTHON) scripts/check_env.py
@@ -86,6 +86,17 @@ labs: $(STAMP)
 	$(VPY) -m utils.notebooks sync
 	$(VPY) -m utils.notebooks build-labs
 	$(VPY) -m utils.notebooks lint
+
+# After `python -m utils.course_model train`: rebuild everything derived from the course model, in
+# order (model card, adapters, tuned lens, SAEs, then every solution's stored outputs and recorded
+# results, then the labs). About 35 minutes on 2 CPU cores; no GPU.
+artefacts: $(STAMP)
+	$(VPY) -m utils.course_model evaluate
+	$(VPY) -m utils.finetune
+	$(VPY) -m utils.tuned_lens
+	$(VPY) -m utils.sae
+	for notebook in solutions/[0-9][0-9]_*.ipynb; do $(VPY) -m utils.notebooks store-outputs $$notebook; done
+	$(MAKE) labs
 
 clean:
 	rm -rf _build .pytest_cache
