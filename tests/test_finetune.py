@@ -15,10 +15,11 @@ from utils import finetune
 from utils.checkers.lora import check_response_labels
 from utils.checks import assert_accepts, assert_rejects
 from utils.finetune import (
-    ADAPTERS_DIR, IGNORE_INDEX, chat_batch, evaluate_chat, load_adapted_model, peft_adapter, train_model,
+    ADAPTERS_DIR, IGNORE_INDEX, chat_batch, evaluate_chat, load_adapted_model, peft_adapter,
+    shipped_or_trained_adapter, train_model,
 )
 from utils.lora import add_lora, load_lora_state_dict, lora_modules, remove_lora, task_vector
-from utils.models import CheckpointError
+from utils.models import CheckpointError, tiny_random_model
 from utils.world.instructions import chat_dataset, chat_eval_set
 
 N_EVAL = 300
@@ -207,3 +208,12 @@ def test_other_architectures_get_their_own_block_targets():
         assert add_lora(model, finetune.block_linear_targets(model), r=2)
     with pytest.raises(ValueError, match="no default LoRA targets.*linear_module_names"):
         finetune.block_linear_targets(type("Fake", (), {"config": type("C", (), {"model_type": "t5"})()})())
+
+
+def test_another_model_gets_a_bounded_adapter_trained_here_and_is_told_so(course_tokenizer, capsys):
+    model = tiny_random_model("gpt2", vocab_size=len(course_tokenizer))
+    adapted = shipped_or_trained_adapter("instruct", model, course_tokenizer, "gpt2-not-shipped", steps_elsewhere=1)
+    assert "no shipped 'instruct' adapter for gpt2-not-shipped: training one here for 1 steps" in capsys.readouterr().out
+    assert isinstance(adapted, torch.nn.Module)
+    with pytest.raises(ValueError, match="unknown adapter 'poetry'"):
+        shipped_or_trained_adapter("poetry", model, course_tokenizer, "gpt2-not-shipped")

@@ -331,7 +331,10 @@ def shipped_or_trained_adapter(name: str, model: PreTrainedModel, tokenizer: Pre
         return load_adapted_model(name, merge=merge)
     if name not in SHIPPED_ADAPTERS:
         raise ValueError(f"unknown adapter {name!r}: the shipped ones are {sorted(SHIPPED_ADAPTERS)}")
-    adapted, _ = train_lora_adapter(model, tokenizer, replace(SHIPPED_ADAPTERS[name], steps=steps_elsewhere))
+    recipe = SHIPPED_ADAPTERS[name]
+    print(f"no shipped '{name}' adapter for {model_name}: training one here for {steps_elsewhere} steps of "
+          f"{recipe.batch_size} examples (the course model's had {recipe.steps}), so expect a weaker one")
+    adapted, _ = train_lora_adapter(model, tokenizer, replace(recipe, steps=steps_elsewhere))
     if merge:
         remove_lora(adapted, merge=True)
     return adapted
