@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from utils.gpt2_from_scratch import (
-    causal_attention_pattern, conv1d, embed, gpt2_forward, layer_norm, self_attention, transformer_block,
+    causal_attention_pattern, conv1d, embed, gpt2_forward, gpt2_parameter_count, layer_norm, padded_attention_pattern,
+    self_attention, transformer_block,
 )
 from utils.hooks import capture
 from utils.models import tiny_random_model
@@ -63,3 +64,22 @@ def test_self_attention_of_one_position_is_its_value_projected(course_model):
 def test_another_architecture_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="written for GPT-2's modules, and this is a llama model"):
         gpt2_forward(tiny_random_model("llama"), torch.zeros(1, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("fields", [{}, {"n_inner": 100}, {"tie_word_embeddings": False}])
+def test_the_parameter_count_from_the_config_is_the_models(fields):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=20, vocab_size=90, bos_token_id=0, eos_token_id=0,
+                        **fields)
+    with torch.device("meta"):
+        assert gpt2_parameter_count(config) == sum(p.numel() for p in GPT2LMHeadModel(config).parameters())
+    assert gpt2_parameter_count(GPT2Config()) == 124_439_808                     # GPT-2 small
+
+
+def test_left_padding_leaves_the_real_tokens_pattern_as_without_it():
+    q, k = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)
+    padded_q, padded_k = (torch.cat([torch.randn(1, 2, 2, 8), t], dim=2) for t in (q, k))
+    pattern = padded_attention_pattern(padded_q, padded_k, torch.tensor([[0, 0, 1, 1, 1, 1]]))
+    torch.testing.assert_close(pattern[..., 2:, 2:], causal_attention_pattern(q, k))
+    assert (pattern[..., 2:, :2] == 0).all() and (pattern[..., :2, :] == 0).all()    # padding: never read, rows of 0

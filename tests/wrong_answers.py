@@ -231,6 +231,55 @@ def forward_with_the_modules(model, input_ids):
     return model.lm_head(model.transformer.ln_f(x))
 
 
+
+def count_without_the_biases(config):
+    d, m = config.n_embd, config.n_inner or 4 * config.n_embd
+    return config.vocab_size * d + config.n_positions * d + config.n_layer * (2 * 2 * d + 3 * d * d + d * d + 2 * d * m) + 2 * d
+
+
+def count_with_a_four_times_wide_mlp(config):
+    d = config.n_embd
+    per_block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
+    unembedding = 0 if config.tie_word_embeddings else config.vocab_size * d
+    return config.vocab_size * d + config.n_positions * d + config.n_layer * per_block + 2 * d + unembedding
+
+
+def count_with_the_unembedding_always(config):
+    d, m = config.n_embd, config.n_inner or 4 * config.n_embd
+    per_block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)
+    return 2 * config.vocab_size * d + config.n_positions * d + config.n_layer * per_block + 2 * d
+
+
+def count_by_building_the_model_on_the_meta_device(config):
+    from transformers import GPT2LMHeadModel
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPT2LMHeadModel(config).parameters())
+
+
+def padded_pattern_ignoring_the_padding(q, k, attention_mask):
+    return causal_attention_pattern(q, k)
+
+
+def padded_pattern_masking_padding_queries_not_keys(q, k, attention_mask):
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    hidden = torch.ones_like(scores, dtype=torch.bool).triu(1) | (attention_mask == 0)[:, None, :, None]
+    return scores.masked_fill(hidden, float("-inf")).softmax(-1).nan_to_num(0.0)
+
+
+def padded_pattern_with_nan_rows(q, k, attention_mask):
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    hidden = torch.ones_like(scores, dtype=torch.bool).triu(1) | (attention_mask == 0)[:, None, None, :]
+    return scores.masked_fill(hidden, float("-inf")).softmax(-1)
+
+
+def padded_pattern_with_an_additive_mask(q, k, attention_mask):
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    allowed = torch.ones_like(scores, dtype=torch.bool).tril() & attention_mask.bool()[:, None, None, :]
+    weights = (scores - scores.amax(-1, keepdim=True)).exp() * allowed
+    return torch.where(allowed.any(-1, keepdim=True), weights / weights.sum(-1, keepdim=True).clamp_min(1e-30), 0.0)
+
+
 # --------------------------------------------------------------------------------------------- 1
 def top_k_dropping_the_kth(logits, k):
     kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]
@@ -969,6 +1018,9 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "0.8": (mlp_with_the_exact_gelu, mlp_with_relu, mlp_without_the_biases),
     "0.9": (block_post_norm, block_in_parallel, block_without_the_residual),
     "0.10": (forward_without_the_final_norm, forward_without_positions, forward_through_the_first_block_only),
+    "0.11": (count_without_the_biases, count_with_a_four_times_wide_mlp, count_with_the_unembedding_always),
+    "0.12": (padded_pattern_ignoring_the_padding, padded_pattern_masking_padding_queries_not_keys,
+             padded_pattern_with_nan_rows),
     "1.1": (top_k_dropping_the_kth, top_k_zeroing_instead_of_minus_infinity, top_k_over_the_batch),
     "1.2": (top_p_on_cumulative_logits, top_p_without_the_token_that_crosses_p, top_p_mask_left_in_sorted_order),
     "1.3": (min_p_on_logits, min_p_against_the_batch_maximum, min_p_as_an_absolute_threshold),
@@ -1006,7 +1058,8 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "0.1": (loss_with_cross_entropy,), "0.2": (difference_with_gather,), "0.3": (logits_as_a_matrix_product,),
     "0.4": (norm_with_layer_norm,), "0.5": (embed_with_the_modules,), "0.6": (pattern_with_scaled_dot_product_attention,),
     "0.7": (attention_with_split_and_sdpa,), "0.8": (mlp_with_the_modules,), "0.9": (block_with_the_norm_and_mlp_modules,),
-    "0.10": (forward_with_the_modules,),
+    "0.10": (forward_with_the_modules,), "0.11": (count_by_building_the_model_on_the_meta_device,),
+    "0.12": (padded_pattern_with_an_additive_mask,),
     "1.1": (top_k_with_a_sort,), "1.2": (top_p_row_by_row,), "1.3": (min_p_in_log_space,),
     "1.4": (penalty_with_a_seen_mask,), "1.5": (greedy_while_loop,), "1.6": (beams_with_a_sort,),
     "1.7": (wilson_from_counts,), "1.8": (transitions_character_by_character,), "1.9": (soft_prompt_with_expand,),

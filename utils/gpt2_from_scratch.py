@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import GPT2Config, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from utils import architecture
@@ -99,3 +99,28 @@ def gpt2_forward(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"]) ->
     for block in model.transformer.h:
         x = transformer_block(block, x)
     return layer_norm(x, model.transformer.ln_f) @ model.lm_head.weight.T
+
+
+def gpt2_parameter_count(config: GPT2Config) -> int:
+    """Reference for Exercise 0.11 (bonus): the parameters of ``GPT2LMHeadModel(config)``, from the config alone.
+
+    Token and position embeddings; per block two layer norms (weight and bias), ``c_attn`` and
+    ``c_proj`` of attention, ``c_fc`` and ``c_proj`` of the MLP (``d_mlp = n_inner``, or ``4 d_model``),
+    each a weight and a bias; the final norm; and an unembedding of its own only when it is not tied.
+    """
+    d, d_mlp = config.n_embd, config.n_inner or 4 * config.n_embd
+    per_block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * d_mlp + d_mlp) + (d_mlp * d + d)
+    unembedding = 0 if config.tie_word_embeddings else config.vocab_size * d
+    return config.vocab_size * d + config.n_positions * d + config.n_layer * per_block + 2 * d + unembedding
+
+
+def padded_attention_pattern(q: Float[Tensor, "batch head query d_head"], k: Float[Tensor, "batch head key d_head"],
+                             attention_mask: Int[Tensor, "batch key"]) -> Float[Tensor, "batch head query key"]:
+    """Reference for Exercise 0.12 (bonus): the causal pattern of a left-padded batch: ``attention_mask`` is 1
+    on real tokens and 0 on padding, and no query attends to a padding key. A padding query has no key
+    to attend to: its row is all zeros (nothing reads it)."""
+    scores = einops.einsum(q, k, "batch head query d_head, batch head key d_head -> batch head query key")
+    scores = scores / math.sqrt(q.shape[-1])
+    future = torch.ones_like(scores, dtype=torch.bool).triu(diagonal=1)
+    padding = einops.rearrange(attention_mask == 0, "batch key -> batch 1 1 key")
+    return scores.masked_fill(future | padding, float("-inf")).softmax(dim=-1).nan_to_num(0.0)

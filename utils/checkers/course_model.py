@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from transformers import PreTrainedModel
+from transformers import GPT2Config, PreTrainedModel
 
 from utils.checks import Case, CheckResult, check_function
 from utils.course_model.exercises import (
     final_residual_stream, logit_difference, logits_from_final_residual, per_token_loss,
 )
 from utils.gpt2_from_scratch import (
-    causal_attention_pattern, embed, gpt2_forward, layer_norm, mlp, self_attention, transformer_block,
+    causal_attention_pattern, embed, gpt2_forward, gpt2_parameter_count, layer_norm, mlp, padded_attention_pattern,
+    self_attention, transformer_block,
 )
 from utils.models import tiny_random_model
 
@@ -203,3 +204,42 @@ def check_gpt2_forward(learner_fn: Callable, model: PreTrainedModel) -> CheckRes
             learner_fn, gpt2_forward, cases, exercise="0.10 (gpt2_forward)", atol=1e-4, rtol=1e-4,
             hint="embed (Exercise 0.5), every block of model.transformer.h in order (Exercise 0.9), then the final "
                  "norm model.transformer.ln_f and the unembedding model.lm_head.weight (logits = x @ W_U^T)")
+
+
+def _small_config(**fields: int | bool) -> GPT2Config:
+    return GPT2Config(bos_token_id=0, eos_token_id=0, **fields)
+
+
+def check_gpt2_parameter_count(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 0.11 (bonus) on the model's config, GPT-2 small's, a tiny one, one with its own MLP width and one
+    with an untied unembedding (each reference count equals the model's own, ``tests/test_gpt2_from_scratch.py``)."""
+    cases = [Case("your model's config", model.config),
+             Case("GPT-2 small's config (124 M parameters)", GPT2Config()),
+             Case("a tiny config: 2 layers, d_model 64, 40 positions", _small_config(n_layer=2, n_embd=64, n_head=4,
+                                                                                    n_positions=40, vocab_size=300)),
+             Case("n_inner = 100 (an MLP not 4 x d_model wide)", _small_config(n_layer=3, n_embd=32, n_head=2,
+                                                                              n_inner=100, vocab_size=50)),
+             Case("tie_word_embeddings = False (an unembedding of its own)",
+                  _small_config(n_layer=1, n_embd=16, n_head=2, vocab_size=70, tie_word_embeddings=False))]
+    return check_function(
+        learner_fn, gpt2_parameter_count, cases, exercise="0.11 (gpt2_parameter_count)",
+        hint="count module by module: two embedding tables, then per block two layer norms (weight and bias each), "
+             "c_attn, attention's c_proj, c_fc and the MLP's c_proj (each weight plus bias; d_mlp is config.n_inner "
+             "or 4 * n_embd), then ln_f; lm_head adds parameters only when it is not tied to wte")
+
+
+def check_padded_attention_pattern(learner_fn: Callable) -> CheckResult:
+    """Exercise 0.12 (bonus) on left-padded batches: rows with different amounts of padding, none, and one token."""
+    def case(name: str, batch: int, heads: int, pos: int, padding: list[int], seed: int) -> Case:
+        generator = torch.Generator().manual_seed(seed)
+        q, k = (2 * torch.randn(batch, heads, pos, 8, generator=generator) for _ in range(2))
+        mask = torch.tensor([[0] * pad + [1] * (pos - pad) for pad in padding])
+        return Case(f"{name}: q and k {tuple(q.shape)}, padding {padding}", q, k, mask)
+
+    cases = [case("left padding of 0, 2 and 3 tokens", 3, 2, 6, [0, 2, 3], 0), case("no padding", 2, 1, 4, [0, 0], 1),
+             case("a row of one real token", 2, 3, 5, [4, 1], 2)]
+    return check_function(
+        learner_fn, padded_attention_pattern, cases, exercise="0.12 (padded_attention_pattern)",
+        hint="mask two things before the softmax over the keys: the future (as in Exercise 0.6) and every key whose "
+             "attention_mask is 0, broadcast over heads and queries; a padding query then has every key masked, and its "
+             "row of NaNs must become zeros")
