@@ -23,6 +23,7 @@ from utils.checks import (
     check_function,
     check_value,
     compare,
+    depends_on,
 )
 
 HINT = "divide exp(x) by its sum along dim"
@@ -371,3 +372,16 @@ def test_a_raising_case_needs_an_exception_and_unchanged_arguments():
     assert not model._forward_hooks, "the checker removes the hook the learner left"
     assert_rejects(check_function(lambda model, x: x, reference, cases[1:], exercise="0.6", hint=HINT),
                    r"input 'a wrong width': your function returned a tensor.*but on this input it must raise")
+
+
+def test_a_cell_that_runs_the_learners_code_names_the_exercises_that_have_not_passed(capsys):
+    check_function(lambda x: x + 1, lambda x: x + 1, [Case("one", torch.ones(2))], exercise="8.1 (plus one)", hint="")
+    check_function(lambda x: x, lambda x: x + 1, [Case("one", torch.ones(2))], exercise="8.2 (plus one)", hint="add 1")
+    capsys.readouterr()
+    assert depends_on("8.1")
+    assert capsys.readouterr().out == ""                                   # all passed: nothing printed
+    assert not depends_on("8.1", "8.2", "8.3")
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "Exercise 8.2 failed its checker; Exercise 8.3 has not been checked" in line
+    with pytest.raises(ValueError, match="must start with its number N.M"):
+        depends_on("first")

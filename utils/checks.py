@@ -34,6 +34,9 @@ Rules that every checker gets for free:
   the answer on some case; :class:`HasCase`: some case is of a kind), so that an answer that
   ignores ``k`` or normalises a weight it was given cannot pass. They are verified on the
   reference before the learner's function runs; a case list without them is a bug in the course.
+- A later cell that runs the learner's functions starts with ``depends_on("0.4", "0.9")``: it prints one
+  line naming each of those exercises whose last check in this kernel failed or never ran, so that
+  numbers computed with unfinished code are not taken for the model's.
 - If the environment variable ``COURSE_CHECK_LOG`` names a file, each result is appended to it as a
   JSON line ``{"exercise": "1.1", "passed": true, "message": "..."}`` (``python -m utils.grade``
   reads it).
@@ -74,6 +77,7 @@ __all__ = [
     "check_function",
     "check_value",
     "compare",
+    "depends_on",
     "report",
     "time_limited",
 ]
@@ -489,8 +493,29 @@ def _finish(label: str, passed: bool, message: str, hint: str = "") -> CheckResu
         message = f"{message.rstrip('.')}. Hint: {_one_line(hint)}"
     result = CheckResult(label, passed, message)
     print(result.line, flush=True)
+    LAST_RESULTS[result.exercise_id] = result
     _log(result)
     return result
+
+
+#: The last result of each exercise checked in this process, by number (what :func:`depends_on` reads).
+LAST_RESULTS: dict[str, CheckResult] = {}
+WARNING_MARK = "⚠️"
+
+
+def depends_on(*exercises: str) -> bool:
+    """Before a cell that runs the learner's code of ``exercises`` (numbers ``"N.M"``): print one line naming
+    those whose last check failed or has not run, and return whether all of them passed."""
+    for exercise in exercises:
+        exercise_id(exercise)                                       # a ValueError names a malformed number
+    failed = [e for e in exercises if e in LAST_RESULTS and not LAST_RESULTS[e].passed]
+    unchecked = [e for e in exercises if e not in LAST_RESULTS]
+    problems = ([f"Exercise {', '.join(failed)} failed its checker"] if failed else []) + \
+        ([f"Exercise {', '.join(unchecked)} has not been checked"] if unchecked else [])
+    if problems:
+        print(f"{WARNING_MARK} This cell runs your code, and {'; '.join(problems)}: what it prints may be your code's "
+              "mistake, not the model's. Fix the exercise and run its checker again.", flush=True)
+    return not problems
 
 
 def _log(result: CheckResult) -> None:
