@@ -289,3 +289,14 @@ def removes_without_finally(model, input_ids, layer):
 def test_checker_rejects_wrong_answers(course_model, wrong, match):
     assert_rejects(check_capture_residual_stream(wrong, course_model), match)
     assert_no_hooks(course_model)  # the checker removes what the learner left
+
+
+def hidden_states_one_up(model, input_ids, layer):
+    """Right for every block but the last: hidden_states[layer + 1] of the last one is after ln_f."""
+    with torch.no_grad():
+        return model(input_ids, output_hidden_states=True).hidden_states[layer + 1]
+
+
+def test_the_hidden_states_shortcut_fails_at_the_last_layer_and_is_told_why(course_model):
+    assert_rejects(check_capture_residual_stream(hidden_states_one_up, course_model),
+                   r"input 'your model, last layer \(3\), batch of 1'.*its last entry is after the final norm ln_f")

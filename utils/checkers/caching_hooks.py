@@ -54,7 +54,9 @@ def check_capture_residual_stream(learner_fn: Callable, model: PreTrainedModel) 
             atol=1e-5, rtol=1e-4,
             hint="register_forward_hook on architecture.blocks(model)[layer] (not layer - 1 or + 1); in the hook "
                  "save `output` (the block's output, not its input; a tensor: take output[0] if it is a tuple); "
-                 "run the model, remove the hook with its handle in a finally block, and return the saved tensor")
+                 "run the model, remove the hook with its handle in a finally block, and return the saved tensor. "
+                 "(output_hidden_states is no shortcut: its last entry is after the final norm ln_f, not the last "
+                 "block's output, so it fails only at the last layer)")
 
 
 # ---------------------------------------------------------------------------------------------
