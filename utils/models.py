@@ -215,8 +215,9 @@ def check_fits_in_memory(name: str | Path, config: PretrainedConfig, dtype: torc
     if needed > free:
         raise ModelTooLargeError(
             f"'{name}' has {count:,} parameters: its weights alone need {_readable(needed)} in "
-            f"{str(dtype).removeprefix('torch.')}, and {torch.device(device)} has {_readable(free)} free. Choose a smaller MODEL (e.g. 'gpt2' or 'EleutherAI/pythia-160m'), load it "
-            "in half precision (dtype=torch.bfloat16 halves it) or run on a machine with more memory")
+            f"{str(dtype).removeprefix('torch.')}, and {torch.device(device)} has {_readable(free)} free. Choose a "
+            "smaller MODEL (e.g. 'gpt2' or 'EleutherAI/pythia-160m'), load it in half precision "
+            "(dtype=torch.bfloat16 halves it) or run on a machine with more memory")
     return needed
 
 

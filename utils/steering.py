@@ -454,6 +454,13 @@ def _mean_per_variant(values: Float[Tensor, "rows"], n_variants: int) -> list[fl
     return einops.reduce(values, "(variant n) -> variant", "mean", variant=n_variants).tolist()
 
 
+def _loss_per_variant(sums: Float[Tensor, "rows"], counts: Int[Tensor, "rows"], n_variants: int) -> list[float]:
+    """Mean loss per token of each variant's texts, from :func:`token_loss_sums` of all of them."""
+    def total(values: Tensor) -> Tensor:
+        return einops.reduce(values.float(), "(variant n) -> variant", "sum", variant=n_variants)
+    return (total(sums) / total(counts)).tolist()
+
+
 def _sweep_chunk(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str,
                  settings: list[tuple[int, Tensor, float]], openings: list[str], questions: list[ContrastivePair],
                  neutral: list[str], max_new_tokens: int, seed: int) -> list[dict[str, float]]:
@@ -465,17 +472,15 @@ def _sweep_chunk(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, nam
     with steering_variants(model, settings, len(questions)):
         ab = _mean_per_variant(matching_probabilities(model, tokenizer, questions * n_variants), n_variants)
     with steering_variants(model, settings, len(neutral), everywhere=True):
-        neutral_sums, neutral_counts = token_loss_sums(model, tokenizer, neutral * n_variants)
-    fluency_sums, fluency_counts = token_loss_sums(model, tokenizer, [p + t for p, t in zip(openings * n_variants, texts)])
-    per_variant = lambda values: einops.rearrange(values, "(variant n) -> variant n", variant=n_variants).sum(1)  # noqa: E731
+        neutral_losses = _loss_per_variant(*token_loss_sums(model, tokenizer, neutral * n_variants), n_variants)
+    steered = [p + t for p, t in zip(openings * n_variants, texts)]
+    fluency_losses = _loss_per_variant(*token_loss_sums(model, tokenizer, steered), n_variants)   # unsteered model
     rows = []
     for v, (layer, _, alpha) in enumerate(settings):
         own = texts[v * len(openings):(v + 1) * len(openings)]
         rows.append({"layer": layer, "alpha": alpha, "behaviour": behaviour_rate(own, name),
                      **{f"rate {other}": rate for other, rate in off_target_rates(own).items() if other != name},
-                     "ab_probability": ab[v],
-                     "neutral_loss": (per_variant(neutral_sums)[v] / per_variant(neutral_counts)[v]).item(),
-                     "fluency_loss": (per_variant(fluency_sums)[v] / per_variant(fluency_counts)[v]).item()})
+                     "ab_probability": ab[v], "neutral_loss": neutral_losses[v], "fluency_loss": fluency_losses[v]})
     return rows
 
 

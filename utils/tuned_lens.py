@@ -160,7 +160,7 @@ def load_tuned_lens(model: PreTrainedModel, directory: Path = TUNED_LENS_DIR) ->
 
 
 #: The Hugging Face space where the tuned-lens project (Belrose et al.) publishes trained lenses, one folder
-#: ``lens/<hub model name>`` each (``lens/gpt2``, ``lens/EleutherAI/pythia-160m-deduped``, ...).
+#: ``lens/<hub model name>`` per model (``lens/gpt2`` for GPT-2 small).
 PUBLISHED_LENSES = "AlignmentResearch/tuned-lens"
 PUBLISHED_FILES = ("config.json", "params.pt")
 #: The folder of a checkpoint directory where a lens saved with the model is looked for.
