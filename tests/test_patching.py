@@ -10,8 +10,8 @@ import dataclasses
 import pytest
 import torch
 
-from utils.checkers.circuits import check_attribution, check_normalised_metric, check_replace_head
 from utils.batching import activation_bytes_per_prompt, variants_per_pass
+from utils.checkers.circuits import check_attribution, check_normalised_metric, check_replace_head
 from utils.checks import assert_accepts, assert_rejects
 from utils.hooks import capture, editing_head_outputs, hooks
 from utils.models import load_model

@@ -187,8 +187,9 @@ def check_transformer_block(learner_fn: Callable, model: PreTrainedModel) -> Che
     cases.append(Case("a tiny random GPT-2", tiny.transformer.h[0], _stream((1, 4, 64), 9)))
     return check_function(
         learner_fn, transformer_block, cases, exercise="0.9 (transformer_block)",
-        hint="pre-norm and residual: x + self_attention(block.attn, layer_norm(x, block.ln_1)), and then the MLP reads "
-             "ln_2 of that new stream (not of the input) and is added to it", atol=1e-4, rtol=1e-4)
+        hint="pre-norm and residual: attention reads ln_1 of the stream and its output is added to the stream; then "
+             "the MLP reads ln_2 of that new stream (not of the input) and its output is added too",
+        atol=1e-4, rtol=1e-4)
 
 
 def check_gpt2_forward(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
