@@ -57,12 +57,18 @@ def embed(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"]) -> Float[
     return model.transformer.wte.weight[input_ids] + model.transformer.wpe.weight[positions]
 
 
+def attention_scores(q: Float[Tensor, "batch head query d_head"], k: Float[Tensor, "batch head key d_head"]
+                     ) -> Float[Tensor, "batch head query key"]:
+    """``q k^T / sqrt(d_head)`` for every query and key of every head: the scores before any mask."""
+    scores = einops.einsum(q, k, "batch head query d_head, batch head key d_head -> batch head query key")
+    return scores / math.sqrt(q.shape[-1])
+
+
 def causal_attention_pattern(q: Float[Tensor, "batch head query d_head"], k: Float[Tensor, "batch head key d_head"]
                              ) -> Float[Tensor, "batch head query key"]:
     """Reference for Exercise 0.6: ``softmax(q k^T / sqrt(d_head))`` over the keys, each query attending
     only to itself and earlier positions (later keys get probability 0)."""
-    scores = einops.einsum(q, k, "batch head query d_head, batch head key d_head -> batch head query key")
-    scores = scores / math.sqrt(q.shape[-1])
+    scores = attention_scores(q, k)
     future = torch.ones_like(scores, dtype=torch.bool).triu(diagonal=1)          # key > query
     return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
 
@@ -119,8 +125,7 @@ def padded_attention_pattern(q: Float[Tensor, "batch head query d_head"], k: Flo
     """Reference for Exercise 0.12 (bonus): the causal pattern of a left-padded batch: ``attention_mask`` is 1
     on real tokens and 0 on padding, and no query attends to a padding key. A padding query has no key
     to attend to: its row is all zeros (nothing reads it)."""
-    scores = einops.einsum(q, k, "batch head query d_head, batch head key d_head -> batch head query key")
-    scores = scores / math.sqrt(q.shape[-1])
+    scores = attention_scores(q, k)
     future = torch.ones_like(scores, dtype=torch.bool).triu(diagonal=1)
     padding = einops.rearrange(attention_mask == 0, "batch key -> batch 1 1 key")
     return scores.masked_fill(future | padding, float("-inf")).softmax(dim=-1).nan_to_num(0.0)

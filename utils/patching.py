@@ -276,6 +276,14 @@ def copy_where(masks: Bool[Tensor, "variant *entry"], clean: Float[Tensor, "n *e
     return einops.rearrange(torch.where(chosen, clean, copies), "variant n ... -> (variant n) ...")
 
 
+def _metric_per_variant(logits: Float[Tensor, "variant_n pos vocab"], tokens: PairTokens, base: Baseline,
+                        n_variants: int) -> Float[Tensor, "variant"]:
+    """The normalised metric of each of ``n_variants`` copies of the prompts (rows variant by variant)."""
+    difference = logit_difference(logits, tokens.answer.repeat(n_variants), tokens.wrong.repeat(n_variants))
+    per_variant = einops.reduce(difference, "(variant n) -> variant", "mean", variant=n_variants)
+    return normalised_metric(per_variant, base.clean, base.corrupted)
+
+
 @torch.no_grad()
 def patched_metrics(model: PreTrainedModel, tokens: PairTokens, base: Baseline, layer: int, site: Site,
                     clean: Float[Tensor, "n *entry d"], masks: Bool[Tensor, "variant *entry"],
@@ -296,9 +304,7 @@ def patched_metrics(model: PreTrainedModel, tokens: PairTokens, base: Baseline, 
             if site == "z":
                 stack.enter_context(editing_head_outputs(model, layer, patch))
             logits = model(tokens.corrupted, logits_to_keep=1).logits                 # [(variant n), 1, vocab]
-        difference = logit_difference(logits, tokens.answer.repeat(len(part)), tokens.wrong.repeat(len(part)))
-        per_variant = einops.reduce(difference, "(variant n) -> variant", "mean", variant=len(part))
-        metrics.append(normalised_metric(per_variant, base.clean, base.corrupted))
+        metrics.append(_metric_per_variant(logits, tokens, base, len(part)))
         if progress is not None:
             progress.update(len(part))
     return torch.cat(metrics)
@@ -484,9 +490,7 @@ def _gradient_sum_along_path(model: PreTrainedModel, tokens: PairTokens, base: B
     with _repeated_from(model, layer, len(midpoints), edit=Tensor.detach), \
             editing_head_outputs(model, layer, lambda _: points):
         logits = model(tokens.corrupted, logits_to_keep=1).logits
-    difference = logit_difference(logits, tokens.answer.repeat(len(midpoints)), tokens.wrong.repeat(len(midpoints)))
-    per_point = einops.reduce(difference, "(variant n) -> variant", "mean", variant=len(midpoints))
-    normalised_metric(per_point, base.clean, base.corrupted).sum().backward()   # the points do not interact
+    _metric_per_variant(logits, tokens, base, len(midpoints)).sum().backward()   # the points do not interact
     model.zero_grad(set_to_none=True)
     return einops.reduce(points.grad, "(variant n) ... -> n ...", "sum", variant=len(midpoints))
 

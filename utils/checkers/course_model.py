@@ -34,6 +34,11 @@ def _random_logits(batch: int, pos: int, vocab: int, seed: int) -> tuple[torch.T
     return logits, tokens
 
 
+def _random_ids(model: PreTrainedModel, batch: int, pos: int, seed: int) -> torch.Tensor:
+    """``[batch, pos]`` token ids drawn uniformly from ``model``'s vocabulary."""
+    return torch.randint(model.config.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(seed))
+
+
 def check_per_token_loss(learner_fn: Callable) -> CheckResult:
     """Exercise 0.1 on random logits: a batch of 3, a batch of 1, an odd length and two tokens."""
     cases = [Case(f"{name}: logits {tuple(logits.shape)}", logits, tokens) for name, (logits, tokens) in [
@@ -67,8 +72,7 @@ def check_logit_difference(learner_fn: Callable) -> CheckResult:
 def check_logits_from_final_residual(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
     """Exercise 0.3 on ``model`` and on tiny random GPT-NeoX (Pythia) and Llama models."""
     def case(name: str, checked_model: PreTrainedModel, batch: int, pos: int) -> Case:
-        generator = torch.Generator().manual_seed(batch * 100 + pos)
-        input_ids = torch.randint(checked_model.config.vocab_size, (batch, pos), generator=generator)
+        input_ids = _random_ids(checked_model, batch, pos, seed=batch * 100 + pos)
         return Case(name, checked_model, final_residual_stream(checked_model, input_ids))
 
     cases = [case("your model, batch of 2", model, 2, 6), case("your model, batch of 1", model, 1, 3),
@@ -124,14 +128,11 @@ def check_layer_norm(learner_fn: Callable, model: PreTrainedModel) -> CheckResul
 
 def check_embed(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
     """Exercise 0.5 on the model and a tiny random GPT-2, with a batch, one token, and repeated tokens."""
-    def ids(checked: PreTrainedModel, batch: int, pos: int, seed: int) -> torch.Tensor:
-        return torch.randint(checked.config.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(seed))
-
     tiny = _tiny_gpt2()
-    cases = [Case("your model, a batch of 2 x 7 ids", model, ids(model, 2, 7, 0)),
-             Case("your model, one token", model, ids(model, 1, 1, 1)),
+    cases = [Case("your model, a batch of 2 x 7 ids", model, _random_ids(model, 2, 7, 0)),
+             Case("your model, one token", model, _random_ids(model, 1, 1, 1)),
              Case("your model, the same token at every position", model, torch.full((1, 6), 5)),
-             Case("a tiny random GPT-2, 3 x 4 ids", tiny, ids(tiny, 3, 4, 2))]
+             Case("a tiny random GPT-2, 3 x 4 ids", tiny, _random_ids(tiny, 3, 4, 2))]
     return check_function(
         learner_fn, embed, cases, exercise="0.5 (embed)",
         hint="two lookups added: model.transformer.wte.weight[input_ids] (a row per token) and "
@@ -194,12 +195,10 @@ def check_transformer_block(learner_fn: Callable, model: PreTrainedModel) -> Che
 
 def check_gpt2_forward(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
     """Exercise 0.10: the learner's logits against ``model(input_ids).logits``' reference, on both models."""
-    def ids(checked: PreTrainedModel, batch: int, pos: int, seed: int) -> torch.Tensor:
-        return torch.randint(checked.config.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(seed))
-
     tiny = _tiny_gpt2()
-    cases = [Case("your model, 2 x 8 ids", model, ids(model, 2, 8, 0)), Case("your model, one token", model, ids(model, 1, 1, 1)),
-             Case("a tiny random GPT-2, 2 x 5 ids", tiny, ids(tiny, 2, 5, 2))]
+    cases = [Case("your model, 2 x 8 ids", model, _random_ids(model, 2, 8, 0)),
+             Case("your model, one token", model, _random_ids(model, 1, 1, 1)),
+             Case("a tiny random GPT-2, 2 x 5 ids", tiny, _random_ids(tiny, 2, 5, 2))]
     with torch.no_grad():
         return check_function(
             learner_fn, gpt2_forward, cases, exercise="0.10 (gpt2_forward)", atol=1e-4, rtol=1e-4,
