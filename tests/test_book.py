@@ -7,6 +7,7 @@ checks fail and say to run `make book`. tests/test_site.py opens the site in a b
 from __future__ import annotations
 
 import html as html_text
+import json
 import os
 import re
 import shutil
@@ -85,6 +86,62 @@ def test_toc_lists_only_existing_files_and_every_solution():
         assert matches, f"_toc.yml lists {entry}, which does not exist (the -W build would fail)"
     for notebook in sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb")):
         assert f"solutions/{notebook.stem}" in files, f"{notebook.name} is missing from _toc.yml"
+
+
+
+# --------------------------------------------------------------------------- time estimates (no build)
+DURATION = r"(?:\d+ h(?: \d+ min)?|\d+ min)"
+PAGE_ESTIMATE = re.compile(
+    rf"^\*\*Estimated time:\*\* (?P<total>{DURATION}): (?P<reading>{DURATION}) reading this page, then the lab: "
+    rf"(?P<exercises>{DURATION}) of exercises and (?P<rest>{DURATION}) of reading and running the rest"
+    rf"(?:; (?P<bonus>{DURATION}) more for the bonus exercises)?\.$", re.M)
+LAB_ESTIMATE = re.compile(
+    rf"About (?P<lab>{DURATION}): (?P<exercises>{DURATION}) of exercises and (?P<rest>{DURATION}) of reading and "
+    rf"running the rest(?:; (?P<bonus>{DURATION}) more for the bonus exercises)?\.")
+
+
+def minutes(duration: str | None) -> int:
+    """``"2 h 40 min"`` -> 160; None (no bonus exercises) -> 0."""
+    if duration is None:
+        return 0
+    hours, mins = re.search(r"(\d+) h", duration), re.search(r"(\d+) min", duration)
+    return 60 * int(hours.group(1) if hours else 0) + int(mins.group(1) if mins else 0)
+
+
+def exercise_minutes(notebook: Path) -> tuple[int, int]:
+    """The minutes of a solution notebook's exercises (``About N minutes``): the core ones and the bonus ones."""
+    core = bonus = 0
+    for cell in json.loads(notebook.read_text())["cells"]:
+        text = "".join(cell["source"])
+        heading = re.search(r"^#+ Exercise \d+\.\d+.*$", text, re.M)
+        if cell["cell_type"] == "markdown" and heading:
+            found = re.search(r"About (\d+) minutes", text)
+            assert found, f"{notebook.name}: '{heading.group(0)}' states no time ('About N minutes')"
+            if "(bonus)" in heading.group(0):
+                bonus += int(found.group(1))
+            else:
+                core += int(found.group(1))
+    return core, bonus
+
+
+@pytest.mark.parametrize("slug", CHAPTERS.values())
+def test_time_estimates_add_up_from_the_exercises(slug):
+    """The page's time is its reading, the sum of the lab's exercises and the rest of the lab; the lab's
+    introduction and the book's table of chapters say the same."""
+    page = PAGE_ESTIMATE.search((ROOT / "book" / f"{slug}.md").read_text())
+    assert page, f"book/{slug}.md: no '**Estimated time:** ...' line in the course's form"
+    core, bonus = exercise_minutes(ROOT / "solutions" / f"{slug}.ipynb")
+    assert minutes(page["exercises"]) == core, f"book/{slug}.md: the exercises add up to {core} min"
+    assert minutes(page["bonus"]) == bonus, f"book/{slug}.md: the bonus exercises add up to {bonus} min"
+    assert minutes(page["total"]) == minutes(page["reading"]) + core + minutes(page["rest"])
+    introduction = "".join(json.loads((ROOT / "solutions" / f"{slug}.ipynb").read_text())["cells"][1]["source"])
+    lab = LAB_ESTIMATE.search(introduction)
+    assert lab, f"solutions/{slug}.ipynb: the introduction states no 'About ...: ... of exercises and ...' time"
+    assert (lab["exercises"], lab["rest"], lab["bonus"]) == (page["exercises"], page["rest"], page["bonus"])
+    assert minutes(lab["lab"]) == core + minutes(lab["rest"])
+    row = re.search(rf"^\| \d+ \| {{doc}}`{slug}` \| (?P<total>[^|]+) \|$", (ROOT / "book" / "intro.md").read_text(),
+                    re.M)
+    assert row and row["total"] == page["total"], f"book/intro.md's table gives chapter {slug} another time"
 
 
 # --------------------------------------------------------------------------- built site

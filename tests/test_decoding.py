@@ -10,6 +10,7 @@ from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 
 from utils.decoding import (
@@ -20,6 +21,7 @@ from utils.decoding import (
     sample,
     top_k_filter,
     top_p_filter,
+    typical_filter,
 )
 
 
@@ -112,6 +114,22 @@ def test_min_p_matches_transformers(logits, min_p):
 
 
 @with_logits
+@pytest.mark.parametrize("mass", [0.05, 0.3, 0.9, 0.99])
+def test_typical_matches_transformers(logits, mass):
+    expected = TypicalLogitsWarper(mass=mass)(None, logits.clone())
+    actual = typical_filter(logits, mass)
+    assert_same_logits(actual, expected)
+    assert_is_distribution(actual)
+
+
+def test_typical_can_drop_the_most_likely_token():
+    """p = 0.4 for one token and 0.01 for 60 others: the entropy (3.1 nats) is near the rare tokens'
+    surprise (4.6), far from the likely one's (0.9), so the typical set is the 60 rare tokens."""
+    logits = torch.tensor([[0.4] + [0.01] * 60]).log()
+    assert typical_filter(logits, 0.5).isfinite().tolist() == [[False] + [True] * 60]
+
+
+@with_logits
 @pytest.mark.parametrize("penalty", [0.5, 1.0, 1.3, 3.0])
 def test_repetition_penalty_matches_transformers(logits, penalty):
     previous = previous_tokens_for(logits)
@@ -125,7 +143,8 @@ def test_repetition_penalty_matches_transformers(logits, penalty):
 def test_filters_keep_the_original_probabilities_renormalised(logits):
     """Filtering only removes tokens: the kept ones keep their relative probabilities."""
     probs = logits.softmax(dim=-1)
-    for filtered in [top_k_filter(logits, 3), top_p_filter(logits, 0.7), min_p_filter(logits, 0.2)]:
+    for filtered in [top_k_filter(logits, 3), top_p_filter(logits, 0.7), min_p_filter(logits, 0.2),
+                     typical_filter(logits, 0.7)]:
         kept = filtered != -torch.inf
         renormalised = probs * kept / (probs * kept).sum(dim=-1, keepdim=True)
         torch.testing.assert_close(filtered.softmax(dim=-1), renormalised)
@@ -138,6 +157,7 @@ def test_filters_do_not_edit_their_input():
     top_k_filter(logits, 2)
     top_p_filter(logits, 0.5)
     min_p_filter(logits, 0.5)
+    typical_filter(logits, 0.5)
     apply_repetition_penalty(logits, previous_tokens_for(logits), 2.0)
     assert torch.equal(logits, original)
 
@@ -186,6 +206,8 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     (lambda x: top_p_filter(x, 0.9, min_tokens_to_keep=0), "min_tokens_to_keep"),
     (lambda x: min_p_filter(x, -0.1), "min_p"),
     (lambda x: min_p_filter(x, 1.1), "min_p"),
+    (lambda x: typical_filter(x, 0.0), "mass"),
+    (lambda x: typical_filter(x, 1.0), "mass"),
     (lambda x: apply_repetition_penalty(x, previous_tokens_for(x), 0.0), "penalty"),
     (lambda x: apply_repetition_penalty(x, previous_tokens_for(x), -1.2), "penalty"),
 ])
@@ -231,6 +253,7 @@ def test_sample_is_reproducible_with_a_seeded_generator():
     ("top_k", lambda x: top_k_filter(x, 5)),
     ("top_p", lambda x: top_p_filter(x, 0.5)),
     ("min_p", lambda x: min_p_filter(x, 0.1)),
+    ("typical", lambda x: typical_filter(x, 0.5)),
 ])
 def test_sample_never_picks_a_filtered_out_token(name, keep):
     filtered = keep(random_logits(4, 2048, seed=9))

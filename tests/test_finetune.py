@@ -4,6 +4,7 @@ generator's labels (format, accuracy, refusal on the labelled class only)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -14,9 +15,10 @@ from peft import get_peft_model_state_dict
 from utils import finetune
 from utils.checkers.lora import check_response_labels
 from utils.checks import assert_accepts, assert_rejects
+from utils.course_model.evaluate import teacher_forced_logits
 from utils.finetune import (
-    ADAPTERS_DIR, IGNORE_INDEX, chat_batch, evaluate_chat, load_adapted_model, peft_adapter,
-    shipped_or_trained_adapter, train_model,
+    ADAPTERS_DIR, IGNORE_INDEX, base_corpus_loss, chat_batch, corpus_loss, corpus_sequences, evaluate_chat,
+    load_adapted_model, peft_adapter, shipped_or_trained_adapter, train_model, training_step,
 )
 from utils.lora import add_lora, load_lora_state_dict, lora_modules, remove_lora, task_vector
 from utils.models import CheckpointError, tiny_random_model
@@ -93,6 +95,33 @@ def test_from_scratch_and_peft_lora_train_alike(course_model, batch):
     runs = [train_model(model, batch, steps=12, batch_size=16, lr=1e-2, seed=3) for model in (ours, theirs)]
     torch.testing.assert_close(torch.tensor(runs[0].losses), torch.tensor(runs[1].losses), atol=1e-4, rtol=0)
     assert runs[0].trainable_parameters == runs[1].trainable_parameters
+
+
+def test_training_runs_the_step_it_is_given(course_model, batch):
+    """The lab trains with the learner's step: train_model calls it once per step, on the same rows."""
+    calls = []
+
+    def counting_step(model, rows, optimizer):
+        calls.append(len(rows))
+        return training_step(model, rows, optimizer)
+
+    runs = []
+    for step in (counting_step, training_step):
+        model = copy.deepcopy(course_model)
+        add_lora(model, ["c_attn"], r=2)
+        runs.append(train_model(model, batch, steps=3, batch_size=8, step=step))
+    assert calls == [8, 8, 8] and runs[0].losses == runs[1].losses
+
+
+def test_corpus_loss_weighs_every_token_once(course_model, course_tokenizer):
+    sequences = corpus_sequences(course_tokenizer, n=6)
+    with torch.no_grad():
+        logits = teacher_forced_logits(course_model, sequences)
+    per_token = corpus_loss(logits, sequences)
+    per_document = [corpus_loss([row], [sequence]) for row, sequence in zip(logits, sequences)]
+    weights = [len(sequence) - 1 for sequence in sequences]
+    assert per_token == pytest.approx(sum(w * loss for w, loss in zip(weights, per_document)) / sum(weights))
+    assert per_token == pytest.approx(base_corpus_loss(course_model, course_tokenizer, n=6))
 
 
 def test_full_finetuning_trains_every_weight_of_a_copy(course_model, batch):

@@ -62,6 +62,7 @@ def test_greedy_matches_transformers_on_a_left_padded_batch(course_model, course
     dict(temperature=0.7, top_k=20),
     dict(temperature=1.3, top_p=0.9),
     dict(temperature=1.0, min_p=0.05),
+    dict(temperature=1.0, typical_p=0.8),
     dict(temperature=0.8, top_k=30, top_p=0.95, min_p=0.02, repetition_penalty=1.3),
 ], ids=str)
 def test_sampling_matches_transformers_with_the_same_seed(course_model, course_tokenizer, settings):

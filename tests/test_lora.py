@@ -17,9 +17,9 @@ from utils.checkers.lora import check_lora_forward, check_merged_weight, check_s
 from utils.checks import assert_accepts, assert_rejects
 from utils.lora import (
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LoRALinear, add_lora, apply_task_vector, count_parameters,
-    linear_weight, load_adapter, load_lora_state_dict, lora_forward, lora_modules, lora_state_dict,
-    merge_lora, merge_task_vectors_linear, merge_task_vectors_slerp, merged_weight, remove_lora, save_adapter,
-    slerp, task_vector, unmerge_lora,
+    linear_weight, load_adapter, load_lora_state_dict, lora_forward, lora_modules, lora_parameter_count,
+    lora_state_dict, merge_lora, merge_task_vectors_linear, merge_task_vectors_slerp, merged_weight, remove_lora,
+    save_adapter, slerp, task_vector, task_vector_cosine, unmerge_lora,
 )
 from utils.models import tiny_random_model
 
@@ -217,8 +217,18 @@ def test_add_lora_on_the_course_model(course_model, base):
     (["c_fc", "c_proj"], 49_152),            # c_fc 8 (128 + 512), attn.c_proj 8 (256), mlp.c_proj 8 (640)
 ])
 def test_trainable_counts_for_other_targets(base, targets, trainable):
+    assert lora_parameter_count(base, targets, r=8) == trainable          # predicted from the shapes alone
     add_lora(base, targets, r=8)
     assert count_parameters(base)[0] == trainable
+
+
+@pytest.mark.parametrize("family, targets", [("llama", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+                                             ("gpt_neox", ["query_key_value", "dense_4h_to_h"])])
+def test_predicted_counts_equal_the_counted_ones_on_linear_architectures(family, targets):
+    model = tiny_random_model(family)
+    predicted = lora_parameter_count(model, targets, r=3)
+    add_lora(model, targets, r=3)
+    assert predicted == count_parameters(model)[0] > 0
 
 
 def test_add_lora_is_seeded(course_model):
@@ -475,6 +485,15 @@ def test_slerp_merge_of_task_vectors_works_module_by_module(course_model):
     assert (first[name] + second[name]).norm() / 2 < 0.8 * mean_norm, "random task vectors are nearly orthogonal"
 
 
+def test_task_vector_cosine_is_one_cosine_over_every_module():
+    a = {"x": torch.tensor([[1.0, 0.0]]), "y": torch.tensor([[0.0, 10.0]])}
+    b = {"x": torch.tensor([[1.0, 0.0]]), "y": torch.tensor([[0.0, -10.0]])}
+    assert math.isclose(task_vector_cosine(a, b), (1 - 100) / 101, rel_tol=1e-6)   # the large module dominates
+    assert math.isclose(task_vector_cosine(a, a), 1.0, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="cover different modules"):
+        task_vector_cosine(a, {"x": a["x"]})
+
+
 def test_slerp_properties():
     generator = seeded(0)
     a, b = torch.randn(5, 7, generator=generator), 2 * torch.randn(5, 7, generator=generator)
@@ -647,7 +666,7 @@ def test_checkers_do_not_let_an_in_place_change_reach_the_reference():
     assert_rejects(check_merged_weight(merges_in_place_forgetting_the_transpose), match=r"input 'Conv1D 16 -> 48")
 
 
-# Wrong answers to Exercise 2.4 (slerp)
+# Wrong answers to Exercise 2.10 (slerp)
 
 def slerp_is_linear(a, b, t):
     return (1 - t) * a + t * b

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from statistics import NormalDist
 
 import plotly.graph_objects as go
@@ -20,11 +21,12 @@ from utils.course_model.evaluate import greedy_matches
 from utils.models import COURSE_MODEL_DIR, load_model, load_tokenizer, tiny_random_model
 from utils.prompt_eval import (
     Accuracy, ChainOfThoughtComparison, Example, arithmetic_examples, chain_of_thought_comparison,
-    evaluate_prompts, exact_greedy_match, example_from_document, few_shot_examples, few_shot_queries,
+    evaluate_prompts, exact_greedy_match, example_from_document, few_shot_examples, few_shot_prompt, few_shot_queries,
     few_shot_sweep, generated_answer_match, mcnemar_exact, parse_answer, plot_accuracy_vs_shots,
     score_examples, wilson_interval,
 )
 from utils.world import FEW_SHOT_TASKS, eval_set
+from utils.world.families import few_shot
 
 #: Tasks whose 0-shot accuracy the model card shows far below 5-shot (0.36, 0.10, 0.50, 0.40 vs 1.00).
 TASKS_WHERE_SHOTS_HELP = ("capital", "uppercase", "successor", "predecessor")
@@ -165,6 +167,23 @@ def test_arithmetic_examples_share_operands_across_styles():
         assert [(e.prompt, e.target) for e in examples] == [(doc.prompt, doc.answer) for doc in docs]
 
 
+@pytest.mark.parametrize("task", ["capital", "uppercase", "successor"])
+@pytest.mark.parametrize("n_shots", [0, 1, 5])
+def test_few_shot_prompt_is_the_generators_prompt(task, n_shots):
+    table = FEW_SHOT_TASKS[task]
+    for seed, query in enumerate(sorted(table)[:4]):
+        document = few_shot(random.Random(seed), task=task, n_shots=n_shots, query=query)
+        assert few_shot_prompt(table, query, n_shots, random.Random(seed)) == document.prompt
+
+
+def test_few_shot_prompt_never_shows_the_query_and_rejects_too_many_shots():
+    table = {"one": "1", "two": "2", "three": "3"}
+    assert few_shot_prompt(table, "two", 2, random.Random(0)).count("two") == 1
+    assert few_shot_prompt(table, "four", 3, random.Random(0)).count("\n") == 3   # a query outside the table
+    with pytest.raises(ValueError, match="n_shots=3.*0 to 2 shots"):
+        few_shot_prompt(table, "two", 3, random.Random(0))
+
+
 def test_parse_answer():
     assert parse_answer("A: The answer is 85.") == 85
     assert parse_answer("A: 5 + 3 = 8, carry 0. 1 + 2 + 0 = 3. The answer is 38. The answer is 12.") == 38
@@ -227,6 +246,13 @@ def test_exact_match_demands_the_answer_and_its_end_of_line(course):
     assert not any(exact_greedy_match(model, tokenizer, wrong_answer))
     no_end_of_line = [Example(e.prompt, e.target + "And") for e in right]
     assert not any(exact_greedy_match(model, tokenizer, no_end_of_line))
+
+
+def test_generated_answers_are_read_by_the_parser_given(course):
+    examples = arithmetic_examples("direct", 8)
+    outcomes = generated_answer_match(*course, examples, max_new_tokens=6)
+    assert any(outcomes) and outcomes == generated_answer_match(*course, examples, max_new_tokens=6, parse=parse_answer)
+    assert generated_answer_match(*course, examples, max_new_tokens=6, parse=lambda text: None) == [False] * 8
 
 
 def test_teacher_forced_exact_match_implies_a_right_generated_answer(course, cot):
@@ -312,7 +338,7 @@ def test_harness_runs_on_tiny_random_models(tiny_checkpoint):
     assert cot.n == 2 and cot.worked.correct == 0 and math.isclose(cot.p_value, 1.0)
 
 
-# Exercise 1.7's checker ---------------------------------------------------------------------
+# Exercise 1.8's checker ---------------------------------------------------------------------
 
 
 def wald_interval(correct, n, confidence=0.95):

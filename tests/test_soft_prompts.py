@@ -15,8 +15,8 @@ from utils.course_model.evaluate import greedy_matches
 from utils.models import COURSE_MODEL_DIR, load_model, tiny_random_model
 from utils.soft_prompts import (
     DEFAULT_TASK, IGNORE, SoftPrompt, answer_batch, answer_loss, compare_prompts, few_shot_prompts, frozen,
-    logits_with_soft_prompt, nearest_tokens, soft_prompt_accuracy, soft_prompt_from_peft, split_queries,
-    train_soft_prompt, zero_shot_examples,
+    logits_with_soft_prompt, nearest_tokens, soft_prompt_accuracy, soft_prompt_from_peft, soft_prompt_step,
+    split_queries, train_soft_prompt, zero_shot_examples,
 )
 from utils.world import FEW_SHOT_TASKS
 
@@ -272,6 +272,20 @@ def test_training_is_deterministic_with_the_seed(course_model, course_tokenizer)
     other = train_soft_prompt(course_model, course_tokenizer, "capital", n_tokens=2, steps=3, seed=6)
     assert first[1] == again[1] and torch.equal(first[0].embeddings, again[0].embeddings)
     assert first[1] != other[1]
+
+
+def test_training_runs_the_step_it_is_given(course_model, course_tokenizer):
+    """The lab trains with the learner's step: train_soft_prompt calls it once per step, on the same batches."""
+    batch_sizes = []
+
+    def counting_step(model, soft_prompt, optimizer, input_ids, labels):
+        batch_sizes.append(len(input_ids))
+        return soft_prompt_step(model, soft_prompt, optimizer, input_ids, labels)
+
+    ours = train_soft_prompt(course_model, course_tokenizer, "capital", n_tokens=2, steps=3, seed=5, step=counting_step)
+    default = train_soft_prompt(course_model, course_tokenizer, "capital", n_tokens=2, steps=3, seed=5)
+    assert batch_sizes == [16] * 3
+    assert ours[1] == default[1] and torch.equal(ours[0].embeddings, default[0].embeddings)
 
 
 def test_training_from_text_starts_from_the_text(course_model, course_tokenizer):

@@ -25,7 +25,7 @@ from utils.checks import assert_accepts, assert_rejects
 from utils.course_model.evaluate import Record, encode
 from utils.models import load_model, load_tokenizer
 from utils.structured import (
-    INTEGER_REGEX, CharFSM, SchemaLogitsProcessor, TokenIndex, constrained_records, plausibility,
+    INTEGER_REGEX, CharFSM, SchemaLogitsProcessor, TokenIndex, constrained_records, mask_disallowed, plausibility,
     record_index, regex_for_schema, token_strings, token_transitions, unconstrained_records, validate_records,
 )
 from utils.world import eval_set
@@ -430,6 +430,17 @@ def test_processor_pads_a_larger_model_vocabulary(course_tokenizer):
     digits = TokenIndex("[0-9]", course_tokenizer)
     scores = SchemaLogitsProcessor(digits, 1)(torch.tensor([[0]]), torch.zeros(1, len(course_tokenizer) + 11))
     assert scores.shape == (1, len(course_tokenizer) + 11) and scores[0, -11:].isinf().all()
+
+
+def test_mask_disallowed_never_allows_ids_past_the_tokenizer_and_leaves_its_input():
+    scores = torch.arange(6.0).reshape(1, 6)
+    masked = mask_disallowed(scores, torch.tensor([[True, False, True, False]]))     # 2 ids past the tokenizer
+    assert masked.isfinite().tolist() == [[True, False, True, False, False, False]]
+    assert masked[masked.isfinite()].tolist() == [0.0, 2.0] and scores.isfinite().all()
+    with pytest.raises(ValueError, match="does not fit scores"):
+        mask_disallowed(torch.zeros(1, 3), torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="one row per row of scores"):
+        mask_disallowed(torch.zeros(2, 4), torch.ones(1, 4, dtype=torch.bool))
 
 
 def test_processor_bad_input(index, course_tokenizer):

@@ -8,7 +8,11 @@ function's name says its mistake, or its style.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
+import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from statistics import NormalDist
@@ -23,6 +27,8 @@ from utils import architecture
 from utils.activation_store import block_output, cache_to_shards
 from utils.finetune import IGNORE_INDEX
 from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
+from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
+from utils.soft_prompts import answer_loss, logits_with_soft_prompt
 from utils.steering import last_token_activations
 
 Answer = Callable[..., object]
@@ -437,6 +443,26 @@ def beams_with_a_sort(beam_scores, log_probs, k):
     return scores[:k], beams, tokens
 
 
+def prompt_with_a_space_after_the_arrow(table, query, n_shots, rng):
+    shots = rng.sample([x for x in sorted(table) if x != query], n_shots)
+    return "".join(f"{x} -> {table[x]}\n" for x in shots) + f"{query} -> "
+
+
+def prompt_with_the_query_among_the_shots(table, query, n_shots, rng):
+    shots = rng.sample(sorted(table), n_shots)
+    return "".join(f"{x} -> {table[x]}\n" for x in shots) + f"{query} ->"
+
+
+def prompt_drawn_with_the_global_random(table, query, n_shots, rng):
+    shots = random.sample([x for x in sorted(table) if x != query], n_shots)
+    return "".join(f"{x} -> {table[x]}\n" for x in shots) + f"{query} ->"
+
+
+def prompt_joined_line_by_line(table, query, n_shots, rng):
+    lines = [f"{x} -> {table[x]}" for x in rng.sample(sorted(set(table) - {query}), n_shots)]
+    return "\n".join([*lines, f"{query} ->"])
+
+
 def wald_interval(correct, n, confidence=0.95):
     z, p = NormalDist().inv_cdf((1 + confidence) / 2), correct / n
     half = z * math.sqrt(p * (1 - p) / n)
@@ -460,6 +486,74 @@ def wilson_from_counts(correct, n, confidence=0.95):
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     root = z * math.sqrt(z**2 + 4 * correct * (n - correct) / n)
     return ((2 * correct + z**2 - root) / (2 * (n + z**2)), (2 * correct + z**2 + root) / (2 * (n + z**2)))
+
+
+def matches_without_the_shift(logits, labels):
+    return ((logits.argmax(-1) == labels) | (labels == IGNORE_INDEX)).all(-1)
+
+
+def matches_any_answer_token(logits, labels):
+    targets = labels[:, 1:]
+    return ((logits[:, :-1].argmax(-1) == targets) & (targets != IGNORE_INDEX)).any(-1)
+
+
+def matches_with_the_ignored_positions_as_mismatches(logits, labels):
+    return (logits[:, :-1].argmax(-1) == labels[:, 1:]).all(-1)
+
+
+def matches_row_by_row(logits, labels):
+    rows = []
+    for row_logits, row_labels in zip(logits, labels):
+        positions = (row_labels != IGNORE_INDEX).nonzero().flatten()
+        rows.append(bool((row_logits[positions - 1].argmax(-1) == row_labels[positions]).all()))
+    return torch.tensor(rows)
+
+
+def answer_as_the_last_number(text):
+    numbers = re.findall(r"\d+", text)
+    return int(numbers[-1]) if "The answer is" in text else None
+
+
+def answer_as_the_first_number(text):
+    numbers = re.findall(r"\d+", text)
+    return int(numbers[0]) if "The answer is" in text else None
+
+
+def answer_as_a_string(text):
+    found = re.search(r"The answer is (\d+)", text)
+    return found.group(1) if found else None
+
+
+def answer_by_splitting(text):
+    if "The answer is " not in text:
+        return None
+    rest = text.split("The answer is ", 1)[1]
+    digits = "".join(itertools.takewhile(str.isdigit, rest))
+    return int(digits) if digits else None
+
+
+def mcnemar_one_sided(only_a, only_b):
+    m = only_a + only_b
+    return sum(math.comb(m, k) for k in range(min(only_a, only_b) + 1)) / 2**m
+
+
+def mcnemar_without_the_cap(only_a, only_b):
+    m = only_a + only_b
+    return 2 * sum(math.comb(m, k) for k in range(min(only_a, only_b) + 1)) / 2**m
+
+
+def mcnemar_chi_squared(only_a, only_b):
+    if only_a + only_b == 0:
+        return 1.0
+    statistic = (only_a - only_b) ** 2 / (only_a + only_b)
+    return math.erfc(math.sqrt(statistic / 2))
+
+
+def mcnemar_summing_the_unlikely_splits(only_a, only_b):
+    m = only_a + only_b
+    probabilities = [math.comb(m, k) / 2**m for k in range(m + 1)]
+    observed = probabilities[only_a]
+    return min(1.0, sum(p for p in probabilities if p <= observed * (1 + 1e-9)))
 
 
 def transitions_by_first_character(fsm, state, token_strings):
@@ -492,6 +586,26 @@ def transitions_character_by_character(fsm, state, token_strings):
     return transitions
 
 
+def mask_allowing_the_padded_ids(scores, allowed):
+    allowed = F.pad(allowed, (0, scores.shape[-1] - allowed.shape[-1]), value=True)
+    return scores.masked_fill(~allowed, -torch.inf)
+
+
+def mask_in_place(scores, allowed):
+    allowed = F.pad(allowed, (0, scores.shape[-1] - allowed.shape[-1]), value=False)
+    return scores.masked_fill_(~allowed, -torch.inf)
+
+
+def mask_removing_the_allowed_tokens(scores, allowed):
+    allowed = F.pad(allowed, (0, scores.shape[-1] - allowed.shape[-1]), value=False)
+    return scores.masked_fill(allowed, -torch.inf)
+
+
+def mask_with_where(scores, allowed):
+    padding = torch.zeros(allowed.shape[0], scores.shape[-1] - allowed.shape[-1], dtype=torch.bool)
+    return torch.where(torch.cat([allowed, padding], dim=-1), scores, -torch.inf)
+
+
 def soft_prompt_after_the_tokens(model, soft_prompt, input_ids):
     embeds = model.get_input_embeddings()(input_ids)
     prompt = soft_prompt.expand(len(input_ids), -1, -1)
@@ -513,6 +627,105 @@ def soft_prompt_with_expand(model, soft_prompt, input_ids):
     prompt = soft_prompt.unsqueeze(0).expand(input_ids.shape[0], -1, -1)
     embeds = torch.cat([prompt, model.get_input_embeddings()(input_ids)], dim=1)
     return model(inputs_embeds=embeds).logits[:, -input_ids.shape[1]:]
+
+
+def step_without_zero_grad(model, soft_prompt, optimizer, input_ids, labels):
+    loss = answer_loss(logits_with_soft_prompt(model, soft_prompt.embeddings, input_ids), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_returning_the_loss_after_the_update(model, soft_prompt, optimizer, input_ids, labels):
+    loss = answer_loss(logits_with_soft_prompt(model, soft_prompt.embeddings, input_ids), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        return answer_loss(logits_with_soft_prompt(model, soft_prompt.embeddings, input_ids), labels).item()
+
+
+def step_returning_the_loss_tensor(model, soft_prompt, optimizer, input_ids, labels):
+    loss = answer_loss(logits_with_soft_prompt(model, soft_prompt.embeddings, input_ids), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def step_clearing_the_soft_prompt_gradient(model, soft_prompt, optimizer, input_ids, labels):
+    soft_prompt.embeddings.grad = None
+    logits = logits_with_soft_prompt(model, soft_prompt.embeddings, input_ids)
+    loss = F.cross_entropy(einops.rearrange(logits[:, :-1], "b s v -> (b s) v"), labels[:, 1:].flatten(),
+                           ignore_index=IGNORE_INDEX)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def nearest_by_dot_product(model, tokenizer, embeddings, k=3):
+    similarity = embeddings @ model.get_input_embeddings().weight.T
+    return [[tokenizer.decode([t]) for t in row] for row in similarity.topk(k, dim=-1).indices.tolist()]
+
+
+def nearest_by_euclidean_distance(model, tokenizer, embeddings, k=3):
+    distance = torch.cdist(embeddings, model.get_input_embeddings().weight)
+    return [[tokenizer.decode([t]) for t in row] for row in distance.topk(k, dim=-1, largest=False).indices.tolist()]
+
+
+def nearest_decoding_each_row_at_once(model, tokenizer, embeddings, k=3):
+    vocab = F.normalize(model.get_input_embeddings().weight, dim=-1)
+    similarity = F.normalize(embeddings, dim=-1) @ vocab.T
+    return [[tokenizer.decode(row)] for row in similarity.topk(k, dim=-1).indices.tolist()]
+
+
+@torch.no_grad()
+def nearest_with_cosine_similarity(model, tokenizer, embeddings, k=3):
+    weight = model.get_input_embeddings().weight                                   # [vocab, d_model]
+    similarity = F.cosine_similarity(embeddings[:, None], weight[None], dim=-1)     # [n_tokens, vocab]
+    return [tokenizer.batch_decode([[t] for t in row]) for row in similarity.topk(k, dim=-1).indices.tolist()]
+
+
+def typical_ranked_by_probability(logits, mass):
+    probs = logits.softmax(-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    remove = (sorted_probs.cumsum(-1) - sorted_probs) >= mass
+    return logits.masked_fill(remove.scatter(-1, order, remove), -torch.inf)
+
+
+def typical_without_the_token_that_crosses(logits, mass):
+    log_probs = logits.log_softmax(-1)
+    entropy = -(log_probs.exp() * log_probs).nansum(-1, keepdim=True)
+    _, order = (-log_probs - entropy).abs().sort(dim=-1)
+    remove = log_probs.exp().gather(-1, order).cumsum(-1) >= mass
+    return logits.masked_fill(remove.scatter(-1, order, remove), -torch.inf)
+
+
+def typical_ranked_the_wrong_way(logits, mass):
+    log_probs = logits.log_softmax(-1)
+    entropy = -(log_probs.exp() * log_probs).nansum(-1, keepdim=True)
+    _, order = (-log_probs - entropy).abs().sort(dim=-1, descending=True)
+    sorted_probs = log_probs.exp().gather(-1, order)
+    remove = (sorted_probs.cumsum(-1) - sorted_probs) >= mass
+    return logits.masked_fill(remove.scatter(-1, order, remove), -torch.inf)
+
+
+def typical_row_by_row(logits, mass):
+    rows = []
+    for row in logits:
+        probs = row.softmax(-1)
+        surprise = -torch.log(probs)
+        entropy = (probs[probs > 0] * surprise[probs > 0]).sum()
+        distance = (surprise - entropy).abs()
+        kept, total = [], 0.0
+        for token in distance.argsort(stable=True).tolist():
+            if total >= mass:
+                break
+            kept.append(token)
+            total += probs[token].item()
+        threshold = distance[kept[-1]]
+        rows.append(row.masked_fill(distance > threshold, -torch.inf))
+    return torch.stack(rows)
 
 
 # --------------------------------------------------------------------------------------------- 2
@@ -574,6 +787,161 @@ def merged_with_einsum_in_the_layer_layout(layer, lora_A, lora_B, scaling):
     return layer.weight + scaling * einops.einsum(lora_A, lora_B, f"r d_in, d_out r -> {layout}")
 
 
+def _wrap(model, names, r, alpha, seed):
+    generator = torch.Generator().manual_seed(seed)
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, LoRALinear(model.get_submodule(name), r, alpha, generator=generator))
+    return names
+
+
+def add_lora_by_plain_suffix(model, target_modules, r, alpha, seed=0):
+    names = [n for n in linear_module_names(model) if any(n.endswith(t) for t in target_modules)]
+    model.requires_grad_(False)
+    return _wrap(model, names, r, alpha, seed)
+
+
+def add_lora_without_freezing(model, target_modules, r, alpha, seed=0):
+    names = [n for n in linear_module_names(model) if any(n == t or n.endswith("." + t) for t in target_modules)]
+    return _wrap(model, names, r, alpha, seed)
+
+
+def add_lora_on_the_first_match_only(model, target_modules, r, alpha, seed=0):
+    names = [next(n for n in linear_module_names(model) if n.endswith("." + t)) for t in target_modules]
+    model.requires_grad_(False)
+    return _wrap(model, names, r, alpha, seed)
+
+
+def add_lora_with_named_modules(model, target_modules, r, alpha, seed=0):
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    chosen = [(name, module) for name, module in model.named_modules() if isinstance(module, (torch.nn.Linear, Conv1D))
+              and any(name.split(".")[-len(t.split(".")):] == t.split(".") for t in target_modules)]
+    generator = torch.Generator().manual_seed(seed)
+    for name, module in chosen:
+        model.set_submodule(name, LoRALinear(module, r, alpha, generator=generator))
+    return [name for name, _ in chosen]
+
+
+def _matching(model, target_modules):
+    return [model.get_submodule(n) for n in linear_module_names(model)
+            if any(n == t or n.endswith("." + t) for t in target_modules)]
+
+
+def count_by_plain_suffix(model, target_modules, r):
+    layers = [model.get_submodule(n) for n in linear_module_names(model) if any(n.endswith(t) for t in target_modules)]
+    return sum(r * sum(layer.weight.shape) for layer in layers)
+
+
+def count_of_a_only(model, target_modules, r):
+    return sum(r * (layer.weight.shape[0] if isinstance(layer, Conv1D) else layer.weight.shape[1])
+               for layer in _matching(model, target_modules))
+
+
+def count_of_the_full_weights(model, target_modules, r):
+    return sum(layer.weight.numel() for layer in _matching(model, target_modules))
+
+
+def count_by_adding_lora_to_a_copy(model, target_modules, r):
+    adapted = copy.deepcopy(model)
+    add_lora(adapted, target_modules, r=r)
+    return count_parameters(adapted)[0]
+
+
+def step_without_clearing_the_gradients(model, rows, optimizer):
+    loss = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, labels=rows.labels).loss
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_on_every_token(model, rows, optimizer):
+    loss = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, labels=rows.input_ids).loss
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_that_reports_the_loss_after_the_update(model, rows, optimizer):
+    def loss_now():
+        return model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, labels=rows.labels).loss
+    optimizer.zero_grad()
+    loss_now().backward()
+    optimizer.step()
+    with torch.no_grad():
+        return loss_now().item()
+
+
+def step_with_the_loss_by_hand(model, rows, optimizer):
+    logits = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask).logits
+    loss = F.cross_entropy(einops.rearrange(logits[:, :-1], "b s v -> (b s) v"), rows.labels[:, 1:].flatten(),
+                           ignore_index=IGNORE_INDEX)
+    for parameter in model.parameters():
+        parameter.grad = None
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def state_dict_sharing_the_parameters(model):
+    return {f"base_model.model.{n}.lora_{w}.weight": getattr(m, f"lora_{w}") for n, m in lora_modules(model).items()
+            for w in "AB"}
+
+
+def state_dict_without_the_peft_prefix(model):
+    return {f"{n}.lora_{w}.weight": getattr(m, f"lora_{w}").detach().clone() for n, m in lora_modules(model).items()
+            for w in "AB"}
+
+
+def state_dict_of_every_trainable_parameter_and_the_base(model):
+    return {f"base_model.model.{name}": p.detach().clone() for name, p in model.named_parameters()}
+
+
+def state_dict_from_named_parameters(model):
+    return {f"base_model.model.{name.replace('lora_A', 'lora_A.weight').replace('lora_B', 'lora_B.weight')}":
+            p.detach().clone() for name, p in model.named_parameters() if ".lora_" in name}
+
+
+def corpus_loss_as_the_mean_of_document_means(logits, sequences):
+    means = [F.cross_entropy(row[:-1], torch.tensor(seq[1:])).item() for row, seq in zip(logits, sequences)]
+    return sum(means) / len(means)
+
+
+def corpus_loss_without_the_shift(logits, sequences):
+    total = sum(F.cross_entropy(row, torch.tensor(seq), reduction="sum").item() for row, seq in zip(logits, sequences))
+    return total / sum(len(seq) for seq in sequences)
+
+
+def corpus_loss_over_every_position(logits, sequences):
+    total = sum(F.cross_entropy(row[:-1], torch.tensor(seq[1:]), reduction="sum").item()
+                for row, seq in zip(logits, sequences))
+    return total / sum(len(seq) for seq in sequences)
+
+
+def corpus_loss_from_log_softmax(logits, sequences):
+    log_probs = [row.log_softmax(-1)[torch.arange(len(seq) - 1), seq[1:]] for row, seq in zip(logits, sequences)]
+    return -torch.cat(log_probs).mean().item()
+
+
+def merge_normalising_the_weights(vectors, weights):
+    total = sum(weights)
+    return {name: sum(w / total * v[name] for w, v in zip(weights, vectors)) for name in vectors[0]}
+
+
+def merge_ignoring_the_weights(vectors, weights):
+    return {name: sum(v[name] for v in vectors) for name in vectors[0]}
+
+
+def merge_of_the_first_two_only(vectors, weights):
+    return {name: weights[0] * vectors[0][name] + weights[1] * vectors[1][name] for name in vectors[0]}
+
+
+def merge_by_stacking(vectors, weights):
+    w = torch.tensor(weights)
+    return {name: einops.einsum(w, torch.stack([v[name] for v in vectors]), "n, n ... -> ...") for name in vectors[0]}
+
+
 def slerp_as_linear_interpolation(a, b, t):
     return (1 - t) * a + t * b
 
@@ -605,6 +973,67 @@ def slerp_with_atan2(a, b, t):
     theta = 2 * torch.atan2((a_unit - b_unit).norm(), (a_unit + b_unit).norm())   # the angle, robustly
     direction = (torch.sin((1 - t) * theta) * a_unit + torch.sin(t * theta) * b_unit) / torch.sin(theta)
     return (torch.lerp(a.norm(), b.norm(), t) * direction).reshape(a.shape)
+
+
+def cosine_averaged_over_modules(a, b):
+    cosines = [F.cosine_similarity(a[n].flatten(), b[n].flatten(), dim=0).item() for n in a]
+    return sum(cosines) / len(cosines)
+
+
+def cosine_of_the_first_module(a, b):
+    name = next(iter(a))
+    return F.cosine_similarity(a[name].flatten(), b[name].flatten(), dim=0).item()
+
+
+def cosine_as_a_dot_product(a, b):
+    return sum((a[n] * b[n]).sum() for n in a).item()
+
+
+def cosine_from_norms(a, b):
+    dot = sum(float((a[n] * b[n]).sum()) for n in a)
+    norm_a = math.sqrt(sum(float((a[n] ** 2).sum()) for n in a))
+    norm_b = math.sqrt(sum(float((b[n] ** 2).sum()) for n in a))
+    return dot / (norm_a * norm_b)
+
+
+def load_without_checking_the_keys(model, state_dict):
+    with torch.no_grad():
+        for name, layer in lora_modules(model).items():
+            for which in "AB":
+                key = f"base_model.model.{name}.lora_{which}.weight"
+                if key in state_dict:
+                    getattr(layer, f"lora_{which}").copy_(state_dict[key])
+
+
+def load_that_copies_before_checking(model, state_dict):
+    with torch.no_grad():
+        for name, layer in lora_modules(model).items():
+            for which in "AB":
+                getattr(layer, f"lora_{which}").copy_(state_dict[f"base_model.model.{name}.lora_{which}.weight"])
+
+
+def load_that_replaces_the_parameters(model, state_dict):
+    for name, layer in lora_modules(model).items():
+        for which in "AB":
+            tensor = state_dict[f"base_model.model.{name}.lora_{which}.weight"]
+            if tensor.shape != getattr(layer, f"lora_{which}").shape:
+                raise ValueError(name)
+    for name, layer in lora_modules(model).items():
+        for which in "AB":
+            setattr(layer, f"lora_{which}", torch.nn.Parameter(torch.zeros_like(
+                state_dict[f"base_model.model.{name}.lora_{which}.weight"])))
+
+
+def load_with_load_state_dict(model, state_dict):
+    own = {f"base_model.model.{n}.lora_{w}.weight": (m, f"lora_{w}") for n, m in lora_modules(model).items()
+           for w in "AB"}
+    if own.keys() != state_dict.keys():
+        raise ValueError("keys differ")
+    for key, (module, attribute) in own.items():
+        if getattr(module, attribute).shape != state_dict[key].shape:
+            raise ValueError(key)
+    for key, (module, attribute) in own.items():
+        module.load_state_dict({attribute: state_dict[key]}, strict=False)
 
 
 # --------------------------------------------------------------------------------------------- 3
@@ -1027,14 +1456,32 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "1.4": (penalty_dividing_every_seen_logit, penalty_for_every_occurrence, penalty_on_the_unseen_tokens),
     "1.5": (greedy_without_the_cache, greedy_one_token_short, greedy_returning_only_the_new_tokens),
     "1.6": (beams_best_per_beam, beams_ignoring_their_scores, beams_with_beam_and_token_swapped),
-    "1.7": (wald_interval, wilson_with_a_one_sided_z, wilson_without_its_denominator),
-    "1.8": (transitions_by_first_character, transitions_allowing_the_empty_token,
-            transitions_taking_state_0_for_a_dead_end),
-    "1.9": (soft_prompt_after_the_tokens, soft_prompt_logits_kept, soft_prompt_one_position_off),
+    "1.7": (prompt_with_a_space_after_the_arrow, prompt_with_the_query_among_the_shots,
+            prompt_drawn_with_the_global_random),
+    "1.8": (wald_interval, wilson_with_a_one_sided_z, wilson_without_its_denominator),
+    "1.9": (matches_without_the_shift, matches_any_answer_token, matches_with_the_ignored_positions_as_mismatches),
+    "1.10": (answer_as_the_last_number, answer_as_the_first_number, answer_as_a_string),
+    "1.11": (mcnemar_one_sided, mcnemar_without_the_cap, mcnemar_chi_squared),
+    "1.12": (transitions_by_first_character, transitions_allowing_the_empty_token,
+             transitions_taking_state_0_for_a_dead_end),
+    "1.13": (mask_allowing_the_padded_ids, mask_in_place, mask_removing_the_allowed_tokens),
+    "1.14": (soft_prompt_after_the_tokens, soft_prompt_logits_kept, soft_prompt_one_position_off),
+    "1.15": (step_without_zero_grad, step_returning_the_loss_after_the_update, step_returning_the_loss_tensor),
+    "1.16": (nearest_by_dot_product, nearest_by_euclidean_distance, nearest_decoding_each_row_at_once),
+    "1.17": (typical_ranked_by_probability, typical_without_the_token_that_crosses, typical_ranked_the_wrong_way),
     "2.1": (labels_on_the_padding_too, labels_one_past_the_prompt, labels_ignored_with_zero),
     "2.2": (lora_without_scaling, lora_scaling_the_whole_output, lora_without_the_layer),
     "2.3": (merged_without_the_conv1d_transpose, merged_without_scaling, merged_delta_only),
-    "2.4": (slerp_as_linear_interpolation, slerp_of_the_raw_vectors, slerp_with_the_weights_swapped),
+    "2.4": (add_lora_by_plain_suffix, add_lora_without_freezing, add_lora_on_the_first_match_only),
+    "2.5": (count_by_plain_suffix, count_of_a_only, count_of_the_full_weights),
+    "2.6": (step_without_clearing_the_gradients, step_on_every_token, step_that_reports_the_loss_after_the_update),
+    "2.7": (state_dict_sharing_the_parameters, state_dict_without_the_peft_prefix,
+            state_dict_of_every_trainable_parameter_and_the_base),
+    "2.8": (corpus_loss_as_the_mean_of_document_means, corpus_loss_without_the_shift, corpus_loss_over_every_position),
+    "2.9": (merge_normalising_the_weights, merge_ignoring_the_weights, merge_of_the_first_two_only),
+    "2.10": (slerp_as_linear_interpolation, slerp_of_the_raw_vectors, slerp_with_the_weights_swapped),
+    "2.11": (cosine_averaged_over_modules, cosine_of_the_first_module, cosine_as_a_dot_product),
+    "2.12": (load_without_checking_the_keys, load_that_copies_before_checking, load_that_replaces_the_parameters),
     "3.1": (residual_before_the_block, residual_of_the_block_before, residual_from_hidden_states_at_layer),
     "3.2": (previous_token_on_the_main_diagonal, previous_token_looking_forward, previous_token_summed),
     "3.3": (induction_to_the_first_occurrence, induction_one_query_early, induction_one_query_too_many),
@@ -1062,9 +1509,15 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "0.12": (padded_pattern_with_an_additive_mask,),
     "1.1": (top_k_with_a_sort,), "1.2": (top_p_row_by_row,), "1.3": (min_p_in_log_space,),
     "1.4": (penalty_with_a_seen_mask,), "1.5": (greedy_while_loop,), "1.6": (beams_with_a_sort,),
-    "1.7": (wilson_from_counts,), "1.8": (transitions_character_by_character,), "1.9": (soft_prompt_with_expand,),
+    "1.7": (prompt_joined_line_by_line,), "1.8": (wilson_from_counts,), "1.9": (matches_row_by_row,),
+    "1.10": (answer_by_splitting,), "1.11": (mcnemar_summing_the_unlikely_splits,),
+    "1.12": (transitions_character_by_character,), "1.13": (mask_with_where,), "1.14": (soft_prompt_with_expand,),
+    "1.15": (step_clearing_the_soft_prompt_gradient,), "1.16": (nearest_with_cosine_similarity,),
+    "1.17": (typical_row_by_row,),
     "2.1": (labels_row_by_row,), "2.2": (lora_with_a_merged_matrix,), "2.3": (merged_with_einsum_in_the_layer_layout,),
-    "2.4": (slerp_with_atan2,),
+    "2.4": (add_lora_with_named_modules,), "2.5": (count_by_adding_lora_to_a_copy,), "2.6": (step_with_the_loss_by_hand,),
+    "2.7": (state_dict_from_named_parameters,), "2.8": (corpus_loss_from_log_softmax,), "2.9": (merge_by_stacking,),
+    "2.10": (slerp_with_atan2,), "2.11": (cosine_from_norms,), "2.12": (load_with_load_state_dict,),
     "3.1": (residual_with_a_hook_object,), "3.2": (previous_token_in_a_loop,), "3.3": (induction_in_a_loop,),
     "3.4": (shards_from_a_list_of_chunks,),
     "4.1": (lens_of_every_position_then_one,), "4.2": (contributions_with_einsum,), "4.3": (formation_in_a_loop,),

@@ -15,6 +15,7 @@ them in ``transformers``' order before it samples::
     logits = top_k_filter(logits, k=50)
     logits = top_p_filter(logits, p=0.9)
     logits = min_p_filter(logits, min_p=0.05)
+    logits = typical_filter(logits, mass=0.9)
     next_tokens = sample(logits)          # or greedy(logits)
 
 :func:`generate` is the KV-cached generation loop (greedy, or sampling with those filters; a
@@ -129,6 +130,34 @@ def min_p_filter(logits: Float[Tensor, "batch vocab"], min_p: float) -> Float[Te
     return logits.masked_fill(probs < min_p * top_prob, -torch.inf)
 
 
+def typical_filter(logits: Float[Tensor, "batch vocab"], mass: float) -> Float[Tensor, "batch vocab"]:
+    """Locally typical sampling (Meister et al., 2023; ``transformers.TypicalLogitsWarper``).
+
+    A token's *surprise* is ``-log p``; the row's entropy ``H`` is its expected surprise. Typical
+    sampling keeps the tokens whose surprise is closest to ``H``: rank them by ``|-log p - H|``
+    and keep the smallest prefix of that ranking whose probability reaches ``mass`` (a token is
+    kept while the mass ranked before it is below ``mass``; tokens tied with the last one kept
+    stay too), so at least one token stays. Unlike top-p it can drop the most likely token, when
+    that token is far more predictable than the row's average.
+
+    Args:
+        logits: ``[batch, vocab]`` next-token logits.
+        mass: the probability mass to keep, in (0, 1).
+
+    Returns:
+        ``[batch, vocab]`` logits, ``-inf`` outside each row's typical set.
+    """
+    if not 0 < mass < 1:
+        raise ValueError(f"mass must be in (0, 1), got {mass}")
+    log_probs = logits.log_softmax(dim=-1)                                      # [batch, vocab]
+    entropy = -(log_probs.exp() * log_probs).nansum(dim=-1, keepdim=True)       # [batch, 1]; 0 * -inf is nan
+    distance = (-log_probs - entropy).abs()                                     # how atypical each token is
+    sorted_distance, order = distance.sort(dim=-1)                              # most typical first
+    cumulative = log_probs.exp().gather(-1, order).cumsum(dim=-1)
+    crossing = (cumulative < mass).sum(dim=-1, keepdim=True).clamp(max=logits.shape[-1] - 1)  # [batch, 1]
+    return logits.masked_fill(distance > sorted_distance.gather(-1, crossing), -torch.inf)
+
+
 def apply_repetition_penalty(
     logits: Float[Tensor, "batch vocab"], previous_tokens: Int[Tensor, "batch seq"], penalty: float,
 ) -> Float[Tensor, "batch vocab"]:
@@ -191,6 +220,7 @@ class Decoding:
     top_k: int | None = None
     top_p: float | None = None
     min_p: float | None = None
+    typical_p: float | None = None
     repetition_penalty: float | None = None
     logits_processors: Sequence[LogitsProcessor] = ()
 
@@ -204,6 +234,8 @@ class Decoding:
             top_p_filter(probe, self.top_p)
         if self.min_p is not None:
             min_p_filter(probe, self.min_p)
+        if self.typical_p is not None:
+            typical_filter(probe, self.typical_p)
         if self.repetition_penalty is not None:
             apply_repetition_penalty(probe, torch.zeros(1, 1, dtype=torch.long), self.repetition_penalty)
 
@@ -225,6 +257,8 @@ class Decoding:
             logits = top_p_filter(logits, self.top_p)
         if self.min_p is not None:
             logits = min_p_filter(logits, self.min_p)
+        if self.typical_p is not None:
+            logits = typical_filter(logits, self.typical_p)
         return sample(logits, generator)
 
 

@@ -7,13 +7,15 @@ pieces, one section each:
 
 1. **Batches.** :func:`chat_batch` tokenizes examples as ``BOS prompt response EOS`` and builds the
    labels with :func:`response_labels` (the lab's exercise): the loss is on the response only.
-2. **Training.** :func:`train_model` runs AdamW on whatever parameters require a gradient, so the
-   same loop trains a from-scratch LoRA (``utils.lora.add_lora``), a ``peft`` LoRA or DoRA
+2. **Training.** :func:`train_model` runs AdamW (one :func:`training_step` at a time) on whatever
+   parameters require a gradient, so the same loop trains a from-scratch LoRA
+   (``utils.lora.add_lora``), a ``peft`` LoRA or DoRA
    (:func:`peft_adapter`), or the whole model (:func:`full_finetuning_copy`), and reports the cost:
    trainable parameters, optimizer-state bytes, seconds and tokens per second.
 3. **Evaluation.** :func:`evaluate_chat` generates a response to held-out instructions and scores
    it against the generator's labels (format, accuracy per kind, refusal on harmful and on harmless
-   requests); :func:`base_corpus_loss` measures forgetting on the pre-training corpus.
+   requests); :func:`base_corpus_loss` measures forgetting on the pre-training corpus, per token
+   (:func:`corpus_loss`).
 4. **Adapters.** :func:`train_lora_adapter` trains one from an :class:`AdapterRecipe`.
    ``python -m utils.finetune`` trains the shipped adapters (:data:`SHIPPED_ADAPTERS`: the
    instruction adapter that chapter 5 studies, and two single-skill adapters) and writes each, with
@@ -29,7 +31,7 @@ import argparse
 import copy
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -37,7 +39,7 @@ import einops
 import peft
 import torch
 import torch.nn.functional as F
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -46,7 +48,7 @@ from utils.course_model.evaluate import teacher_forced_logits
 from utils.decoding import generate_text
 from utils.lora import (
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, add_lora, apply_task_vector, count_parameters, load_adapter,
-    merge_task_vectors_linear, merge_task_vectors_slerp, remove_lora, save_adapter,
+    merge_task_vectors_linear, merge_task_vectors_slerp, remove_lora, save_adapter, slerp,
 )
 from utils.models import (
     COURSE_MODEL_DIR, COURSE_MODEL_NAME, load_model, load_tokenizer, verify_checkpoint, write_manifest,
@@ -149,13 +151,26 @@ class TrainingRun:
         return self.seconds / len(self.losses)
 
 
+def training_step(model: PreTrainedModel, rows: ChatBatch, optimizer: torch.optim.Optimizer) -> float:
+    """One optimisation step on ``rows``: the model's mean loss over their response tokens (the
+    labels, ``IGNORE_INDEX`` elsewhere; transformers shifts them), its gradient, ``optimizer``'s
+    update. Returns the loss before the update (nats)."""
+    loss = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, labels=rows.labels).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def train_model(model: PreTrainedModel, batch: ChatBatch, *, steps: int = 200, lr: float = 3e-3,
-                batch_size: int = 32, seed: int = 0, desc: str = "fine-tuning") -> TrainingRun:
+                batch_size: int = 32, seed: int = 0, desc: str = "fine-tuning",
+                step: Callable[[PreTrainedModel, ChatBatch, torch.optim.Optimizer], float] = training_step,
+                ) -> TrainingRun:
     """AdamW on every parameter of ``model`` that requires a gradient, on random rows of ``batch``.
 
     Each step draws ``batch_size`` rows (a seeded permutation, so two runs with the same ``seed``
-    see the same rows in the same order) and takes one step on the mean loss of their response
-    tokens. The model is left in eval mode.
+    see the same rows in the same order) and takes one ``step`` (:func:`training_step`; the lab
+    passes the learner's) on the mean loss of their response tokens. The model is left in eval mode.
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
@@ -170,11 +185,7 @@ def train_model(model: PreTrainedModel, batch: ChatBatch, *, steps: int = 200, l
     started = time.perf_counter()
     for _ in tqdm(range(steps), desc=desc, leave=False):
         rows = batch.rows(torch.randperm(len(batch), generator=generator)[:batch_size])
-        loss = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, labels=rows.labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(step(model, rows, optimizer))
         tokens += int(rows.attention_mask.sum())
     seconds = time.perf_counter() - started
     model.eval()
@@ -231,13 +242,25 @@ def evaluate_chat(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ex
 
 
 @torch.no_grad()
+def corpus_loss(logits: Sequence[Float[Tensor, "seq vocab"]], sequences: Sequence[Sequence[int]]) -> float:
+    """The mean next-token loss (nats) of a corpus, per token: every predicted token of every
+    sequence counts once, so a long document weighs more than a short one (not a mean of the
+    documents' means). ``logits[i]`` are the model's logits for ``sequences[i]``, unpadded."""
+    total = sum(F.cross_entropy(row[:-1], torch.tensor(sequence[1:]), reduction="sum") for row, sequence in
+                zip(logits, sequences))
+    return float(total) / sum(len(sequence) - 1 for sequence in sequences)
+
+
 def base_corpus_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int = 200, seed: int = 0) -> float:
     """Mean next-token loss (nats) on ``n`` held-out documents of the pre-training corpus: forgetting shows here."""
+    sequences = corpus_sequences(tokenizer, n, seed)
+    return corpus_loss(teacher_forced_logits(model, sequences), sequences)
+
+
+def corpus_sequences(tokenizer: PreTrainedTokenizerBase, n: int = 200, seed: int = 0) -> list[list[int]]:
+    """The token ids (BOS first) of ``n`` held-out documents of the pre-training corpus."""
     documents = generate_corpus(n, seed=EVAL_SEED_OFFSET + seed)
-    sequences = [[tokenizer.bos_token_id, *tokenizer(d.text, add_special_tokens=False)["input_ids"]] for d in documents]
-    losses = [F.cross_entropy(logits[:-1], torch.tensor(sequence[1:]), reduction="sum").item()
-              for logits, sequence in zip(teacher_forced_logits(model, sequences), sequences)]
-    return sum(losses) / sum(len(sequence) - 1 for sequence in sequences)
+    return [[tokenizer.bos_token_id, *tokenizer(d.text, add_special_tokens=False)["input_ids"]] for d in documents]
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,19 +373,20 @@ def skill_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n
             for skill, kinds in SKILLS.items()}
 
 
-def merged_skill_models(model: PreTrainedModel, vectors: Sequence[Mapping[str, Tensor]]
-                        ) -> dict[str, PreTrainedModel]:
+def merged_skill_models(
+    model: PreTrainedModel, vectors: Sequence[Mapping[str, Tensor]], *,
+    linear: Callable[[Sequence[Mapping[str, Tensor]], Sequence[float]], dict[str, Tensor]] = merge_task_vectors_linear,
+    interpolate: Callable[[Tensor, Tensor, float], Tensor] = slerp,
+) -> dict[str, PreTrainedModel]:
     """Copies of ``model`` with two task vectors merged three ways: summed (task arithmetic), averaged,
-    and SLERP at ``t = 0.5`` (``utils.lora``)."""
+    and SLERP at ``t = 0.5`` (``utils.lora``). ``linear`` and ``interpolate`` do the merging (the
+    library's by default; the lab passes the learner's)."""
     first, second = vectors
-    merged = {"sum": merge_task_vectors_linear(vectors, [1.0, 1.0]),
-              "average": merge_task_vectors_linear(vectors, [0.5, 0.5]),
-              "slerp": merge_task_vectors_slerp(first, second, 0.5)}
+    merged = {"sum": linear(vectors, [1.0, 1.0]),
+              "average": linear(vectors, [0.5, 0.5]),
+              "slerp": merge_task_vectors_slerp(first, second, 0.5, interpolate=interpolate)}
     return {name: apply_task_vector(model, vector) for name, vector in merged.items()}
 
-# --------------------------------------------------------------------------------------------
-# Checker for the lab's exercise (tests/test_finetune.py proves it accepts the reference and rejects
-# typical wrong answers)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -56,12 +56,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import einops
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -85,6 +86,7 @@ __all__ = [
     "load_lora_state_dict",
     "lora_forward",
     "lora_modules",
+    "lora_parameter_count",
     "lora_state_dict",
     "merge_lora",
     "merge_task_vectors_linear",
@@ -94,6 +96,7 @@ __all__ = [
     "save_adapter",
     "slerp",
     "task_vector",
+    "task_vector_cosine",
     "to_layer_layout",
     "unmerge_lora",
 ]
@@ -380,6 +383,15 @@ def add_lora(
     return names
 
 
+def lora_parameter_count(model: nn.Module, target_modules: Sequence[str], r: int) -> int:
+    """How many parameters ``add_lora(model, target_modules, r)`` would train, from the layers' shapes
+    alone: ``r * (d_in + d_out)`` for each matched layer (``A`` is ``[r, d_in]``, ``B`` is ``[d_out, r]``).
+    GPT-2's ``Conv1D`` stores its weight as ``[d_in, d_out]``, the transpose of ``nn.Linear``'s."""
+    targets = _as_targets(target_modules)
+    names = [name for name in linear_module_names(model) if any(_matches(name, target) for target in targets)]
+    return sum(r * sum(_features(model.get_submodule(name))) for name in names)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` numbers of parameters; a tied weight (GPT-2's ``lm_head``/``wte``) counts once.
 
@@ -585,6 +597,15 @@ def task_vector(model: nn.Module) -> dict[str, Float[Tensor, "d_out d_in"]]:
     return {name: module.delta_weight().detach().clone() for name, module in _require_lora(model).items()}
 
 
+def task_vector_cosine(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
+    """The cosine of the angle between two task vectors, each flattened over all its modules into one
+    vector: near 0 when the two updates change unrelated directions, near 1 when they agree."""
+    _check_same_modules([a, b])
+    flat_a = torch.cat([a[name].flatten() for name in a])
+    flat_b = torch.cat([b[name].flatten() for name in a])
+    return F.cosine_similarity(flat_a, flat_b, dim=0).item()
+
+
 def _check_same_modules(vectors: Sequence[Mapping[str, Tensor]]) -> None:
     first = vectors[0]
     for i, vector in enumerate(vectors[1:], start=1):
@@ -613,7 +634,7 @@ def merge_task_vectors_linear(
 
 
 def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
-    """Reference for Exercise 2.4: spherical interpolation from ``a`` (``t = 0``) to ``b`` (``t = 1``).
+    """Reference for Exercise 2.10: spherical interpolation from ``a`` (``t = 0``) to ``b`` (``t = 1``).
 
     Both tensors are flattened and treated as vectors. The *direction* moves along the great circle
     between the unit vectors ``â`` and ``b̂`` at constant angular speed, and the *length* moves
@@ -650,11 +671,13 @@ def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
 
 
 def merge_task_vectors_slerp(
-    a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float,
+    a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float, *,
+    interpolate: Callable[[Tensor, Tensor, float], Tensor] = slerp,
 ) -> dict[str, Float[Tensor, "d_out d_in"]]:
-    """:func:`slerp` of two task vectors, module by module (each module's ``ΔW`` flattened on its own)."""
+    """:func:`slerp` (or ``interpolate``) of two task vectors, module by module (each module's ``ΔW``
+    flattened on its own)."""
     _check_same_modules([a, b])
-    return {name: slerp(a[name], b[name], t) for name in a}
+    return {name: interpolate(a[name], b[name], t) for name in a}
 
 
 def _has_module(model: nn.Module, name: str) -> bool:

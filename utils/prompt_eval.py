@@ -6,9 +6,11 @@ error bar. This module is that harness, for the course model and any ``transform
 
 1. **Examples**: :class:`Example` (a prompt, the target continuation and the generator's labels),
    built by :func:`few_shot_examples` and :func:`arithmetic_examples` from ``utils.world``, so every
-   target is the generator's truth and the *same questions* are asked at every shot count or style.
+   target is the generator's truth and the *same questions* are asked at every shot count or style;
+   :func:`few_shot_prompt` writes one few-shot prompt from a task's table.
 2. **Scorers**: :func:`exact_greedy_match` (teacher forcing: does greedy decoding produce the target?
-   one forward pass) and :func:`generated_answer_match` (generate, then parse ``The answer is N``).
+   one forward pass) and :func:`generated_answer_match` (generate, then :func:`parse_answer`
+   reads ``The answer is N``).
 3. **Accuracy with an interval**: :class:`Accuracy` and :func:`wilson_interval`. 18/50 and 50/50 are
    far apart; 42/50 and 47/50 may not be: the interval says which differences the set can resolve.
 4. **Experiments**: :func:`evaluate_prompts` (one prompt set, one scorer), :func:`few_shot_sweep` and
@@ -29,7 +31,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from statistics import NormalDist
@@ -96,6 +98,26 @@ def _check_n(n: int) -> None:
 def _check_task(task: str) -> None:
     if task not in FEW_SHOT_TASKS:
         raise ValueError(f"unknown few-shot task {task!r}: choose one of {', '.join(sorted(FEW_SHOT_TASKS))}")
+
+
+def few_shot_prompt(table: Mapping[str, str], query: str, n_shots: int, rng: random.Random) -> str:
+    """A few-shot prompt for ``query``: ``n_shots`` solved examples of ``table`` (one ``"x -> y"``
+    per line, drawn with ``rng``), then ``"{query} ->"``.
+
+    The shots are distinct and never the query itself (a shot that answers the question measures
+    copying, not the task). The prompt ends right after ``"->"``: the answer's first token carries
+    its own space (`` Paris``). With the same ``rng`` state it is the prompt that the world's
+    generator writes (``utils.world.families.few_shot``), so harness prompts look like training ones.
+
+    >>> few_shot_prompt({"France": "Paris", "Spain": "Madrid", "Peru": "Lima"}, "Spain", 2, random.Random(0))
+    'Peru -> Lima\\nFrance -> Paris\\nSpain ->'
+    """
+    candidates = [x for x in sorted(table) if x != query]
+    if not 0 <= n_shots <= len(candidates):
+        raise ValueError(f"n_shots={n_shots}: the table has {len(candidates)} solved examples besides the query; "
+                         f"use 0 to {len(candidates)} shots")
+    shots = rng.sample(candidates, n_shots)
+    return "".join(f"{x} -> {table[x]}\n" for x in shots) + f"{query} ->"
 
 
 def few_shot_queries(task: str, n: int, seed: int = FEW_SHOT_SEED) -> list[str]:
@@ -250,10 +272,11 @@ def parse_answer(text: str) -> int | None:
 
 
 def generated_answer_match(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                           examples: Sequence[Example], *, max_new_tokens: int = 48) -> list[bool]:
+                           examples: Sequence[Example], *, max_new_tokens: int = 48,
+                           parse: Callable[[str], int | None] = parse_answer) -> list[bool]:
     """Whether the answer the model *writes* is right: continue each prompt greedily to the end of
-    the line (at most ``max_new_tokens`` tokens), parse ``The answer is N`` from the prompt's last
-    line and the continuation (a direct prompt ends with ``"The answer is"``), compare N with
+    the line (at most ``max_new_tokens`` tokens), ``parse`` the answer from the prompt's last line
+    and the continuation (a direct prompt ends with ``"The answer is"``), compare it with
     ``labels["result"]``. Unlike :func:`exact_greedy_match`, worked steps that differ from the
     generator's but reach the right number count as right. The examples are generated as one batch
     (:func:`utils.decoding.generate_text`)."""
@@ -263,7 +286,7 @@ def generated_answer_match(model: PreTrainedModel, tokenizer: PreTrainedTokenize
                          "number with labels['result']; build examples with arithmetic_examples")
     continuations = generate_text(model, tokenizer, [e.prompt for e in examples], max_new_tokens, stop="\n")
     answer_lines = [e.prompt.rsplit("\n", 1)[-1] + continuation for e, continuation in zip(examples, continuations)]
-    return [parse_answer(line) == e.labels["result"] for line, e in zip(answer_lines, examples)]
+    return [parse(line) == e.labels["result"] for line, e in zip(answer_lines, examples)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,14 +484,15 @@ class ChainOfThoughtComparison:
 
 
 def chain_of_thought_comparison(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int = 50,
-                                seed: int = ARITHMETIC_SEED) -> ChainOfThoughtComparison:
+                                seed: int = ARITHMETIC_SEED, *,
+                                parse: Callable[[str], int | None] = parse_answer) -> ChainOfThoughtComparison:
     """Ask the same ``n`` arithmetic questions (:func:`arithmetic_examples`) directly and with
-    worked steps, score the generated answers (:func:`generated_answer_match`, the budgets of
-    ``ANSWER_TOKEN_BUDGET``), and compare them question by question. Generation is the slow part;
-    it runs 25 questions at a time."""
+    worked steps, score the generated answers (:func:`generated_answer_match` with ``parse``, the
+    budgets of ``ANSWER_TOKEN_BUDGET``), and compare them question by question. Generation is the
+    slow part; it runs 25 questions at a time."""
     outcomes = {}
     for style in ARITHMETIC_STYLES:
-        scorer = partial(generated_answer_match, max_new_tokens=ANSWER_TOKEN_BUDGET[style])
+        scorer = partial(generated_answer_match, max_new_tokens=ANSWER_TOKEN_BUDGET[style], parse=parse)
         outcomes[style] = tuple(score_examples(model, tokenizer, arithmetic_examples(style, n, seed), scorer,
                                                batch_size=25, desc=f"arithmetic ({style})"))
     return ChainOfThoughtComparison(direct_outcomes=outcomes["direct"], worked_outcomes=outcomes["worked"])

@@ -26,7 +26,7 @@ The public functions::
 
     soft_prompt = SoftPrompt.from_text(model, tokenizer, "France -> FRANCE\\n")  # or .from_vocabulary(...)
     logits = logits_with_soft_prompt(model, soft_prompt.embeddings, input_ids)   # the exercise
-    soft_prompt, losses = train_soft_prompt(model, tokenizer, "uppercase")
+    soft_prompt, losses = train_soft_prompt(model, tokenizer, "uppercase")      # soft_prompt_step, 100 times
     train_queries, eval_queries = split_queries("uppercase")
     soft_prompt_accuracy(model, tokenizer, soft_prompt, "uppercase", eval_queries)
     compare_prompts(model, tokenizer, soft_prompt, "uppercase", eval_queries)   # {'0-shot': 0.09, ...}
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import einops
@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.models import frozen
+from utils.prompt_eval import few_shot_prompt
 from utils.world import FEW_SHOT_TASKS
 from utils.world.families import few_shot
 
@@ -62,6 +63,7 @@ __all__ = [
     "EVAL_EVERY",
     "IGNORE",
     "SoftPrompt",
+    "SoftPromptStep",
     "answer_batch",
     "answer_loss",
     "answer_matches",
@@ -72,6 +74,7 @@ __all__ = [
     "nearest_tokens",
     "soft_prompt_accuracy",
     "soft_prompt_from_peft",
+    "soft_prompt_step",
     "split_queries",
     "train_soft_prompt",
     "zero_shot_examples",
@@ -83,6 +86,9 @@ DEFAULT_TASK = "uppercase"
 EVAL_EVERY = 3
 #: The label of positions that the loss ignores (PyTorch's and ``transformers``' convention).
 IGNORE = -100
+#: One training step, called as :func:`soft_prompt_step` is: (model, soft prompt, optimizer,
+#: input ids, labels) -> the loss before the update.
+SoftPromptStep = Callable[[PreTrainedModel, "SoftPrompt", torch.optim.Optimizer, Tensor, Tensor], float]
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +233,7 @@ def few_shot_prompts(task: str, queries: Sequence[str], n_shots: int, seed: int 
     """
     _check_queries(task, queries)
     rng = random.Random(seed)
-    return [few_shot(rng, task=task, n_shots=n_shots, query=query).prompt for query in queries]
+    return [few_shot_prompt(FEW_SHOT_TASKS[task], query, n_shots, rng) for query in queries]
 
 
 def answer_batch(
@@ -287,6 +293,7 @@ def train_soft_prompt(
     batch_size: int = 16,
     seed: int = 0,
     init_text: str | None = None,
+    step: SoftPromptStep | None = None,
 ) -> tuple[SoftPrompt, list[float]]:
     """Learn a soft prompt for ``task`` asked 0-shot, with ``model`` frozen.
 
@@ -304,6 +311,8 @@ def train_soft_prompt(
         seed: draws the initial tokens (when ``init_text`` is None) and the batches.
         init_text: start from the embeddings of this text's tokens (cut or repeated to
             ``n_tokens``) instead of random vocabulary tokens.
+        step: the optimisation step, called as :func:`soft_prompt_step` is (the default; the
+            lab passes the learner's own).
 
     Returns:
         The trained :class:`SoftPrompt` and the loss (nats) of each step.
@@ -317,18 +326,31 @@ def train_soft_prompt(
         soft_prompt = SoftPrompt.from_vocabulary(model, n_tokens, seed=seed)
     else:
         soft_prompt = SoftPrompt.from_text(model, tokenizer, init_text, n_tokens)
+    step = step or soft_prompt_step
     optimizer = torch.optim.Adam(soft_prompt.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []
     with frozen(model):
         for _ in tqdm(range(steps), desc=f"soft prompt for {task!r}", leave=False):
             rows = torch.randperm(len(input_ids), generator=generator)[:batch_size]
-            loss = answer_loss(logits_with_soft_prompt(model, soft_prompt.embeddings, input_ids[rows]), labels[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(step(model, soft_prompt, optimizer, input_ids[rows], labels[rows]))
     return soft_prompt, losses
+
+
+def soft_prompt_step(model: PreTrainedModel, soft_prompt: SoftPrompt, optimizer: torch.optim.Optimizer,
+                     input_ids: Int[Tensor, "batch seq"], labels: Int[Tensor, "batch seq"]) -> float:
+    """One optimisation step of prompt tuning: the loss of the answer tokens (:func:`answer_loss`)
+    with ``soft_prompt`` in front of ``input_ids`` (:func:`logits_with_soft_prompt`), its gradient,
+    and ``optimizer``'s update of the soft prompt. Returns the loss before the update (nats).
+
+    ``optimizer`` holds the soft prompt's parameters only; ``model`` should be frozen
+    (:func:`utils.finetune.frozen`), so that no weight of the model gets a gradient.
+    """
+    loss = answer_loss(logits_with_soft_prompt(model, soft_prompt.embeddings, input_ids), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 @torch.no_grad()

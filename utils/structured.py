@@ -508,6 +508,23 @@ class TokenIndex:
 FINISHED = -1
 
 
+def mask_disallowed(scores: Float[Tensor, "batch vocab"], allowed: Bool[Tensor, "batch index_vocab"]
+                    ) -> Float[Tensor, "batch vocab"]:
+    """The masking step of constrained decoding: ``scores`` with every token that ``allowed`` does
+    not allow set to ``-inf``, so that sampling or the argmax can only pick an allowed token.
+
+    ``allowed`` has one column per token of the tokenizer (a :class:`TokenIndex` mask per row).
+    A model's embedding matrix may be padded past the tokenizer (``scores`` then has more
+    columns): those extra ids are no token at all and are never allowed.
+    """
+    if allowed.shape[0] != scores.shape[0] or allowed.shape[-1] > scores.shape[-1]:
+        raise ValueError(f"allowed {tuple(allowed.shape)} does not fit scores {tuple(scores.shape)}: give one row "
+                         "per row of scores, with at most as many columns (one per token of the tokenizer)")
+    padding = scores.shape[-1] - allowed.shape[-1]
+    allowed = torch.nn.functional.pad(allowed, (0, padding), value=False)          # [batch, vocab]
+    return scores.masked_fill(~allowed, -torch.inf)
+
+
 class SchemaLogitsProcessor(LogitsProcessor):
     """A ``transformers`` logits processor that allows only tokens continuing a match of ``index``.
 
@@ -547,9 +564,7 @@ class SchemaLogitsProcessor(LogitsProcessor):
         self.states = [self._advance(state, tokens) for state, tokens in zip(self.states, new_tokens)]
         self._seen += len(new_tokens[0])
         allowed = torch.stack([self._allowed(state) for state in self.states])  # [batch, index vocab]
-        if scores.shape[-1] > allowed.shape[-1]:  # the model's embedding may be padded past the tokenizer
-            allowed = torch.nn.functional.pad(allowed, (0, scores.shape[-1] - allowed.shape[-1]))
-        return scores.masked_fill(~allowed.to(scores.device), -torch.inf)
+        return mask_disallowed(scores, allowed.to(scores.device))
 
     def _advance(self, state: int, tokens: list[int]) -> int:
         for token in tokens:

@@ -15,11 +15,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from utils.checks import Case, CheckResult, Varies, check_function
-from utils.finetune import response_labels
-from utils.lora import LinearLayer, lora_forward, merged_weight, slerp
+from utils.checks import Case, CheckResult, RaisingCase, Varies, check_function
+from utils.finetune import ChatBatch, block_linear_targets, chat_batch, corpus_loss, response_labels, training_step
+from utils.lora import (
+    LinearLayer, add_lora, load_lora_state_dict, lora_forward, lora_modules, lora_parameter_count, lora_state_dict,
+    merge_task_vectors_linear, merged_weight, slerp, task_vector_cosine,
+)
+from utils.models import tiny_random_model
+from utils.world.instructions import chat_dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,13 +134,74 @@ def check_merged_weight(learner_fn: Callable) -> CheckResult:
              "shapes: a square layer has the same shape both ways. The bias does not change")
 
 
+def _twelve_layer_gpt2() -> PreTrainedModel:
+    """A tiny random GPT-2 with 12 blocks: "1.mlp.c_fc" must match block 1, not block 11."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(n_layer=12, n_head=2, n_embd=16, n_positions=32, vocab_size=64, bos_token_id=0,
+                                         eos_token_id=0)).eval()
+
+
+def _after_adding_lora(add: Callable) -> Callable:
+    """Run ``add`` on a copy of the model (seed 3); return what it returned, the LoRA layers it made,
+    the parameters that train (the values of each ``A``, drawn from the seeded generator in model
+    order), and whether the logits are the model's (B = 0)."""
+    def run(model: nn.Module, target_modules: list[str], r: int, alpha: float) -> tuple:
+        adapted = copy.deepcopy(model)
+        names = add(adapted, target_modules, r, alpha, seed=3)
+        trainable = {name: p.detach() if name.endswith("lora_A") else tuple(p.shape)
+                     for name, p in adapted.named_parameters() if p.requires_grad}
+        ids = torch.arange(8)[None] % model.config.vocab_size
+        with torch.no_grad():
+            unchanged = bool(torch.allclose(adapted(ids).logits, model(ids).logits, atol=1e-5))
+        return list(names), sorted(lora_modules(adapted)), trainable, unchanged
+    return run
+
+
+def check_add_lora(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 2.4 on ``model`` with one target and with every block's linear maps, and on a 12-block
+    GPT-2 with a target with a dot ("attn.c_proj") and one where "1.mlp.c_fc" must not match block 11."""
+    targets = list(block_linear_targets(model))
+    gpt2 = _twelve_layer_gpt2()
+    cases = [Case(f"your model, {targets[:1]}, r=4", model, targets[:1], 4, 8.0),
+             Case(f"your model, {targets}, r=8", model, targets, 8, 16.0),
+             Case("12-block GPT-2, ['attn.c_proj']: the attention's c_proj, not the MLP's", gpt2, ["attn.c_proj"], 2, 4.0),
+             Case("12-block GPT-2, ['1.mlp.c_fc']: block 1 only, not block 11", gpt2, ["1.mlp.c_fc"], 2, 4.0)]
+    return check_function(
+        _after_adding_lora(learner_fn), _after_adding_lora(add_lora), cases, exercise="2.4 (add_lora)",
+        hint="a layer is a target when its name equals the target or ends with '.' + target (peft's rule; a plain "
+             "endswith or 'in' matches too much); freeze every parameter first (model.requires_grad_(False)), then "
+             "replace each target layer, in model order, by LoRALinear(layer, r, alpha, generator=generator) with "
+             "setattr on its parent (model.get_submodule of the name before the last dot), one generator "
+             "torch.Generator().manual_seed(seed) for all the layers")
+
+
+def check_lora_parameter_count(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 2.5 on ``model``'s block layers, a tiny Llama's nn.Linear ones (its key and value
+    projections are narrower than the queries: grouped-query attention), and a 12-block GPT-2 where
+    "1.mlp.c_fc" must not match block 11."""
+    llama = tiny_random_model("llama")
+    targets = list(block_linear_targets(model))
+    cases = [Case(f"your model, {targets[:1]}, r=8", model, targets[:1], 8),
+             Case("12-block GPT-2, ['1.mlp.c_fc']: block 1 only, not block 11", _twelve_layer_gpt2(), ["1.mlp.c_fc"], 3),
+             Case(f"your model, {targets}, r=4", model, targets, 4),
+             Case("12-block GPT-2, ['mlp.c_proj'], r=1", _twelve_layer_gpt2(), ["mlp.c_proj"], 1),
+             Case("tiny Llama, ['q_proj', 'k_proj', 'v_proj'], r=2 (k and v narrower)", llama,
+                  ["q_proj", "k_proj", "v_proj"], 2)]
+    return check_function(
+        learner_fn, lora_parameter_count, cases, exercise="2.5 (lora_parameter_count)",
+        properties=[Varies("r", lambda r: r + 1, "ignores r")],
+        hint="each matched layer (the rule of Exercise 2.4: the name is the target or ends with '.' + target) adds "
+             "A [r, d_in] and B [d_out, r]: r * (d_in + d_out) numbers, read from the weight's shape")
+
+
 def _unit(*values: float) -> Tensor:
     vector = torch.tensor(values)
     return vector / vector.norm()
 
 
 def check_slerp(learner_fn: Callable) -> CheckResult:
-    """Exercise 2.4 on orthogonal, oblique, parallel, opposite and 2-D inputs, at several ``t``."""
+    """Exercise 2.10 on orthogonal, oblique, parallel, opposite and 2-D inputs, at several ``t``."""
     generator = torch.Generator().manual_seed(0)
     cos60, sin60 = 0.5, math.sqrt(3) / 2
     a_2d, b_2d = torch.randn(6, 4, generator=generator), 3 * torch.randn(6, 4, generator=generator)
@@ -151,9 +218,177 @@ def check_slerp(learner_fn: Callable) -> CheckResult:
              -2 * _unit(1.0, 2.0, 2.0), 0.3),
     ]
     return check_function(
-        learner_fn, slerp, cases, exercise="2.4 (slerp)",
+        learner_fn, slerp, cases, exercise="2.10 (slerp)",
         properties=[Varies("t", lambda t: (t + 0.5) % 1, "ignores t")],
         hint="flatten a and b, take the angle θ = arccos(â · b̂) between the UNIT vectors â = a/|a| and "
              "b̂ = b/|b|, weight â by sin((1 - t) θ) / sin θ and b̂ by sin(t θ) / sin θ (t = 0 must give a), "
              "multiply by the interpolated norm (1 - t)|a| + t|b|, reshape back; when |cos θ| > 0.9995 return "
              "(1 - t) a + t b")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Training, saving and forgetting
+
+
+def _two_training_steps(step: Callable) -> Callable:
+    """Two AdamW steps of ``step`` on a copy of the (LoRA) model; the losses and the trained parameters after."""
+    def run(model: nn.Module, rows: ChatBatch) -> tuple[list[float], dict[str, Tensor]]:
+        trained = copy.deepcopy(model)
+        optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=0.01, weight_decay=0.0)
+        losses = []
+        for _ in range(2):
+            loss = step(trained, rows, optimizer)
+            if not isinstance(loss, float):
+                raise TypeError(f"the step returned a {type(loss).__name__}: return the loss as a float (loss.item())")
+            losses.append(loss)
+        return losses, {name: p.detach() for name, p in trained.named_parameters() if p.requires_grad}
+    return run
+
+
+def _with_lora(model: PreTrainedModel, targets: list[str], seed: int) -> PreTrainedModel:
+    adapted = copy.deepcopy(model)
+    add_lora(adapted, targets, r=2, alpha=4, seed=seed)
+    with torch.no_grad():                                     # B = 0 would give A no gradient at the first step
+        for module in lora_modules(adapted).values():
+            module.lora_B.copy_(0.1 * torch.randn(module.lora_B.shape, generator=torch.Generator().manual_seed(seed)))
+    return adapted
+
+
+def check_training_step(learner_fn: Callable, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+                        ) -> CheckResult:
+    """Exercise 2.6: two steps give the reference's losses and weights, on ``model`` with LoRA and with
+    every weight trainable (a copy), on chat rows whose padding and prompts carry no loss."""
+    rows = chat_batch(tokenizer, chat_dataset(4, seed=0))
+    full = copy.deepcopy(model).requires_grad_(True)
+    first, last = block_linear_targets(model)[0], block_linear_targets(model)[-1]
+    cases = [Case(f"your model with LoRA on {first}, 4 chat rows", _with_lora(model, [first], seed=0), rows),
+             Case("your model, every weight trainable", full, rows),
+             Case(f"your model with LoRA on {last}, 2 rows", _with_lora(model, [last], seed=1),
+                  rows.rows(torch.tensor([1, 3])))]
+    return check_function(
+        _two_training_steps(learner_fn), _two_training_steps(training_step), cases, exercise="2.6 (training_step)",
+        atol=1e-5, rtol=1e-4,
+        hint="the model computes the loss when given labels (it shifts them and skips -100): call it with input_ids, "
+             "attention_mask and labels from rows, clear the old gradients, backpropagate, step the optimizer, and "
+             "return loss.item()")
+
+
+def _after_zeroing_the_adapter(fn: Callable) -> Callable:
+    """``fn(model)``, then the model's LoRA weights set to zero: a state dict that shares the model's
+    tensors instead of copying them changes with them. A tensor that still requires a gradient is refused."""
+    def run(model: nn.Module) -> dict[str, Tensor]:
+        adapted = copy.deepcopy(model)
+        state = fn(adapted)
+        attached = [key for key, tensor in state.items() if isinstance(tensor, Tensor) and tensor.requires_grad]
+        if attached:
+            raise ValueError(f"{attached[0]} still requires a gradient: detach the tensors, a saved adapter holds no "
+                             "graph")
+        with torch.no_grad():
+            for module in lora_modules(adapted).values():
+                module.lora_A.zero_()
+                module.lora_B.zero_()
+        return state
+    return run
+
+
+def check_lora_state_dict(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 2.7 on ``model`` with LoRA on one target and on every block's linear maps, and on a tiny Llama."""
+    targets = list(block_linear_targets(model))
+    cases = [Case(f"your model with LoRA on {targets[0]}", _with_lora(model, targets[:1], seed=2)),
+             Case(f"your model with LoRA on {', '.join(targets)}", _with_lora(model, targets, seed=3)),
+             Case("tiny Llama with LoRA on q_proj and v_proj", _with_lora(tiny_random_model("llama"), ["q_proj", "v_proj"],
+                                                                             seed=4))]
+    return check_function(
+        _after_zeroing_the_adapter(learner_fn), _after_zeroing_the_adapter(lora_state_dict), cases,
+        exercise="2.7 (lora_state_dict)",
+        hint="for each LoRA layer (lora_modules(model)), two entries: 'base_model.model.' + its name + "
+             "'.lora_A.weight' and '.lora_B.weight', each lora_A / lora_B detached and cloned (a saved adapter must "
+             "not change when training goes on); nothing of the base model")
+
+
+def _corpus_case(name: str, lengths: list[int], vocab: int, seed: int) -> Case:
+    generator = torch.Generator().manual_seed(seed)
+    sequences = [torch.randint(vocab, (length,), generator=generator).tolist() for length in lengths]
+    logits = [2 * torch.randn(length, vocab, generator=generator) for length in lengths]
+    return Case(name, logits, sequences)
+
+
+def check_corpus_loss(learner_fn: Callable) -> CheckResult:
+    """Exercise 2.8 on documents of very different lengths (a mean of per-document means differs), one
+    document, and two-token documents."""
+    cases = [_corpus_case("documents of 3, 12 and 5 tokens", [3, 12, 5], vocab=11, seed=0),
+             _corpus_case("one document of 9 tokens", [9], vocab=20, seed=1),
+             _corpus_case("two-token documents and a long one", [2, 2, 30], vocab=7, seed=2)]
+    return check_function(
+        learner_fn, corpus_loss, cases, exercise="2.8 (corpus_loss)", atol=1e-5,
+        hint="the logits at position t predict token t + 1: sum the cross-entropy of row[:-1] against sequence[1:] "
+             "over every document (reduction='sum'), then divide by the number of predicted tokens, len - 1 per "
+             "document: every token counts once, so this is not the mean of the documents' mean losses")
+
+
+def _task_vectors(shapes: dict[str, tuple[int, int]], count: int, seed: int) -> list[dict[str, Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [{name: torch.randn(shape, generator=generator) for name, shape in shapes.items()} for _ in range(count)]
+
+
+def check_merge_task_vectors_linear(learner_fn: Callable) -> CheckResult:
+    """Exercise 2.9 on two and three task vectors of two modules, weights that sum to 1 and that do not,
+    and a negative weight."""
+    shapes = {"transformer.h.0.attn.c_attn": (12, 4), "transformer.h.0.mlp.c_fc": (16, 4)}
+    two, three = _task_vectors(shapes, 2, seed=0), _task_vectors(shapes, 3, seed=1)
+    cases = [Case("two vectors, weights (0.5, 0.5): the average", two, [0.5, 0.5]),
+             Case("two vectors, weights (1, 1): the sum", two, [1.0, 1.0]),
+             Case("three vectors, weights (0.2, 0.3, 1.5)", three, [0.2, 0.3, 1.5]),
+             Case("a negative weight subtracts a task: (1, -0.5)", two, [1.0, -0.5])]
+    return check_function(
+        learner_fn, merge_task_vectors_linear, cases, exercise="2.9 (merge_task_vectors_linear)",
+        properties=[Varies("weights", lambda weights: [1.0] * len(weights), "ignores the weights")],
+        hint="module by module: for each name of the first vector, the sum over i of weights[i] * vectors[i][name]; "
+             "do not normalise the weights (they need not sum to 1), and return a dict with the same names")
+
+
+def check_task_vector_cosine(learner_fn: Callable) -> CheckResult:
+    """Exercise 2.11 (bonus) on vectors of one and of two modules, of different scales, parallel and opposite."""
+    shapes = {"h.0.attn.c_attn": (6, 3), "h.0.mlp.c_fc": (8, 3)}
+    a, b = _task_vectors(shapes, 2, seed=2)
+    scaled = {"h.0.attn.c_attn": 10 * a["h.0.attn.c_attn"], "h.0.mlp.c_fc": 0.1 * a["h.0.mlp.c_fc"]}
+    cases = [Case("two random vectors of two modules", a, b),
+             Case("the same vector, each module scaled differently: one cosine over all modules", a, scaled),
+             Case("a vector and its negative", a, {name: -t for name, t in a.items()}),
+             Case("one module only", {"w": torch.tensor([[1.0, 2.0]])}, {"w": torch.tensor([[2.0, 1.0]])})]
+    return check_function(
+        learner_fn, task_vector_cosine, cases, exercise="2.11 (task_vector_cosine)", atol=1e-5,
+        hint="flatten every module of each vector and concatenate them in the same order into one long vector per "
+             "task, then take one cosine: dot product over the product of the norms (not an average of per-module "
+             "cosines); return a float")
+
+
+def _after_loading(load: Callable) -> Callable:
+    def run(model: nn.Module, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        adapted = copy.deepcopy(model)
+        load(adapted, state_dict)
+        return lora_state_dict(adapted)
+    return run
+
+
+def check_load_lora_state_dict(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 2.12 (bonus): switching a model's adapter for another one's weights, and refusing a
+    state dict with a missing key or a tensor of the wrong shape."""
+    targets = list(block_linear_targets(model))[:2]
+    holder, other = _with_lora(model, targets, seed=5), _with_lora(model, targets, seed=6)
+    state = lora_state_dict(other)
+    missing = dict(list(state.items())[1:])
+    wrong_shape = {key: (value[:1] if key.endswith("lora_A.weight") else value) for key, value in state.items()}
+    cases = [Case("your model's adapter switched for another one", holder, state),
+             Case("a tiny Llama's adapter switched", _with_lora(tiny_random_model("llama"), ["q_proj"], seed=7),
+                  lora_state_dict(_with_lora(tiny_random_model("llama"), ["q_proj"], seed=8))),
+             RaisingCase("a state dict with a key missing: raise, and change nothing", holder, missing),
+             RaisingCase("a state dict with an unexpected key: raise", holder, {**state, "lm_head.lora_A.weight": state[
+                 next(iter(state))]}),
+             RaisingCase("an A of rank 1 where the model's has rank 2: raise", holder, wrong_shape)]
+    return check_function(
+        _after_loading(learner_fn), _after_loading(load_lora_state_dict), cases, exercise="2.12 (load_lora_state_dict)",
+        hint="build the model's own {key: parameter} for every LoRA layer's A and B (the keys lora_state_dict "
+             "writes); raise ValueError if the keys differ or a shape differs, before copying anything; then copy "
+             "each tensor into its parameter in place under torch.no_grad()")
