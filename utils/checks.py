@@ -78,6 +78,7 @@ __all__ = [
     "check_value",
     "compare",
     "depends_on",
+    "float_losses",
     "report",
     "time_limited",
 ]
@@ -496,6 +497,19 @@ def _finish(label: str, passed: bool, message: str, hint: str = "") -> CheckResu
     LAST_RESULTS[result.exercise_id] = result
     _log(result)
     return result
+
+
+def float_losses(take_step: Callable[[], Any], steps: int) -> list[float]:
+    """Call ``take_step()`` ``steps`` times (a training-step exercise on its own state) and return its
+    losses; a step that does not return a float raises ``TypeError`` saying so, which the check reports."""
+    losses = []
+    for _ in range(steps):
+        loss = take_step()
+        if not isinstance(loss, float):
+            raise TypeError(f"the step returned a {type(loss).__name__}: return the loss as a float (loss.item()), "
+                            "so that a list of losses holds no graph")
+        losses.append(loss)
+    return losses
 
 
 #: The last result of each exercise checked in this process, by number (what :func:`depends_on` reads).

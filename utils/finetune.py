@@ -241,7 +241,6 @@ def evaluate_chat(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ex
     return summarize_scores(examples, [score_response(e, r) for e, r in zip(examples, responses)])
 
 
-@torch.no_grad()
 def corpus_loss(logits: Sequence[Float[Tensor, "seq vocab"]], sequences: Sequence[Sequence[int]]) -> float:
     """The mean next-token loss (nats) of a corpus, per token: every predicted token of every
     sequence counts once, so a long document weighs more than a short one (not a mean of the
@@ -251,6 +250,7 @@ def corpus_loss(logits: Sequence[Float[Tensor, "seq vocab"]], sequences: Sequenc
     return float(total) / sum(len(sequence) - 1 for sequence in sequences)
 
 
+@torch.no_grad()
 def base_corpus_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int = 200, seed: int = 0) -> float:
     """Mean next-token loss (nats) on ``n`` held-out documents of the pre-training corpus: forgetting shows here."""
     sequences = corpus_sequences(tokenizer, n, seed)
@@ -386,7 +386,6 @@ def merged_skill_models(
               "average": linear(vectors, [0.5, 0.5]),
               "slerp": merge_task_vectors_slerp(first, second, 0.5, interpolate=interpolate)}
     return {name: apply_task_vector(model, vector) for name, vector in merged.items()}
-
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -298,6 +298,11 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
+def _matched_names(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    """The layers LoRA can wrap whose name matches one of ``targets`` (:func:`_matches`), in model order."""
+    return [name for name in linear_module_names(model) if any(_matches(name, target) for target in targets)]
+
+
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     """The model's LoRA layers by module name, in model order (``{}`` when it has none)."""
     return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
@@ -375,7 +380,7 @@ def add_lora(
     for target in targets:
         if not any(_matches(name, target) for name in linear_names):
             raise _unmatched_target_error(model, target, linear_names)
-    names = [name for name in linear_names if any(_matches(name, target) for target in targets)]
+    names = _matched_names(model, targets)
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     for name in names:
@@ -385,10 +390,8 @@ def add_lora(
 
 def lora_parameter_count(model: nn.Module, target_modules: Sequence[str], r: int) -> int:
     """How many parameters ``add_lora(model, target_modules, r)`` would train, from the layers' shapes
-    alone: ``r * (d_in + d_out)`` for each matched layer (``A`` is ``[r, d_in]``, ``B`` is ``[d_out, r]``).
-    GPT-2's ``Conv1D`` stores its weight as ``[d_in, d_out]``, the transpose of ``nn.Linear``'s."""
-    targets = _as_targets(target_modules)
-    names = [name for name in linear_module_names(model) if any(_matches(name, target) for target in targets)]
+    alone: ``r * (d_in + d_out)`` for each matched layer (``A`` is ``[r, d_in]``, ``B`` is ``[d_out, r]``)."""
+    names = _matched_names(model, _as_targets(target_modules))
     return sum(r * sum(_features(model.get_submodule(name))) for name in names)
 
 

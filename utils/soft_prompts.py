@@ -283,6 +283,22 @@ def answer_matches(logits: Float[Tensor, "batch seq vocab"], labels: Int[Tensor,
 # Training and evaluation
 
 
+def soft_prompt_step(model: PreTrainedModel, soft_prompt: SoftPrompt, optimizer: torch.optim.Optimizer,
+                     input_ids: Int[Tensor, "batch seq"], labels: Int[Tensor, "batch seq"]) -> float:
+    """One optimisation step of prompt tuning: the loss of the answer tokens (:func:`answer_loss`)
+    with ``soft_prompt`` in front of ``input_ids`` (:func:`logits_with_soft_prompt`), its gradient,
+    and ``optimizer``'s update of the soft prompt. Returns the loss before the update (nats).
+
+    ``optimizer`` holds the soft prompt's parameters only; ``model`` should be frozen
+    (:func:`utils.finetune.frozen`), so that no weight of the model gets a gradient.
+    """
+    loss = answer_loss(logits_with_soft_prompt(model, soft_prompt.embeddings, input_ids), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def train_soft_prompt(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -293,7 +309,7 @@ def train_soft_prompt(
     batch_size: int = 16,
     seed: int = 0,
     init_text: str | None = None,
-    step: SoftPromptStep | None = None,
+    step: SoftPromptStep = soft_prompt_step,
 ) -> tuple[SoftPrompt, list[float]]:
     """Learn a soft prompt for ``task`` asked 0-shot, with ``model`` frozen.
 
@@ -326,7 +342,6 @@ def train_soft_prompt(
         soft_prompt = SoftPrompt.from_vocabulary(model, n_tokens, seed=seed)
     else:
         soft_prompt = SoftPrompt.from_text(model, tokenizer, init_text, n_tokens)
-    step = step or soft_prompt_step
     optimizer = torch.optim.Adam(soft_prompt.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []
@@ -335,22 +350,6 @@ def train_soft_prompt(
             rows = torch.randperm(len(input_ids), generator=generator)[:batch_size]
             losses.append(step(model, soft_prompt, optimizer, input_ids[rows], labels[rows]))
     return soft_prompt, losses
-
-
-def soft_prompt_step(model: PreTrainedModel, soft_prompt: SoftPrompt, optimizer: torch.optim.Optimizer,
-                     input_ids: Int[Tensor, "batch seq"], labels: Int[Tensor, "batch seq"]) -> float:
-    """One optimisation step of prompt tuning: the loss of the answer tokens (:func:`answer_loss`)
-    with ``soft_prompt`` in front of ``input_ids`` (:func:`logits_with_soft_prompt`), its gradient,
-    and ``optimizer``'s update of the soft prompt. Returns the loss before the update (nats).
-
-    ``optimizer`` holds the soft prompt's parameters only; ``model`` should be frozen
-    (:func:`utils.finetune.frozen`), so that no weight of the model gets a gradient.
-    """
-    loss = answer_loss(logits_with_soft_prompt(model, soft_prompt.embeddings, input_ids), labels)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss.item()
 
 
 @torch.no_grad()

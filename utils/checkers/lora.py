@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from utils.checks import Case, CheckResult, RaisingCase, Varies, check_function
+from utils.checks import Case, CheckResult, RaisingCase, Varies, check_function, float_losses
 from utils.finetune import ChatBatch, block_linear_targets, chat_batch, corpus_loss, response_labels, training_step
 from utils.lora import (
     LinearLayer, add_lora, load_lora_state_dict, lora_forward, lora_modules, lora_parameter_count, lora_state_dict,
@@ -236,12 +236,7 @@ def _two_training_steps(step: Callable) -> Callable:
     def run(model: nn.Module, rows: ChatBatch) -> tuple[list[float], dict[str, Tensor]]:
         trained = copy.deepcopy(model)
         optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=0.01, weight_decay=0.0)
-        losses = []
-        for _ in range(2):
-            loss = step(trained, rows, optimizer)
-            if not isinstance(loss, float):
-                raise TypeError(f"the step returned a {type(loss).__name__}: return the loss as a float (loss.item())")
-            losses.append(loss)
+        losses = float_losses(lambda: step(trained, rows, optimizer), steps=2)
         return losses, {name: p.detach() for name, p in trained.named_parameters() if p.requires_grad}
     return run
 

@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.checks import Case, CheckResult, Varies, check_function, report
+from utils.checks import Case, CheckResult, Varies, check_function, float_losses, report
 from utils.course_model.evaluate import Record
 from utils.decoding import (
     apply_repetition_penalty, generate, min_p_filter, token_strings, top_beam_continuations, top_k_filter, top_p_filter,
@@ -427,14 +427,8 @@ def _two_steps(step: Callable) -> Callable:
             labels: Int[Tensor, "batch seq"]) -> tuple[list[float], Float[Tensor, "n_tokens d_model"]]:
         soft_prompt = SoftPrompt(initial)
         optimizer = torch.optim.Adam(soft_prompt.parameters(), lr=0.05)
-        losses = []
         with frozen(model):
-            for _ in range(2):
-                loss = step(model, soft_prompt, optimizer, input_ids, labels)
-                if not isinstance(loss, float):
-                    raise TypeError(f"the step returned a {type(loss).__name__}: return the loss as a float "
-                                    "(loss.item()), so that a list of losses holds no graph")
-                losses.append(loss)
+            losses = float_losses(lambda: step(model, soft_prompt, optimizer, input_ids, labels), steps=2)
         return losses, soft_prompt.embeddings.detach()
     return run
 
