@@ -1,5 +1,6 @@
 """Attention patterns and induction heads (chapter 3): the scores, the course model's heads checked
-against what they do, the plots, and the Exercise 3.2 / 3.3 checkers."""
+against what they do and how they compose, the plots, and the references of exercises 3.7 to 3.13, 3.15
+and 3.16."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import pytest
 import torch
 
 from utils.attention import (
-    ablate_heads, attention_patterns, copy_losses, heads_above, induction_scores, plot_attention_patterns,
-    plot_copy_losses, plot_head_scores, previous_token_scores, token_losses,
+    ablate_heads, attention_patterns, composition_baseline, composition_scores, copy_losses,
+    copy_losses_with_heads_ablated, heads_above, induction_scores, k_composition_scores, losses_by_copy,
+    pattern_from_cache, plot_attention_patterns, plot_copy_losses, plot_head_scores, previous_token_scores,
+    repeated_sequences, token_losses,
 )
 from utils.checkers.caching_hooks import check_induction_scores, check_previous_token_scores
 from utils.checks import assert_accepts, assert_rejects
 from utils.course_model.evaluate import repeated_random_tokens
-from utils.models import tiny_random_model
+from utils.hooks import resample_ablate_head
+from utils.models import tiny_random_model, to_hooked_transformer
 
 LENGTH = 20
 #: The course model's heads, as the chapter names them (measured on 64 sequences of 2 x 20 random words).
@@ -147,3 +151,88 @@ def test_induction_checker():
     assert_accepts(check_induction_scores(induction_scores))
     for wrong in (duplicate_token, both_copies, transposed):
         assert_rejects(check_induction_scores(wrong), "input")
+
+
+# --------------------------------------------------------------------------------------------
+# Exercises 3.7 to 3.9, 3.12, 3.13, 3.15 and 3.16: patterns from queries and keys, repeated
+# sequences, copy losses, composition, resampling
+
+
+@pytest.fixture(scope="module")
+def tl_course(course_model, course_tokenizer):
+    return to_hooked_transformer(course_model, course_tokenizer)
+
+
+@pytest.mark.parametrize("family", ["course", "gpt_neox", "llama"])
+def test_patterns_recomputed_from_queries_and_keys_equal_the_models(family, tl_course):
+    """Rotary (Pythia, Llama) and grouped-query (Llama) attention included."""
+    tl = tl_course if family == "course" else to_hooked_transformer(tiny_random_model(family))
+    _, cache = tl.run_with_cache(torch.randint(1, 300, (2, 9), generator=torch.Generator().manual_seed(0)))
+    for layer in range(tl.cfg.n_layers):
+        torch.testing.assert_close(pattern_from_cache(cache, layer), cache[f"blocks.{layer}.attn.hook_pattern"])
+
+
+@pytest.mark.parametrize("family", ["course", "gpt_neox", "llama"])
+def test_composition_scores_equal_transformer_lens(family, tl_course):
+    tl = tl_course if family == "course" else to_hooked_transformer(tiny_random_model(family))
+    for mode in ("Q", "K", "V"):
+        torch.testing.assert_close(composition_scores(tl, mode), tl.all_composition_scores(mode).detach())
+    torch.testing.assert_close(k_composition_scores(tl, 0, 1), tl.all_composition_scores("K")[0, :, 1].detach())
+
+
+def test_composition_baseline_is_about_one_over_the_square_root_of_the_width():
+    for d_model, d_head in [(128, 16), (768, 64)]:
+        assert composition_baseline(d_model, d_head) == pytest.approx(d_model ** -0.5, rel=0.1)
+
+
+def test_each_induction_head_reads_its_keys_from_the_previous_token_head(tl_course):
+    """The chapter's claim: in the K-composition of layer 0 into layer 2, the previous-token head 0.3 is
+    the strongest writer for each induction head, far above random matrices of the same shapes."""
+    scores = k_composition_scores(tl_course, 0, 2)                          # [head of 0, head of 2]
+    baseline = composition_baseline(tl_course.cfg.d_model, tl_course.cfg.d_head)
+    for _, head in INDUCTION_HEADS:
+        assert int(scores[:, head].argmax()) == PREVIOUS_TOKEN_HEADS[0][1]
+        assert scores[PREVIOUS_TOKEN_HEADS[0][1], head] > 2 * baseline
+    with pytest.raises(ValueError, match="earlier layer into a later one"):
+        k_composition_scores(tl_course, 2, 2)
+
+
+def test_repeated_sequences_repeat_draws_from_the_pool():
+    pool = torch.tensor([5, 9, 13])
+    rows = repeated_sequences(pool, 50, 6, bos=1, seed=3)
+    assert rows.shape == (50, 13) and (rows[:, 0] == 1).all()
+    assert torch.equal(rows[:, 1:7], rows[:, 7:]) and set(rows[:, 1:].unique().tolist()) == {5, 9, 13}
+    assert torch.equal(rows, repeated_sequences(pool, 50, 6, bos=1, seed=3))
+    assert not torch.equal(rows, repeated_sequences(pool, 50, 6, bos=1, seed=4))
+    with pytest.raises(ValueError, match="1-D tensor of at least 2"):
+        repeated_sequences(torch.tensor([[1, 2]]), 2, 3, bos=0)
+
+
+def test_losses_by_copy_leave_out_the_first_token_of_each_copy(course_model, repeated):
+    losses = token_losses(course_model, repeated)
+    assert losses_by_copy(losses, LENGTH) == pytest.approx(copy_losses(course_model, repeated, LENGTH))
+    marked = torch.zeros(1, 6)
+    marked[0, [0, 3]] = 100.0                                           # the unpredictable first tokens
+    assert losses_by_copy(marked, 3) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="losses must be"):
+        losses_by_copy(losses, LENGTH + 1)
+
+
+def test_copy_losses_with_heads_ablated_is_the_ablation_experiment(course_model, repeated):
+    with ablate_heads(course_model, INDUCTION_HEADS):
+        expected = copy_losses(course_model, repeated, LENGTH)
+    assert copy_losses_with_heads_ablated(course_model, repeated, LENGTH, INDUCTION_HEADS) == pytest.approx(expected)
+    assert copy_losses_with_heads_ablated(course_model, repeated, LENGTH, []) == pytest.approx(
+        copy_losses(course_model, repeated, LENGTH))
+
+
+def test_resample_ablation_from_the_same_input_changes_nothing(course_model, repeated):
+    clean = course_model(repeated).logits
+    with resample_ablate_head(course_model, 2, 4, repeated):
+        torch.testing.assert_close(course_model(repeated).logits, clean)
+    others = repeated.roll(1, dims=0)                                   # each row gets another row's head output
+    with resample_ablate_head(course_model, 2, 4, others):
+        assert not torch.allclose(course_model(repeated).logits, clean)
+    with pytest.raises(ValueError, match="same shape"), resample_ablate_head(course_model, 2, 4, repeated[:1]):
+        course_model(repeated)
+    assert not course_model.transformer.h[2].attn.c_proj._forward_pre_hooks

@@ -218,3 +218,20 @@ def test_shipped_model_card_matches_the_stored_evaluation(model_card: dict) -> N
         assert [m["name"] for m in model_card[section]] == [m["name"] for m in stored[section]]
         for fresh, saved in zip(model_card[section], stored[section]):
             assert Metric(**fresh).passed == Metric(**saved).passed, fresh["name"]
+
+
+def test_v3_training_windows_end_on_its_finishing_recipe(course_tokenizer) -> None:
+    """The last 30 % of the windows come from "v3-finish" (many more A/B questions), the first from
+    v2's mix; v2 itself keeps one shuffled stream."""
+    from utils.course_model.train import training_windows
+    from utils.world.corpus import recipe
+
+    config = TrainConfig(tokens=256 * 200, batch_size=4, recipe="v3")
+    windows = training_windows(config, course_tokenizer)                        # [200, 256]
+    assert windows.shape == (200, 256)
+    answer = course_tokenizer("Answer:", add_special_tokens=False)["input_ids"][0]
+    split = 200 - round(200 * recipe("v3").finish_share)
+    share = lambda rows: (rows == answer).float().mean().item()                  # noqa: E731
+    assert share(windows[split:]) > 1.6 * share(windows[:split])
+    v2 = training_windows(TrainConfig(tokens=256 * 200, batch_size=4, recipe="v2"), course_tokenizer)
+    assert share(windows[:split]) == pytest.approx(share(v2), rel=0.25), "the first part is v2's mix"

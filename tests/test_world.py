@@ -179,9 +179,11 @@ def test_unknown_task_and_family_errors_name_the_choices() -> None:
 # Recipes, the wider world of recipe "v2", and held-out material
 # ---------------------------------------------------------------------------------------------
 
-from utils.world.corpus import INVENTED_NAME_IOI_PARTS, RECIPES, V2_IOI_PARTS, recipe  # noqa: E402
+from utils.world.corpus import (  # noqa: E402
+    INVENTED_NAME_IOI_PARTS, RECIPES, V2_IOI_PARTS, V3_FINISH_IOI_PARTS, recipe,
+)
 from utils.world.families import (  # noqa: E402
-    CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, TRAINING_IOI_PARTS, IOIParts, past_tense,
+    BRIDGE_CHOICE_PARTS, CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, TRAINING_IOI_PARTS, IOIParts, past_tense,
 )
 from utils.world.heldout import (  # noqa: E402
     HELDOUT_AGREEMENT_NOUNS, HELDOUT_CHOICE_PARTS, HELDOUT_FACT_PHRASINGS, HELDOUT_IOI_PARTS, HELDOUT_NAME_IOI_PARTS,
@@ -210,7 +212,7 @@ def test_recipe_v2_writes_the_recorded_corpus() -> None:
 
 
 def test_unknown_recipe_is_named() -> None:
-    with pytest.raises(ValueError, match="unknown corpus recipe 'v9'.*'v1', 'v2'"):
+    with pytest.raises(ValueError, match="unknown corpus recipe 'v9'.*'v1', 'v2', 'v3'"):
         next(generate_corpus(1, recipe_name="v9"))
     assert recipe("v2").token_repeats > 0 == recipe("v1").token_repeats
 
@@ -235,14 +237,43 @@ def _words(texts: list[str]) -> set[str]:
     return {w for text in texts for w in re.findall(r"[A-Za-z]+", text)}
 
 
-def test_heldout_words_are_in_no_word_list_and_no_training_document(v2_corpus: list) -> None:
+@pytest.fixture(scope="module")
+def v3_finish_corpus() -> list:
+    return list(generate_corpus(10_000, seed=0, recipe_name="v3-finish"))
+
+
+def test_v3_finishes_on_the_hard_forms_of_ab_questions_and_indirect_objects(v3_finish_corpus: list) -> None:
+    assert recipe("v3").finish == "v3-finish" and 0 < recipe("v3").finish_share < 1
+    assert recipe("v3").mix == recipe("v2").mix and recipe("v3-finish").finish is None
+    families = Counter(d.family for d in v3_finish_corpus)
+    assert families["multiple_choice"] > 0.4 * len(v3_finish_corpus) and families["ioi"] > 0.2 * len(v3_finish_corpus)
+    options = [line for d in v3_finish_corpus if d.family == "multiple_choice"
+               for line in d.prompt.split("\n") if line.startswith("(A) ")]
+    short = [o for o in options if len(o.split()) <= 4]
+    assert 0.3 < len(short) / len(options) < 0.8, "the bridge of short options and the words are there"
+    ioi = [d.text for d in v3_finish_corpus if d.family == "ioi"]
+    assert any(t.startswith(("Whereas ", "Unless ", "Ever since ", "Considering that ")) for t in ioi)
+
+
+def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
+    """v2's sentences do not move (its digest test), v3's finishing ones meet with made-up verbs."""
+    encounters = set(TRAINING_IOI_PARTS.encounters)
+    rng = random.Random(0)
+    finishing = [indirect_object(rng, parts=V3_FINISH_IOI_PARTS).text for _ in range(3_000)]
+    meeting = re.compile(r"^(?:[^,.]*, )?[A-Z][a-z]+ (\w+) [A-Z][a-z]+ (?:at|in|by|near|behind|next|across)")
+    verbs = {m.group(1) for t in finishing if (m := meeting.match(t))}
+    assert verbs - encounters and verbs & encounters
+    assert not V2_IOI_PARTS.made_up_encounters
+
+
+def test_heldout_words_are_in_no_word_list_and_no_training_document(v2_corpus: list, v3_finish_corpus: list) -> None:
     held_out = heldout_words()
     assert not held_out & set(world_words()), held_out & set(world_words())
     assert not held_out & set(INVENTED_NAME_IOI_PARTS.names)
     made_up = set(V2_IOI_PARTS.made_up_words)
     assert len(made_up) == 300 and not made_up & (held_out | set(world_words()))
     v1_corpus = list(generate_corpus(5_000, seed=0, recipe_name="v1"))
-    assert not held_out & _words([d.text for d in v2_corpus + v1_corpus])
+    assert not held_out & _words([d.text for d in v2_corpus + v1_corpus + v3_finish_corpus])
 
 
 def test_heldout_agreement_nouns_are_never_a_subject_or_distractor(v2_corpus: list) -> None:
@@ -260,12 +291,12 @@ def _as_pattern(template: str) -> re.Pattern:
     return re.compile("".join(parts))
 
 
-def test_heldout_frames_and_phrasings_match_no_training_document(v2_corpus: list) -> None:
+def test_heldout_frames_and_phrasings_match_no_training_document(v2_corpus: list, v3_finish_corpus: list) -> None:
     templates = [*HELDOUT_IOI_PARTS.openers, *HELDOUT_IOI_PARTS.middles,
                  *(q for qs in HELDOUT_CHOICE_PARTS.questions.values() for q in qs),
                  *(o for os_ in HELDOUT_CHOICE_PARTS.options.values() for o in os_),
                  *(p for ps in HELDOUT_FACT_PHRASINGS.values() for p in ps)]
-    texts = [d.text for d in v2_corpus + list(generate_corpus(5_000, seed=0, recipe_name="v1"))]
+    texts = [d.text for d in v2_corpus + v3_finish_corpus + list(generate_corpus(5_000, seed=0, recipe_name="v1"))]
     for template in templates:
         pattern = _as_pattern(template)
         assert not any(pattern.search(text) for text in texts), template
@@ -273,7 +304,7 @@ def test_heldout_frames_and_phrasings_match_no_training_document(v2_corpus: list
 
 @settings(max_examples=200, deadline=None)
 @given(seed=seeds, parts=st.sampled_from([TRAINING_IOI_PARTS, V2_IOI_PARTS, INVENTED_NAME_IOI_PARTS, HELDOUT_IOI_PARTS,
-                                           HELDOUT_NAME_IOI_PARTS]))
+                                           HELDOUT_NAME_IOI_PARTS, V3_FINISH_IOI_PARTS]))
 def test_composed_indirect_object_names_the_subject_twice_and_the_answer_once(seed: int, parts: IOIParts) -> None:
     doc = indirect_object(random.Random(seed), parts=parts)
     io, s = doc.labels["indirect_object"], doc.labels["subject"]
@@ -288,7 +319,7 @@ def test_composed_indirect_object_names_the_subject_twice_and_the_answer_once(se
 
 @settings(max_examples=200, deadline=None)
 @given(seed=seeds, trait=st.sampled_from(["sentiment", "emotion", "topic"]),
-       parts=st.sampled_from([CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, HELDOUT_CHOICE_PARTS]))
+       parts=st.sampled_from([CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, HELDOUT_CHOICE_PARTS, BRIDGE_CHOICE_PARTS]))
 def test_every_phrasing_of_an_ab_question_puts_the_trait_in_the_right_option(seed: int, trait: str, parts) -> None:
     doc = multiple_choice(random.Random(seed), trait=trait, parts=parts)
     options = dict(re.findall(r"\(([AB])\) (.*)", doc.prompt))

@@ -8,6 +8,7 @@ function's name says its mistake, or its style.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
@@ -25,8 +26,10 @@ from transformers.pytorch_utils import Conv1D
 
 from utils import architecture
 from utils.activation_store import block_output, cache_to_shards
+from utils.attention import losses_by_copy, token_losses
 from utils.finetune import IGNORE_INDEX
 from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
+from utils.hooks import ATTENTION, ATTENTION_OUTPUT_PROJECTION, ablate_head, editing_head_outputs, head_outputs
 from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
 from utils.soft_prompts import answer_loss, logits_with_soft_prompt
 from utils.steering import last_token_activations
@@ -1160,6 +1163,520 @@ def shards_from_a_list_of_chunks(model, windows, layer, directory, shard_rows=10
     return written
 
 
+
+def _path_module(block, path):
+    for name in path.split("."):
+        block = getattr(block, name)
+    return block
+
+
+def site_read_from_the_block_input(tl_model, input_ids, site):
+    kind, layer = site.split(".")
+    _, cache = tl_model.run_with_cache(input_ids)
+    return cache[f"blocks.{layer}.hook_resid_pre"]
+
+
+def site_with_the_pattern_at_block_level(tl_model, input_ids, site):
+    kind, layer = site.split(".")
+    name = f"blocks.{layer}.hook_{kind}"
+    _, cache = tl_model.run_with_cache(input_ids)
+    return cache[name] if name in cache else cache[f"blocks.{layer}.attn.hook_attn_scores"]
+
+
+def site_of_the_next_layer(tl_model, input_ids, site):
+    kind, layer = site.split(".")
+    hooks = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "attn_out": "hook_attn_out",
+             "mlp_out": "hook_mlp_out", "pattern": "attn.hook_pattern"}
+    layer = min(int(layer) + 1, tl_model.cfg.n_layers - 1)
+    _, cache = tl_model.run_with_cache(input_ids)
+    return cache[f"blocks.{layer}.{hooks[kind]}"]
+
+
+def site_with_a_filter_function(tl_model, input_ids, site):
+    kind, layer = site.split(".")
+    suffix = "attn.hook_pattern" if kind == "pattern" else f"hook_{kind}"
+    wanted = f"blocks.{layer}.{suffix}"
+    _, cache = tl_model.run_with_cache(input_ids, names_filter=lambda name: name == wanted)
+    return cache[wanted]
+
+
+def nnsight_block_input_for_the_mlp(nn_model, input_ids, layer):
+    with torch.no_grad(), nn_model.trace(input_ids):
+        block = architecture.blocks(nn_model)[layer]
+        block_in = block.input.save()
+        block_out = block.output.save()
+    return block_in, block_out
+
+
+def nnsight_outputs_swapped(nn_model, input_ids, layer):
+    with torch.no_grad(), nn_model.trace(input_ids):
+        block = architecture.blocks(nn_model)[layer]
+        mlp_out = block.mlp.output.save()
+        block_out = block.output.save()
+    return block_out, mlp_out
+
+
+def nnsight_attention_for_the_mlp(nn_model, input_ids, layer):
+    with torch.no_grad(), nn_model.trace(input_ids):
+        block = architecture.blocks(nn_model)[layer]
+        attention_out = getattr(block, ATTENTION[architecture.model_type(nn_model)]).output[0].save()
+        block_out = block.output.save()
+    return attention_out, block_out
+
+
+def nnsight_two_traces(nn_model, input_ids, layer):
+    with torch.no_grad():
+        with nn_model.trace(input_ids):
+            mlp_out = architecture.blocks(nn_model)[layer].mlp.output.save()
+        with nn_model.trace(input_ids):
+            block_out = architecture.blocks(nn_model)[layer].output.save()
+    return mlp_out, block_out
+
+
+def _projection_and_columns(model, layer, head):
+    projection = architecture.block_part(model, layer, ATTENTION_OUTPUT_PROJECTION)
+    d_head = model.config.hidden_size // model.config.num_attention_heads
+    return projection, slice(head * d_head, (head + 1) * d_head)
+
+
+@contextlib.contextmanager
+def ablation_without_finally(model, layer, head, how="zero", mean_over=None):
+    projection, columns = _projection_and_columns(model, layer, head)
+    replacement = 0.0
+    if how == "mean":
+        seen = []
+        reader = projection.register_forward_pre_hook(lambda module, args: seen.append(args[0][..., columns]))
+        model(mean_over)
+        reader.remove()
+        replacement = seen[0].mean(dim=(0, 1))
+
+    def edit(module, args):
+        heads = args[0].clone()
+        heads[..., columns] = replacement
+        return (heads, *args[1:])
+
+    handle = projection.register_forward_pre_hook(edit)
+    yield model
+    handle.remove()
+
+
+@contextlib.contextmanager
+def ablation_with_the_mean_per_position(model, layer, head, how="zero", mean_over=None):
+    projection, columns = _projection_and_columns(model, layer, head)
+    replacement = 0.0
+    if how == "mean":
+        seen = []
+        reader = projection.register_forward_pre_hook(lambda module, args: seen.append(args[0][..., columns]))
+        try:
+            model(mean_over)
+        finally:
+            reader.remove()
+        replacement = seen[0].mean(dim=(0, 1, 2))
+
+    def edit(module, args):
+        heads = args[0].clone()
+        heads[..., columns] = replacement
+        return (heads, *args[1:])
+
+    handle = projection.register_forward_pre_hook(edit)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def ablation_of_the_projection_output(model, layer, head, how="zero", mean_over=None):
+    projection, columns = _projection_and_columns(model, layer, head)
+
+    def edit(module, args, output):
+        output = output.clone()
+        output[..., columns] = 0.0
+        return output
+
+    handle = projection.register_forward_hook(edit)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def ablation_with_the_hooks_library(model, layer, head, how="zero", mean_over=None):
+    projection, columns = _projection_and_columns(model, layer, head)
+    replacement = None
+    if how == "mean":
+        replacement = head_outputs(model, mean_over, layer)[:, :, head].mean(dim=(0, 1))
+
+    def edit(module, args):
+        heads = einops.rearrange(args[0], "b p (h d) -> b p h d", h=model.config.num_attention_heads).clone()
+        heads[:, :, head] = 0.0 if replacement is None else replacement
+        return (einops.rearrange(heads, "b p h d -> b p (h d)"),)
+
+    with contextlib.ExitStack() as stack:
+        handle = projection.register_forward_pre_hook(edit)
+        stack.callback(handle.remove)
+        yield model
+
+
+def tl_ablation_always_to_zero(tl_model, layer, head, how="zero", mean_over=None):
+    name = f"blocks.{layer}.attn.hook_z"
+
+    def edit(z, hook):
+        z = z.clone()
+        z[:, :, head] = 0.0
+        return z
+    return [(name, edit)]
+
+
+def tl_ablation_of_the_wrong_axis(tl_model, layer, head, how="zero", mean_over=None):
+    name = f"blocks.{layer}.attn.hook_z"
+    replacement = 0.0
+    if how == "mean":
+        _, cache = tl_model.run_with_cache(mean_over, names_filter=[name])
+        replacement = cache[name][:, :, head].mean(dim=(0, 1))
+
+    def edit(z, hook):
+        z = z.clone()
+        z[:, :, :, head] = replacement if isinstance(replacement, float) else replacement[head]
+        return z
+    return [(name, edit)]
+
+
+def tl_ablation_of_the_attention_output(tl_model, layer, head, how="zero", mean_over=None):
+    name = f"blocks.{layer}.hook_attn_out"
+    return [(name, lambda out, hook: torch.zeros_like(out))]
+
+
+def tl_ablation_with_result_hooks(tl_model, layer, head, how="zero", mean_over=None):
+    name = f"blocks.{layer}.attn.hook_v"
+    z_name = f"blocks.{layer}.attn.hook_z"
+    replacement = 0.0
+    if how == "mean":
+        _, cache = tl_model.run_with_cache(mean_over, names_filter=lambda n: n == z_name)
+        replacement = cache[z_name][:, :, head].mean(dim=(0, 1))
+
+    def edit(z, hook):
+        out = torch.clone(z)
+        out[..., head, :] = replacement
+        return out
+    return [(z_name, edit)]
+
+
+def nnsight_ablation_without_labels(nn_model, input_ids, layer, head, how="zero", mean_over=None):
+    config = architecture.unwrap(nn_model).config
+    d_head = config.hidden_size // config.num_attention_heads
+    columns = slice(head * d_head, (head + 1) * d_head)
+    projection = _path_module(architecture.blocks(nn_model)[layer], ATTENTION_OUTPUT_PROJECTION[architecture.model_type(nn_model)])
+    with torch.no_grad(), nn_model.trace(input_ids):
+        projection.input[..., columns] = 0.0
+        logits = nn_model.output.logits.save()
+    return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), input_ids[:, 1:].flatten()))
+
+
+def nnsight_ablation_of_the_whole_layer(nn_model, input_ids, layer, head, how="zero", mean_over=None):
+    projection = _path_module(architecture.blocks(nn_model)[layer], ATTENTION_OUTPUT_PROJECTION[architecture.model_type(nn_model)])
+    replacement = 0.0
+    with torch.no_grad():
+        if how == "mean":
+            with nn_model.trace(mean_over):
+                heads = projection.input.save()
+            replacement = heads.mean(dim=(0, 1))
+        with nn_model.trace(input_ids, labels=input_ids):
+            projection.input[...] = replacement
+            loss = nn_model.output.loss.save()
+    return float(loss)
+
+
+def nnsight_ablation_with_the_mean_of_the_inputs(nn_model, input_ids, layer, head, how="zero", mean_over=None):
+    config = architecture.unwrap(nn_model).config
+    d_head = config.hidden_size // config.num_attention_heads
+    columns = slice(head * d_head, (head + 1) * d_head)
+    projection = _path_module(architecture.blocks(nn_model)[layer], ATTENTION_OUTPUT_PROJECTION[architecture.model_type(nn_model)])
+    replacement = 0.0
+    with torch.no_grad():
+        if how == "mean":
+            with nn_model.trace(input_ids):
+                heads = projection.input.save()
+            replacement = heads[..., columns].mean(dim=(0, 1))
+        with nn_model.trace(input_ids, labels=input_ids):
+            projection.input[..., columns] = replacement
+            loss = nn_model.output.loss.save()
+    return float(loss)
+
+
+def nnsight_ablation_with_a_zero_mask(nn_model, input_ids, layer, head, how="zero", mean_over=None):
+    config = architecture.unwrap(nn_model).config
+    n_heads = config.num_attention_heads
+    projection = _path_module(architecture.blocks(nn_model)[layer], ATTENTION_OUTPUT_PROJECTION[architecture.model_type(nn_model)])
+    keep = torch.ones(n_heads, config.hidden_size // n_heads)
+    keep[head] = 0
+    keep = keep.flatten()
+    replacement = torch.zeros(config.hidden_size)
+    with torch.no_grad():
+        if how == "mean":
+            with nn_model.trace(mean_over):
+                heads = projection.input.save()
+            replacement = heads.mean(dim=(0, 1)) * (1 - keep)
+        with nn_model.trace(input_ids, labels=input_ids):
+            projection.input[:] = projection.input * keep + replacement
+            loss = nn_model.output.loss.save()
+    return loss.item()
+
+
+def pattern_from_unrotated_queries(cache, layer):
+    q, k = cache[f"blocks.{layer}.attn.hook_q"], cache[f"blocks.{layer}.attn.hook_k"]
+    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
+    scores = einops.einsum(q, k, "b q h d, b k h d -> b h q k") / q.shape[-1] ** 0.5
+    return scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+
+
+def pattern_with_the_key_heads_tiled(cache, layer):
+    name = f"blocks.{layer}.attn.hook_"
+    q = cache[name + "rot_q"] if name + "rot_q" in cache else cache[name + "q"]
+    k = cache[name + "rot_k"] if name + "rot_k" in cache else cache[name + "k"]
+    k = k.repeat(1, 1, q.shape[2] // k.shape[2], 1)
+    scores = einops.einsum(q, k, "b q h d, b k h d -> b h q k") / q.shape[-1] ** 0.5
+    return scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+
+
+def pattern_normalised_over_the_queries(cache, layer):
+    name = f"blocks.{layer}.attn.hook_"
+    q = cache[name + "rot_q"] if name + "rot_q" in cache else cache[name + "q"]
+    k = cache[name + "rot_k"] if name + "rot_k" in cache else cache[name + "k"]
+    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
+    scores = einops.einsum(q, k, "b q h d, b k h d -> b h q k") / q.shape[-1] ** 0.5
+    return scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf")).softmax(-2).nan_to_num()
+
+
+def pattern_with_sdpa_style_additive_mask(cache, layer):
+    name = f"blocks.{layer}.attn.hook_"
+    q = cache.get(name + "rot_q", cache.get(name + "q"))
+    k = cache.get(name + "rot_k", cache.get(name + "k"))
+    q, k = q.transpose(1, 2), k.transpose(1, 2).repeat_interleave(q.shape[2] // k.shape[2], dim=1)
+    pos = q.shape[2]
+    mask = torch.full((pos, pos), float("-inf")).triu(1)
+    return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask).softmax(dim=-1)
+
+
+def sequences_with_the_global_random_state(pool, n, length, bos, seed=0):
+    copies = pool[torch.randint(len(pool), (n, length))]
+    return torch.cat([torch.full((n, 1), bos, dtype=copies.dtype), copies, copies], dim=1)
+
+
+def sequences_without_bos(pool, n, length, bos, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    copies = pool[torch.randint(len(pool), (n, length), generator=generator)]
+    return torch.cat([copies[:, :1], copies, copies], dim=1)
+
+
+def sequences_of_pool_indices(pool, n, length, bos, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    copies = torch.randint(len(pool), (n, length), generator=generator)
+    return torch.cat([torch.full((n, 1), bos), copies, copies], dim=1)
+
+
+def sequences_with_einops_repeat(pool, n, length, bos, seed=0):
+    indices = torch.randint(len(pool), (n, length), generator=torch.Generator().manual_seed(seed))
+    twice = einops.repeat(pool[indices], "n l -> n (copy l)", copy=2)
+    return torch.cat([torch.full_like(twice[:, :1], bos), twice], dim=-1)
+
+
+def copies_with_their_first_tokens(losses, length):
+    return losses[:, :length].mean().item(), losses[:, length:].mean().item()
+
+
+def copies_one_token_late(losses, length):
+    return losses[:, 2:length + 1].mean().item(), losses[:, length + 2:].mean().item()
+
+
+def copies_as_tensors(losses, length):
+    return losses[:, 1:length].mean(), losses[:, length + 1:].mean()
+
+
+def copies_with_a_mask(losses, length):
+    position = torch.arange(losses.shape[1])
+    first = (position >= 1) & (position < length)
+    second = position >= length + 1
+    return float(losses[:, first].mean()), float(losses[:, second].mean())
+
+
+def ablating_only_the_first_head(model, tokens, length, heads, how="zero", mean_over=None):
+    if not heads:
+        return losses_by_copy(token_losses(model, tokens), length)
+    with ablate_head(model, *heads[0], how, mean_over):
+        return losses_by_copy(token_losses(model, tokens), length)
+
+
+def ablating_the_heads_one_after_another(model, tokens, length, heads, how="zero", mean_over=None):
+    result = losses_by_copy(token_losses(model, tokens), length)
+    for layer, head in heads:
+        with ablate_head(model, layer, head, how, mean_over):
+            result = losses_by_copy(token_losses(model, tokens), length)
+    return result
+
+
+def ablating_with_copies_swapped(model, tokens, length, heads, how="zero", mean_over=None):
+    with contextlib.ExitStack() as stack:
+        for layer, head in heads:
+            stack.enter_context(ablate_head(model, layer, head, how, mean_over))
+        first, second = losses_by_copy(token_losses(model, tokens), length)
+    return second, first
+
+
+def ablating_with_nested_recursion(model, tokens, length, heads, how="zero", mean_over=None):
+    if not heads:
+        return losses_by_copy(token_losses(model, tokens), length)
+    layer, head = heads[0]
+    with ablate_head(model, layer, head, how, mean_over):
+        return ablating_with_nested_recursion(model, tokens, length, heads[1:], how, mean_over)
+
+
+def k_composition_unnormalised(tl_model, earlier, later):
+    w_ov = tl_model.W_V[earlier] @ tl_model.W_O[earlier]
+    w_qk = tl_model.W_Q[later] @ tl_model.W_K[later].transpose(-1, -2)
+    return torch.stack([(ov @ w_qk.transpose(-1, -2)).norm(dim=(-2, -1)) for ov in w_ov]).detach()
+
+
+def k_composition_as_q_composition(tl_model, earlier, later):
+    w_ov = tl_model.W_V[earlier] @ tl_model.W_O[earlier]
+    w_qk = tl_model.W_Q[later] @ tl_model.W_K[later].transpose(-1, -2)
+    products = torch.stack([(ov @ w_qk).norm(dim=(-2, -1)) for ov in w_ov])
+    return (products / (w_ov.norm(dim=(-2, -1))[:, None] * w_qk.norm(dim=(-2, -1))[None, :])).detach()
+
+
+def k_composition_without_the_output_matrix(tl_model, earlier, later):
+    w_v = tl_model.W_V[earlier] @ tl_model.W_V[earlier].transpose(-1, -2)
+    w_qk = tl_model.W_Q[later] @ tl_model.W_K[later].transpose(-1, -2)
+    products = torch.stack([(v @ w_qk.transpose(-1, -2)).norm(dim=(-2, -1)) for v in w_v])
+    return (products / (w_v.norm(dim=(-2, -1))[:, None] * w_qk.norm(dim=(-2, -1))[None, :])).detach()
+
+
+def k_composition_with_einsum(tl_model, earlier, later):
+    with torch.no_grad():
+        w_ov = einops.einsum(tl_model.W_V[earlier], tl_model.W_O[earlier], "e d h, e h f -> e d f")
+        w_qk = einops.einsum(tl_model.W_Q[later], tl_model.W_K[later], "l d h, l f h -> l d f")
+        products = einops.einsum(w_ov, w_qk, "e i j, l k j -> e l i k")
+        return einops.reduce(products ** 2, "e l i k -> e l", "sum").sqrt() / torch.outer(
+            w_ov.flatten(1).norm(dim=1), w_qk.flatten(1).norm(dim=1))
+
+
+def composition_of_every_pair_of_layers(tl_model, mode):
+    scores = torch.zeros(tl_model.cfg.n_layers, tl_model.cfg.n_heads, tl_model.cfg.n_layers, tl_model.cfg.n_heads)
+    ov = (tl_model.W_V @ tl_model.W_O).detach()
+    qk = (tl_model.W_Q @ tl_model.W_K.transpose(-1, -2)).detach()
+    right = {"Q": qk, "K": qk.transpose(-1, -2), "V": ov}[mode]
+    for a in range(tl_model.cfg.n_layers):
+        for b in range(tl_model.cfg.n_layers):
+            for h in range(tl_model.cfg.n_heads):
+                scores[a, h, b] = (ov[a, h] @ right[b]).norm(dim=(-2, -1)) / (ov[a, h].norm() * right[b].norm(dim=(-2, -1)))
+    return scores
+
+
+def composition_with_q_and_k_swapped(tl_model, mode):
+    scores = torch.zeros(tl_model.cfg.n_layers, tl_model.cfg.n_heads, tl_model.cfg.n_layers, tl_model.cfg.n_heads)
+    ov = (tl_model.W_V @ tl_model.W_O).detach()
+    qk = (tl_model.W_Q @ tl_model.W_K.transpose(-1, -2)).detach()
+    right = {"K": qk, "Q": qk.transpose(-1, -2), "V": ov}[mode]
+    for a in range(tl_model.cfg.n_layers):
+        for b in range(a + 1, tl_model.cfg.n_layers):
+            for h in range(tl_model.cfg.n_heads):
+                scores[a, h, b] = (ov[a, h] @ right[b]).norm(dim=(-2, -1)) / (ov[a, h].norm() * right[b].norm(dim=(-2, -1)))
+    return scores
+
+
+def composition_with_v_read_the_wrong_way(tl_model, mode):
+    scores = torch.zeros(tl_model.cfg.n_layers, tl_model.cfg.n_heads, tl_model.cfg.n_layers, tl_model.cfg.n_heads)
+    ov = (tl_model.W_V @ tl_model.W_O).detach()
+    qk = (tl_model.W_Q @ tl_model.W_K.transpose(-1, -2)).detach()
+    for a in range(tl_model.cfg.n_layers):
+        for b in range(a + 1, tl_model.cfg.n_layers):
+            right = {"Q": qk[b], "K": qk[b].transpose(-1, -2), "V": ov[b]}[mode]
+            for h in range(tl_model.cfg.n_heads):
+                product = right @ ov[a, h] if mode == "V" else ov[a, h] @ right
+                scores[a, h, b] = product.norm(dim=(-2, -1)) / (ov[a, h].norm() * right.norm(dim=(-2, -1)))
+    return scores
+
+
+def composition_from_transformer_lens(tl_model, mode):
+    return tl_model.all_composition_scores(mode).detach()
+
+
+@contextlib.contextmanager
+def resample_from_the_first_source_row(model, layer, head, source_ids):
+    projection, columns = _projection_and_columns(model, layer, head)
+    recorded = []
+    reader = projection.register_forward_pre_hook(lambda module, args: recorded.append(args[0][..., columns].clone()))
+    try:
+        model(source_ids)
+    finally:
+        reader.remove()
+
+    def edit(module, args):
+        heads = args[0].clone()
+        heads[..., columns] = recorded[0][:1]
+        return (heads, *args[1:])
+
+    handle = projection.register_forward_pre_hook(edit)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def resample_averaged_over_positions(model, layer, head, source_ids):
+    projection, columns = _projection_and_columns(model, layer, head)
+    recorded = []
+    reader = projection.register_forward_pre_hook(lambda module, args: recorded.append(args[0][..., columns].clone()))
+    try:
+        model(source_ids)
+    finally:
+        reader.remove()
+
+    def edit(module, args):
+        heads = args[0].clone()
+        heads[..., columns] = recorded[0].mean(dim=1, keepdim=True)
+        return (heads, *args[1:])
+
+    handle = projection.register_forward_pre_hook(edit)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def resample_without_finally(model, layer, head, source_ids):
+    projection, columns = _projection_and_columns(model, layer, head)
+    recorded = []
+    reader = projection.register_forward_pre_hook(lambda module, args: recorded.append(args[0][..., columns].clone()))
+    model(source_ids)
+    reader.remove()
+
+    def edit(module, args):
+        heads = args[0].clone()
+        heads[..., columns] = recorded[0]
+        return (heads, *args[1:])
+
+    handle = projection.register_forward_pre_hook(edit)
+    yield model
+    handle.remove()
+
+
+@contextlib.contextmanager
+def resample_with_head_outputs(model, layer, head, source_ids):
+    source = head_outputs(model, source_ids, layer)[:, :, head]
+
+    def edit(z):
+        z = z.clone()
+        z[:, :, head] = source
+        return z
+
+    with editing_head_outputs(model, layer, edit):
+        yield model
+
+
 # --------------------------------------------------------------------------------------------- 4
 def lens_without_the_final_norm(model, residual, position):
     return architecture.unembedding(model)(residual[:, :, position])
@@ -1483,9 +2000,23 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "2.11": (cosine_averaged_over_modules, cosine_of_the_first_module, cosine_as_a_dot_product),
     "2.12": (load_without_checking_the_keys, load_that_copies_before_checking, load_that_replaces_the_parameters),
     "3.1": (residual_before_the_block, residual_of_the_block_before, residual_from_hidden_states_at_layer),
-    "3.2": (previous_token_on_the_main_diagonal, previous_token_looking_forward, previous_token_summed),
-    "3.3": (induction_to_the_first_occurrence, induction_one_query_early, induction_one_query_too_many),
-    "3.4": (shards_in_one_file, shards_keeping_bos, shards_of_the_layer_before),
+    "3.2": (site_read_from_the_block_input, site_with_the_pattern_at_block_level, site_of_the_next_layer),
+    "3.3": (nnsight_block_input_for_the_mlp, nnsight_outputs_swapped, nnsight_attention_for_the_mlp),
+    "3.4": (ablation_without_finally, ablation_with_the_mean_per_position, ablation_of_the_projection_output),
+    "3.5": (tl_ablation_always_to_zero, tl_ablation_of_the_wrong_axis, tl_ablation_of_the_attention_output),
+    "3.6": (nnsight_ablation_without_labels, nnsight_ablation_of_the_whole_layer,
+            nnsight_ablation_with_the_mean_of_the_inputs),
+    "3.7": (pattern_from_unrotated_queries, pattern_with_the_key_heads_tiled, pattern_normalised_over_the_queries),
+    "3.8": (sequences_with_the_global_random_state, sequences_without_bos, sequences_of_pool_indices),
+    "3.9": (copies_with_their_first_tokens, copies_one_token_late, copies_as_tensors),
+    "3.10": (previous_token_on_the_main_diagonal, previous_token_looking_forward, previous_token_summed),
+    "3.11": (induction_to_the_first_occurrence, induction_one_query_early, induction_one_query_too_many),
+    "3.12": (ablating_only_the_first_head, ablating_the_heads_one_after_another, ablating_with_copies_swapped),
+    "3.13": (k_composition_unnormalised, k_composition_as_q_composition, k_composition_without_the_output_matrix),
+    "3.14": (shards_in_one_file, shards_keeping_bos, shards_of_the_layer_before),
+    "3.15": (composition_of_every_pair_of_layers, composition_with_q_and_k_swapped,
+             composition_with_v_read_the_wrong_way),
+    "3.16": (resample_from_the_first_source_row, resample_averaged_over_positions, resample_without_finally),
     "4.1": (lens_without_the_final_norm, lens_at_the_last_position, lens_indexing_the_batch),
     "4.2": (contributions_uncentred, contributions_without_the_norm_weight, contributions_without_the_scale),
     "4.3": (formation_at_the_first_correct_layer, formation_as_the_number_of_final_layers, formation_past_the_last_layer_when_never),
@@ -1518,8 +2049,13 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "2.4": (add_lora_with_named_modules,), "2.5": (count_by_adding_lora_to_a_copy,), "2.6": (step_with_the_loss_by_hand,),
     "2.7": (state_dict_from_named_parameters,), "2.8": (corpus_loss_from_log_softmax,), "2.9": (merge_by_stacking,),
     "2.10": (slerp_with_atan2,), "2.11": (cosine_from_norms,), "2.12": (load_with_load_state_dict,),
-    "3.1": (residual_with_a_hook_object,), "3.2": (previous_token_in_a_loop,), "3.3": (induction_in_a_loop,),
-    "3.4": (shards_from_a_list_of_chunks,),
+    "3.1": (residual_with_a_hook_object,), "3.2": (site_with_a_filter_function,), "3.3": (nnsight_two_traces,),
+    "3.4": (ablation_with_the_hooks_library,), "3.5": (tl_ablation_with_result_hooks,),
+    "3.6": (nnsight_ablation_with_a_zero_mask,), "3.7": (pattern_with_sdpa_style_additive_mask,),
+    "3.8": (sequences_with_einops_repeat,), "3.9": (copies_with_a_mask,), "3.10": (previous_token_in_a_loop,),
+    "3.11": (induction_in_a_loop,), "3.12": (ablating_with_nested_recursion,), "3.13": (k_composition_with_einsum,),
+    "3.14": (shards_from_a_list_of_chunks,), "3.15": (composition_from_transformer_lens,),
+    "3.16": (resample_with_head_outputs,),
     "4.1": (lens_of_every_position_then_one,), "4.2": (contributions_with_einsum,), "4.3": (formation_in_a_loop,),
     "4.4": (kl_with_torch_kl_div,),
     "5.1": (caa_as_the_mean_of_differences,), "5.2": (steering_with_cat,),

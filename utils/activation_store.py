@@ -407,7 +407,7 @@ class ActivationStore:
 
 
 # --------------------------------------------------------------------------------------------
-# Exercise 3.4: the core of cache_activations, written by the learner
+# Exercise 3.14: the core of cache_activations, written by the learner
 
 
 @torch.no_grad()
@@ -415,7 +415,7 @@ def cache_to_shards(
     model: PreTrainedModel, windows: Int[Tensor, "n context"], layer: int, directory: str | Path,
     shard_rows: int = 1024, batch_size: int = 8, *, progress: bool = True,
 ) -> int:
-    """Reference for Exercise 3.4: write block ``layer``'s output on ``windows``, BOS rows dropped, in shards.
+    """Reference for Exercise 3.14: write block ``layer``'s output on ``windows``, BOS rows dropped, in shards.
 
     ``directory/shard_00000.safetensors``, ``shard_00001.safetensors``... each hold a tensor
     ``"activations"`` of exactly ``shard_rows`` rows ``[shard_rows, d_model]`` in window order,

@@ -15,13 +15,14 @@ in the first copy, everything in the second) both kinds of head show up in the p
 and ablating the induction heads takes the loss on the second copy back up to the loss on the
 first: :func:`copy_losses`.
 
-Exercises 3.2 and 3.3 ask for the scores of one layer; their checkers are here.
+Exercises 3.10 and 3.3 ask for the scores of one layer; their checkers are here.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import einops
 import plotly.graph_objects as go
@@ -34,6 +35,9 @@ from transformers import PreTrainedModel
 
 from utils import architecture
 from utils.hooks import Ablation, ablate_head, capture
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 Head = tuple[int, int]
 
@@ -112,15 +116,128 @@ def token_losses(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"]) ->
                            input_ids[:, 1:], reduction="none")
 
 
+def losses_by_copy(losses: Float[Tensor, "batch two_length"], length: int) -> tuple[float, float]:
+    """Reference for Exercise 3.9: from the per-token losses of ``BOS w1..wL w1..wL`` (entry ``i`` for
+    token ``i + 1``), the mean loss on the first copy's ``w2..wL`` and on the second copy's ``w2..wL``.
+
+    ``w1`` of each copy is left out: nothing before it predicts it.
+    """
+    if losses.ndim != 2 or losses.shape[1] != 2 * length:
+        raise ValueError(f"losses must be [batch, {2 * length}] (one per predicted token of BOS + two copies of "
+                         f"{length}), got shape {tuple(losses.shape)}: pass token_losses(model, tokens)")
+    return losses[:, 1:length].mean().item(), losses[:, length + 1:].mean().item()
+
+
 def copy_losses(model: PreTrainedModel, tokens: Int[Tensor, "batch two_length_plus_one"], length: int
                 ) -> tuple[float, float]:
     """Mean loss on the first copy (predicting ``w2..wL``) and on the second copy (the repeat's ``w2..wL``).
 
-    ``w1`` of each copy is left out: nothing predicts it. Run it inside :func:`ablate_heads` to
-    measure what the heads do.
+    Run it inside :func:`ablate_heads` to measure what the heads do.
     """
-    losses = token_losses(model, tokens)                              # [batch, 2L]
-    return losses[:, 1:length].mean().item(), losses[:, length + 1:].mean().item()
+    return losses_by_copy(token_losses(model, tokens), length)
+
+
+def copy_losses_with_heads_ablated(model: PreTrainedModel, tokens: Int[Tensor, "batch two_length_plus_one"],
+                                   length: int, heads: Sequence[Head], how: Ablation = "zero",
+                                   mean_over: Int[Tensor, "batch pos"] | None = None) -> tuple[float, float]:
+    """Reference for Exercise 3.12: :func:`copy_losses` with every head of ``heads`` ablated, the
+    causal test of a head score: if the heads are the mechanism, the second copy costs what the first does."""
+    with ablate_heads(model, heads, how, mean_over):
+        return copy_losses(model, tokens, length)
+
+
+def repeated_sequences(pool: Int[Tensor, "n_pool"], n: int, length: int, bos: int, seed: int = 0
+                       ) -> Int[Tensor, "n two_length_plus_one"]:
+    """Reference for Exercise 3.8: ``n`` rows ``BOS w1..wL w1..wL``, each ``w`` drawn uniformly from ``pool``
+    (a 1-D tensor of token ids), reproducibly from ``seed`` (a ``torch.Generator``, not the global state)."""
+    if pool.ndim != 1 or len(pool) < 2:
+        raise ValueError(f"pool must be a 1-D tensor of at least 2 token ids, got shape {tuple(pool.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    copies = pool[torch.randint(len(pool), (n, length), generator=generator)]      # [n, L]
+    return torch.cat([torch.full((n, 1), bos, dtype=copies.dtype), copies, copies], dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Patterns from queries and keys; composition of heads
+
+
+def pattern_from_cache(cache: Mapping[str, Tensor], layer: int) -> Float[Tensor, "batch head query key"]:
+    """Reference for Exercise 3.7: the attention pattern of ``layer`` recomputed from the queries and
+    keys of a TransformerLens cache, ``softmax(q k^T / sqrt(d_head))`` over the keys at or before each query.
+
+    The queries and keys are ``blocks.{layer}.attn.hook_q`` and ``hook_k``, ``[batch, pos, head, d_head]``,
+    or, in a model with rotary positions (Pythia, Llama), ``hook_rot_q`` and ``hook_rot_k`` after the
+    rotation. With grouped-query attention (Llama) there are fewer key heads: key head ``j`` serves
+    query heads ``j * g .. j * g + g - 1``.
+    """
+    name = f"blocks.{layer}.attn.hook_"
+    q = cache[name + "rot_q"] if name + "rot_q" in cache else cache[name + "q"]      # [batch, pos, head, d_head]
+    k = cache[name + "rot_k"] if name + "rot_k" in cache else cache[name + "k"]      # [batch, pos, kv_head, d_head]
+    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)                          # [batch, pos, head, d_head]
+    scores = einops.einsum(q, k, "batch query head d, batch key head d -> batch head query key") / q.shape[-1] ** 0.5
+    future = torch.ones_like(scores, dtype=torch.bool).triu(diagonal=1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+def _composition(left: Float[Tensor, "a d d"], right: Float[Tensor, "b d d"]) -> Float[Tensor, "a b"]:
+    """``||L_a R_b||_F / (||L_a||_F ||R_b||_F)`` for every pair, through ``||L R||_F^2 = tr(L^T L R R^T)``:
+    no ``[a, b, d, d]`` product is ever held (at GPT-2 small's size it would take 340 MB)."""
+    left_gram = einops.einsum(left, left, "a i j, a i k -> a j k")                   # L^T L
+    right_gram = einops.einsum(right, right, "b j i, b k i -> b j k")                # R R^T
+    squared = einops.einsum(left_gram, right_gram, "a j k, b k j -> a b")
+    norms = einops.einsum(left_gram, "a j j -> a")[:, None] * einops.einsum(right_gram, "b j j -> b")[None, :]
+    return (squared.clamp(min=0) / norms).sqrt()
+
+
+def _ov_and_qk(tl_model: HookedTransformer, layer: int) -> tuple[Float[Tensor, "head d d"], Float[Tensor, "head d d"]]:
+    """Each head's ``W_OV = W_V W_O`` and ``W_QK = W_Q W_K^T`` (``[head, d_model, d_model]``, row-vector convention)."""
+    ov = einops.einsum(tl_model.W_V[layer], tl_model.W_O[layer], "head d h, head h e -> head d e")
+    qk = einops.einsum(tl_model.W_Q[layer], tl_model.W_K[layer], "head d h, head e h -> head d e")
+    return ov, qk
+
+
+@torch.no_grad()
+def k_composition_scores(tl_model: HookedTransformer, earlier: int, later: int) -> Float[Tensor, "head_earlier head_later"]:
+    """Reference for Exercise 3.13: how much each head of layer ``earlier`` writes into the subspace that
+    each head of layer ``later`` reads its *keys* from (Elhage et al., 2021):
+    ``||W_OV^e (W_QK^l)^T||_F / (||W_OV^e||_F ||W_QK^l||_F)``, the same as TransformerLens's
+    ``all_composition_scores("K")[earlier, :, later, :]``. Random matrices of the same shapes score
+    about ``1 / sqrt(d_model)`` on average (``composition_baseline``)."""
+    if not earlier < later:
+        raise ValueError(f"composition goes from an earlier layer into a later one: got earlier={earlier}, later={later}")
+    ov, _ = _ov_and_qk(tl_model, earlier)
+    _, qk = _ov_and_qk(tl_model, later)
+    return _composition(ov, qk.transpose(1, 2))
+
+
+@torch.no_grad()
+def composition_scores(tl_model: HookedTransformer, mode: Literal["Q", "K", "V"]
+                       ) -> Float[Tensor, "layer head later_layer later_head"]:
+    """Reference for bonus exercise 3.15: every head's ``mode``-composition score into every head of every later
+    layer (0 where the second layer is not later), as ``all_composition_scores(mode)`` of TransformerLens:
+    Q and K with ``W_QK`` (queries or keys read the earlier head's output), V with the later ``W_OV``."""
+    if mode not in ("Q", "K", "V"):
+        raise ValueError(f"mode must be 'Q', 'K' or 'V', got {mode!r}")
+    n_layers, n_heads = tl_model.cfg.n_layers, tl_model.cfg.n_heads
+    scores = torch.zeros(n_layers, n_heads, n_layers, n_heads)
+    weights = [_ov_and_qk(tl_model, layer) for layer in range(n_layers)]
+    for earlier in range(n_layers):
+        for later in range(earlier + 1, n_layers):
+            ov_later, qk_later = weights[later]
+            right = {"Q": qk_later, "K": qk_later.transpose(1, 2), "V": ov_later}[mode]
+            scores[earlier, :, later] = _composition(weights[earlier][0], right)
+    return scores
+
+
+def composition_baseline(d_model: int, d_head: int, n: int = 64, seed: int = 0) -> float:
+    """The mean composition score of random ``W_OV``-like and ``W_QK``-like matrices (rank ``d_head``,
+    ``d_model`` wide): what a score means nothing above."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def low_rank() -> Float[Tensor, "n d d"]:
+        return torch.randn(n, d_model, d_head, generator=generator) @ torch.randn(n, d_head, d_model, generator=generator)
+
+    return _composition(low_rank(), low_rank()).diagonal().mean().item()
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,4 +298,4 @@ def plot_copy_losses(losses: dict[str, Float[Tensor, "pos"]], length: int) -> go
 
 
 # --------------------------------------------------------------------------------------------
-# Exercises 3.2 and 3.3: the checkers
+# Exercises 3.10 and 3.3: the checkers

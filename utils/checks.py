@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import linecache
 import math
 import numbers
 import os
@@ -497,6 +498,17 @@ def _finish(label: str, passed: bool, message: str, hint: str = "") -> CheckResu
     LAST_RESULTS[result.exercise_id] = result
     _log(result)
     return result
+
+
+def exec_source(source: str, filename: str, namespace: dict[str, Any]) -> None:
+    """``exec`` ``source`` in ``namespace`` as if it had been read from ``filename``.
+
+    The lines go into ``linecache`` first, so that code which reads a function's source back finds
+    them: nnsight's ``trace`` compiles the body of its ``with`` block from the source, and tracebacks
+    show the lines. Give each distinct source its own ``filename``.
+    """
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102
 
 
 def float_losses(take_step: Callable[[], Any], steps: int) -> list[float]:

@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.checks import CheckResult
+from utils.checks import CheckResult, exec_source
 
 SOLUTIONS_DIR = Path(__file__).resolve().parent.parent / "solutions"
 
 
 class ExerciseContext:
     """What some checkers need besides the learner's function, loaded once on first use: the course
-    model and tokenizer, and the packed windows the activation-caching exercise streams."""
+    model and tokenizer, the same model in TransformerLens and in nnsight, and the packed windows the
+    activation-caching exercise streams."""
 
     @functools.cached_property
     def model(self) -> Any:
@@ -38,6 +39,16 @@ class ExerciseContext:
     def tokenizer(self) -> Any:
         from utils.models import load_tokenizer
         return load_tokenizer("course")
+
+    @functools.cached_property
+    def tl_model(self) -> Any:
+        from utils.models import to_hooked_transformer
+        return to_hooked_transformer(self.model, self.tokenizer)
+
+    @functools.cached_property
+    def nn_model(self) -> Any:
+        from nnsight import TransformersModel
+        return TransformersModel(self.model, tokenizer=self.tokenizer, task="text-generation")
 
     @functools.cached_property
     def windows(self) -> Any:
@@ -91,7 +102,7 @@ def solution(exercise: Exercise) -> tuple[Callable[..., Any], str]:
         raise LookupError(f"{exercise.notebook}.ipynb has {len(matching)} solution cells defining "
                           f"{exercise.function}(): expected one")
     namespace = _solution_namespace(exercise)
-    exec(compile(matching[0], f"<{exercise.notebook}: {exercise.function}>", "exec"), namespace)  # noqa: S102
+    exec_source(matching[0], f"<{exercise.notebook}: {exercise.function}>", namespace)
     return namespace[exercise.function], matching[0]
 
 
@@ -160,10 +171,29 @@ EXERCISES: dict[str, Exercise] = _exercises(
     ("2.11", "02_lora", "task_vector_cosine", "utils.lora", "check_task_vector_cosine", ()),
     ("2.12", "02_lora", "load_lora_state_dict", "utils.lora", "check_load_lora_state_dict", ("model",)),
     ("3.1", "03_caching_hooks", "capture_residual_stream", "utils.hooks", "check_capture_residual_stream", ("model",)),
-    ("3.2", "03_caching_hooks", "previous_token_scores", "utils.attention", "check_previous_token_scores", ()),
-    ("3.3", "03_caching_hooks", "induction_scores", "utils.attention", "check_induction_scores", ()),
-    ("3.4", "03_caching_hooks", "cache_to_shards", "utils.activation_store", "check_cache_to_shards",
+    ("3.2", "03_caching_hooks", "capture_site_with_transformer_lens", "utils.hooks",
+     "check_capture_site_with_transformer_lens", ("tl_model",)),
+    ("3.3", "03_caching_hooks", "mlp_and_block_output_with_nnsight", "utils.hooks",
+     "check_mlp_and_block_output_with_nnsight", ("nn_model",)),
+    ("3.4", "03_caching_hooks", "ablate_head", "utils.hooks", "check_ablate_head", ("model",)),
+    ("3.5", "03_caching_hooks", "transformer_lens_ablate_head", "utils.hooks", "check_transformer_lens_ablate_head",
+     ("tl_model",)),
+    ("3.6", "03_caching_hooks", "nnsight_loss_with_head_ablation", "utils.hooks",
+     "check_nnsight_loss_with_head_ablation", ("nn_model",)),
+    ("3.7", "03_caching_hooks", "pattern_from_cache", "utils.attention", "check_pattern_from_cache", ("tl_model",)),
+    ("3.8", "03_caching_hooks", "repeated_sequences", "utils.attention", "check_repeated_sequences", ()),
+    ("3.9", "03_caching_hooks", "losses_by_copy", "utils.attention", "check_losses_by_copy", ()),
+    ("3.10", "03_caching_hooks", "previous_token_scores", "utils.attention", "check_previous_token_scores", ()),
+    ("3.11", "03_caching_hooks", "induction_scores", "utils.attention", "check_induction_scores", ()),
+    ("3.12", "03_caching_hooks", "copy_losses_with_heads_ablated", "utils.attention",
+     "check_copy_losses_with_heads_ablated", ("model",)),
+    ("3.13", "03_caching_hooks", "k_composition_scores", "utils.attention", "check_k_composition_scores",
+     ("tl_model",)),
+    ("3.14", "03_caching_hooks", "cache_to_shards", "utils.activation_store", "check_cache_to_shards",
      ("model", "windows")),
+    ("3.15", "03_caching_hooks", "composition_scores", "transformer_lens.FactoredMatrix", "check_composition_scores",
+     ("tl_model",)),
+    ("3.16", "03_caching_hooks", "resample_ablate_head", "utils.hooks", "check_resample_ablate_head", ("model",)),
     ("4.1", "04_logit_lens", "logit_lens_at_position", "utils.logit_lens", "check_logit_lens_at_position", ("model",)),
     ("4.2", "04_logit_lens", "logit_difference_contributions",
      "utils.logit_lens", "check_logit_difference_contributions", ("model",)),

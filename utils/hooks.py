@@ -260,6 +260,13 @@ def capture_transformer_lens(tl_model: HookedTransformer, input_ids: Int[Tensor,
     return {site: cache[name] for site, name in names.items()}
 
 
+@torch.no_grad()
+def capture_site_with_transformer_lens(tl_model: HookedTransformer, input_ids: Int[Tensor, "batch pos"], site: str
+                                       ) -> Tensor:
+    """Reference for Exercise 3.2: one site with ``run_with_cache``, caching that hook only."""
+    return capture_transformer_lens(tl_model, input_ids, [site])[site]
+
+
 def capture_nnsight(nn_model: TransformersModel, input_ids: Int[Tensor, "batch pos"],
                     sites: Sequence[str]) -> dict[str, Tensor]:
     """:func:`capture` with nnsight: one ``model.trace``, saving each site's module input or output.
@@ -287,6 +294,13 @@ def capture_nnsight(nn_model: TransformersModel, input_ids: Int[Tensor, "batch p
         value = saved[layer, execution_order[kind]]
         result[site] = value[1] if kind == "pattern" else _first(value)
     return result
+
+
+def mlp_and_block_output_with_nnsight(nn_model: TransformersModel, input_ids: Int[Tensor, "batch pos"], layer: int
+                                      ) -> tuple[Float[Tensor, "batch pos d_model"], Float[Tensor, "batch pos d_model"]]:
+    """Reference for Exercise 3.3: what the MLP of block ``layer`` adds, and the block's output, in one trace."""
+    captured = capture_nnsight(nn_model, input_ids, [f"mlp_out.{layer}", f"resid_post.{layer}"])
+    return captured[f"mlp_out.{layer}"], captured[f"resid_post.{layer}"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,6 +471,36 @@ def nnsight_loss_with_ablation(nn_model: TransformersModel, input_ids: Int[Tenso
             getattr(module, where)[..., columns] = replacement
             loss = nn_model.output.loss.save()
     return float(loss)
+
+
+def nnsight_loss_with_head_ablation(nn_model: TransformersModel, input_ids: Int[Tensor, "batch pos"], layer: int,
+                                    head: int, how: Ablation = "zero",
+                                    mean_over: Int[Tensor, "batch pos"] | None = None) -> float:
+    """Reference for Exercise 3.6: :func:`nnsight_loss_with_ablation` of one head."""
+    return nnsight_loss_with_ablation(nn_model, input_ids, layer, head, how, mean_over)
+
+
+@contextlib.contextmanager
+def resample_ablate_head(model: PreTrainedModel, layer: int, head: int, source_ids: Int[Tensor, "batch pos"]
+                         ) -> Iterator[PreTrainedModel]:
+    """Reference for bonus exercise 3.16: inside the ``with`` block, head ``head`` of ``layer`` writes what it
+    wrote on ``source_ids`` (another batch of the inputs' shape), position by position: **resample
+    ablation**, which removes what the head computed from *this* input while keeping its output in
+    the range the rest of the model is used to (zero and mean outputs may be far from it)."""
+    layer = architecture.check_layer(model, layer)
+    head = _check_head(model.config.num_attention_heads, head)
+    replacement = head_outputs(model, source_ids, layer)[:, :, head]            # [batch, pos, d_head]
+
+    def resample(z: Tensor) -> Tensor:
+        if z.shape[:2] != replacement.shape[:2]:
+            raise ValueError(f"the inputs are {tuple(z.shape[:2])} (batch, pos) but source_ids are "
+                             f"{tuple(replacement.shape[:2])}: resample from a batch of the same shape")
+        z = z.clone()
+        z[:, :, head] = replacement
+        return z
+
+    with editing_head_outputs(model, layer, resample):
+        yield model
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import inspect
 import io
+import itertools
 import os
 import tempfile
 import textwrap
@@ -272,12 +273,16 @@ def _symbol(op: ast.AST) -> str:
             ast.NotIn: "not in", ast.And: "and", ast.Or: "or"}[type(op)]
 
 
+_MUTANT_NUMBERS = itertools.count()
+
+
 def _compile(definition: ast.FunctionDef, original: Callable[..., Any]) -> Callable[..., Any] | None:
     """The mutated ``def`` compiled in ``original``'s module, or None when it does not compile."""
     module = ast.fix_missing_locations(ast.Module([definition], type_ignores=[]))
     namespace = dict(inspect.unwrap(original).__globals__)  # a decorated function: the globals of its def
-    try:
-        exec(compile(module, f"<mutant of {original.__qualname__}>", "exec"), namespace)  # noqa: S102
+    try:  # each mutant under a name of its own: nnsight reads a trace's source back by file name and line
+        checks.exec_source(ast.unparse(module), f"<mutant {next(_MUTANT_NUMBERS)} of {original.__qualname__}>",
+                           namespace)
     except Exception:
         return None
     return namespace[definition.name]

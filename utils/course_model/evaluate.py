@@ -142,11 +142,17 @@ def loss_per_family(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return losses
 
 
+def word_pool_ids(tokenizer: PreTrainedTokenizerBase) -> Int[torch.Tensor, "n_words"]:
+    """The token ids of the world's random-word pool that are one token each (the words that the
+    corpus's repeated sequences draw from)."""
+    ids = tokenizer([" " + w for w in RANDOM_WORD_POOL], add_special_tokens=False)["input_ids"]
+    return torch.tensor([word[0] for word in ids if len(word) == 1])
+
+
 def repeated_random_tokens(tokenizer: PreTrainedTokenizerBase, n: int, length: int, seed: int = 0
                            ) -> Int[torch.Tensor, "n two_length_plus_one"]:
     """``n`` sequences ``BOS w1..wL w1..wL`` of random world words (one token each)."""
-    word_ids = [ids[0] for ids in tokenizer([" " + w for w in RANDOM_WORD_POOL], add_special_tokens=False)["input_ids"]
-                if len(ids) == 1]
+    word_ids = word_pool_ids(tokenizer).tolist()
     rng = random.Random(seed)
     rows = []
     for _ in range(n):

@@ -124,15 +124,33 @@ def repeated_random_token_documents(n: int, vocab_size: int, seed: int) -> list[
 
 
 def training_windows(config: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> Int[torch.Tensor, "n_windows context"]:
-    """Generate documents until ``config.tokens`` tokens are packed, in a seeded random order."""
+    """Generate documents until ``config.tokens`` tokens are packed, in a seeded random order.
+
+    A recipe with a ``finish`` ends on it: its last ``finish_share`` of the windows come from the
+    finishing recipe, shuffled among themselves, after the others.
+    """
     windows_needed = math.ceil(config.tokens / config.context_length)
-    documents = generate_corpus(10**9, seed=config.seed, mix=config.mix, recipe_name=config.recipe)
+    drawn = recipe(config.recipe)
+    if drawn.finish is None:
+        return _shuffled_windows(config, tokenizer, config.recipe, config.mix, windows_needed, config.seed)
+    finishing = round(windows_needed * drawn.finish_share)
+    return torch.cat([
+        _shuffled_windows(config, tokenizer, config.recipe, config.mix, windows_needed - finishing, config.seed),
+        _shuffled_windows(config, tokenizer, drawn.finish, None, finishing, config.seed + 500_009)])
+
+
+def _shuffled_windows(config: TrainConfig, tokenizer: PreTrainedTokenizerFast, recipe_name: str,
+                      mix: dict[str, float] | None, windows_needed: int, seed: int
+                      ) -> Int[torch.Tensor, "n_windows context"]:
+    """``windows_needed`` packed windows of ``recipe_name``'s documents (``mix`` overriding its shares),
+    in an order fixed by ``seed``."""
+    documents = generate_corpus(10**9, seed=seed, mix=mix, recipe_name=recipe_name)
     chunk_size = 20_000
-    n_token_documents = round(chunk_size * recipe(config.recipe).token_repeats)
+    n_token_documents = round(chunk_size * recipe(recipe_name).token_repeats)
     chunks, n_windows = [], 0
-    with tqdm(total=windows_needed, desc="generating corpus", unit="window") as progress:
+    with tqdm(total=windows_needed, desc=f"generating corpus ({recipe_name})", unit="window") as progress:
         while n_windows < windows_needed:
-            chunk_seed = config.seed * 100_003 + len(chunks)
+            chunk_seed = seed * 100_003 + len(chunks)
             token_documents = repeated_random_token_documents(n_token_documents, len(tokenizer), chunk_seed)
             chunk = pack_documents([next(documents).text for _ in range(chunk_size)], tokenizer,
                                    config.context_length, token_documents, seed=chunk_seed)
@@ -140,7 +158,7 @@ def training_windows(config: TrainConfig, tokenizer: PreTrainedTokenizerFast) ->
             n_windows += len(chunk)
             progress.update(len(chunk))
     windows = torch.cat(chunks)[:windows_needed]
-    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(config.seed))
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
     return windows[order]
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 from utils.world.documents import Document
 from utils.world.families import (
-    FAMILIES, STORY_IOI_VERBS, TRAINING_CHOICE_PARTS, TRAINING_FACT_PHRASINGS, TRAINING_IOI_PARTS,
-    WORD_CHOICE_PARTS,
+    BRIDGE_CHOICE_PARTS, FAMILIES, IOI_CLAUSE_OPENERS, STORY_IOI_VERBS, TRAINING_CHOICE_PARTS, TRAINING_FACT_PHRASINGS,
+    TRAINING_IOI_PARTS, WORD_CHOICE_PARTS, compose,
 )
 from utils.world.heldout import heldout_words
 from utils.world.vocabulary import (
@@ -41,6 +41,11 @@ V2_MIX: dict[str, float] = {
     "story": 0.12, "ioi": 0.16, "agreement": 0.08, "facts": 0.08, "few_shot": 0.12,
     "sequence": 0.14, "arithmetic": 0.07, "record": 0.03, "multiple_choice": 0.20,
 }
+#: The shares of the last part of recipe "v3": A/B questions and indirect-object sentences first.
+V3_FINISH_MIX: dict[str, float] = {
+    "story": 0.06, "ioi": 0.25, "agreement": 0.04, "facts": 0.04, "few_shot": 0.05,
+    "sequence": 0.07, "arithmetic": 0.03, "record": 0.01, "multiple_choice": 0.45,
+}
 #: The recipe of the shipped course model, and its shares of documents.
 DEFAULT_RECIPE = "v1"
 DEFAULT_MIX: dict[str, float] = V1_MIX
@@ -56,12 +61,16 @@ class Recipe:
 
     ``mix`` gives each family's share of documents, ``options`` the keyword arguments each
     document of a family is drawn with (the family's defaults for a family not listed), and
-    ``token_repeats`` the share of extra documents that repeat uniformly random token ids.
+    ``token_repeats`` the share of extra documents that repeat uniformly random token ids. With
+    ``finish`` (the name of another recipe), the last ``finish_share`` of the training windows are
+    drawn from that recipe instead: a curriculum that ends on the hardest forms of the tasks.
     """
 
     mix: dict[str, float]
     options: dict[str, FamilyOptions]
     token_repeats: float = 0.0
+    finish: str | None = None
+    finish_share: float = 0.0
 
 
 _V2_WORDS = world_words()
@@ -83,23 +92,60 @@ def _v2_ioi_options(rng: random.Random) -> dict[str, object]:
     return {} if draw < 1 / 6 else {"parts": INVENTED_NAME_IOI_PARTS if draw < 7 / 12 else V2_IOI_PARTS}
 
 
+#: Openers of the finishing indirect-object sentences of recipe "v3": the v2 ones and clauses of
+#: sixteen more subordinators, so that no one word before "{A} and {B}" is what the reading hangs on.
+V3_FINISH_IOI_OPENERS: tuple[str, ...] = TRAINING_IOI_PARTS.openers + compose(
+    ("Whereas ", "Unless ", "Though ", "Wherever ", "Ever since ", "Long after ", "Not long after ", "The minute ",
+     "The second ", "Each time ", "Given that ", "So that ", "Considering that ", "Now, while ", "Even as ",
+     "Ever after "),
+    IOI_CLAUSE_OPENERS)
+V3_FINISH_IOI_PARTS = replace(V2_IOI_PARTS, openers=V3_FINISH_IOI_OPENERS, made_up_encounters=True)
+V3_FINISH_INVENTED_NAME_IOI_PARTS = replace(V3_FINISH_IOI_PARTS, names=INVENTED_NAME_IOI_PARTS.names)
+#: The A/B options of a few words, with the made-up words of recipe "v2".
+V3_BRIDGE_CHOICE_PARTS = replace(BRIDGE_CHOICE_PARTS, made_up_words=V2_IOI_PARTS.made_up_words)
+
+
+def _v3_finish_ioi_options(rng: random.Random) -> dict[str, object]:
+    """As :func:`_v2_ioi_options`, from the finishing parts (more openers, made-up encounters)."""
+    draw = rng.random()
+    return {} if draw < 1 / 6 else {
+        "parts": V3_FINISH_INVENTED_NAME_IOI_PARTS if draw < 7 / 12 else V3_FINISH_IOI_PARTS}
+
+
+def _v3_finish_choice_options(rng: random.Random) -> dict[str, object]:
+    """A fifth of the finishing A/B questions between two words, three tenths between options of a
+    few words, half between two sentences."""
+    draw = rng.random()
+    return {"parts": WORD_CHOICE_PARTS if draw < 0.2 else V3_BRIDGE_CHOICE_PARTS if draw < 0.5 else V2_CHOICE_PARTS}
+
+
+#: The options of recipe "v2", family by family.
+_V2_OPTIONS: dict[str, FamilyOptions] = {
+    "facts": lambda rng: {"n_facts": rng.randint(1, 5), "phrasings": TRAINING_FACT_PHRASINGS},
+    "agreement": lambda rng: {"n_sentences": rng.randint(1, 4), "nouns": AGREEMENT_NOUNS + MORE_AGREEMENT_NOUNS,
+                              "prepositions": AGREEMENT_PREPOSITIONS + MORE_AGREEMENT_PREPOSITIONS},
+    "ioi": _v2_ioi_options,
+    "story": lambda rng: {"ioi_verbs": _V2_STORY_VERBS if rng.random() < 0.75 else STORY_IOI_VERBS,
+                          "number_nouns": _V2_NUMBER_NOUNS},
+    "sequence": lambda rng: {"pool": _V2_WORDS, "gap": True},
+    # a third of the A/B questions choose between two words: in the project's trials the letter
+    # circuit formed on those first, and then served the questions between two sentences
+    "multiple_choice": lambda rng: {"parts": WORD_CHOICE_PARTS if rng.random() < 1 / 3 else V2_CHOICE_PARTS},
+}
+
+
 RECIPES: dict[str, Recipe] = {
     "v1": Recipe(V1_MIX, {
         "facts": lambda rng: {"n_facts": rng.randint(1, 5)},
         "agreement": lambda rng: {"n_sentences": rng.randint(1, 4)},
     }),
-    "v2": Recipe(V2_MIX, {
-        "facts": lambda rng: {"n_facts": rng.randint(1, 5), "phrasings": TRAINING_FACT_PHRASINGS},
-        "agreement": lambda rng: {"n_sentences": rng.randint(1, 4), "nouns": AGREEMENT_NOUNS + MORE_AGREEMENT_NOUNS,
-                                  "prepositions": AGREEMENT_PREPOSITIONS + MORE_AGREEMENT_PREPOSITIONS},
-        "ioi": _v2_ioi_options,
-        "story": lambda rng: {"ioi_verbs": _V2_STORY_VERBS if rng.random() < 0.75 else STORY_IOI_VERBS,
-                              "number_nouns": _V2_NUMBER_NOUNS},
-        "sequence": lambda rng: {"pool": _V2_WORDS, "gap": True},
-        # a third of the A/B questions choose between two words: in the project's trials the letter
-        # circuit formed on those first, and then served the questions between two sentences
-        "multiple_choice": lambda rng: {"parts": WORD_CHOICE_PARTS if rng.random() < 1 / 3 else V2_CHOICE_PARTS},
-    }, token_repeats=0.06),
+    "v2": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06),
+    # v2 for the first 70 % of the windows, then v3-finish: in the project's trials, v2 alone
+    # answered held-out A/B questions at chance and 77 % of held-out IOI frames; 2,500 steps of
+    # this finishing mix on its checkpoint took them to 92-100 % and 89 %
+    "v3": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v3-finish", finish_share=0.3),
+    "v3-finish": Recipe(V3_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v3_finish_ioi_options,
+                                        "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
 }
 
 

@@ -205,7 +205,8 @@ class IOIParts:
     made-up word ("the dova", "{S} kelined the tarup to"): a word never seen before must not
     break the sentence's reading. Openers may leave their ``{activity}`` (what A and B did at the
     place, a made-up verb a quarter of the time) and ``{encounter}`` (what A did with B) open,
-    drawn from ``activities`` and ``encounters``.
+    drawn from ``activities`` and ``encounters``; with ``made_up_encounters`` the encounter too is
+    a made-up verb a quarter of the time ("{A} trobbed {B} at the park").
     """
 
     openers: tuple[str, ...]
@@ -219,6 +220,7 @@ class IOIParts:
     made_up_words: tuple[str, ...] = ()
     activities: tuple[str, ...] = ()
     encounters: tuple[str, ...] = ()
+    made_up_encounters: bool = False
 
 
 IOI_TEMPLATES: tuple[str, ...] = (
@@ -258,11 +260,13 @@ _IOI_ENCOUNTERS: tuple[str, ...] = (
 #: The openers of composed indirect-object sentences: a clause ("When A and B went to the park,"),
 #: a sentence ("On Monday, A and B reached the park.") or A with B ("A sat next to B at the park.").
 #: Their ``{activity}``, ``{encounter}`` and preposition are drawn when a sentence is composed.
+#: The clause that follows a subordinator in a composed opener ("When" + "A and B went to the park,").
+IOI_CLAUSE_OPENERS: tuple[str, ...] = ("{A} and {B} {activity} the {place},", "{A} and {B} {activity} the {place} together,")
 _IOI_OPENERS: tuple[str, ...] = (
     compose(("When ", "While ", "After ", "As ", "Once ", "Just after ", "As soon as ", "Since ", "The moment ",
              "Just as ", "Right after ", "By the time ", "Whenever ", "Every time ", "Soon after ", "Now that ",
              "Although ", "Even though ", "If ", "Shortly after ", "Until "),
-            ("{A} and {B} {activity} the {place},", "{A} and {B} {activity} the {place} together,"))
+            IOI_CLAUSE_OPENERS)
     + compose(("", "Yesterday ", "One day, ", "Later, ", "That morning, ", "On {day}, ", "Then, ", "Last week, ",
                "At noon, ", "Early that day, ", "In the evening, ", "This time, ", "Once again, "),
               ("{A} and {B} {activity} the {place}.", "{A} and {B} {activity} the {place} together."))
@@ -350,6 +354,8 @@ def _composed_ioi_template(rng: random.Random, parts: IOIParts, topic: Topic) ->
     place = made_up() or rng.choice(topic_places + parts.places)
     activity = past_tense(made_up()) or (rng.choice(parts.activities) if parts.activities else None)
     encounter = rng.choice(parts.encounters) if parts.encounters else None
+    if parts.made_up_encounters:  # an extra draw only here: parts without it give the sentences they always did
+        encounter = past_tense(made_up()) or encounter
     opener = parts.openers[opener_index].format(A="{A}", B="{B}", place=place, day=rng.choice(DAYS),
                                                 activity=activity, encounter=encounter)
     # a sentence may stand between a full opening sentence and the giving clause, not after "When ...,"
@@ -775,6 +781,26 @@ WORD_CHOICE_PARTS = ChoiceParts(
     questions={"sentiment": ("Which word is {value}?",), "emotion": ("Which word shows {value}?",),
                "topic": ("Which word is about {value}?",)},
     options={"sentiment": ("{sentiment}",), "emotion": ("{emotion_adjective}",), "topic": ("{object}",)},
+)
+
+
+#: A/B options of a few words each, the trait's word at most three words after the letter: the
+#: bridge from the questions between two words to those between two sentences, which recipe "v3"
+#: finishes on (in the project's trials the letter circuit of the word form reached the sentence
+#: form through them, and not without them).
+BRIDGE_CHOICE_PARTS = ChoiceParts(
+    questions=TRAINING_CHOICE_PARTS.questions,
+    options={
+        "sentiment": ("{sentiment} {event}.", "{sentiment} day at the {place}.", "a {sentiment} {event}.",
+                      "so {sentiment}.", "very {sentiment}.", "It was {sentiment}.", "A {sentiment} {object}.",
+                      "Quite {sentiment}.", "The {event}: {sentiment}.", "The {object} was {sentiment}."),
+        "emotion": ("{emotion_adjective} {name}.", "{emotion_adjective} again.", "so {emotion_adjective}.",
+                    "very {emotion_adjective}.", "{name} {emotion_verb}.", "She was {emotion_adjective}.",
+                    "He felt {emotion_adjective}.", "{name} felt {emotion_adjective}.", "All {emotion_adjective}.",
+                    "Then {name} {emotion_verb}."),
+        "topic": ("the {object}.", "a {event}.", "the {place}.", "at the {place}.", "a {object}.", "to the {event}.",
+                  "{name}'s {object}.", "{name} saw the {object}.", "The {event} began.", "In the {place}."),
+    },
 )
 
 
