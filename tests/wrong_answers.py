@@ -1348,8 +1348,7 @@ def tl_ablation_of_the_attention_output(tl_model, layer, head, how="zero", mean_
     return [(name, lambda out, hook: torch.zeros_like(out))]
 
 
-def tl_ablation_with_result_hooks(tl_model, layer, head, how="zero", mean_over=None):
-    name = f"blocks.{layer}.attn.hook_v"
+def tl_ablation_with_a_filter_function(tl_model, layer, head, how="zero", mean_over=None):
     z_name = f"blocks.{layer}.attn.hook_z"
     replacement = 0.0
     if how == "mean":
@@ -2050,7 +2049,7 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "2.7": (state_dict_from_named_parameters,), "2.8": (corpus_loss_from_log_softmax,), "2.9": (merge_by_stacking,),
     "2.10": (slerp_with_atan2,), "2.11": (cosine_from_norms,), "2.12": (load_with_load_state_dict,),
     "3.1": (residual_with_a_hook_object,), "3.2": (site_with_a_filter_function,), "3.3": (nnsight_two_traces,),
-    "3.4": (ablation_with_the_hooks_library,), "3.5": (tl_ablation_with_result_hooks,),
+    "3.4": (ablation_with_the_hooks_library,), "3.5": (tl_ablation_with_a_filter_function,),
     "3.6": (nnsight_ablation_with_a_zero_mask,), "3.7": (pattern_with_sdpa_style_additive_mask,),
     "3.8": (sequences_with_einops_repeat,), "3.9": (copies_with_a_mask,), "3.10": (previous_token_in_a_loop,),
     "3.11": (induction_in_a_loop,), "3.12": (ablating_with_nested_recursion,), "3.13": (k_composition_with_einsum,),

@@ -15,7 +15,9 @@ in the first copy, everything in the second) both kinds of head show up in the p
 and ablating the induction heads takes the loss on the second copy back up to the loss on the
 first: :func:`copy_losses`.
 
-Exercises 3.10 and 3.3 ask for the scores of one layer; their checkers are here.
+Exercises 3.7 to 3.13 and 3.15 of chapter 3 have their references here (their checkers are in
+:mod:`utils.checkers.caching_hooks`): the scores of one layer, a pattern from its queries and keys,
+repeated sequences, the loss on each copy, the ablation test and the composition scores.
 """
 
 from __future__ import annotations
@@ -295,7 +297,3 @@ def plot_copy_losses(losses: dict[str, Float[Tensor, "pos"]], length: int) -> go
     figure.update_layout(title="Loss on each token of BOS w1..wL w1..wL", xaxis_title="position of the predicted token",
                          yaxis_title="loss (nats)", height=350, width=700)
     return figure
-
-
-# --------------------------------------------------------------------------------------------
-# Exercises 3.10 and 3.3: the checkers

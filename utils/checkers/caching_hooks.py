@@ -7,22 +7,18 @@ on inputs chosen so that every plausible mistake shows (see ``utils.checks``), a
 
 from __future__ import annotations
 
-import tempfile
-from typing import TYPE_CHECKING
 import functools
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from safetensors.torch import load_file
 from torch import Tensor
 from transformers import PreTrainedModel
-
-if TYPE_CHECKING:
-    from nnsight import TransformersModel
-    from transformer_lens import HookedTransformer
 
 from utils import architecture, checks
 from utils.activation_store import cache_to_shards
@@ -39,6 +35,10 @@ from utils.hooks import (
     nnsight_loss_with_head_ablation, resample_ablate_head, transformer_lens_ablate_head,
 )
 from utils.models import load_tokenizer, tiny_random_model, to_hooked_transformer
+
+if TYPE_CHECKING:
+    from nnsight import TransformersModel
+    from transformer_lens import HookedTransformer
 
 
 # ---------------------------------------------------------------------------------------------
