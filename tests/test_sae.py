@@ -8,12 +8,14 @@ import torch
 
 from utils.checkers.sparse_autoencoders import check_explained_variance, check_sae_forward, check_sae_loss
 from utils.checks import assert_accepts, assert_rejects
-from utils.models import CheckpointError, tiny_random_model, verify_checkpoint
+from utils import architecture
+from utils.hooks import hooks
+from utils.models import CheckpointError, ModelNotAvailableError, tiny_random_model, verify_checkpoint
 from utils.sae import (
-    REBUILD_HINT, SAE_DIR, SHIPPED_SITES, SparseAutoencoder, activation, check_feature_index, check_sae_fits,
-    document_rows, evaluate_sae, evaluation_batch, explained_variance, hook_name_of_site, load_sae,
-    load_shipped_sae, plot_frontier, resample_dead_latents, sae_forward, sae_loss, shipped_evaluation,
-    site_of_hook_name, train_sae,
+    PUBLISHED_SAES, REBUILD_HINT, SAE_DIR, SHIPPED_SITES, SparseAutoencoder, activation, check_feature_index,
+    check_sae_fits, document_rows, evaluate_sae, evaluation_batch, explained_variance, hook_name_of_site,
+    load_published_sae, load_sae, load_shipped_sae, plot_frontier, published_saes, resample_dead_latents,
+    sae_forward, sae_loss, shipped_evaluation, site_of_hook_name, train_sae,
 )
 from utils.sae_features import (
     auroc, decompose_vector, feature_dashboard, ground_truth_table, label_features, labelled_probes,
@@ -295,6 +297,83 @@ def test_sae_of_another_site_or_width_is_refused(course_model, sae):
     with pytest.raises(ValueError, match="unknown site"):
         check_sae_fits(sae, course_model, "resid.2")
     assert check_sae_fits(sae, course_model, "resid_post.-2") == "resid_post.2"
+
+
+# --------------------------------------------------------------------------------------------
+# Published SAEs (sae-lens releases), read from a local folder in the release's format
+
+
+def random_release_sae(d_in: int, hook_name: str, directory):
+    """A random sae-lens standard SAE saved to ``directory`` as a release stores it (decoder rows not of unit norm)."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=4 * d_in, metadata=SAEMetadata(hook_name=hook_name)))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    sae.save_model(str(directory))
+    return sae
+
+
+def offline(monkeypatch) -> None:
+    """No downloads, whatever the environment the tests started in (huggingface_hub reads its flag at import)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_published_release_names_the_sae_of_each_course_site():
+    release = PUBLISHED_SAES["gpt2"]
+    assert release.sae_id("resid_post.2") == "blocks.3.hook_resid_pre"          # the same activation in GPT-2
+    assert release.sae_id("resid_pre.0") == "blocks.0.hook_resid_pre"
+    assert release.sae_id("resid_post.11") == "blocks.11.hook_resid_post"      # the last block's output has its own
+    with pytest.raises(ValueError, match="residual-stream SAEs only, none for 'mlp_out.2'"):
+        release.sae_id("mlp_out.2")
+
+
+def test_a_published_sae_from_a_local_folder_reads_the_uncentred_stream_exactly(tmp_path):
+    model = tiny_random_model("gpt2")
+    d_model = architecture.d_model(model)
+    reference = random_release_sae(d_model, "blocks.1.hook_resid_pre", tmp_path)
+    sae = load_published_sae("gpt2", "resid_post.0", directory=tmp_path)
+    assert isinstance(sae, SparseAutoencoder) and sae.hook_name == "blocks.0.hook_resid_post"
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(sae.d_sae))
+    reference.fold_W_dec_norm()                                                 # the same SAE, unit decoder rows
+
+    def centred(x):
+        return x - x.mean(dim=-1, keepdim=True)                                 # TransformerLens's centred stream
+
+    x = torch.randn(2, 5, d_model) * 3 + 1
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), reference.encode(centred(x)), atol=1e-4, rtol=1e-4)
+        ids = torch.randint(0, 320, (2, 7), generator=torch.Generator().manual_seed(1))
+        with hooks(model, {"resid_post.0": lambda x: sae(x)}):                 # the centred reconstruction
+            ours = model(ids).logits
+        with hooks(model, {"resid_post.0": lambda x: reference(centred(x)) + x.mean(dim=-1, keepdim=True)}):
+            uncentred = model(ids).logits
+    torch.testing.assert_close(ours, uncentred, atol=1e-4, rtol=1e-4)          # every reader is a LayerNorm
+    check_sae_fits(sae, model, "resid_post.0")
+
+
+def test_published_sae_errors_name_the_problem(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="no published SAEs are known for 'course'"):
+        load_published_sae("course", "resid_post.0")
+    random_release_sae(16, "blocks.5.hook_resid_pre", tmp_path)
+    with pytest.raises(ValueError, match="reads blocks.5.hook_resid_pre, but resid_post.2 is blocks.3.hook_resid_pre"):
+        load_published_sae("gpt2", "resid_post.2", directory=tmp_path)
+    offline(monkeypatch)
+    with pytest.raises(ModelNotAvailableError, match="not in the hub cache and HF_HUB_OFFLINE is set"):
+        load_published_sae("gpt2", "resid_post.2")
+
+
+def test_the_notebooks_fall_back_to_training_where_no_published_sae_can_be_read(monkeypatch, capsys):
+    offline(monkeypatch)
+    assert published_saes("gpt2", ["resid_post.0", "resid_post.2"]) is None
+    assert "HF_HUB_OFFLINE is set): download it once online" in capsys.readouterr().out
+    assert published_saes("/some/local/checkpoint", ["resid_post.0"]) is None      # no release: nothing to say
 
 
 def test_corrupted_sae_files_are_reported(tmp_path):

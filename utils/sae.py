@@ -10,6 +10,7 @@ et al., 2023)::
     sae = SparseAutoencoder(d_in=128, d_sae=512)                 # from scratch (the exercises)
     log = train_sae(sae, store, steps=500, l1_coefficient=5.0)  # store: an ActivationStore or a tensor
     sae = load_shipped_sae("resid_post.2")                      # the course's, trained with sae-lens
+    sae = load_published_sae("gpt2", "resid_post.2")            # a published sae-lens release, for a hub model
     metrics = evaluate_sae(model, sae, input_ids, mask)          # L0, explained variance, loss recovered
 
 ``sae`` is a ``SparseAutoencoder`` or any sae-lens ``SAE``: the evaluation functions only call
@@ -63,8 +64,8 @@ from utils import architecture
 from utils.activation_store import ActivationStore
 from utils.hooks import SITE_KINDS, TRANSFORMER_LENS_HOOKS, hooks, parse_site
 from utils.models import (
-    COURSE_MODEL_DIR, COURSE_MODEL_NAME, file_sha256, load_model, load_tokenizer,
-    verify_checkpoint, write_manifest,
+    COURSE_MODEL_DIR, COURSE_MODEL_NAME, ModelNotAvailableError, file_sha256, hub_offline, load_model,
+    load_tokenizer, verify_checkpoint, write_manifest,
 )
 
 if TYPE_CHECKING:
@@ -426,6 +427,113 @@ def load_shipped_sae(site: str = "resid_post.2", directory: Path = SAE_DIR) -> S
     shipped_sae_path(site)
     verify_checkpoint(directory, hint=REBUILD_HINT)
     return load_sae(Path(directory) / site)
+
+
+@dataclass(frozen=True)
+class PublishedRelease:
+    """A sae-lens release of residual-stream SAEs for one hub model.
+
+    ``release`` is its name in sae-lens's ``pretrained_saes.yaml``; ``layers`` the model's depth; ``centred`` says the
+    SAEs were trained on TransformerLens's residual stream with ``center_writing_weights``, which is the Hugging Face
+    model's residual minus its mean over ``d_model``.
+    """
+
+    release: str
+    layers: int
+    centred: bool
+
+    def sae_id(self, site: str) -> str:
+        """The release's SAE id for a course site: its ``hook_resid_pre`` SAEs read ``resid_post.{layer - 1}``,
+        and the last block's output has its own ``hook_resid_post`` SAE."""
+        kind, layer = parse_site(site, self.layers)
+        if kind == "resid_pre":
+            return f"blocks.{layer}.hook_resid_pre"
+        if kind == "resid_post":
+            return f"blocks.{layer + 1}.hook_resid_pre" if layer + 1 < self.layers else f"blocks.{layer}.hook_resid_post"
+        raise ValueError(f"the {self.release} release holds residual-stream SAEs only, none for {site!r}: use "
+                         f"resid_pre.N or resid_post.N, or train one with train_with_sae_lens(...)")
+
+
+#: The published SAEs :func:`load_published_sae` knows, by the hub name that ``MODEL`` takes.
+PUBLISHED_SAES: dict[str, PublishedRelease] = {
+    "gpt2": PublishedRelease("gpt2-small-res-jb", layers=12, centred=True),        # Bloom (2024), 24,576 latents
+    "openai-community/gpt2": PublishedRelease("gpt2-small-res-jb", layers=12, centred=True),
+}
+
+
+def fold_input_centring(sae: SparseAutoencoder) -> SparseAutoencoder:
+    """``sae``, trained on inputs centred over ``d_in``, made to read uncentred ones (in place; returned).
+
+    With ``P = I - 11ᵀ/d_in`` the centring, the trained encoder computes ``(P x - b_dec) @ W_enc + b_enc``.
+    That equals ``(x - b_dec) @ (P W_enc) + b_enc - mean(b_dec) 1ᵀ W_enc``, an SAE of the same form, so the new
+    encoder is ``P W_enc`` and its bias absorbs the mean of ``b_dec``. The decoder is unchanged: it reconstructs
+    the centred activation, which a GPT-2 residual stream cannot tell apart from the uncentred one (every reader
+    of the stream is a LayerNorm, which subtracts the mean first), so splicing it in is exact in effect; only the
+    explained variance counts the missing mean as error.
+    """
+    with torch.no_grad():
+        column_sums = sae.W_enc.sum(dim=0)                                          # [d_sae]: 1ᵀ W_enc
+        sae.b_enc -= sae.b_dec.mean() * column_sums
+        sae.W_enc -= sae.W_enc.mean(dim=0, keepdim=True)                            # P W_enc
+    return sae
+
+
+def load_published_sae(model_name: str, site: str, directory: str | Path | None = None) -> SparseAutoencoder:
+    """The published sae-lens SAE of hub model ``model_name`` (a key of :data:`PUBLISHED_SAES`) for ``site``.
+
+    Read from ``directory`` when given (the SAE's folder in sae-lens's format, ``cfg.json`` and
+    ``sae_weights.safetensors``, as the release stores it), otherwise downloaded with ``SAE.from_pretrained``
+    (once; then read from the hub cache). The result is a :class:`SparseAutoencoder` on the course's site
+    (``resid_post.2`` reads what the release calls ``blocks.3.hook_resid_pre``), with decoder rows of unit
+    norm (``fold_W_dec_norm``, as the shipped SAEs) and, for a release trained on a centred stream, the
+    centring folded into its encoder (:func:`fold_input_centring`), so it reads the Hugging Face model's stream.
+
+    Raises ``ValueError`` for a model without a release or a site the release does not cover, and
+    :class:`~utils.models.ModelNotAvailableError` when the SAE cannot be downloaded (offline, or no network).
+    """
+    if model_name not in PUBLISHED_SAES:
+        raise ValueError(f"no published SAEs are known for {model_name!r}: the course knows "
+                         f"{', '.join(sorted(PUBLISHED_SAES))}; train one with train_with_sae_lens(...)")
+    release = PUBLISHED_SAES[model_name]
+    sae_id = release.sae_id(site)
+    if directory is not None:
+        sae = load_sae(directory)
+    else:
+        sae = _download_published_sae(release.release, sae_id)
+    if sae.cfg.metadata.hook_name not in (None, sae_id):
+        raise ValueError(f"the SAE in {directory} reads {sae.cfg.metadata.hook_name}, but {site} is {sae_id} of the "
+                         f"{release.release} release: give the folder of {sae_id}")
+    sae.fold_W_dec_norm()
+    converted = SparseAutoencoder.from_sae_lens(sae)
+    converted.hook_name = hook_name_of_site(site, release.layers)
+    return fold_input_centring(converted) if release.centred else converted
+
+
+def published_saes(model_name: str, sites: Sequence[str]) -> dict[str, SparseAutoencoder] | None:
+    """:func:`load_published_sae` for every site of ``sites``, or ``None`` (saying why) when ``model_name`` has no
+    published release or it cannot be downloaded here: the notebooks then train small SAEs of their own."""
+    if model_name not in PUBLISHED_SAES:
+        return None
+    release = PUBLISHED_SAES[model_name].release
+    try:
+        saes = {site: load_published_sae(model_name, site) for site in sites}
+    except ModelNotAvailableError as reason:
+        print(f"{reason}. Training small SAEs here instead.")
+        return None
+    print(f"loaded the {release} SAEs of {model_name} at {', '.join(sites)}")
+    return saes
+
+
+def _download_published_sae(release: str, sae_id: str) -> SAE:
+    from sae_lens import SAE
+
+    try:
+        return SAE.from_pretrained(release, sae_id).eval().requires_grad_(False)
+    except OSError as error:
+        why = ("it is not in the hub cache and HF_HUB_OFFLINE is set" if hub_offline()
+               else f"{type(error).__name__}; check the network")
+        raise ModelNotAvailableError(f"the {release} SAE {sae_id} could not be read ({why}): download it once "
+                                     "online, or pass the SAE's local folder as directory=") from error
 
 
 def shipped_evaluation(directory: Path = SAE_DIR) -> dict[str, Any]:
