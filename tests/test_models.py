@@ -16,8 +16,8 @@ from transformers import GPT2LMHeadModel
 from utils import architecture, models
 from utils.models import (
     COURSE_MODEL_DIR, REAL_MODEL_SHAPES, CheckpointError, ModelNotAvailableError, ModelTooLargeError,
-    check_fits_in_memory, load_model, load_tokenizer, parameter_count, random_checkpoint_of_shape,
-    resolve_checkpoint, verify_checkpoint, write_manifest,
+    check_fits_in_memory, course_parameter_count, load_model, load_tokenizer, parameter_count,
+    random_checkpoint_of_shape, resolve_checkpoint, sized_training, verify_checkpoint, write_manifest,
 )
 
 TOKENS = torch.tensor([[0, 5, 17, 42, 99, 7, 3, 250], [0, 11, 12, 13, 14, 15, 16, 17]])
@@ -182,3 +182,19 @@ def test_a_model_too_large_for_the_free_memory_is_refused_with_what_it_needs(tin
                                                  r"float32, and cpu has .* free\. Choose a smaller MODEL"):
         load_model(tiny_checkpoint)
     assert isinstance(load_model(tiny_checkpoint, dtype=torch.bfloat16), torch.nn.Module)   # half of it fits
+
+
+def test_training_on_a_larger_model_is_cut_to_the_budget_and_says_so(course_model, monkeypatch, capsys):
+    assert course_parameter_count() == sum(p.numel() for p in course_model.parameters())
+    assert sized_training(course_model, 60, 32, what="the run") == (60, 32)          # the course model: as written
+    assert capsys.readouterr().out == ""
+    course = course_parameter_count()
+    for times, expected in [(83.0, (12, 4)), (8.0, (60, 8)), (1_000.0, (5, 4))]:   # GPT-2 small: about 80 times
+        monkeypatch.setattr(models, "course_parameter_count", lambda: course / times)
+        steps, batch_size = sized_training(course_model, 60, 32, what="the run", budget=2.0)
+        assert (steps, batch_size) == expected
+        assert steps * batch_size * times <= 2.0 * 60 * 32 * 1.05 or (steps, batch_size) == (5, 4)   # or the floor
+        assert f"the run: this model is {times:,.0f} times the course model's size, so {steps} steps of {batch_size} " \
+               "examples instead of 60 of 32" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"steps \(0\), batch_size \(32\) and budget \(2.0\) must be positive"):
+        sized_training(course_model, 0, 32, what="the run")

@@ -51,7 +51,7 @@ from utils.lora import (
     merge_task_vectors_linear, merge_task_vectors_slerp, remove_lora, save_adapter, slerp,
 )
 from utils.models import (
-    COURSE_MODEL_DIR, COURSE_MODEL_NAME, load_model, load_tokenizer, verify_checkpoint, write_manifest,
+    COURSE_MODEL_DIR, COURSE_MODEL_NAME, load_model, load_tokenizer, sized_training, verify_checkpoint, write_manifest,
 )
 from utils.world import generate_corpus
 from utils.world.corpus import EVAL_SEED_OFFSET
@@ -348,8 +348,9 @@ def load_adapted_model(name: str = "instruct", *, merge: bool = True, adapter_di
 def shipped_or_trained_adapter(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                                model_name: str, *, merge: bool = True, steps_elsewhere: int = 60) -> PreTrainedModel:
     """The shipped adapter ``name`` on the course model; on any other model (``model_name`` is not
-    ``"course"``), the same recipe trained here for ``steps_elsewhere`` steps, since the shipped
-    adapters fit only the course model's weights."""
+    ``"course"``), the same recipe trained here for ``steps_elsewhere`` steps, fewer and smaller on a
+    larger model (:func:`~utils.models.sized_training`), since the shipped adapters fit only the course
+    model's weights."""
     if model_name == COURSE_MODEL_NAME:
         return load_adapted_model(name, merge=merge)
     if name not in SHIPPED_ADAPTERS:
@@ -357,7 +358,8 @@ def shipped_or_trained_adapter(name: str, model: PreTrainedModel, tokenizer: Pre
     recipe = SHIPPED_ADAPTERS[name]
     print(f"no shipped '{name}' adapter for {model_name}: training one here for {steps_elsewhere} steps of "
           f"{recipe.batch_size} examples (the course model's had {recipe.steps}), so expect a weaker one")
-    adapted, _ = train_lora_adapter(model, tokenizer, replace(recipe, steps=steps_elsewhere))
+    steps, batch_size = sized_training(model, steps_elsewhere, recipe.batch_size, what=f"the '{name}' adapter")
+    adapted, _ = train_lora_adapter(model, tokenizer, replace(recipe, steps=steps, batch_size=batch_size))
     if merge:
         remove_lora(adapted, merge=True)
     return adapted

@@ -18,8 +18,10 @@ The course checkpoint carries ``manifest.json`` (how it was trained and the SHA-
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -223,6 +225,43 @@ def check_fits_in_memory(name: str | Path, config: PretrainedConfig, dtype: torc
 
 def _readable(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+# --------------------------------------------------------------------------------------------
+# Work sized to the model: what a notebook trains on another model, it trains for a bounded time
+
+#: A run sized by :func:`sized_training` may cost this many times the course model's run.
+TRAINING_BUDGET = 2.0
+
+
+@functools.cache
+def course_parameter_count() -> int:
+    """The shipped course model's number of parameters, from its config."""
+    return parameter_count(AutoConfig.from_pretrained(COURSE_MODEL_DIR))
+
+
+def sized_training(model: torch.nn.Module, steps: int, batch_size: int, *, what: str,
+                   budget: float = TRAINING_BUDGET, min_steps: int = 5, min_batch: int = 4) -> tuple[int, int]:
+    """``(steps, batch_size)`` for a run that takes ``steps`` steps of ``batch_size`` examples on the course model.
+
+    A step costs about the model's parameter count per token, so on a model ``r`` times the course model's
+    size the run would cost ``r`` times as much. Where that is more than ``budget`` times the course model's
+    run, the run is cut to fit: the batch first (down to ``min_batch``), then the steps (down to
+    ``min_steps``), and a line names ``what`` was cut and how to ask for more. On the course model, or any
+    model no larger than ``budget`` times it, the run is returned unchanged.
+    """
+    if steps < 1 or batch_size < 1 or budget <= 0:
+        raise ValueError(f"steps ({steps}), batch_size ({batch_size}) and budget ({budget}) must be positive")
+    ratio = sum(p.numel() for p in model.parameters()) / course_parameter_count()
+    share = budget / ratio                                       # of the course model's run that fits the budget
+    if share >= 1:
+        return steps, batch_size
+    sized_batch = min(batch_size, max(min_batch, math.ceil(batch_size * share)))
+    sized_steps = min(steps, max(min_steps, round(steps * share * batch_size / sized_batch)))
+    print(f"{what}: this model is {ratio:,.0f} times the course model's size, so {sized_steps} steps of {sized_batch} "
+          f"examples instead of {steps} of {batch_size} (about {budget:g} times the course model's cost; expect a "
+          "weaker result, or pass a larger budget= for a longer run)")
+    return sized_steps, sized_batch
 
 
 def load_model(name: str | Path = COURSE_MODEL_NAME, backend: Backend = "hf", *,

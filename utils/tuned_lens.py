@@ -34,7 +34,7 @@ from utils import architecture
 from utils.logit_lens import corpus_batch, kl_to_final, logit_lens, residual_stack
 from utils.models import (
     COURSE_MODEL_DIR, COURSE_MODEL_NAME, ModelNotAvailableError, file_sha256, frozen, hub_offline, load_model,
-    load_tokenizer, verify_checkpoint, write_manifest,
+    load_tokenizer, sized_training, verify_checkpoint, write_manifest,
 )
 
 TUNED_LENS_DIR = Path(__file__).resolve().parent / "assets" / "tuned_lens"
@@ -238,7 +238,8 @@ def shipped_or_trained_tuned_lens(model: PreTrainedModel, tokenizer: PreTrainedT
                                   steps_elsewhere: int = 40, documents_per_step_elsewhere: int = 8) -> TunedLens:
     """The tuned lens for ``model_name``: the shipped one for the course model; for another model the tuned-lens
     project's published lens (:func:`load_published_tuned_lens`) when there is one; otherwise one trained here
-    for a bounded ``steps_elsewhere`` steps of ``documents_per_step_elsewhere`` documents, saying so."""
+    for a bounded ``steps_elsewhere`` steps of ``documents_per_step_elsewhere`` documents, fewer on a larger model
+    (:func:`~utils.models.sized_training`), saying so."""
     if str(model_name) == COURSE_MODEL_NAME:
         return load_tuned_lens(model)
     try:
@@ -249,7 +250,8 @@ def shipped_or_trained_tuned_lens(model: PreTrainedModel, tokenizer: PreTrainedT
         print(f"{reason}: training a tuned lens here for {steps_elsewhere} steps of {documents_per_step_elsewhere} "
               f"course documents (the course model's shipped lens had {SHIPPED_STEPS} of 32), so expect it to sit "
               "closer to the logit lens than a full run would")
-    return train_tuned_lens(model, tokenizer, steps=steps_elsewhere, documents_per_step=documents_per_step_elsewhere)
+    steps, documents_per_step = sized_training(model, steps_elsewhere, documents_per_step_elsewhere, what="the tuned lens")
+    return train_tuned_lens(model, tokenizer, steps=steps, documents_per_step=documents_per_step)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
