@@ -30,7 +30,9 @@ from utils.attention import losses_by_copy, token_losses
 from utils.finetune import IGNORE_INDEX
 from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
 from utils.hooks import ATTENTION, ATTENTION_OUTPUT_PROJECTION, ablate_head, editing_head_outputs, head_outputs
+from utils.logit_lens import ATTENTION_INPUT_NORM, direction_logits, kl_to_final, ov_circuit
 from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
+from utils.models import frozen
 from utils.soft_prompts import answer_loss, logits_with_soft_prompt
 from utils.steering import last_token_activations
 
@@ -1768,6 +1770,77 @@ def kl_with_torch_kl_div(lens_logits):
     return F.kl_div(log_probs, final, log_target=True, reduction="none").sum(-1).mean(-1)
 
 
+
+def lens_step_without_clearing_the_gradients(lens, model, residual, optimizer):
+    with frozen(model):
+        loss = kl_to_final(lens(model, residual)).sum()
+        loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def lens_step_on_the_mean_over_layers(lens, model, residual, optimizer):
+    optimizer.zero_grad()
+    with frozen(model):
+        loss = kl_to_final(lens(model, residual)).mean()
+        loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def lens_step_training_the_model_too(lens, model, residual, optimizer):
+    optimizer.zero_grad()
+    loss = kl_to_final(lens(model, residual)).sum()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def lens_step_with_the_kl_by_hand(lens, model, residual, optimizer):
+    flags = [parameter.requires_grad for parameter in model.parameters()]
+    model.requires_grad_(False)
+    log_q = lens(model, residual).log_softmax(-1)                                 # [layer_plus_one, n, vocab]
+    log_p = log_q[-1].detach()
+    loss = (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    for parameter, flag in zip(model.parameters(), flags):
+        parameter.requires_grad_(flag)
+    return float(loss.detach())
+
+
+def _written_by_head(model, layer, head, token_ids, normalise=True):
+    embeddings = architecture.token_embedding(model)(token_ids)
+    if normalise:
+        embeddings = architecture.block_part(model, layer, ATTENTION_INPUT_NORM)(embeddings)
+    return embeddings @ ov_circuit(model, layer, head)
+
+
+def ranks_of_the_raw_embedding(model, layer, head, token_ids):
+    logits = direction_logits(model, _written_by_head(model, layer, head, token_ids, normalise=False))[:, token_ids]
+    return 1 + (logits > logits.diag()[:, None]).sum(-1)
+
+
+def ranks_over_the_whole_vocabulary(model, layer, head, token_ids):
+    logits = direction_logits(model, _written_by_head(model, layer, head, token_ids))
+    own = logits[torch.arange(len(token_ids)), token_ids]
+    return 1 + (logits > own[:, None]).sum(-1)
+
+
+def ranks_through_the_transposed_circuit(model, layer, head, token_ids):
+    norm = architecture.block_part(model, layer, ATTENTION_INPUT_NORM)
+    written = norm(architecture.token_embedding(model)(token_ids)) @ ov_circuit(model, layer, head).T
+    logits = direction_logits(model, written)[:, token_ids]
+    return 1 + (logits > logits.diag()[:, None]).sum(-1)
+
+
+def ranks_by_sorting(model, layer, head, token_ids):
+    logits = direction_logits(model, _written_by_head(model, layer, head, token_ids))[:, token_ids]
+    order = logits.argsort(dim=-1, descending=True)                                # [n, n]: token indices, best first
+    return (order == torch.arange(len(token_ids))[:, None]).int().argmax(-1) + 1
+
+
 # --------------------------------------------------------------------------------------------- 5
 def _letters(model, tokenizer, pairs, layer):
     matching = last_token_activations(model, tokenizer, [p.matching_text for p in pairs], [layer])[0]
@@ -2020,6 +2093,8 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "4.2": (contributions_uncentred, contributions_without_the_norm_weight, contributions_without_the_scale),
     "4.3": (formation_at_the_first_correct_layer, formation_as_the_number_of_final_layers, formation_past_the_last_layer_when_never),
     "4.4": (kl_the_other_way_round, kl_of_logits_not_log_probabilities, kl_summed_over_prompts),
+    "4.5": (lens_step_without_clearing_the_gradients, lens_step_on_the_mean_over_layers, lens_step_training_the_model_too),
+    "4.6": (ranks_of_the_raw_embedding, ranks_over_the_whole_vocabulary, ranks_through_the_transposed_circuit),
     "5.1": (caa_the_wrong_way_round, caa_of_the_layer_before, caa_summed_over_pairs),
     "5.2": (steering_every_position, steering_in_place, steering_the_first_position),
     "5.3": (project_out_unnormalised, project_onto_the_direction, project_out_of_a_normalised_residual),
@@ -2056,7 +2131,7 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "3.14": (shards_from_a_list_of_chunks,), "3.15": (composition_from_transformer_lens,),
     "3.16": (resample_with_head_outputs,),
     "4.1": (lens_of_every_position_then_one,), "4.2": (contributions_with_einsum,), "4.3": (formation_in_a_loop,),
-    "4.4": (kl_with_torch_kl_div,),
+    "4.4": (kl_with_torch_kl_div,), "4.5": (lens_step_with_the_kl_by_hand,), "4.6": (ranks_by_sorting,),
     "5.1": (caa_as_the_mean_of_differences,), "5.2": (steering_with_cat,),
     "5.3": (project_out_with_a_projection_matrix,),
     "6.1": (sae_with_a_topk_mask,), "6.2": (sae_loss_with_einsum,), "6.3": (explained_variance_with_var,),

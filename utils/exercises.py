@@ -199,6 +199,8 @@ EXERCISES: dict[str, Exercise] = _exercises(
      "utils.logit_lens", "check_logit_difference_contributions", ("model",)),
     ("4.3", "04_logit_lens", "formation_layers", "utils.logit_lens", "check_formation_layers", ()),
     ("4.4", "04_logit_lens", "kl_to_final", "utils.logit_lens", "check_kl_to_final", ()),
+    ("4.5", "04_logit_lens", "tuned_lens_step", "utils.tuned_lens", "check_tuned_lens_step", ("model", "tokenizer")),
+    ("4.6", "04_logit_lens", "ov_copying_ranks", "utils.logit_lens", "check_ov_copying_ranks", ("model",)),
     ("5.1", "05_steering_caa", "caa_vector", "utils.steering", "check_caa_vector", ("model", "tokenizer")),
     ("5.2", "05_steering_caa", "add_steering", "utils.steering", "check_add_steering", ()),
     ("5.3", "05_steering_caa", "project_out", "utils.directions", "check_project_out", ()),

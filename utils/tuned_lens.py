@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -90,6 +90,25 @@ def tuned_lens_loss(lens: TunedLens, model: PreTrainedModel, residual: Float[Ten
     return kl_to_final(lens(model, residual)).sum()
 
 
+def tuned_lens_step(lens: TunedLens, model: PreTrainedModel, residual: Float[Tensor, "layer_plus_one n d_model"],
+                    optimizer: torch.optim.Optimizer) -> float:
+    """One optimizer step of the translators on :func:`tuned_lens_loss` at ``n`` positions' residual stack.
+
+    The model is frozen (:func:`~utils.models.frozen`): its final norm and unembedding map the translated
+    stream to logits, but no gradient reaches its weights. Returns the loss before the step, as a float.
+    """
+    optimizer.zero_grad()
+    with frozen(model):
+        loss = tuned_lens_loss(lens, model, residual)
+        loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+#: A tuned-lens training step: ``step(lens, model, residual, optimizer) -> loss`` (:func:`tuned_lens_step`).
+TunedLensStep = Callable[[TunedLens, PreTrainedModel, Tensor, torch.optim.Optimizer], float]
+
+
 def _real_positions(residual: Float[Tensor, "layer_plus_one batch pos d_model"], mask: Int[Tensor, "batch pos"]
                     ) -> Float[Tensor, "layer_plus_one n d_model"]:
     return residual[:, mask.bool()]
@@ -97,26 +116,22 @@ def _real_positions(residual: Float[Tensor, "layer_plus_one batch pos d_model"],
 
 def train_tuned_lens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, steps: int = 250,
                      documents_per_step: int = 32, lr: float = 1e-3, seed: int = TRAIN_SEED,
-                     max_length: int = 128) -> TunedLens:
+                     max_length: int = 128, step: TunedLensStep = tuned_lens_step) -> TunedLens:
     """Train a tuned lens for ``model`` on fresh course-corpus documents (``documents_per_step`` per Adam step).
 
-    The model is frozen: each step runs it once (no gradients) to get the residual stack, then trains the
-    translators on ``KL(final || tuned lens)``. The losses are kept in ``lens.losses``.
+    The model is frozen: each step runs it once (no gradients) to get the residual stack, then takes one
+    ``step`` (:func:`tuned_lens_step`; the lab passes the learner's) of the translators on
+    ``KL(final || tuned lens)``. The losses are kept in ``lens.losses``.
     """
     torch.manual_seed(seed)
     lens = TunedLens.for_model(model)
     optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
     losses = []
-    for step in tqdm(range(steps), desc="tuned lens", leave=False):
-        input_ids, mask = corpus_batch(tokenizer, documents_per_step, seed=seed * 100_000 + step, max_length=max_length)
+    for index in tqdm(range(steps), desc="tuned lens", leave=False):
+        input_ids, mask = corpus_batch(tokenizer, documents_per_step, seed=seed * 100_000 + index, max_length=max_length)
         with torch.no_grad():
             residual = _real_positions(residual_stack(model, input_ids.to(model.device)), mask.to(model.device))
-        optimizer.zero_grad()
-        with frozen(model):                     # the final norm and unembedding are the model's: no gradient there
-            loss = tuned_lens_loss(lens, model, residual)
-            loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(step(lens, model, residual, optimizer))
     lens.losses = losses
     return lens.eval().requires_grad_(False)
 

@@ -7,17 +7,20 @@ on inputs chosen so that every plausible mistake shows (see ``utils.checks``), a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.checks import Case, CheckResult, Varies, check_function
+from utils.checks import Case, CheckResult, Varies, check_function, float_losses
 from utils.logit_lens import (
-    checker_models, formation_layers, kl_to_final, logit_difference_contributions, logit_lens_at_position, residual_components, residual_stack,
+    checker_models, corpus_batch, formation_layers, kl_to_final, logit_difference_contributions,
+    logit_lens_at_position, ov_copying_ranks, residual_components, residual_stack,
 )
+from utils.tuned_lens import TunedLens, TunedLensStep, tuned_lens_step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,3 +111,72 @@ def check_logit_difference_contributions(learner_fn: Callable, model: PreTrained
                  "component's own mean over d_model; divide by `scale` (the whole stream's, given: do not recompute "
                  "it per component); multiply by the norm's weight; then take the dot product with "
                  "W_U[answer] - W_U[contrast] (the difference, not W_U[answer] alone)")
+
+
+def _two_lens_steps(step: TunedLensStep) -> Callable:
+    """Two Adam steps of ``step`` on a copy of the lens; the losses and the translators after. A step that leaves a
+    gradient on the model (it was not frozen) is refused, and the gradient cleared for the next case."""
+    def run(model: PreTrainedModel, lens: TunedLens, residual: Tensor) -> tuple[list[float], dict[str, Tensor]]:
+        trained = copy.deepcopy(lens)
+        optimizer = torch.optim.Adam(trained.parameters(), lr=1e-2)
+        try:
+            losses = float_losses(lambda: step(trained, model, residual, optimizer), steps=2)
+            touched = [name for name, parameter in model.named_parameters() if parameter.grad is not None]
+            if touched:
+                raise ValueError(f"the model's {touched[0]} got a gradient: freeze the model around the loss and the "
+                                 "backward pass (with frozen(model): ...), so that only the translators train")
+        finally:
+            model.zero_grad(set_to_none=True)
+        return losses, {name: parameter.detach() for name, parameter in trained.named_parameters()}
+    return run
+
+
+def _shaken_lens(model: PreTrainedModel, seed: int) -> TunedLens:
+    """A lens away from the identity, so that its gradient is not the logit lens's."""
+    lens = TunedLens.for_model(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in lens.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return lens
+
+
+def check_tuned_lens_step(learner_fn: Callable, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+                          ) -> CheckResult:
+    """Exercise 4.5: two steps give the reference's losses and translators, on ``model`` from the identity lens and
+    from a perturbed one at the positions of corpus documents, and on tiny random Pythia and Llama models."""
+    input_ids, mask = corpus_batch(tokenizer, 4, seed=3, max_length=24)
+    with torch.no_grad():
+        residual = residual_stack(model, input_ids)[:, mask.bool()]                    # [layer_plus_one, n, d_model]
+    cases = [Case("your model, the identity lens (the logit lens)", model, TunedLens.for_model(model), residual),
+             Case("your model, a lens away from the identity", model, _shaken_lens(model, seed=0), residual[:, :20])]
+    for seed, (name, other) in enumerate(list(checker_models().items())[:2]):
+        with torch.no_grad():
+            stack = residual_stack(other, _random_ids(other, 2, 5, 20 + seed)).flatten(1, 2)
+        cases.append(Case(f"{name}, a lens away from the identity", other, _shaken_lens(other, seed=1 + seed), stack))
+    return check_function(
+        _two_lens_steps(learner_fn), _two_lens_steps(tuned_lens_step), cases, exercise="4.5 (tuned_lens_step)",
+        atol=1e-5, rtol=1e-4,
+        hint="clear the old gradients first; the loss is KL(final || tuned lens) of lens(model, residual) at every "
+             "layer, summed over the layers (kl_to_final averages over the positions); backpropagate and step with "
+             "the model frozen, and return the loss from before the step as a float")
+
+
+def check_ov_copying_ranks(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 4.6 on heads of ``model`` and of tiny random Pythia, Llama and GPT-2 models, on random token sets."""
+    def token_set(checked: PreTrainedModel, n: int, seed: int) -> Tensor:
+        return torch.randperm(checked.config.vocab_size, generator=torch.Generator().manual_seed(seed))[:n]
+
+    last, heads = model.config.num_hidden_layers - 1, model.config.num_attention_heads
+    cases = [Case(f"your model, layer {last}, head {heads - 1}, 12 tokens", model, last, heads - 1, token_set(model, 12, 0)),
+             Case("your model, layer 0, head 1, 40 tokens", model, 0, 1, token_set(model, 40, 1))]
+    for seed, (name, other) in enumerate(checker_models().items()):
+        cases.append(Case(f"{name}, layer 1, head {seed}, 9 tokens", other, 1, seed, token_set(other, 9, 10 + seed)))
+    with torch.no_grad():
+        return check_function(
+            learner_fn, ov_copying_ranks, cases, exercise="4.6 (ov_copying_ranks)",
+            properties=[Varies("head", lambda head: head - 1, "reads another head")],
+            hint="normalise each token's embedding with the block's own input norm "
+                 "(architecture.block_part(model, layer, ATTENTION_INPUT_NORM)), multiply by the head's OV circuit "
+                 "(x @ OV, in that order), read the result as logits with direction_logits, keep the columns of the "
+                 "given tokens only, and rank each row's own token among them: 1 + how many are strictly larger")
