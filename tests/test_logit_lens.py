@@ -188,7 +188,7 @@ def test_formation_layer_is_the_first_layer_correct_for_good():
 
 
 # --------------------------------------------------------------------------------------------
-# Exercises 4.3 and 4.4
+# Exercises 4.4 and 4.4
 
 
 def first_correct_layer(correct):
@@ -308,7 +308,7 @@ def test_components_add_up_on_every_family(family, tiny_models):
 
 
 # --------------------------------------------------------------------------------------------
-# Exercise 4.2
+# Exercise 4.3
 
 
 def logit_difference_contributions_answer_only(model, components, scale, answer):

@@ -1701,6 +1701,26 @@ def _direction(model, answer, contrast):
     return W_U[answer] - W_U[contrast]
 
 
+def heads_split_with_the_head_inside(z, W_O):
+    per_head = einops.rearrange(W_O, "(d_head head) d_model -> head d_head d_model", head=z.shape[1])
+    return einops.einsum(z, per_head, "batch head d_head, head d_head d_model -> head batch d_model")
+
+
+def heads_added_up(z, W_O):
+    per_head = einops.rearrange(W_O, "(head d_head) d_model -> head d_head d_model", head=z.shape[1])
+    return einops.einsum(z, per_head, "batch head d_head, head d_head d_model -> batch d_model")
+
+
+def heads_with_the_batch_first(z, W_O):
+    per_head = einops.rearrange(W_O, "(head d_head) d_model -> head d_head d_model", head=z.shape[1])
+    return einops.einsum(z, per_head, "batch head d_head, head d_head d_model -> batch head d_model")
+
+
+def heads_in_a_loop(z, W_O):
+    d_head = z.shape[2]
+    return torch.stack([z[:, head] @ W_O[head * d_head:(head + 1) * d_head] for head in range(z.shape[1])])
+
+
 def contributions_uncentred(model, components, scale, answer, contrast):
     return (components / scale * _direction(model, answer, contrast) * architecture.final_norm(model).weight).sum(-1)
 
@@ -1808,6 +1828,36 @@ def lens_step_with_the_kl_by_hand(lens, model, residual, optimizer):
     for parameter, flag in zip(model.parameters(), flags):
         parameter.requires_grad_(flag)
     return float(loss.detach())
+
+
+def directions_centred_over_each_row(matrix, k, centre=False):
+    if centre:
+        matrix = matrix - matrix.mean(dim=1, keepdim=True)
+    _, values, right = torch.linalg.svd(matrix, full_matrices=False)
+    return values[:k], right[:k]
+
+
+def directions_smallest_first(matrix, k, centre=False):
+    if centre:
+        matrix = matrix - matrix.mean(dim=0)
+    _, values, right = torch.linalg.svd(matrix, full_matrices=False)
+    return values[-k:], right[-k:]
+
+
+def directions_from_the_left_vectors(matrix, k, centre=False):
+    if centre:
+        matrix = matrix - matrix.mean(dim=0)
+    left, values, _ = torch.linalg.svd(matrix, full_matrices=False)
+    return values[:k], left[:, :k].T
+
+
+def directions_from_the_covariance(matrix, k, centre=False):
+    matrix = matrix.double()
+    if centre:
+        matrix = matrix - matrix.mean(dim=0)
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix.T @ matrix)         # ascending
+    values, directions = eigenvalues.flip(0)[:k].clamp_min(0).sqrt(), eigenvectors.flip(1)[:, :k].T
+    return values.float(), directions.float()
 
 
 def _written_by_head(model, layer, head, token_ids, normalise=True):
@@ -2090,11 +2140,13 @@ WRONG: dict[str, tuple[Answer, ...]] = {
              composition_with_v_read_the_wrong_way),
     "3.16": (resample_from_the_first_source_row, resample_averaged_over_positions, resample_without_finally),
     "4.1": (lens_without_the_final_norm, lens_at_the_last_position, lens_indexing_the_batch),
-    "4.2": (contributions_uncentred, contributions_without_the_norm_weight, contributions_without_the_scale),
-    "4.3": (formation_at_the_first_correct_layer, formation_as_the_number_of_final_layers, formation_past_the_last_layer_when_never),
-    "4.4": (kl_the_other_way_round, kl_of_logits_not_log_probabilities, kl_summed_over_prompts),
-    "4.5": (lens_step_without_clearing_the_gradients, lens_step_on_the_mean_over_layers, lens_step_training_the_model_too),
-    "4.6": (ranks_of_the_raw_embedding, ranks_over_the_whole_vocabulary, ranks_through_the_transposed_circuit),
+    "4.2": (heads_split_with_the_head_inside, heads_added_up, heads_with_the_batch_first),
+    "4.3": (contributions_uncentred, contributions_without_the_norm_weight, contributions_without_the_scale),
+    "4.4": (formation_at_the_first_correct_layer, formation_as_the_number_of_final_layers, formation_past_the_last_layer_when_never),
+    "4.5": (kl_the_other_way_round, kl_of_logits_not_log_probabilities, kl_summed_over_prompts),
+    "4.6": (lens_step_without_clearing_the_gradients, lens_step_on_the_mean_over_layers, lens_step_training_the_model_too),
+    "4.7": (directions_centred_over_each_row, directions_smallest_first, directions_from_the_left_vectors),
+    "4.8": (ranks_of_the_raw_embedding, ranks_over_the_whole_vocabulary, ranks_through_the_transposed_circuit),
     "5.1": (caa_the_wrong_way_round, caa_of_the_layer_before, caa_summed_over_pairs),
     "5.2": (steering_every_position, steering_in_place, steering_the_first_position),
     "5.3": (project_out_unnormalised, project_onto_the_direction, project_out_of_a_normalised_residual),
@@ -2130,8 +2182,9 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "3.11": (induction_in_a_loop,), "3.12": (ablating_with_nested_recursion,), "3.13": (k_composition_with_einsum,),
     "3.14": (shards_from_a_list_of_chunks,), "3.15": (composition_from_transformer_lens,),
     "3.16": (resample_with_head_outputs,),
-    "4.1": (lens_of_every_position_then_one,), "4.2": (contributions_with_einsum,), "4.3": (formation_in_a_loop,),
-    "4.4": (kl_with_torch_kl_div,), "4.5": (lens_step_with_the_kl_by_hand,), "4.6": (ranks_by_sorting,),
+    "4.1": (lens_of_every_position_then_one,), "4.2": (heads_in_a_loop,), "4.3": (contributions_with_einsum,),
+    "4.4": (formation_in_a_loop,), "4.5": (kl_with_torch_kl_div,), "4.6": (lens_step_with_the_kl_by_hand,),
+    "4.7": (directions_from_the_covariance,), "4.8": (ranks_by_sorting,),
     "5.1": (caa_as_the_mean_of_differences,), "5.2": (steering_with_cat,),
     "5.3": (project_out_with_a_projection_matrix,),
     "6.1": (sae_with_a_topk_mask,), "6.2": (sae_loss_with_einsum,), "6.3": (explained_variance_with_var,),

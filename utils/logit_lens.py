@@ -516,14 +516,31 @@ class ResidualComponents(NamedTuple):
 
 
 @torch.no_grad()
+def head_contributions(z: Float[Tensor, "batch head d_head"], W_O: Float[Tensor, "head_d_head d_model"]
+                       ) -> Float[Tensor, "head batch d_model"]:
+    """Reference for Exercise 4.2: what each head writes to the stream, ``z_h @ W_O[h]``.
+
+    ``W_O`` is the attention output projection in the ``x @ W`` convention, its rows the heads' slices one after
+    the other (``(head d_head)``, as the heads' outputs sit side by side in its input). The heads' terms sum to
+    the projection's output without its bias.
+    """
+    per_head = einops.rearrange(W_O, "(head d_head) d_model -> head d_head d_model", head=z.shape[1])
+    return einops.einsum(z, per_head, "batch head d_head, head d_head d_model -> head batch d_model")
+
+
+#: How :func:`residual_components` splits a layer's attention output into heads (the lab passes the learner's).
+HeadContributions = Callable[[Tensor, Tensor], Tensor]
+
+
 def residual_components(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"],
-                        position: int | Int[Tensor, "batch"] = -1) -> ResidualComponents:
+                        position: int | Int[Tensor, "batch"] = -1,
+                        heads: HeadContributions = head_contributions) -> ResidualComponents:
     """Split the final residual stream at ``position`` into the embeddings, each head, each attention bias and each MLP.
 
     One forward pass records the embeddings (``resid_pre.0``), each layer's head outputs ``z`` (the input of the
     attention output projection) and MLP outputs, and the final norm's input. The token embedding is
     ``W_E[token]``; the position embedding is the rest of ``resid_pre.0`` (zero for rotary models, whose
-    positions act inside attention). Head ``h`` contributes ``z_h @ W_O[h]``.
+    positions act inside attention). Head ``h`` contributes ``z_h @ W_O[h]`` (``heads``, :func:`head_contributions`).
     """
     n_layers = architecture.n_layers(model)
     norm = final_norm(model)
@@ -549,11 +566,11 @@ def residual_components(model: PreTrainedModel, input_ids: Int[Tensor, "batch po
     token = architecture.token_embedding(model)(input_ids[rows, positions])             # [batch, d_model]
     labels, vectors = ["token embed", "position embed"], [token, at(store["resid_pre.0"]) - token]
     for layer in range(n_layers):
-        heads = einops.einsum(at(z[layer]), attention_output_weight(model, layer),
-                              "batch head d_head, head d_head d_model -> head batch d_model")
+        W_O = _in_out_weight(architecture.block_part(model, layer, ATTENTION_OUTPUT_PROJECTION))   # [(head d_head), d_model]
+        per_head = heads(at(z[layer]), W_O)                                                            # [head, batch, d_model]
         bias = einops.repeat(attention_output_bias(model, layer), "d_model -> batch d_model", batch=len(rows))
-        labels += [f"L{layer}H{head}" for head in range(len(heads))] + [f"L{layer} attn bias", f"L{layer} MLP"]
-        vectors += [*heads, bias, at(store[f"mlp_out.{layer}"])]
+        labels += [f"L{layer}H{head}" for head in range(len(per_head))] + [f"L{layer} attn bias", f"L{layer} MLP"]
+        vectors += [*per_head, bias, at(store[f"mlp_out.{layer}"])]
     final_residual = at(store[f"resid_post.{n_layers - 1}"])
     return ResidualComponents(labels, torch.stack(vectors), final_residual, norm_scale(norm, final_residual))
 
@@ -561,7 +578,7 @@ def residual_components(model: PreTrainedModel, input_ids: Int[Tensor, "batch po
 def logit_difference_contributions(model: PreTrainedModel, components: Float[Tensor, "component batch d_model"],
                                    scale: Float[Tensor, "batch 1"], answer: Int[Tensor, "batch"],
                                    contrast: Int[Tensor, "batch"]) -> Float[Tensor, "component batch"]:
-    """Reference for Exercise 4.2: each component's direct effect on ``logit[answer] - logit[contrast]``.
+    """Reference for Exercise 4.3: each component's direct effect on ``logit[answer] - logit[contrast]``.
 
     With the final norm's scale frozen, the norm is linear: ``norm(x) = centre(x) / scale * w + b`` (no centring
     for an RMSNorm), so ``x = sum_i c_i`` gives ``logit difference = sum_i centre(c_i) / scale · (w * (W_U[a] - W_U[c]))``

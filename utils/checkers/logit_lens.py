@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import einops
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -17,8 +18,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.checks import Case, CheckResult, Varies, check_function, float_losses
 from utils.logit_lens import (
-    checker_models, corpus_batch, formation_layers, kl_to_final, logit_difference_contributions,
-    logit_lens_at_position, ov_copying_ranks, residual_components, residual_stack,
+    attention_output_weight, checker_models, corpus_batch, formation_layers, head_contributions, kl_to_final,
+    logit_difference_contributions, logit_lens_at_position, mlp_output_weight, ov_copying_ranks, residual_components,
+    residual_stack, singular_directions,
 )
 from utils.tuned_lens import TunedLens, TunedLensStep, tuned_lens_step
 
@@ -49,6 +51,30 @@ def check_logit_lens_at_position(learner_fn: Callable, model: PreTrainedModel) -
                  "(architecture.unembedding(model), which adds its bias if it has one)")
 
 
+def check_head_contributions(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 4.2 on ``model``'s attention output projections and on random ones of shapes where every layout
+    mistake shows (more heads than a head has dimensions, and the other way round)."""
+    generator = torch.Generator().manual_seed(0)
+    n_heads, last = model.config.num_attention_heads, model.config.num_hidden_layers - 1
+
+    def projection(layer: int) -> Tensor:                                   # [(head d_head), d_model], as the model holds it
+        return einops.rearrange(attention_output_weight(model, layer), "head d_head d_model -> (head d_head) d_model").detach()
+
+    d_head = projection(0).shape[0] // n_heads
+    cases = [Case("your model's layer 0, 3 prompts", torch.randn(3, n_heads, d_head, generator=generator), projection(0)),
+             Case(f"your model's layer {last}, 1 prompt", torch.randn(1, n_heads, d_head, generator=generator),
+                  projection(last)),
+             Case("2 heads of 5 dimensions into 7", torch.randn(4, 2, 5, generator=generator),
+                  torch.randn(10, 7, generator=generator)),
+             Case("6 heads of 3 dimensions into 4", torch.randn(2, 6, 3, generator=generator),
+                  torch.randn(18, 4, generator=generator))]
+    return check_function(
+        learner_fn, head_contributions, cases, exercise="4.2 (head_contributions)", atol=1e-5, rtol=1e-4,
+        hint="W_O's rows hold the heads one after the other: rows 0 to d_head - 1 are head 0's slice, so split them "
+             "as (head d_head), not (d_head head); then multiply each head's z by its own slice, keep the heads apart "
+             "(do not sum over them) and put the head dimension first: [head, batch, d_model]")
+
+
 def _flickering_correct(layers: int, batch: int, seed: int) -> Bool[Tensor, "layers batch"]:
     """Random correct/incorrect tables whose answers come and go before settling (or never settle)."""
     generator = torch.Generator().manual_seed(seed)
@@ -56,7 +82,7 @@ def _flickering_correct(layers: int, batch: int, seed: int) -> Bool[Tensor, "lay
 
 
 def check_formation_layers(learner_fn: Callable) -> CheckResult:
-    """Exercise 4.3 on a hand-made table (an answer that flickers, one that is lost at the end) and random ones."""
+    """Exercise 4.4 on a hand-made table (an answer that flickers, one that is lost at the end) and random ones."""
     example = torch.tensor([[0, 0, 0, 1, 1],      # [layer_plus_one = 5, batch = 5]
                             [1, 0, 1, 1, 1],
                             [0, 1, 0, 0, 1],
@@ -66,7 +92,7 @@ def check_formation_layers(learner_fn: Callable) -> CheckResult:
              Case("a 4-block model, 32 random prompts", _flickering_correct(5, 32, seed=0)),
              Case("a 12-block model, 16 random prompts", _flickering_correct(13, 16, seed=1))]
     return check_function(
-        learner_fn, formation_layers, cases, exercise="4.3 (formation_layers)",
+        learner_fn, formation_layers, cases, exercise="4.4 (formation_layers)",
         hint="an answer forms at the first layer from which it stays correct until the last one, not at the first "
              "layer where it is correct (it can be lost again); a prompt wrong at the last layer gets -1. Flip the "
              "layers, take a cumulative product of correct, and count the layers it stays correct")
@@ -81,19 +107,19 @@ def _spread_logits(layers: int, n: int, vocab: int, seed: int) -> Float[Tensor, 
 
 
 def check_kl_to_final(learner_fn: Callable) -> CheckResult:
-    """Exercise 4.4 on random lens logits of a few shapes (unnormalised, with an offset per row)."""
+    """Exercise 4.5 on random lens logits of a few shapes (unnormalised, with an offset per row)."""
     cases = [Case("5 layers, 7 predictions, vocabulary 50", _spread_logits(5, 7, 50, seed=0)),
              Case("13 layers, 3 predictions, vocabulary 11", _spread_logits(13, 3, 11, seed=1)),
              Case("2 layers, 1 prediction, vocabulary 4", _spread_logits(2, 1, 4, seed=2))]
     return check_function(
-        learner_fn, kl_to_final, cases, exercise="4.4 (kl_to_final)", atol=1e-4, rtol=1e-4,
+        learner_fn, kl_to_final, cases, exercise="4.5 (kl_to_final)", atol=1e-4, rtol=1e-4,
         hint="turn logits into log-probabilities with log_softmax over the vocabulary first; the final layer's "
              "distribution p is the reference: KL(p || q) = sum_v p_v (log p_v - log q_v), summed over the "
              "vocabulary, then averaged over the n predictions (one value per layer)")
 
 
 def check_logit_difference_contributions(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
-    """Exercise 4.2 on ``model`` and on tiny random Pythia (LayerNorm) and Llama (RMSNorm) models."""
+    """Exercise 4.3 on ``model`` and on tiny random Pythia (LayerNorm) and Llama (RMSNorm) models."""
     def case(name: str, checked_model: PreTrainedModel, seed: int) -> Case:
         input_ids = _random_ids(checked_model, 3, 6, seed)
         components = residual_components(checked_model, input_ids)
@@ -105,7 +131,7 @@ def check_logit_difference_contributions(learner_fn: Callable, model: PreTrained
     cases = [case("your model, 3 prompts", model, 0), *(case(name, other, 10 + i) for i, (name, other) in enumerate(others))]
     with torch.no_grad():
         return check_function(
-            learner_fn, logit_difference_contributions, cases, exercise="4.2 (logit_difference_contributions)",
+            learner_fn, logit_difference_contributions, cases, exercise="4.3 (logit_difference_contributions)",
             atol=1e-4, rtol=1e-3,
             hint="for a LayerNorm (isinstance(norm, torch.nn.LayerNorm); not for Llama's RMSNorm) subtract each "
                  "component's own mean over d_model; divide by `scale` (the whole stream's, given: do not recompute "
@@ -143,7 +169,7 @@ def _shaken_lens(model: PreTrainedModel, seed: int) -> TunedLens:
 
 def check_tuned_lens_step(learner_fn: Callable, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
                           ) -> CheckResult:
-    """Exercise 4.5: two steps give the reference's losses and translators, on ``model`` from the identity lens and
+    """Exercise 4.6: two steps give the reference's losses and translators, on ``model`` from the identity lens and
     from a perturbed one at the positions of corpus documents, and on tiny random Pythia and Llama models."""
     input_ids, mask = corpus_batch(tokenizer, 4, seed=3, max_length=24)
     with torch.no_grad():
@@ -155,15 +181,53 @@ def check_tuned_lens_step(learner_fn: Callable, model: PreTrainedModel, tokenize
             stack = residual_stack(other, _random_ids(other, 2, 5, 20 + seed)).flatten(1, 2)
         cases.append(Case(f"{name}, a lens away from the identity", other, _shaken_lens(other, seed=1 + seed), stack))
     return check_function(
-        _two_lens_steps(learner_fn), _two_lens_steps(tuned_lens_step), cases, exercise="4.5 (tuned_lens_step)",
+        _two_lens_steps(learner_fn), _two_lens_steps(tuned_lens_step), cases, exercise="4.6 (tuned_lens_step)",
         atol=1e-5, rtol=1e-4,
         hint="clear the old gradients first; the loss is KL(final || tuned lens) of lens(model, residual) at every "
              "layer, summed over the layers (kl_to_final averages over the positions); backpropagate and step with "
              "the model frozen, and return the loss from before the step as a float")
 
 
+def _up_to_sign(fn: Callable) -> Callable:
+    """``fn``'s singular values, and its directions each turned so that its largest coordinate is positive: a
+    singular vector's sign is arbitrary, and another SVD routine may return the other one."""
+    def run(matrix: Tensor, k: int, centre: bool = False) -> tuple[Tensor, Tensor]:
+        values, directions = fn(matrix, k, centre=centre)
+        largest = directions.gather(-1, directions.abs().argmax(dim=-1, keepdim=True))      # [k, 1]
+        return values, directions * largest.sign()
+    return run
+
+
+def _low_rank_with_an_offset(n: int, d: int, seed: int) -> Tensor:
+    """Rows with a few strong directions and a large common mean, so that centring changes the answer."""
+    generator = torch.Generator().manual_seed(seed)
+    strengths = torch.tensor([8.0, 4.0, 2.0, 1.0])[:, None]
+    basis = torch.linalg.qr(torch.randn(d, 4, generator=generator)).Q.T                        # [4, d], orthonormal
+    return torch.randn(n, 4, generator=generator) @ (strengths * basis) + 0.1 * torch.randn(n, d, generator=generator) \
+        + 5 * torch.randn(d, generator=generator)
+
+
+def check_singular_directions(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 4.7 on ``model``'s last MLP output weight, and on activations-like tables centred and not, up to the
+    sign of each direction."""
+    mlp_out = mlp_output_weight(model, model.config.num_hidden_layers - 1).detach()           # [d_mlp, d_model]
+    table = _low_rank_with_an_offset(200, 16, seed=0)
+    cases = [Case("your model's last MLP output weight, k = 3", mlp_out, 3),
+             Case("200 rows with a common offset, k = 2, centred", table, 2, centre=True),
+             Case("the same rows, k = 2, not centred", table, 2, centre=False),
+             Case("40 x 6 rows, k = 6 (all of them), centred", _low_rank_with_an_offset(40, 6, seed=1), 6, centre=True)]
+    return check_function(
+        _up_to_sign(learner_fn), _up_to_sign(singular_directions), cases, exercise="4.7 (singular_directions)",
+        atol=1e-4, rtol=1e-3,
+        properties=[Varies("centre", lambda centre: not centre, "ignores centre")],
+        hint="with centre, subtract the mean row (the mean over the n rows, dimension 0) before the decomposition; "
+             "the directions in d_model are the right singular vectors, the rows of Vh in torch.linalg.svd(matrix, "
+             "full_matrices=False) (the columns of U live in the n rows' space), largest first: keep the first k "
+             "values and the first k rows of Vh")
+
+
 def check_ov_copying_ranks(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
-    """Exercise 4.6 on heads of ``model`` and of tiny random Pythia, Llama and GPT-2 models, on random token sets."""
+    """Exercise 4.8 on heads of ``model`` and of tiny random Pythia, Llama and GPT-2 models, on random token sets."""
     def token_set(checked: PreTrainedModel, n: int, seed: int) -> Tensor:
         return torch.randperm(checked.config.vocab_size, generator=torch.Generator().manual_seed(seed))[:n]
 
@@ -174,7 +238,7 @@ def check_ov_copying_ranks(learner_fn: Callable, model: PreTrainedModel) -> Chec
         cases.append(Case(f"{name}, layer 1, head {seed}, 9 tokens", other, 1, seed, token_set(other, 9, 10 + seed)))
     with torch.no_grad():
         return check_function(
-            learner_fn, ov_copying_ranks, cases, exercise="4.6 (ov_copying_ranks)",
+            learner_fn, ov_copying_ranks, cases, exercise="4.8 (ov_copying_ranks)",
             properties=[Varies("head", lambda head: head - 1, "reads another head")],
             hint="normalise each token's embedding with the block's own input norm "
                  "(architecture.block_part(model, layer, ATTENTION_INPUT_NORM)), multiply by the head's OV circuit "
