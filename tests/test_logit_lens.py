@@ -110,7 +110,7 @@ def test_lens_table_reads_the_model_at_the_last_layer(course_model, course_token
 
 
 # --------------------------------------------------------------------------------------------
-# Exercise 4.1
+# Exercise 4.2
 
 
 def no_final_norm(model, residual, position):
@@ -188,7 +188,7 @@ def test_formation_layer_is_the_first_layer_correct_for_good():
 
 
 # --------------------------------------------------------------------------------------------
-# Exercises 4.4 and 4.4
+# Exercises 4.7 and 4.4
 
 
 def first_correct_layer(correct):
@@ -308,7 +308,7 @@ def test_components_add_up_on_every_family(family, tiny_models):
 
 
 # --------------------------------------------------------------------------------------------
-# Exercise 4.3
+# Exercise 4.6
 
 
 def logit_difference_contributions_answer_only(model, components, scale, answer):

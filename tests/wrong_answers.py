@@ -29,7 +29,7 @@ from utils.activation_store import block_output, cache_to_shards
 from utils.attention import losses_by_copy, token_losses
 from utils.finetune import IGNORE_INDEX
 from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
-from utils.hooks import ATTENTION, ATTENTION_OUTPUT_PROJECTION, ablate_head, editing_head_outputs, head_outputs
+from utils.hooks import ATTENTION, ATTENTION_OUTPUT_PROJECTION, ablate_head, capture, editing_head_outputs, head_outputs
 from utils.logit_lens import ATTENTION_INPUT_NORM, direction_logits, kl_to_final, ov_circuit
 from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
 from utils.models import frozen
@@ -1679,6 +1679,53 @@ def resample_with_head_outputs(model, layer, head, source_ids):
 
 
 # --------------------------------------------------------------------------------------------- 4
+def _stack_sites(model):
+    return ["resid_pre.0", *(f"resid_post.{layer}" for layer in range(architecture.n_layers(model)))]
+
+
+def stack_from_the_hidden_states(model, input_ids):
+    return torch.stack(model(input_ids, output_hidden_states=True).hidden_states)
+
+
+def stack_without_the_embeddings(model, input_ids):
+    sites = _stack_sites(model)[1:]
+    stream = capture(model, input_ids, sites)
+    return torch.stack([stream[site] for site in sites])
+
+
+def stack_with_the_batch_first(model, input_ids):
+    sites = _stack_sites(model)
+    stream = capture(model, input_ids, sites)
+    return torch.stack([stream[site] for site in sites], dim=1)
+
+
+def stack_from_the_hidden_states_but_the_last(model, input_ids):
+    last = f"resid_post.{architecture.n_layers(model) - 1}"
+    hidden = model(input_ids, output_hidden_states=True).hidden_states
+    return torch.stack([*hidden[:-1], capture(model, input_ids, [last])[last]])
+
+
+def positions_as_a_grid(tensor, position):
+    return tensor[..., position, :]
+
+
+def positions_of_the_first_row(tensor, position):
+    first = int(torch.as_tensor(position).reshape(-1)[0])
+    return tensor[..., first, :]
+
+
+def positions_one_early(tensor, position):
+    batch = tensor.shape[-3]
+    return tensor[..., torch.arange(batch), torch.as_tensor(position).expand(batch) - 1, :]
+
+
+def positions_with_gather(tensor, position):
+    batch, _, d = tensor.shape[-3:]
+    index = torch.as_tensor(position).expand(batch) % tensor.shape[-2]
+    index = index.view(batch, 1, 1).expand(*tensor.shape[:-3], batch, 1, d)
+    return tensor.gather(-2, index).squeeze(-2)
+
+
 def lens_without_the_final_norm(model, residual, position):
     return architecture.unembedding(model)(residual[:, :, position])
 
@@ -1694,6 +1741,30 @@ def lens_indexing_the_batch(model, residual, position):
 def lens_of_every_position_then_one(model, residual, position):
     logits = architecture.unembedding(model)(architecture.final_norm(model)(residual))
     return logits[:, :, position]
+
+
+def scale_with_the_unbiased_variance(norm, residual):
+    if isinstance(norm, torch.nn.LayerNorm):
+        return (residual.var(dim=-1, keepdim=True) + norm.eps).sqrt()
+    return (residual.pow(2).mean(dim=-1, keepdim=True) + norm.variance_epsilon).sqrt()
+
+
+def scale_without_eps(norm, residual):
+    if isinstance(norm, torch.nn.LayerNorm):
+        return residual.var(dim=-1, keepdim=True, unbiased=False).sqrt()
+    return residual.pow(2).mean(dim=-1, keepdim=True).sqrt()
+
+
+def scale_centred_for_every_norm(norm, residual):
+    eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", 0.0))
+    return (residual.var(dim=-1, keepdim=True, unbiased=False) + eps).sqrt()
+
+
+def scale_by_hand(norm, residual):
+    if isinstance(norm, torch.nn.LayerNorm):
+        centred = residual - residual.mean(dim=-1, keepdim=True)
+        return 1 / torch.rsqrt((centred * centred).mean(dim=-1, keepdim=True) + norm.eps)
+    return 1 / torch.rsqrt((residual * residual).mean(dim=-1, keepdim=True) + norm.variance_epsilon)
 
 
 def _direction(model, answer, contrast):
@@ -1789,6 +1860,26 @@ def kl_with_torch_kl_div(lens_logits):
     final = log_probs[-1].expand_as(log_probs)
     return F.kl_div(log_probs, final, log_target=True, reduction="none").sum(-1).mean(-1)
 
+
+
+def agreement_with_the_first_layer(lens_logits):
+    top = lens_logits.argmax(dim=-1)
+    return (top == top[0]).float().mean(dim=-1)
+
+
+def agreement_counted_not_averaged(lens_logits):
+    top = lens_logits.argmax(dim=-1)
+    return (top == top[-1]).float().sum(dim=-1)
+
+
+def agreement_averaged_over_layers(lens_logits):
+    top = lens_logits.argmax(dim=-1)
+    return (top == top[-1]).float().mean(dim=0)
+
+
+def agreement_with_topk(lens_logits):
+    top = lens_logits.topk(1, dim=-1).indices.squeeze(-1)
+    return torch.stack([(layer == top[-1]).double().mean() for layer in top]).float()
 
 
 def lens_step_without_clearing_the_gradients(lens, model, residual, optimizer):
@@ -1889,6 +1980,59 @@ def ranks_by_sorting(model, layer, head, token_ids):
     logits = direction_logits(model, _written_by_head(model, layer, head, token_ids))[:, token_ids]
     order = logits.argsort(dim=-1, descending=True)                                # [n, n]: token indices, best first
     return (order == torch.arange(len(token_ids))[:, None]).int().argmax(-1) + 1
+
+
+def _ratio(eigenvalues):
+    return (eigenvalues.real.sum() / eigenvalues.abs().sum()).item()
+
+
+def _weighted_ends(model, layer):
+    w_in = architecture.block_part(model, layer, ATTENTION_INPUT_NORM).weight
+    embedding = architecture.token_embedding(model).weight * w_in
+    readout = architecture.unembedding(model).weight * architecture.final_norm(model).weight
+    return embedding, readout
+
+
+def score_of_the_ov_circuit_alone(model, layer, head):
+    return _ratio(torch.linalg.eigvals(ov_circuit(model, layer, head).double()))
+
+
+def score_without_the_norm_weights(model, layer, head):
+    embedding, readout = architecture.token_embedding(model).weight, architecture.unembedding(model).weight
+    return _ratio(torch.linalg.eigvals((ov_circuit(model, layer, head) @ readout.T @ embedding).double()))
+
+
+def score_from_singular_values(model, layer, head):
+    embedding, readout = _weighted_ends(model, layer)
+    values = torch.linalg.svdvals((ov_circuit(model, layer, head) @ readout.T @ embedding).double())
+    return (values.sum() / values.abs().sum()).item()
+
+
+def score_from_another_cyclic_order(model, layer, head):
+    embedding, readout = _weighted_ends(model, layer)
+    return _ratio(torch.linalg.eigvals((readout.T @ embedding @ ov_circuit(model, layer, head)).double()))
+
+
+def translator_without_a_bias(x, target):
+    return torch.linalg.lstsq(x.double(), target.double()).solution.float(), torch.zeros(x.shape[-1])
+
+
+def translator_the_other_way_round(x, target):
+    with_ones = torch.cat([target, torch.ones_like(target[:, :1])], dim=-1)
+    solution = torch.linalg.lstsq(with_ones.double(), x.double()).solution.float()
+    return solution[:-1], solution[-1]
+
+
+def translator_reading_the_bias_from_the_first_row(x, target):
+    with_ones = torch.cat([x, torch.ones_like(x[:, :1])], dim=-1)
+    solution = torch.linalg.lstsq(with_ones.double(), target.double()).solution.float()
+    return solution[1:], solution[0]
+
+
+def translator_from_centred_data(x, target):
+    x_mean, target_mean = x.double().mean(0), target.double().mean(0)
+    A = torch.linalg.lstsq(x.double() - x_mean, target.double() - target_mean).solution
+    return A.float(), (target_mean - x_mean @ A).float()
 
 
 # --------------------------------------------------------------------------------------------- 5
@@ -2139,14 +2283,20 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "3.15": (composition_of_every_pair_of_layers, composition_with_q_and_k_swapped,
              composition_with_v_read_the_wrong_way),
     "3.16": (resample_from_the_first_source_row, resample_averaged_over_positions, resample_without_finally),
-    "4.1": (lens_without_the_final_norm, lens_at_the_last_position, lens_indexing_the_batch),
-    "4.2": (heads_split_with_the_head_inside, heads_added_up, heads_with_the_batch_first),
-    "4.3": (contributions_uncentred, contributions_without_the_norm_weight, contributions_without_the_scale),
-    "4.4": (formation_at_the_first_correct_layer, formation_as_the_number_of_final_layers, formation_past_the_last_layer_when_never),
-    "4.5": (kl_the_other_way_round, kl_of_logits_not_log_probabilities, kl_summed_over_prompts),
-    "4.6": (lens_step_without_clearing_the_gradients, lens_step_on_the_mean_over_layers, lens_step_training_the_model_too),
-    "4.7": (directions_centred_over_each_row, directions_smallest_first, directions_from_the_left_vectors),
-    "4.8": (ranks_of_the_raw_embedding, ranks_over_the_whole_vocabulary, ranks_through_the_transposed_circuit),
+    "4.1": (stack_from_the_hidden_states, stack_without_the_embeddings, stack_with_the_batch_first),
+    "4.2": (lens_without_the_final_norm, lens_at_the_last_position, lens_indexing_the_batch),
+    "4.3": (positions_as_a_grid, positions_of_the_first_row, positions_one_early),
+    "4.4": (heads_split_with_the_head_inside, heads_added_up, heads_with_the_batch_first),
+    "4.5": (scale_with_the_unbiased_variance, scale_without_eps, scale_centred_for_every_norm),
+    "4.6": (contributions_uncentred, contributions_without_the_norm_weight, contributions_without_the_scale),
+    "4.7": (formation_at_the_first_correct_layer, formation_as_the_number_of_final_layers, formation_past_the_last_layer_when_never),
+    "4.8": (kl_the_other_way_round, kl_of_logits_not_log_probabilities, kl_summed_over_prompts),
+    "4.9": (lens_step_without_clearing_the_gradients, lens_step_on_the_mean_over_layers, lens_step_training_the_model_too),
+    "4.10": (agreement_with_the_first_layer, agreement_counted_not_averaged, agreement_averaged_over_layers),
+    "4.11": (directions_centred_over_each_row, directions_smallest_first, directions_from_the_left_vectors),
+    "4.12": (ranks_of_the_raw_embedding, ranks_over_the_whole_vocabulary, ranks_through_the_transposed_circuit),
+    "4.13": (score_of_the_ov_circuit_alone, score_without_the_norm_weights, score_from_singular_values),
+    "4.14": (translator_without_a_bias, translator_the_other_way_round, translator_reading_the_bias_from_the_first_row),
     "5.1": (caa_the_wrong_way_round, caa_of_the_layer_before, caa_summed_over_pairs),
     "5.2": (steering_every_position, steering_in_place, steering_the_first_position),
     "5.3": (project_out_unnormalised, project_onto_the_direction, project_out_of_a_normalised_residual),
@@ -2182,9 +2332,11 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "3.11": (induction_in_a_loop,), "3.12": (ablating_with_nested_recursion,), "3.13": (k_composition_with_einsum,),
     "3.14": (shards_from_a_list_of_chunks,), "3.15": (composition_from_transformer_lens,),
     "3.16": (resample_with_head_outputs,),
-    "4.1": (lens_of_every_position_then_one,), "4.2": (heads_in_a_loop,), "4.3": (contributions_with_einsum,),
-    "4.4": (formation_in_a_loop,), "4.5": (kl_with_torch_kl_div,), "4.6": (lens_step_with_the_kl_by_hand,),
-    "4.7": (directions_from_the_covariance,), "4.8": (ranks_by_sorting,),
+    "4.1": (stack_from_the_hidden_states_but_the_last,), "4.2": (lens_of_every_position_then_one,),
+    "4.3": (positions_with_gather,), "4.4": (heads_in_a_loop,), "4.5": (scale_by_hand,),
+    "4.6": (contributions_with_einsum,), "4.7": (formation_in_a_loop,), "4.8": (kl_with_torch_kl_div,),
+    "4.9": (lens_step_with_the_kl_by_hand,), "4.10": (agreement_with_topk,), "4.11": (directions_from_the_covariance,),
+    "4.12": (ranks_by_sorting,), "4.13": (score_from_another_cyclic_order,), "4.14": (translator_from_centred_data,),
     "5.1": (caa_as_the_mean_of_differences,), "5.2": (steering_with_cat,),
     "5.3": (project_out_with_a_projection_matrix,),
     "6.1": (sae_with_a_topk_mask,), "6.2": (sae_loss_with_einsum,), "6.3": (explained_variance_with_var,),

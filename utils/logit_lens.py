@@ -183,12 +183,12 @@ def at_positions(tensor: Float[Tensor, "*layer batch pos d"], position: int | In
 
 
 # --------------------------------------------------------------------------------------------
-# 3. Exercise 4.1: the logit lens at one position
+# 3. Exercise 4.2: the logit lens at one position
 
 
 def logit_lens_at_position(model: PreTrainedModel, residual: Float[Tensor, "layer_plus_one batch pos d_model"],
                            position: int) -> Float[Tensor, "layer_plus_one batch vocab"]:
-    """Reference for Exercise 4.1: every layer's residual stream at ``position``, through the final norm and the unembedding."""
+    """Reference for Exercise 4.2: every layer's residual stream at ``position``, through the final norm and the unembedding."""
     at_position = residual[:, :, position]                             # [layer_plus_one, batch, d_model]
     normalised = architecture.final_norm(model)(at_position)           # LayerNorm (GPT-2, Pythia) or RMSNorm (Llama)
     return architecture.unembedding(model)(normalised)                 # [layer_plus_one, batch, vocab]
@@ -401,6 +401,12 @@ def kl_to_final(lens_logits: Float[Tensor, "layer_plus_one n vocab"]) -> Float[T
     return (final.exp() * (final - log_probs)).sum(dim=-1).mean(dim=-1)
 
 
+def top1_agreement(lens_logits: Float[Tensor, "layer_plus_one n vocab"]) -> Float[Tensor, "layer_plus_one"]:
+    """The share of the ``n`` predictions whose top token at each layer is the final layer's top token (1 at the last)."""
+    top = lens_logits.argmax(dim=-1)                                   # [layer_plus_one, n]
+    return (top == top[-1]).float().mean(dim=-1)
+
+
 @torch.no_grad()
 def logit_lens_kl(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"],
                   mask: Int[Tensor, "batch pos"] | None = None) -> Float[Tensor, "layer_plus_one"]:
@@ -497,6 +503,24 @@ def ov_copying_ranks(model: PreTrainedModel, layer: int, head: int, token_ids: I
     return 1 + (logits > logits.diag()[:, None]).sum(dim=-1)
 
 
+@torch.no_grad()
+def ov_eigenvalue_score(model: PreTrainedModel, layer: int, head: int) -> float:
+    """Elhage et al.'s (2021) copying score of a head's full OV circuit: ``sum(Re λ) / sum(|λ|)`` over its eigenvalues.
+
+    The full circuit maps a token to the logits the head raises when it attends to it: ``(W_E * w_in) @ OV @
+    (w_final * W_U).T``, ``[vocab, vocab]``, with the block's input norm and the final norm reduced to their weights.
+    Its nonzero eigenvalues are those of the ``[d_model, d_model]`` product taken in the other order (the cycle
+    ``AB`` and ``BA`` share them), so no vocabulary-sized matrix is built. +1 for a head that copies every token,
+    -1 for one that suppresses each token it reads.
+    """
+    w_in = architecture.block_part(model, layer, ATTENTION_INPUT_NORM).weight
+    embedding = architecture.token_embedding(model).weight * w_in                     # [vocab, d_model]
+    readout = unembedding_matrix(model) * final_norm(model).weight                    # [vocab, d_model]
+    small = ov_circuit(model, layer, head) @ readout.T @ embedding                    # [d_model, d_model]
+    eigenvalues = torch.linalg.eigvals(small.double())
+    return (eigenvalues.real.sum() / eigenvalues.abs().sum()).item()
+
+
 def mlp_output_weight(model: PreTrainedModel, layer: int) -> Float[Tensor, "d_mlp d_model"]:
     """The MLP's output weight of ``layer``: row ``i`` is what neuron ``i`` writes to the stream per unit of activation."""
     return _in_out_weight(architecture.block_part(model, layer, MLP_OUTPUT_PROJECTION))
@@ -518,7 +542,7 @@ class ResidualComponents(NamedTuple):
 @torch.no_grad()
 def head_contributions(z: Float[Tensor, "batch head d_head"], W_O: Float[Tensor, "head_d_head d_model"]
                        ) -> Float[Tensor, "head batch d_model"]:
-    """Reference for Exercise 4.2: what each head writes to the stream, ``z_h @ W_O[h]``.
+    """Reference for Exercise 4.4: what each head writes to the stream, ``z_h @ W_O[h]``.
 
     ``W_O`` is the attention output projection in the ``x @ W`` convention, its rows the heads' slices one after
     the other (``(head d_head)``, as the heads' outputs sit side by side in its input). The heads' terms sum to
@@ -533,14 +557,15 @@ HeadContributions = Callable[[Tensor, Tensor], Tensor]
 
 
 def residual_components(model: PreTrainedModel, input_ids: Int[Tensor, "batch pos"],
-                        position: int | Int[Tensor, "batch"] = -1,
-                        heads: HeadContributions = head_contributions) -> ResidualComponents:
+                        position: int | Int[Tensor, "batch"] = -1, heads: HeadContributions = head_contributions,
+                        scale: Callable[[nn.Module, Tensor], Tensor] = norm_scale) -> ResidualComponents:
     """Split the final residual stream at ``position`` into the embeddings, each head, each attention bias and each MLP.
 
     One forward pass records the embeddings (``resid_pre.0``), each layer's head outputs ``z`` (the input of the
     attention output projection) and MLP outputs, and the final norm's input. The token embedding is
     ``W_E[token]``; the position embedding is the rest of ``resid_pre.0`` (zero for rotary models, whose
-    positions act inside attention). Head ``h`` contributes ``z_h @ W_O[h]`` (``heads``, :func:`head_contributions`).
+    positions act inside attention). Head ``h`` contributes ``z_h @ W_O[h]`` (``heads``, :func:`head_contributions`);
+    ``scale`` (:func:`norm_scale`) gives what the final norm divides the stream by. The lab passes the learner's.
     """
     n_layers = architecture.n_layers(model)
     norm = final_norm(model)
@@ -572,13 +597,13 @@ def residual_components(model: PreTrainedModel, input_ids: Int[Tensor, "batch po
         labels += [f"L{layer}H{head}" for head in range(len(per_head))] + [f"L{layer} attn bias", f"L{layer} MLP"]
         vectors += [*per_head, bias, at(store[f"mlp_out.{layer}"])]
     final_residual = at(store[f"resid_post.{n_layers - 1}"])
-    return ResidualComponents(labels, torch.stack(vectors), final_residual, norm_scale(norm, final_residual))
+    return ResidualComponents(labels, torch.stack(vectors), final_residual, scale(norm, final_residual))
 
 
 def logit_difference_contributions(model: PreTrainedModel, components: Float[Tensor, "component batch d_model"],
                                    scale: Float[Tensor, "batch 1"], answer: Int[Tensor, "batch"],
                                    contrast: Int[Tensor, "batch"]) -> Float[Tensor, "component batch"]:
-    """Reference for Exercise 4.3: each component's direct effect on ``logit[answer] - logit[contrast]``.
+    """Reference for Exercise 4.6: each component's direct effect on ``logit[answer] - logit[contrast]``.
 
     With the final norm's scale frozen, the norm is linear: ``norm(x) = centre(x) / scale * w + b`` (no centring
     for an RMSNorm), so ``x = sum_i c_i`` gives ``logit difference = sum_i centre(c_i) / scale · (w * (W_U[a] - W_U[c]))``

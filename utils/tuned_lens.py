@@ -105,6 +105,18 @@ def tuned_lens_step(lens: TunedLens, model: PreTrainedModel, residual: Float[Ten
     return loss.item()
 
 
+def least_squares_translator(x: Float[Tensor, "n d_model"], target: Float[Tensor, "n d_model"]
+                             ) -> tuple[Float[Tensor, "d_model d_model"], Float[Tensor, "d_model"]]:
+    """The affine map ``x @ A + b`` closest to ``target`` in squared error, in closed form (least squares).
+
+    A translator without training, fitted to the final *stream* rather than to the final distribution: the
+    tuned lens's objective weighs directions by what the unembedding reads, this one weighs every direction alike.
+    """
+    with_ones = torch.cat([x, torch.ones_like(x[:, :1])], dim=-1)                     # [n, d_model + 1]
+    solution = torch.linalg.lstsq(with_ones.double(), target.double()).solution.to(x.dtype)   # [d_model + 1, d_model]
+    return solution[:-1], solution[-1]
+
+
 #: A tuned-lens training step: ``step(lens, model, residual, optimizer) -> loss`` (:func:`tuned_lens_step`).
 TunedLensStep = Callable[[TunedLens, PreTrainedModel, Tensor, torch.optim.Optimizer], float]
 
