@@ -14,6 +14,7 @@ import itertools
 import math
 import random
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from statistics import NormalDist
@@ -27,6 +28,7 @@ from transformers.pytorch_utils import Conv1D
 from utils import architecture
 from utils.activation_store import block_output, cache_to_shards
 from utils.attention import losses_by_copy, token_losses
+from utils.course_model.evaluate import encode
 from utils.finetune import IGNORE_INDEX
 from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
 from utils.hooks import ATTENTION, ATTENTION_OUTPUT_PROJECTION, ablate_head, capture, editing_head_outputs, head_outputs
@@ -34,7 +36,8 @@ from utils.logit_lens import ATTENTION_INPUT_NORM, direction_logits, kl_to_final
 from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
 from utils.models import frozen
 from utils.soft_prompts import answer_loss, logits_with_soft_prompt
-from utils.steering import last_token_activations
+from utils.steering import BEHAVIOURS, last_token_activations
+from utils.world import label_text
 
 Answer = Callable[..., object]
 
@@ -2099,6 +2102,104 @@ def project_out_with_a_projection_matrix(residual, direction):
     return residual @ (torch.eye(len(unit)) - torch.outer(unit, unit))
 
 
+
+def rate_as_a_count(texts, name):
+    wanted = BEHAVIOURS[name]
+    return float(sum(getattr(label_text(text), wanted.trait) == wanted.value for text in texts))
+
+
+def rate_of_the_sentiment_always(texts, name):
+    wanted = BEHAVIOURS[name]
+    return sum(label_text(text).sentiment == wanted.value for text in texts) / len(texts)
+
+
+def rate_of_the_texts_without_it(texts, name):
+    wanted = BEHAVIOURS[name]
+    return sum(getattr(label_text(text), wanted.trait) != wanted.value for text in texts) / len(texts)
+
+
+def rate_with_a_counter(texts, name):
+    wanted = BEHAVIOURS[name]
+    values = Counter(getattr(label_text(text), wanted.trait) for text in texts)
+    return values[wanted.value] / sum(values.values())
+
+
+def pca_of_uncentred_differences(with_behaviour, without):
+    differences = with_behaviour - without
+    component = torch.linalg.svd(differences, full_matrices=False).Vh[0]
+    return component if component @ differences.mean(dim=0) >= 0 else -component
+
+
+def pca_scaled_by_its_singular_value(with_behaviour, without):
+    differences = with_behaviour - without
+    _, values, right = torch.linalg.svd(differences - differences.mean(dim=0), full_matrices=False)
+    component = values[0] * right[0]
+    return component if component @ differences.mean(dim=0) >= 0 else -component
+
+
+def pca_of_both_sets_pooled(with_behaviour, without):
+    pooled = torch.cat([with_behaviour, without])
+    component = torch.linalg.svd(pooled - pooled.mean(dim=0), full_matrices=False).Vh[0]
+    mean = (with_behaviour - without).mean(dim=0)
+    return component if component @ mean >= 0 else -component
+
+
+def pca_from_the_covariance(with_behaviour, without):
+    differences = (with_behaviour - without).double()
+    centred = differences - differences.mean(dim=0)
+    component = torch.linalg.eigh(centred.T @ centred).eigenvectors[:, -1]
+    return (component if component @ differences.mean(dim=0) >= 0 else -component).float()
+
+
+def actadd_the_wrong_way_round(model, tokenizer, positive_prompt, negative_prompt, layer):
+    activations = last_token_activations(model, tokenizer, [positive_prompt, negative_prompt], [layer])[0]
+    return activations[1] - activations[0]
+
+
+def actadd_averaged_over_positions(model, tokenizer, positive_prompt, negative_prompt, layer):
+    from utils.directions import mean_token_activations
+    activations = mean_token_activations(model, tokenizer, [positive_prompt, negative_prompt], layer)
+    return activations[0] - activations[1]
+
+
+def actadd_of_the_layer_before(model, tokenizer, positive_prompt, negative_prompt, layer):
+    site = "resid_pre.0" if layer == 0 else f"resid_post.{layer - 1}"
+    ids = [torch.tensor([encode(tokenizer, prompt)]) for prompt in (positive_prompt, negative_prompt)]
+    positive, negative = (capture(model, input_ids, [site])[site][0, -1] for input_ids in ids)
+    return positive - negative
+
+
+def actadd_one_prompt_at_a_time(model, tokenizer, positive_prompt, negative_prompt, layer):
+    site = f"resid_post.{layer}"
+    ids = [torch.tensor([encode(tokenizer, prompt)]) for prompt in (positive_prompt, negative_prompt)]
+    positive, negative = (capture(model, input_ids, [site])[site][0, -1] for input_ids in ids)
+    return positive - negative
+
+
+def refusal_of_prompt_and_response(model, tokenizer, harmful, harmless, layer):
+    activations = [last_token_activations(model, tokenizer, [e.prompt + " " + e.response for e in examples], [layer])[0]
+                   for examples in (harmful, harmless)]
+    return activations[0].mean(0) - activations[1].mean(0)
+
+
+def refusal_the_wrong_way_round(model, tokenizer, harmful, harmless, layer):
+    activations = [last_token_activations(model, tokenizer, [e.prompt for e in examples], [layer])[0]
+                   for examples in (harmful, harmless)]
+    return activations[1].mean(0) - activations[0].mean(0)
+
+
+def refusal_of_paired_rows(model, tokenizer, harmful, harmless, layer):
+    n = min(len(harmful), len(harmless))
+    activations = [last_token_activations(model, tokenizer, [e.prompt for e in examples[:n]], [layer])[0]
+                   for examples in (harmful, harmless)]
+    return (activations[0] - activations[1]).mean(0)
+
+
+def refusal_with_the_library_mean_difference(model, tokenizer, harmful, harmless, layer):
+    from utils.directions import mean_difference_direction
+    return mean_difference_direction(*(last_token_activations(model, tokenizer, [e.prompt for e in examples], [layer])[0]
+                                       for examples in (harmful, harmless)))
+
 # --------------------------------------------------------------------------------------------- 6
 def _sae_latents(pre, k, dim=-1):
     """ReLU, or the k largest along ``dim`` ReLU'd and the rest zeroed."""
@@ -2299,7 +2400,11 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "4.14": (translator_without_a_bias, translator_the_other_way_round, translator_reading_the_bias_from_the_first_row),
     "5.1": (caa_the_wrong_way_round, caa_of_the_layer_before, caa_summed_over_pairs),
     "5.2": (steering_every_position, steering_in_place, steering_the_first_position),
-    "5.3": (project_out_unnormalised, project_onto_the_direction, project_out_of_a_normalised_residual),
+    "5.3": (rate_as_a_count, rate_of_the_sentiment_always, rate_of_the_texts_without_it),
+    "5.4": (pca_of_uncentred_differences, pca_scaled_by_its_singular_value, pca_of_both_sets_pooled),
+    "5.5": (actadd_the_wrong_way_round, actadd_averaged_over_positions, actadd_of_the_layer_before),
+    "5.6": (project_out_unnormalised, project_onto_the_direction, project_out_of_a_normalised_residual),
+    "5.7": (refusal_of_prompt_and_response, refusal_the_wrong_way_round, refusal_of_paired_rows),
     "6.1": (sae_with_topk_over_the_batch, sae_ignoring_k, sae_normalising_the_decoder),
     "6.2": (sae_loss_mse_averaged_over_dimensions, sae_loss_unweighted_l1, sae_loss_l1_summed_over_the_batch),
     "6.3": (explained_variance_uncentred, explained_variance_per_dimension, explained_variance_of_the_reconstruction),
@@ -2337,8 +2442,9 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "4.6": (contributions_with_einsum,), "4.7": (formation_in_a_loop,), "4.8": (kl_with_torch_kl_div,),
     "4.9": (lens_step_with_the_kl_by_hand,), "4.10": (agreement_with_topk,), "4.11": (directions_from_the_covariance,),
     "4.12": (ranks_by_sorting,), "4.13": (score_from_another_cyclic_order,), "4.14": (translator_from_centred_data,),
-    "5.1": (caa_as_the_mean_of_differences,), "5.2": (steering_with_cat,),
-    "5.3": (project_out_with_a_projection_matrix,),
+    "5.1": (caa_as_the_mean_of_differences,), "5.2": (steering_with_cat,), "5.3": (rate_with_a_counter,),
+    "5.4": (pca_from_the_covariance,), "5.5": (actadd_one_prompt_at_a_time,),
+    "5.6": (project_out_with_a_projection_matrix,), "5.7": (refusal_with_the_library_mean_difference,),
     "6.1": (sae_with_a_topk_mask,), "6.2": (sae_loss_with_einsum,), "6.3": (explained_variance_with_var,),
     "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (attribution_as_a_sum_of_products,),
 }

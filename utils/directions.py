@@ -135,7 +135,7 @@ def cosine_table(directions: dict[str, Float[Tensor, "d_model"]]) -> pd.DataFram
 
 def project_out(residual: Float[Tensor, "... d_model"], direction: Float[Tensor, "d_model"]
                 ) -> Float[Tensor, "... d_model"]:
-    """Reference for Exercise 5.3: ``residual`` minus its component along ``direction`` (any norm)."""
+    """Reference for Exercise 5.6: ``residual`` minus its component along ``direction`` (any norm)."""
     direction = direction / direction.norm()
     return residual - (residual @ direction)[..., None] * direction
 
@@ -213,4 +213,4 @@ def zero_shot_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
 
 # --------------------------------------------------------------------------------------------
-# Exercise 5.3: the checker
+# Exercise 5.6: the checker

@@ -361,16 +361,17 @@ def steered_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
 def steered_rates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], name: str,
                   settings: Sequence[tuple[int, Float[Tensor, "d_model"], float]], max_new_tokens: int = 40,
                   seed: int = 0, decoding: Decoding = Decoding(temperature=1.0),
-                  memory_budget: int = MEMORY_BUDGET) -> list[float]:
-    """:func:`behaviour_rate` toward ``name`` of continuations of ``prompts``, one rate per steering setting
-    ``(layer, vector, alpha)`` of ``settings`` (``alpha=0``: unsteered).
+                  memory_budget: int = MEMORY_BUDGET,
+                  rate: Callable[[Sequence[str], str], float] | None = None) -> list[float]:
+    """``rate`` (:func:`behaviour_rate`; the lab passes the learner's) toward ``name`` of continuations of
+    ``prompts``, one rate per steering setting ``(layer, vector, alpha)`` of ``settings`` (``alpha=0``: unsteered).
 
     The settings generate side by side in the batch (:func:`steering_variants`), as many per generation
     as fit ``memory_budget`` bytes, so a sweep costs a few batched generations instead of one per setting.
     Greedy, each rate is that of :func:`steered_texts` alone; sampled, each setting draws other random
     numbers than it would alone (the batch has another size), so the rates differ by sampling noise only.
     """
-    prompts = list(prompts)
+    prompts, rate = list(prompts), rate or behaviour_rate
     longest = max(len(encode(tokenizer, prompt)) for prompt in prompts) + max_new_tokens
     per_pass = variants_per_pass(model, len(prompts), longest, memory_budget)
     rates = []
@@ -378,7 +379,7 @@ def steered_rates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
         part = [settings[i] for i in chunk]
         with steering_variants(model, part, len(prompts)):
             texts = generate_text(model, tokenizer, prompts * len(part), max_new_tokens, decoding=decoding, seed=seed)
-        rates += [behaviour_rate(texts[v * len(prompts):(v + 1) * len(prompts)], name) for v in range(len(part))]
+        rates += [rate(texts[v * len(prompts):(v + 1) * len(prompts)], name) for v in range(len(part))]
     return rates
 
 

@@ -14,10 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+import random
+
 from utils import architecture
 from utils.checks import Case, CheckResult, HasCase, Varies, check_function
-from utils.directions import project_out
-from utils.steering import add_steering, caa_vector, contrastive_pairs
+from utils.directions import actadd_vector, labelled_stories, pca_direction, project_out, refusal_direction
+from utils.steering import add_steering, behaviour_rate, caa_vector, contrastive_pairs
+from utils.world.instructions import chat_dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,14 +67,88 @@ def check_add_steering(learner_fn: Callable[[Tensor, Tensor, float], Tensor]) ->
 
 
 def check_project_out(learner_fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
-    """Exercise 5.3 on a batch of residuals and directions of norm 1, 3.5 and 0.2."""
+    """Exercise 5.6 on a batch of residuals and directions of norm 1, 3.5 and 0.2."""
     generator = torch.Generator().manual_seed(0)
     residual = torch.randn(2, 5, 8, generator=generator) * 4
     cases = [Case(f"[2, 5, 8] residuals, a direction of norm {norm}", residual, direction * norm)
              for norm in (1.0, 3.5, 0.2)
              for direction in [F.normalize(torch.randn(8, generator=generator), dim=0)]]
     return check_function(
-        learner_fn, project_out, cases, exercise="5.3 (project_out)", atol=1e-5,
+        learner_fn, project_out, cases, exercise="5.6 (project_out)", atol=1e-5,
         hint="make the direction a unit vector r first (it may have any norm); the component of x along r is "
              "(x · r) r, with the dot products given a trailing dimension to broadcast; subtract it from x (do not "
              "keep only it)")
+
+
+def _mixed_stories(name: str, with_behaviour: int, without: int, seed: int) -> list[str]:
+    """Stories with and without behaviour ``name`` (another value of its trait), shuffled."""
+    shown, other = labelled_stories(name, max(with_behaviour, without), seed=seed)
+    texts = shown[:with_behaviour] + other[:without]
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
+def check_behaviour_rate(learner_fn: Callable[[list[str], str], float]) -> CheckResult:
+    """Exercise 5.3 on labelled stories of the three behaviours (a sentiment, an emotion and a topic), mixed."""
+    cases = [Case("7 positive stories and 5 negative ones", _mixed_stories("positive", 7, 5, seed=1), "positive"),
+             Case("3 angry stories and 9 with other emotions", _mixed_stories("anger", 3, 9, seed=2), "anger"),
+             Case("4 wedding stories and 4 on other topics", _mixed_stories("wedding", 4, 4, seed=3), "wedding")]
+    return check_function(
+        learner_fn, behaviour_rate, cases, exercise="5.3 (behaviour_rate)",
+        hint="look the behaviour up in BEHAVIOURS: it names the trait the labeller reads (sentiment, emotion or "
+             "topic) and the value it must take; label every text with label_text, compare that trait's value, and "
+             "return the share of the texts that match (a float between 0 and 1, not a count)")
+
+
+def _activation_pairs(n: int, d: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Paired activations whose differences share a mean and vary most along another axis."""
+    generator = torch.Generator().manual_seed(seed)
+    without = torch.randn(n, d, generator=generator) + 2
+    spread = torch.randn(n, 1, generator=generator) * 3 * F.normalize(torch.randn(d, generator=generator), dim=0)
+    shift = 0.5 * F.normalize(torch.randn(d, generator=generator), dim=0)
+    return without + shift + spread + 0.1 * torch.randn(n, d, generator=generator), without
+
+
+def check_pca_direction(learner_fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
+    """Exercise 5.4 on paired activations whose differences have a mean and a larger spread elsewhere."""
+    # Seeds whose decomposition returns the component both ways round, its dot product with the mean below 1 in size.
+    cases = [Case(f"{n} pairs of width {d}", *_activation_pairs(n, d, seed)) for seed, n, d in
+             [(2, 40, 8), (0, 12, 16), (0, 200, 4), (1, 40, 8), (0, 30, 6)]]
+    cases.append(Case("the 40 pairs of width 8, each the other way round", *reversed(cases[0].args)))
+    return check_function(
+        learner_fn, pca_direction, cases, exercise="5.4 (pca_direction)", atol=1e-4, rtol=1e-3,
+        hint="take the paired differences (with minus without, row by row), centre them (subtract their mean row), "
+             "and take the first right singular vector of the centred differences (the first row of Vh), of unit "
+             "norm; then turn it, if needed, so that its dot product with the differences' mean is not negative")
+
+
+def check_actadd_vector(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
+                        tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Exercise 5.5 on the course model: prompt pairs of different lengths, at the first and the last layer."""
+    last = architecture.n_layers(model) - 1
+    cases = [Case("'The day was wonderful' - 'The day was terrible', layer 0", model, tokenizer,
+                  "The day was wonderful", "The day was terrible", 0),
+             Case(f"'She was angry' - 'She was very calm today', layer {last}", model, tokenizer,
+                  "She was angry", "She was very calm today", last)]
+    with torch.no_grad():
+        return check_function(
+            learner_fn, actadd_vector, cases, exercise="5.5 (actadd_vector)", atol=1e-4,
+            properties=[Varies("layer", lambda layer: layer - 1 if layer else layer + 1, "reads another layer")],
+            hint="run both prompts through last_token_activations(model, tokenizer, [positive, negative], [layer]): "
+                 "[1, 2, d_model], the residual after block layer at each prompt's last token; return the first "
+                 "row minus the second (the prompts may have different lengths: never average over positions)")
+
+
+def check_refusal_direction(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
+                            tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Exercise 5.7 on the course model, with chat requests of the two kinds at two layers."""
+    harmful, harmless = chat_dataset(6, seed=11, kinds=["refusal"]), chat_dataset(10, seed=12, kinds=["kind_story"])
+    last = architecture.n_layers(model) - 1
+    cases = [Case("6 harmful and 10 harmless requests, layer 0", model, tokenizer, harmful, harmless, 0),
+             Case(f"the first 3 of each, layer {last}", model, tokenizer, harmful[:3], harmless[:3], last)]
+    with torch.no_grad():
+        return check_function(
+            learner_fn, refusal_direction, cases, exercise="5.7 (refusal_direction)", atol=1e-4,
+            hint="read the prompts only (example.prompt, which ends at 'Assistant:'), not prompt + response; take the "
+                 "residual after block layer at their last token with last_token_activations, average each kind "
+                 "over its requests, and return harmful minus harmless (the kinds may have different sizes)")
