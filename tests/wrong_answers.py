@@ -2200,6 +2200,108 @@ def refusal_with_the_library_mean_difference(model, tokenizer, harmful, harmless
     return mean_difference_direction(*(last_token_activations(model, tokenizer, [e.prompt for e in examples], [layer])[0]
                                        for examples in (harmful, harmless)))
 
+
+def settings_strength_first(vectors, alphas):
+    return [(layer, F.normalize(vectors[layer], dim=0), float(alpha)) for alpha in alphas for layer in range(len(vectors))]
+
+
+def settings_not_unit(vectors, alphas):
+    return [(layer, vectors[layer], float(alpha)) for layer in range(len(vectors)) for alpha in alphas]
+
+
+def settings_with_the_alphas_sorted(vectors, alphas):
+    return [(layer, F.normalize(vectors[layer], dim=0), float(alpha)) for layer in range(len(vectors))
+            for alpha in sorted(alphas)]
+
+
+def settings_with_itertools(vectors, alphas):
+    return [(layer, vectors[layer] / vectors[layer].norm(), float(alpha))
+            for layer, alpha in itertools.product(range(len(vectors)), alphas)]
+
+
+def mean_difference_the_wrong_way_round(with_behaviour, without):
+    return without.mean(0) - with_behaviour.mean(0)
+
+
+def mean_difference_normalised(with_behaviour, without):
+    return F.normalize(with_behaviour.mean(0) - without.mean(0), dim=0)
+
+
+def mean_difference_of_the_pooled_means(with_behaviour, without):
+    return with_behaviour.mean(0) - torch.cat([with_behaviour, without]).mean(0)
+
+
+def mean_difference_from_sums(with_behaviour, without):
+    return with_behaviour.sum(0) / len(with_behaviour) - without.sum(0) / len(without)
+
+
+def _stream_sites(model):
+    return ["resid_pre.0", *(f"resid_post.{layer}" for layer in range(architecture.n_layers(model)))]
+
+
+@contextlib.contextmanager
+def ablate_after_the_last_block_only(model, direction):
+    from utils.directions import project_out
+    from utils.hooks import hooks
+    with hooks(model, {f"resid_post.{architecture.n_layers(model) - 1}": lambda r: project_out(r, direction)}):
+        yield model
+
+
+@contextlib.contextmanager
+def ablate_without_the_embeddings(model, direction):
+    from utils.directions import project_out
+    from utils.hooks import hooks
+    with hooks(model, {site: lambda r: project_out(r, direction) for site in _stream_sites(model)[1:]}):
+        yield model
+
+
+@contextlib.contextmanager
+def ablate_along_the_unnormalised_direction(model, direction):
+    from utils.hooks import hooks
+    with hooks(model, {site: lambda r: r - (r @ direction)[..., None] * direction for site in _stream_sites(model)}):
+        yield model
+
+
+@contextlib.contextmanager
+def ablate_with_forward_hooks(model, direction):
+    unit = direction / direction.norm()
+
+    def remove(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden - (hidden @ unit)[..., None] * unit
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    def remove_before(module, args):
+        return (args[0] - (args[0] @ unit)[..., None] * unit, *args[1:])
+
+    blocks = architecture.blocks(model)
+    handles = [blocks[0].register_forward_pre_hook(remove_before)] + [block.register_forward_hook(remove) for block in blocks]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def function_vector_the_wrong_way_round(model, tokenizer, few_shot_prompts, zero_shot_prompts, layer):
+    few, zero = (last_token_activations(model, tokenizer, list(p), [layer])[0] for p in (few_shot_prompts, zero_shot_prompts))
+    return zero.mean(0) - few.mean(0)
+
+
+def function_vector_without_the_baseline(model, tokenizer, few_shot_prompts, zero_shot_prompts, layer):
+    return last_token_activations(model, tokenizer, list(few_shot_prompts), [layer])[0].mean(0)
+
+
+def function_vector_of_pooled_prompts(model, tokenizer, few_shot_prompts, zero_shot_prompts, layer):
+    few, zero = (last_token_activations(model, tokenizer, list(p), [layer])[0] for p in (few_shot_prompts, zero_shot_prompts))
+    return few.mean(0) - torch.cat([few, zero]).mean(0)
+
+
+def function_vector_with_the_library_mean_difference(model, tokenizer, few_shot_prompts, zero_shot_prompts, layer):
+    from utils.directions import mean_difference_direction
+    return mean_difference_direction(*(last_token_activations(model, tokenizer, list(p), [layer])[0]
+                                       for p in (few_shot_prompts, zero_shot_prompts)))
+
 # --------------------------------------------------------------------------------------------- 6
 def _sae_latents(pre, k, dim=-1):
     """ReLU, or the k largest along ``dim`` ReLU'd and the rest zeroed."""
@@ -2400,11 +2502,15 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "4.14": (translator_without_a_bias, translator_the_other_way_round, translator_reading_the_bias_from_the_first_row),
     "5.1": (caa_the_wrong_way_round, caa_of_the_layer_before, caa_summed_over_pairs),
     "5.2": (steering_every_position, steering_in_place, steering_the_first_position),
-    "5.3": (rate_as_a_count, rate_of_the_sentiment_always, rate_of_the_texts_without_it),
-    "5.4": (pca_of_uncentred_differences, pca_scaled_by_its_singular_value, pca_of_both_sets_pooled),
-    "5.5": (actadd_the_wrong_way_round, actadd_averaged_over_positions, actadd_of_the_layer_before),
-    "5.6": (project_out_unnormalised, project_onto_the_direction, project_out_of_a_normalised_residual),
-    "5.7": (refusal_of_prompt_and_response, refusal_the_wrong_way_round, refusal_of_paired_rows),
+    "5.3": (settings_strength_first, settings_not_unit, settings_with_the_alphas_sorted),
+    "5.4": (rate_as_a_count, rate_of_the_sentiment_always, rate_of_the_texts_without_it),
+    "5.5": (mean_difference_the_wrong_way_round, mean_difference_normalised, mean_difference_of_the_pooled_means),
+    "5.6": (pca_of_uncentred_differences, pca_scaled_by_its_singular_value, pca_of_both_sets_pooled),
+    "5.7": (actadd_the_wrong_way_round, actadd_averaged_over_positions, actadd_of_the_layer_before),
+    "5.8": (project_out_unnormalised, project_onto_the_direction, project_out_of_a_normalised_residual),
+    "5.9": (ablate_after_the_last_block_only, ablate_without_the_embeddings, ablate_along_the_unnormalised_direction),
+    "5.10": (refusal_of_prompt_and_response, refusal_the_wrong_way_round, refusal_of_paired_rows),
+    "5.11": (function_vector_the_wrong_way_round, function_vector_without_the_baseline, function_vector_of_pooled_prompts),
     "6.1": (sae_with_topk_over_the_batch, sae_ignoring_k, sae_normalising_the_decoder),
     "6.2": (sae_loss_mse_averaged_over_dimensions, sae_loss_unweighted_l1, sae_loss_l1_summed_over_the_batch),
     "6.3": (explained_variance_uncentred, explained_variance_per_dimension, explained_variance_of_the_reconstruction),
@@ -2442,9 +2548,11 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "4.6": (contributions_with_einsum,), "4.7": (formation_in_a_loop,), "4.8": (kl_with_torch_kl_div,),
     "4.9": (lens_step_with_the_kl_by_hand,), "4.10": (agreement_with_topk,), "4.11": (directions_from_the_covariance,),
     "4.12": (ranks_by_sorting,), "4.13": (score_from_another_cyclic_order,), "4.14": (translator_from_centred_data,),
-    "5.1": (caa_as_the_mean_of_differences,), "5.2": (steering_with_cat,), "5.3": (rate_with_a_counter,),
-    "5.4": (pca_from_the_covariance,), "5.5": (actadd_one_prompt_at_a_time,),
-    "5.6": (project_out_with_a_projection_matrix,), "5.7": (refusal_with_the_library_mean_difference,),
+    "5.1": (caa_as_the_mean_of_differences,), "5.2": (steering_with_cat,), "5.3": (settings_with_itertools,),
+    "5.4": (rate_with_a_counter,), "5.5": (mean_difference_from_sums,), "5.6": (pca_from_the_covariance,),
+    "5.7": (actadd_one_prompt_at_a_time,), "5.8": (project_out_with_a_projection_matrix,),
+    "5.9": (ablate_with_forward_hooks,), "5.10": (refusal_with_the_library_mean_difference,),
+    "5.11": (function_vector_with_the_library_mean_difference,),
     "6.1": (sae_with_a_topk_mask,), "6.2": (sae_loss_with_einsum,), "6.3": (explained_variance_with_var,),
     "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (attribution_as_a_sum_of_products,),
 }

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -135,7 +135,7 @@ def cosine_table(directions: dict[str, Float[Tensor, "d_model"]]) -> pd.DataFram
 
 def project_out(residual: Float[Tensor, "... d_model"], direction: Float[Tensor, "d_model"]
                 ) -> Float[Tensor, "... d_model"]:
-    """Reference for Exercise 5.6: ``residual`` minus its component along ``direction`` (any norm)."""
+    """Reference for Exercise 5.8: ``residual`` minus its component along ``direction`` (any norm)."""
     direction = direction / direction.norm()
     return residual - (residual @ direction)[..., None] * direction
 
@@ -180,18 +180,31 @@ def first_token_refusal_rate(model: PreTrainedModel, tokenizer: PreTrainedTokeni
 # 5. Function vectors
 
 
+def function_vector(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, few_shot_prompts: Sequence[str],
+                    zero_shot_prompts: Sequence[str], layer: int) -> Float[Tensor, "d_model"]:
+    """Reference for Exercise 5.11: the mean activation after block ``layer`` at the last token of the few-shot
+    prompts minus the mean at the last token of the zero-shot ones."""
+    activations = [last_token_activations(model, tokenizer, list(prompts), [layer])[0]
+                   for prompts in (few_shot_prompts, zero_shot_prompts)]
+    return mean_difference_direction(*activations)
+
+
+#: How :func:`task_vector` turns its prompts into a vector (the lab passes the learner's).
+FunctionVector = Callable[[PreTrainedModel, PreTrainedTokenizerBase, Sequence[str], Sequence[str], int], Tensor]
+
+
 def task_vector(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str, layer: int,
-                n_prompts: int = 32, n_shots: int = 5, seed: int = 0) -> Float[Tensor, "d_model"]:
-    """A function vector: the mean activation at the last token (``"->"``) of ``n_shots``-shot prompts of
-    ``task`` minus the mean over zero-shot prompts of every task (what is common to all queries)."""
+                n_prompts: int = 32, n_shots: int = 5, seed: int = 0,
+                vector: FunctionVector = function_vector) -> Float[Tensor, "d_model"]:
+    """A function vector (:func:`function_vector`) of ``task``: from ``n_shots``-shot prompts of ``task`` (ending
+    on ``"->"``) against zero-shot prompts of every task (what is common to all queries)."""
     if task not in FEW_SHOT_TASKS:
         raise ValueError(f"unknown few-shot task {task!r}: use one of {sorted(FEW_SHOT_TASKS)}")
     rng = random.Random(30_011 + seed)
     few = [few_shot(rng, task=task, n_shots=n_shots).prompt for _ in range(n_prompts)]
     zero = [few_shot(rng, task=name, n_shots=0).prompt for name in sorted(FEW_SHOT_TASKS)
             for _ in range(max(1, n_prompts // len(FEW_SHOT_TASKS)))]
-    activations = [last_token_activations(model, tokenizer, prompts, [layer])[0] for prompts in (few, zero)]
-    return mean_difference_direction(*activations)
+    return vector(model, tokenizer, few, zero, layer)
 
 
 def zero_shot_queries(task: str, n: int = 40, seed: int = 1) -> list[tuple[str, str]]:
@@ -213,4 +226,4 @@ def zero_shot_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
 
 # --------------------------------------------------------------------------------------------
-# Exercise 5.6: the checker
+# Exercise 5.8: the checker

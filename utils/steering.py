@@ -509,10 +509,21 @@ def _sweep_chunk(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, nam
     return rows
 
 
+def sweep_settings(vectors: Float[Tensor, "layer d_model"], alphas: Sequence[float]
+                   ) -> list[tuple[int, Float[Tensor, "d_model"], float]]:
+    """Reference for Exercise 5.3: every ``(layer, unit vector of that layer, alpha)``, layer by layer, the
+    strengths in the order given within each layer."""
+    return [(layer, unit(vectors[layer]), float(alpha)) for layer in range(len(vectors)) for alpha in alphas]
+
+
+#: How :func:`steering_sweep` lays out its grid (the lab passes the learner's).
+SweepSettings = Callable[[Tensor, Sequence[float]], list[tuple[int, Tensor, float]]]
+
+
 def steering_sweep(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str,
                    vectors: Float[Tensor, "layer d_model"], alphas: Sequence[float], *, n_openings: int = 48,
                    n_questions: int = 64, max_new_tokens: int = 40, seed: int = 0,
-                   memory_budget: int = MEMORY_BUDGET) -> pd.DataFrame:
+                   memory_budget: int = MEMORY_BUDGET, settings: SweepSettings = sweep_settings) -> pd.DataFrame:
     """Steer toward behaviour ``name`` with the unit vector of each layer and each ``alpha``, and measure.
 
     One row per ``(layer, alpha)``: the behaviour rate of sampled continuations of held-out openings
@@ -528,7 +539,7 @@ def steering_sweep(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n
     openings = story_openings(name, n_openings, seed)
     questions = contrastive_pairs(name, n_questions, "test", seed)
     neutral = neutral_texts()
-    grid = [(layer, unit(vectors[layer]), float(alpha)) for layer in range(len(vectors)) for alpha in alphas]
+    grid = settings(vectors, alphas)
     longest = max(len(encode(tokenizer, text)) for text in neutral) + 1
     per_pass = variants_per_pass(model, max(len(openings), len(neutral)), longest, memory_budget,
                                  logit_positions=longest)

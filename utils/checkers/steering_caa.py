@@ -7,6 +7,7 @@ on inputs chosen so that every plausible mistake shows (see ``utils.checks``), a
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import torch
@@ -14,12 +15,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-import random
-
 from utils import architecture
 from utils.checks import Case, CheckResult, HasCase, Varies, check_function
-from utils.directions import actadd_vector, labelled_stories, pca_direction, project_out, refusal_direction
-from utils.steering import add_steering, behaviour_rate, caa_vector, contrastive_pairs
+from utils.directions import (
+    ablate_direction, actadd_vector, function_vector, labelled_stories, mean_difference_direction, pca_direction,
+    project_out, refusal_direction,
+)
+from utils.models import tiny_random_model
+from utils.steering import add_steering, behaviour_rate, caa_vector, contrastive_pairs, sweep_settings
+from utils.world.families import FEW_SHOT_TASKS, few_shot
 from utils.world.instructions import chat_dataset
 
 
@@ -67,14 +71,14 @@ def check_add_steering(learner_fn: Callable[[Tensor, Tensor, float], Tensor]) ->
 
 
 def check_project_out(learner_fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
-    """Exercise 5.6 on a batch of residuals and directions of norm 1, 3.5 and 0.2."""
+    """Exercise 5.8 on a batch of residuals and directions of norm 1, 3.5 and 0.2."""
     generator = torch.Generator().manual_seed(0)
     residual = torch.randn(2, 5, 8, generator=generator) * 4
     cases = [Case(f"[2, 5, 8] residuals, a direction of norm {norm}", residual, direction * norm)
              for norm in (1.0, 3.5, 0.2)
              for direction in [F.normalize(torch.randn(8, generator=generator), dim=0)]]
     return check_function(
-        learner_fn, project_out, cases, exercise="5.6 (project_out)", atol=1e-5,
+        learner_fn, project_out, cases, exercise="5.8 (project_out)", atol=1e-5,
         hint="make the direction a unit vector r first (it may have any norm); the component of x along r is "
              "(x · r) r, with the dot products given a trailing dimension to broadcast; subtract it from x (do not "
              "keep only it)")
@@ -89,12 +93,12 @@ def _mixed_stories(name: str, with_behaviour: int, without: int, seed: int) -> l
 
 
 def check_behaviour_rate(learner_fn: Callable[[list[str], str], float]) -> CheckResult:
-    """Exercise 5.3 on labelled stories of the three behaviours (a sentiment, an emotion and a topic), mixed."""
+    """Exercise 5.4 on labelled stories of the three behaviours (a sentiment, an emotion and a topic), mixed."""
     cases = [Case("7 positive stories and 5 negative ones", _mixed_stories("positive", 7, 5, seed=1), "positive"),
              Case("3 angry stories and 9 with other emotions", _mixed_stories("anger", 3, 9, seed=2), "anger"),
              Case("4 wedding stories and 4 on other topics", _mixed_stories("wedding", 4, 4, seed=3), "wedding")]
     return check_function(
-        learner_fn, behaviour_rate, cases, exercise="5.3 (behaviour_rate)",
+        learner_fn, behaviour_rate, cases, exercise="5.4 (behaviour_rate)",
         hint="look the behaviour up in BEHAVIOURS: it names the trait the labeller reads (sentiment, emotion or "
              "topic) and the value it must take; label every text with label_text, compare that trait's value, and "
              "return the share of the texts that match (a float between 0 and 1, not a count)")
@@ -110,13 +114,13 @@ def _activation_pairs(n: int, d: int, seed: int) -> tuple[Tensor, Tensor]:
 
 
 def check_pca_direction(learner_fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
-    """Exercise 5.4 on paired activations whose differences have a mean and a larger spread elsewhere."""
+    """Exercise 5.6 on paired activations whose differences have a mean and a larger spread elsewhere."""
     # Seeds whose decomposition returns the component both ways round, its dot product with the mean below 1 in size.
     cases = [Case(f"{n} pairs of width {d}", *_activation_pairs(n, d, seed)) for seed, n, d in
              [(2, 40, 8), (0, 12, 16), (0, 200, 4), (1, 40, 8), (0, 30, 6)]]
     cases.append(Case("the 40 pairs of width 8, each the other way round", *reversed(cases[0].args)))
     return check_function(
-        learner_fn, pca_direction, cases, exercise="5.4 (pca_direction)", atol=1e-4, rtol=1e-3,
+        learner_fn, pca_direction, cases, exercise="5.6 (pca_direction)", atol=1e-4, rtol=1e-3,
         hint="take the paired differences (with minus without, row by row), centre them (subtract their mean row), "
              "and take the first right singular vector of the centred differences (the first row of Vh), of unit "
              "norm; then turn it, if needed, so that its dot product with the differences' mean is not negative")
@@ -124,7 +128,7 @@ def check_pca_direction(learner_fn: Callable[[Tensor, Tensor], Tensor]) -> Check
 
 def check_actadd_vector(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
                         tokenizer: PreTrainedTokenizerBase) -> CheckResult:
-    """Exercise 5.5 on the course model: prompt pairs of different lengths, at the first and the last layer."""
+    """Exercise 5.7 on the course model: prompt pairs of different lengths, at the first and the last layer."""
     last = architecture.n_layers(model) - 1
     cases = [Case("'The day was wonderful' - 'The day was terrible', layer 0", model, tokenizer,
                   "The day was wonderful", "The day was terrible", 0),
@@ -132,7 +136,7 @@ def check_actadd_vector(learner_fn: Callable[..., Tensor], model: PreTrainedMode
                   "She was angry", "She was very calm today", last)]
     with torch.no_grad():
         return check_function(
-            learner_fn, actadd_vector, cases, exercise="5.5 (actadd_vector)", atol=1e-4,
+            learner_fn, actadd_vector, cases, exercise="5.7 (actadd_vector)", atol=1e-4,
             properties=[Varies("layer", lambda layer: layer - 1 if layer else layer + 1, "reads another layer")],
             hint="run both prompts through last_token_activations(model, tokenizer, [positive, negative], [layer]): "
                  "[1, 2, d_model], the residual after block layer at each prompt's last token; return the first "
@@ -141,14 +145,88 @@ def check_actadd_vector(learner_fn: Callable[..., Tensor], model: PreTrainedMode
 
 def check_refusal_direction(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
                             tokenizer: PreTrainedTokenizerBase) -> CheckResult:
-    """Exercise 5.7 on the course model, with chat requests of the two kinds at two layers."""
+    """Exercise 5.10 on the course model, with chat requests of the two kinds at two layers."""
     harmful, harmless = chat_dataset(6, seed=11, kinds=["refusal"]), chat_dataset(10, seed=12, kinds=["kind_story"])
     last = architecture.n_layers(model) - 1
     cases = [Case("6 harmful and 10 harmless requests, layer 0", model, tokenizer, harmful, harmless, 0),
              Case(f"the first 3 of each, layer {last}", model, tokenizer, harmful[:3], harmless[:3], last)]
     with torch.no_grad():
         return check_function(
-            learner_fn, refusal_direction, cases, exercise="5.7 (refusal_direction)", atol=1e-4,
+            learner_fn, refusal_direction, cases, exercise="5.10 (refusal_direction)", atol=1e-4,
             hint="read the prompts only (example.prompt, which ends at 'Assistant:'), not prompt + response; take the "
                  "residual after block layer at their last token with last_token_activations, average each kind "
                  "over its requests, and return harmful minus harmless (the kinds may have different sizes)")
+
+
+def check_sweep_settings(learner_fn: Callable) -> CheckResult:
+    """Exercise 5.3 on vectors of several norms and strengths in an unsorted order."""
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(3, 6, generator=generator) * torch.tensor([[0.1], [2.0], [30.0]])
+    cases = [Case("3 layers, strengths [0, 4, 8]", vectors, [0.0, 4.0, 8.0]),
+             Case("2 layers, strengths [8, -2] (kept in that order)", vectors[:2], [8.0, -2.0]),
+             Case("1 layer, one integer strength", vectors[:1], [3])]
+    return check_function(
+        learner_fn, sweep_settings, cases, exercise="5.3 (sweep_settings)",
+        hint="one (layer, vector, alpha) per pair, layer by layer (the outer loop over layers, the inner one over "
+             "the strengths in the order given); the vector is that layer's row made a unit vector (unit or "
+             "F.normalize), so that alpha alone sets the strength; alpha as a float")
+
+
+def check_mean_difference_direction(learner_fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
+    """Exercise 5.5 on activation sets of different sizes and means."""
+    generator = torch.Generator().manual_seed(2)
+    cases = [Case("30 with, 20 without, width 8", torch.randn(30, 8, generator=generator) + 1,
+                  torch.randn(20, 8, generator=generator) - 1),
+             Case("5 with, 11 without, width 3", torch.randn(5, 3, generator=generator) * 4,
+                  torch.randn(11, 3, generator=generator))]
+    return check_function(
+        learner_fn, mean_difference_direction, cases, exercise="5.5 (mean_difference_direction)",
+        hint="average each set over its own texts (dimension 0: the sets may have different sizes), and return the "
+             "mean with the behaviour minus the mean without, not normalised")
+
+
+def _output_inside(ablation: Callable) -> Callable:
+    """The logits inside ``with ablation(model, direction):``, and whether the model runs as before afterwards."""
+    def run(model: PreTrainedModel, direction: Tensor, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        with ablation(model, direction):
+            inside = model(input_ids).logits
+        return inside, model(input_ids).logits
+    return run
+
+
+def check_ablate_direction(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
+    """Exercise 5.9 on ``model`` and a tiny random Llama: the logits inside the block, and after it."""
+    generator = torch.Generator().manual_seed(3)
+    d_model, other = architecture.d_model(model), tiny_random_model("llama")
+    ids = torch.randint(model.config.vocab_size, (2, 6), generator=generator)
+    other_ids = torch.randint(other.config.vocab_size, (2, 5), generator=generator)
+    cases = [Case("your model, a random direction of norm 5", model, 5 * F.normalize(torch.randn(d_model, generator=generator),
+                                                                                  dim=0), ids),
+             Case("tiny random Llama, a random direction", other, torch.randn(architecture.d_model(other), generator=generator),
+                  other_ids)]
+    with torch.no_grad():
+        return check_function(
+            _output_inside(learner_fn), _output_inside(ablate_direction), cases, exercise="5.9 (ablate_direction)",
+            atol=1e-4, rtol=1e-4,
+            hint="register one hook per site: resid_pre.0 (before the first block) and resid_post.N after every block, "
+                 "each replacing the residual with project_out(residual, direction); hooks(model, {site: edit, ...}) "
+                 "registers several at once and removes them when its with block ends; yield inside it")
+
+
+def check_function_vector(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
+                          tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Exercise 5.11 on the course model: few-shot and zero-shot prompt sets of different sizes, at two layers."""
+    rng = random.Random(4)
+    last = architecture.n_layers(model) - 1
+    antonyms = [few_shot(rng, task="antonym", n_shots=3).prompt for _ in range(6)]
+    capitals = [few_shot(rng, task="capital", n_shots=5).prompt for _ in range(3)]
+    zero = [few_shot(rng, task=task, n_shots=0).prompt for task in sorted(FEW_SHOT_TASKS) for _ in range(2)]
+    cases = [Case("6 antonym prompts of 3 shots against 14 zero-shot ones, layer 0", model, tokenizer, antonyms, zero, 0),
+             Case(f"3 capital prompts of 5 shots against 5 zero-shot ones, layer {last}", model, tokenizer, capitals,
+                  zero[:5], last)]
+    with torch.no_grad():
+        return check_function(
+            learner_fn, function_vector, cases, exercise="5.11 (function_vector)", atol=1e-4,
+            hint="the activation after block layer at each prompt's last token (last_token_activations, one call per "
+                 "set), averaged over each set's own prompts (the sets have different sizes): few-shot mean minus "
+                 "zero-shot mean")
