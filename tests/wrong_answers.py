@@ -2302,6 +2302,95 @@ def function_vector_with_the_library_mean_difference(model, tokenizer, few_shot_
     return mean_difference_direction(*(last_token_activations(model, tokenizer, list(p), [layer])[0]
                                        for p in (few_shot_prompts, zero_shot_prompts)))
 
+
+def accuracy_at_threshold_zero(direction, with_behaviour, without):
+    correct = (with_behaviour @ direction > 0).sum() + (without @ direction <= 0).sum()
+    return (correct / (len(with_behaviour) + len(without))).item()
+
+
+def accuracy_at_the_pooled_mean(direction, with_behaviour, without):
+    threshold = (torch.cat([with_behaviour, without]) @ direction).mean()
+    correct = (with_behaviour @ direction > threshold).sum() + (without @ direction <= threshold).sum()
+    return (correct / (len(with_behaviour) + len(without))).item()
+
+
+def accuracy_averaged_over_the_classes(direction, with_behaviour, without):
+    threshold = ((with_behaviour @ direction).mean() + (without @ direction).mean()) / 2
+    return (((with_behaviour @ direction > threshold).float().mean() + (without @ direction <= threshold).float().mean())
+            / 2).item()
+
+
+def accuracy_with_labels(direction, with_behaviour, without):
+    scores = torch.cat([with_behaviour, without]) @ direction
+    labels = torch.cat([torch.ones(len(with_behaviour)), torch.zeros(len(without))]).bool()
+    threshold = (scores[labels].mean() + scores[~labels].mean()) / 2
+    return ((scores > threshold) == labels).float().mean().item()
+
+
+def variants_tiled(residual, added, everywhere=False):
+    per_row = added.repeat(len(residual) // len(added), 1)
+    if everywhere:
+        return residual + per_row[:, None]
+    steered = residual.clone()
+    steered[:, -1] += per_row
+    return steered
+
+
+def variants_in_place(residual, added, everywhere=False):
+    per_row = added.repeat_interleave(len(residual) // len(added), dim=0)
+    if everywhere:
+        residual += per_row[:, None]
+    else:
+        residual[:, -1] += per_row
+    return residual
+
+
+def variants_everywhere_always(residual, added, everywhere=False):
+    return residual + added.repeat_interleave(len(residual) // len(added), dim=0)[:, None]
+
+
+def variants_with_einops(residual, added, everywhere=False):
+    per_row = einops.repeat(added, "v d -> (v n) 1 d", n=len(residual) // len(added))
+    if everywhere:
+        return residual + per_row
+    return torch.cat([residual[:, :-1], residual[:, -1:] + per_row], dim=1)
+
+
+def neutral_loss_steered_at_the_last_position(model, tokenizer, texts, layer, vector, alpha):
+    from utils.hooks import hooks
+    from utils.steering import add_steering, mean_token_loss
+    with hooks(model, {f"resid_post.{layer}": lambda residual: add_steering(residual, vector, alpha)}):
+        return mean_token_loss(model, tokenizer, texts)
+
+
+def neutral_loss_of_the_layer_before(model, tokenizer, texts, layer, vector, alpha):
+    from utils.hooks import hooks
+    from utils.steering import mean_token_loss
+    site = "resid_pre.0" if layer == 0 else f"resid_post.{layer - 1}"
+    with hooks(model, {site: lambda residual: residual + alpha * vector}):
+        return mean_token_loss(model, tokenizer, texts)
+
+
+def neutral_loss_of_the_unit_vector(model, tokenizer, texts, layer, vector, alpha):
+    from utils.hooks import hooks
+    from utils.steering import mean_token_loss
+    with hooks(model, {f"resid_post.{layer}": lambda residual: residual + vector}):
+        return mean_token_loss(model, tokenizer, texts)
+
+
+def neutral_loss_with_a_forward_hook(model, tokenizer, texts, layer, vector, alpha):
+    from utils.steering import mean_token_loss
+
+    def add(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        return (hidden + alpha * vector, *output[1:]) if isinstance(output, tuple) else hidden + alpha * vector
+
+    handle = architecture.blocks(model)[layer].register_forward_hook(add)
+    try:
+        return mean_token_loss(model, tokenizer, texts)
+    finally:
+        handle.remove()
+
 # --------------------------------------------------------------------------------------------- 6
 def _sae_latents(pre, k, dim=-1):
     """ReLU, or the k largest along ``dim`` ReLU'd and the rest zeroed."""
@@ -2507,10 +2596,13 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "5.5": (mean_difference_the_wrong_way_round, mean_difference_normalised, mean_difference_of_the_pooled_means),
     "5.6": (pca_of_uncentred_differences, pca_scaled_by_its_singular_value, pca_of_both_sets_pooled),
     "5.7": (actadd_the_wrong_way_round, actadd_averaged_over_positions, actadd_of_the_layer_before),
-    "5.8": (project_out_unnormalised, project_onto_the_direction, project_out_of_a_normalised_residual),
-    "5.9": (ablate_after_the_last_block_only, ablate_without_the_embeddings, ablate_along_the_unnormalised_direction),
-    "5.10": (refusal_of_prompt_and_response, refusal_the_wrong_way_round, refusal_of_paired_rows),
-    "5.11": (function_vector_the_wrong_way_round, function_vector_without_the_baseline, function_vector_of_pooled_prompts),
+    "5.8": (accuracy_at_threshold_zero, accuracy_at_the_pooled_mean, accuracy_averaged_over_the_classes),
+    "5.9": (project_out_unnormalised, project_onto_the_direction, project_out_of_a_normalised_residual),
+    "5.10": (ablate_after_the_last_block_only, ablate_without_the_embeddings, ablate_along_the_unnormalised_direction),
+    "5.11": (refusal_of_prompt_and_response, refusal_the_wrong_way_round, refusal_of_paired_rows),
+    "5.12": (function_vector_the_wrong_way_round, function_vector_without_the_baseline, function_vector_of_pooled_prompts),
+    "5.13": (variants_tiled, variants_in_place, variants_everywhere_always),
+    "5.14": (neutral_loss_steered_at_the_last_position, neutral_loss_of_the_layer_before, neutral_loss_of_the_unit_vector),
     "6.1": (sae_with_topk_over_the_batch, sae_ignoring_k, sae_normalising_the_decoder),
     "6.2": (sae_loss_mse_averaged_over_dimensions, sae_loss_unweighted_l1, sae_loss_l1_summed_over_the_batch),
     "6.3": (explained_variance_uncentred, explained_variance_per_dimension, explained_variance_of_the_reconstruction),
@@ -2550,9 +2642,10 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "4.12": (ranks_by_sorting,), "4.13": (score_from_another_cyclic_order,), "4.14": (translator_from_centred_data,),
     "5.1": (caa_as_the_mean_of_differences,), "5.2": (steering_with_cat,), "5.3": (settings_with_itertools,),
     "5.4": (rate_with_a_counter,), "5.5": (mean_difference_from_sums,), "5.6": (pca_from_the_covariance,),
-    "5.7": (actadd_one_prompt_at_a_time,), "5.8": (project_out_with_a_projection_matrix,),
-    "5.9": (ablate_with_forward_hooks,), "5.10": (refusal_with_the_library_mean_difference,),
-    "5.11": (function_vector_with_the_library_mean_difference,),
+    "5.7": (actadd_one_prompt_at_a_time,), "5.8": (accuracy_with_labels,), "5.9": (project_out_with_a_projection_matrix,),
+    "5.10": (ablate_with_forward_hooks,), "5.11": (refusal_with_the_library_mean_difference,),
+    "5.12": (function_vector_with_the_library_mean_difference,), "5.13": (variants_with_einops,),
+    "5.14": (neutral_loss_with_a_forward_hook,),
     "6.1": (sae_with_a_topk_mask,), "6.2": (sae_loss_with_einsum,), "6.3": (explained_variance_with_var,),
     "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (attribution_as_a_sum_of_products,),
 }

@@ -135,7 +135,7 @@ def cosine_table(directions: dict[str, Float[Tensor, "d_model"]]) -> pd.DataFram
 
 def project_out(residual: Float[Tensor, "... d_model"], direction: Float[Tensor, "d_model"]
                 ) -> Float[Tensor, "... d_model"]:
-    """Reference for Exercise 5.8: ``residual`` minus its component along ``direction`` (any norm)."""
+    """Reference for Exercise 5.9: ``residual`` minus its component along ``direction`` (any norm)."""
     direction = direction / direction.norm()
     return residual - (residual @ direction)[..., None] * direction
 
@@ -182,7 +182,7 @@ def first_token_refusal_rate(model: PreTrainedModel, tokenizer: PreTrainedTokeni
 
 def function_vector(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, few_shot_prompts: Sequence[str],
                     zero_shot_prompts: Sequence[str], layer: int) -> Float[Tensor, "d_model"]:
-    """Reference for Exercise 5.11: the mean activation after block ``layer`` at the last token of the few-shot
+    """Reference for Exercise 5.12: the mean activation after block ``layer`` at the last token of the few-shot
     prompts minus the mean at the last token of the zero-shot ones."""
     activations = [last_token_activations(model, tokenizer, list(prompts), [layer])[0]
                    for prompts in (few_shot_prompts, zero_shot_prompts)]
@@ -226,4 +226,4 @@ def zero_shot_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
 
 # --------------------------------------------------------------------------------------------
-# Exercise 5.8: the checker
+# Exercise 5.9: the checker

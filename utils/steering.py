@@ -441,6 +441,23 @@ def fluency_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     return mean_token_loss(model, tokenizer, [p + c for p, c in zip(prompts, continuations)])
 
 
+def add_per_variant(residual: Float[Tensor, "batch pos d_model"], added: Float[Tensor, "variant d_model"],
+                    everywhere: bool = False) -> Float[Tensor, "batch pos d_model"]:
+    """Reference for Exercise 5.13: the batch holds ``len(added)`` variants of the same prompts, variant by
+    variant (``[variant * n, pos]``); add ``added[v]`` to every row of variant ``v``, at the last position (as
+    :func:`add_steering` does, on a prompt pass and on a generation step alike) or, with ``everywhere``, at every
+    position. Returns a new tensor."""
+    if len(residual) % len(added):
+        raise ValueError(f"a batch of {len(residual)} rows does not split into {len(added)} variants: repeat the "
+                         "prompts once per variant")
+    per_row = einops.repeat(added, "variant d -> (variant n) d", n=len(residual) // len(added))      # [batch, d_model]
+    if everywhere:
+        return residual + per_row[:, None]
+    steered = residual.clone()
+    steered[:, -1] += per_row
+    return steered
+
+
 @contextlib.contextmanager
 def steering_variants(model: PreTrainedModel, settings: Sequence[tuple[int, Float[Tensor, "d_model"], float]],
                       n_prompts: int, everywhere: bool = False) -> Iterator[PreTrainedModel]:
@@ -458,17 +475,12 @@ def steering_variants(model: PreTrainedModel, settings: Sequence[tuple[int, Floa
     def edit_for(layer: int) -> EditFn:
         added = torch.stack([alpha * vector if at == layer else torch.zeros_like(vector)
                              for at, (_, vector, alpha) in zip(layers, settings)])           # [variant, d_model]
-        per_row = einops.repeat(added, "variant d -> (variant n) d", n=n_prompts)
 
         def add(residual: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
             if len(residual) != rows:
                 raise ValueError(f"steering_variants expects {len(settings)} variants x {n_prompts} prompts = {rows} "
                                  f"rows, got a batch of {len(residual)}: repeat the prompts once per setting")
-            if everywhere:
-                return residual + per_row[:, None].to(residual.dtype)
-            steered = residual.clone()
-            steered[:, -1] += per_row.to(residual.dtype)
-            return steered
+            return add_per_variant(residual, added.to(residual.dtype), everywhere)
         return add
 
     with hooks(model, {f"resid_post.{layer}": edit_for(layer) for layer in sorted(set(layers))}):

@@ -19,10 +19,13 @@ from utils import architecture
 from utils.checks import Case, CheckResult, HasCase, Varies, check_function
 from utils.directions import (
     ablate_direction, actadd_vector, function_vector, labelled_stories, mean_difference_direction, pca_direction,
-    project_out, refusal_direction,
+    probe_accuracy, project_out, refusal_direction,
 )
 from utils.models import tiny_random_model
-from utils.steering import add_steering, behaviour_rate, caa_vector, contrastive_pairs, sweep_settings
+from utils.steering import (
+    add_per_variant, add_steering, behaviour_rate, caa_vector, contrastive_pairs, neutral_loss, neutral_texts,
+    sweep_settings, unit,
+)
 from utils.world.families import FEW_SHOT_TASKS, few_shot
 from utils.world.instructions import chat_dataset
 
@@ -71,14 +74,14 @@ def check_add_steering(learner_fn: Callable[[Tensor, Tensor, float], Tensor]) ->
 
 
 def check_project_out(learner_fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
-    """Exercise 5.8 on a batch of residuals and directions of norm 1, 3.5 and 0.2."""
+    """Exercise 5.9 on a batch of residuals and directions of norm 1, 3.5 and 0.2."""
     generator = torch.Generator().manual_seed(0)
     residual = torch.randn(2, 5, 8, generator=generator) * 4
     cases = [Case(f"[2, 5, 8] residuals, a direction of norm {norm}", residual, direction * norm)
              for norm in (1.0, 3.5, 0.2)
              for direction in [F.normalize(torch.randn(8, generator=generator), dim=0)]]
     return check_function(
-        learner_fn, project_out, cases, exercise="5.8 (project_out)", atol=1e-5,
+        learner_fn, project_out, cases, exercise="5.9 (project_out)", atol=1e-5,
         hint="make the direction a unit vector r first (it may have any norm); the component of x along r is "
              "(x · r) r, with the dot products given a trailing dimension to broadcast; subtract it from x (do not "
              "keep only it)")
@@ -145,14 +148,14 @@ def check_actadd_vector(learner_fn: Callable[..., Tensor], model: PreTrainedMode
 
 def check_refusal_direction(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
                             tokenizer: PreTrainedTokenizerBase) -> CheckResult:
-    """Exercise 5.10 on the course model, with chat requests of the two kinds at two layers."""
+    """Exercise 5.11 on the course model, with chat requests of the two kinds at two layers."""
     harmful, harmless = chat_dataset(6, seed=11, kinds=["refusal"]), chat_dataset(10, seed=12, kinds=["kind_story"])
     last = architecture.n_layers(model) - 1
     cases = [Case("6 harmful and 10 harmless requests, layer 0", model, tokenizer, harmful, harmless, 0),
              Case(f"the first 3 of each, layer {last}", model, tokenizer, harmful[:3], harmless[:3], last)]
     with torch.no_grad():
         return check_function(
-            learner_fn, refusal_direction, cases, exercise="5.10 (refusal_direction)", atol=1e-4,
+            learner_fn, refusal_direction, cases, exercise="5.11 (refusal_direction)", atol=1e-4,
             hint="read the prompts only (example.prompt, which ends at 'Assistant:'), not prompt + response; take the "
                  "residual after block layer at their last token with last_token_activations, average each kind "
                  "over its requests, and return harmful minus harmless (the kinds may have different sizes)")
@@ -195,7 +198,7 @@ def _output_inside(ablation: Callable) -> Callable:
 
 
 def check_ablate_direction(learner_fn: Callable, model: PreTrainedModel) -> CheckResult:
-    """Exercise 5.9 on ``model`` and a tiny random Llama: the logits inside the block, and after it."""
+    """Exercise 5.10 on ``model`` and a tiny random Llama: the logits inside the block, and after it."""
     generator = torch.Generator().manual_seed(3)
     d_model, other = architecture.d_model(model), tiny_random_model("llama")
     ids = torch.randint(model.config.vocab_size, (2, 6), generator=generator)
@@ -206,7 +209,7 @@ def check_ablate_direction(learner_fn: Callable, model: PreTrainedModel) -> Chec
                   other_ids)]
     with torch.no_grad():
         return check_function(
-            _output_inside(learner_fn), _output_inside(ablate_direction), cases, exercise="5.9 (ablate_direction)",
+            _output_inside(learner_fn), _output_inside(ablate_direction), cases, exercise="5.10 (ablate_direction)",
             atol=1e-4, rtol=1e-4,
             hint="register one hook per site: resid_pre.0 (before the first block) and resid_post.N after every block, "
                  "each replacing the residual with project_out(residual, direction); hooks(model, {site: edit, ...}) "
@@ -215,7 +218,7 @@ def check_ablate_direction(learner_fn: Callable, model: PreTrainedModel) -> Chec
 
 def check_function_vector(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
                           tokenizer: PreTrainedTokenizerBase) -> CheckResult:
-    """Exercise 5.11 on the course model: few-shot and zero-shot prompt sets of different sizes, at two layers."""
+    """Exercise 5.12 on the course model: few-shot and zero-shot prompt sets of different sizes, at two layers."""
     rng = random.Random(4)
     last = architecture.n_layers(model) - 1
     antonyms = [few_shot(rng, task="antonym", n_shots=3).prompt for _ in range(6)]
@@ -226,7 +229,60 @@ def check_function_vector(learner_fn: Callable[..., Tensor], model: PreTrainedMo
                   zero[:5], last)]
     with torch.no_grad():
         return check_function(
-            learner_fn, function_vector, cases, exercise="5.11 (function_vector)", atol=1e-4,
+            learner_fn, function_vector, cases, exercise="5.12 (function_vector)", atol=1e-4,
             hint="the activation after block layer at each prompt's last token (last_token_activations, one call per "
                  "set), averaged over each set's own prompts (the sets have different sizes): few-shot mean minus "
                  "zero-shot mean")
+
+
+def check_probe_accuracy(learner_fn: Callable[[Tensor, Tensor, Tensor], float]) -> CheckResult:
+    """Exercise 5.8 on activation sets of different sizes, with directions that separate them well and badly."""
+    generator = torch.Generator().manual_seed(5)
+    with_behaviour, without = torch.randn(30, 6, generator=generator) + 0.8, torch.randn(18, 6, generator=generator)
+    cases = [Case("the mean difference of 30 and 18 activations", with_behaviour.mean(0) - without.mean(0),
+                  with_behaviour, without),
+             Case("a random direction", torch.randn(6, generator=generator), with_behaviour, without),
+             Case("the mean difference turned round (the classes on the wrong sides)",
+                  without.mean(0) - with_behaviour.mean(0), with_behaviour, without),
+             Case("a text of each class exactly on the threshold (projections 3, 1 and 1, -1: threshold 1)",
+                  torch.tensor([1.0, 0.0]), torch.tensor([[3.0, 5.0], [1.0, 2.0]]), torch.tensor([[1.0, 7.0], [-1.0, 0.0]]))]
+    return check_function(
+        learner_fn, probe_accuracy, cases, exercise="5.8 (probe_accuracy)",
+        hint="project every activation on the direction (a dot product, one number per text); the threshold is "
+             "halfway between the two classes' mean projections; a text with the behaviour is right above it, one "
+             "without is right at or below it; return the share right over both sets together")
+
+
+def check_add_per_variant(learner_fn: Callable[..., Tensor]) -> CheckResult:
+    """Exercise 5.13 on batches of several variants: a prompt pass, a generation step, and every position."""
+    generator = torch.Generator().manual_seed(6)
+    added = torch.randn(3, 4, generator=generator)
+    cases = [Case("3 variants of 2 prompts, 5 positions", torch.randn(6, 5, 4, generator=generator), added),
+             Case("3 variants of 1 prompt, a generation step", torch.randn(3, 1, 4, generator=generator), added),
+             Case("2 variants of 3 prompts, every position", torch.randn(6, 4, 4, generator=generator), added[:2],
+                  everywhere=True)]
+    return check_function(
+        learner_fn, add_per_variant, cases, exercise="5.13 (add_per_variant)",
+        properties=[Varies("everywhere", lambda everywhere: not everywhere, "ignores everywhere")],
+        in_place_advice={"residual": "the hook's input is the model's own tensor; clone it first and return the copy"},
+        hint="the rows come variant by variant: rows 0 to n - 1 are variant 0, the next n variant 1 (n = batch // "
+             "variants), so repeat each added vector n times in that order (einops.repeat 'variant d -> (variant n) "
+             "d', not a tile of the whole list); add at position -1 of a copy, or to every position with everywhere")
+
+
+def check_neutral_loss(learner_fn: Callable[..., float], model: PreTrainedModel,
+                       tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Exercise 5.14 on the course model: neutral texts, two layers, a vector of norm 1 and a stronger push."""
+    texts = neutral_texts(8)
+    generator = torch.Generator().manual_seed(7)
+    vector = unit(torch.randn(architecture.d_model(model), generator=generator))
+    last = architecture.n_layers(model) - 1
+    cases = [Case("8 neutral texts, layer 0, alpha 4", model, tokenizer, texts, 0, vector, 4.0),
+             Case(f"the first 3, layer {last}, alpha -8", model, tokenizer, texts[:3], last, vector, -8.0)]
+    with torch.no_grad():
+        return check_function(
+            learner_fn, neutral_loss, cases, exercise="5.14 (neutral_loss)", atol=1e-4,
+            properties=[Varies("alpha", lambda alpha: alpha / 2, "ignores alpha")],
+            hint="add alpha * vector to the residual after block layer at every position (a hook on resid_post.layer "
+                 "with utils.hooks.hooks, not add_steering, which adds at the last position only), and measure "
+                 "mean_token_loss(model, tokenizer, texts) inside the with block")
