@@ -402,7 +402,8 @@ def kl_to_final(lens_logits: Float[Tensor, "layer_plus_one n vocab"]) -> Float[T
 
 
 def top1_agreement(lens_logits: Float[Tensor, "layer_plus_one n vocab"]) -> Float[Tensor, "layer_plus_one"]:
-    """The share of the ``n`` predictions whose top token at each layer is the final layer's top token (1 at the last)."""
+    """Reference for Exercise 4.10: the share of the ``n`` predictions whose top token at each layer is the last
+    layer's (1 at the last)."""
     top = lens_logits.argmax(dim=-1)                                   # [layer_plus_one, n]
     return (top == top[-1]).float().mean(dim=-1)
 
@@ -505,7 +506,7 @@ def ov_copying_ranks(model: PreTrainedModel, layer: int, head: int, token_ids: I
 
 @torch.no_grad()
 def ov_eigenvalue_score(model: PreTrainedModel, layer: int, head: int) -> float:
-    """Elhage et al.'s (2021) copying score of a head's full OV circuit: ``sum(Re λ) / sum(|λ|)`` over its eigenvalues.
+    """Reference for Exercise 4.13: Elhage et al.'s (2021) copying score of a head's full OV circuit: ``sum(Re λ) / sum(|λ|)`` over its eigenvalues.
 
     The full circuit maps a token to the logits the head raises when it attends to it: ``(W_E * w_in) @ OV @
     (w_final * W_U).T``, ``[vocab, vocab]``, with the block's input norm and the final norm reduced to their weights.

@@ -92,7 +92,8 @@ def tuned_lens_loss(lens: TunedLens, model: PreTrainedModel, residual: Float[Ten
 
 def tuned_lens_step(lens: TunedLens, model: PreTrainedModel, residual: Float[Tensor, "layer_plus_one n d_model"],
                     optimizer: torch.optim.Optimizer) -> float:
-    """One optimizer step of the translators on :func:`tuned_lens_loss` at ``n`` positions' residual stack.
+    """Reference for Exercise 4.9: one optimizer step of the translators on :func:`tuned_lens_loss`, at the
+    residual stack of ``n`` positions.
 
     The model is frozen (:func:`~utils.models.frozen`): its final norm and unembedding map the translated
     stream to logits, but no gradient reaches its weights. Returns the loss before the step, as a float.
@@ -107,7 +108,7 @@ def tuned_lens_step(lens: TunedLens, model: PreTrainedModel, residual: Float[Ten
 
 def least_squares_translator(x: Float[Tensor, "n d_model"], target: Float[Tensor, "n d_model"]
                              ) -> tuple[Float[Tensor, "d_model d_model"], Float[Tensor, "d_model"]]:
-    """The affine map ``x @ A + b`` closest to ``target`` in squared error, in closed form (least squares).
+    """Reference for Exercise 4.14: the affine map ``x @ A + b`` closest to ``target`` in squared error (least squares).
 
     A translator without training, fitted to the final *stream* rather than to the final distribution: the
     tuned lens's objective weighs directions by what the unembedding reads, this one weighs every direction alike.
