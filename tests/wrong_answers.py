@@ -32,7 +32,7 @@ from utils.course_model.evaluate import encode
 from utils.finetune import IGNORE_INDEX
 from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
 from utils.hooks import ATTENTION, ATTENTION_OUTPUT_PROJECTION, ablate_head, capture, editing_head_outputs, head_outputs
-from utils.logit_lens import ATTENTION_INPUT_NORM, direction_logits, kl_to_final, ov_circuit
+from utils.logit_lens import ATTENTION_INPUT_NORM, direction_logits, kl_to_final, layer_labels, ov_circuit
 from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
 from utils.models import frozen
 from utils.soft_prompts import answer_loss, logits_with_soft_prompt
@@ -1683,7 +1683,7 @@ def resample_with_head_outputs(model, layer, head, source_ids):
 
 # --------------------------------------------------------------------------------------------- 4
 def _stack_sites(model):
-    return ["resid_pre.0", *(f"resid_post.{layer}" for layer in range(architecture.n_layers(model)))]
+    return layer_labels(architecture.n_layers(model))            # resid_pre.0, then resid_post of every block
 
 
 def stack_from_the_hidden_states(model, input_ids):
@@ -2235,10 +2235,6 @@ def mean_difference_from_sums(with_behaviour, without):
     return with_behaviour.sum(0) / len(with_behaviour) - without.sum(0) / len(without)
 
 
-def _stream_sites(model):
-    return ["resid_pre.0", *(f"resid_post.{layer}" for layer in range(architecture.n_layers(model)))]
-
-
 @contextlib.contextmanager
 def ablate_after_the_last_block_only(model, direction):
     from utils.directions import project_out
@@ -2251,14 +2247,14 @@ def ablate_after_the_last_block_only(model, direction):
 def ablate_without_the_embeddings(model, direction):
     from utils.directions import project_out
     from utils.hooks import hooks
-    with hooks(model, {site: lambda r: project_out(r, direction) for site in _stream_sites(model)[1:]}):
+    with hooks(model, {site: lambda r: project_out(r, direction) for site in _stack_sites(model)[1:]}):
         yield model
 
 
 @contextlib.contextmanager
 def ablate_along_the_unnormalised_direction(model, direction):
     from utils.hooks import hooks
-    with hooks(model, {site: lambda r: r - (r @ direction)[..., None] * direction for site in _stream_sites(model)}):
+    with hooks(model, {site: lambda r: r - (r @ direction)[..., None] * direction for site in _stack_sites(model)}):
         yield model
 
 
