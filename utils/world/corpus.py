@@ -46,6 +46,12 @@ V3_FINISH_MIX: dict[str, float] = {
     "story": 0.06, "ioi": 0.25, "agreement": 0.04, "facts": 0.04, "few_shot": 0.05,
     "sequence": 0.07, "arithmetic": 0.03, "record": 0.01, "multiple_choice": 0.45,
 }
+#: The shares of the last part of recipe "v4": indirect objects first, arithmetic and stories kept at
+#: their v2 shares (v3's finish, with a third of that arithmetic, lost direct sums: 0.92 -> 0.04).
+V4_FINISH_MIX: dict[str, float] = {
+    "story": 0.10, "ioi": 0.30, "agreement": 0.08, "facts": 0.03, "few_shot": 0.06,
+    "sequence": 0.06, "arithmetic": 0.07, "record": 0.02, "multiple_choice": 0.28,
+}
 #: The recipe of the shipped course model, and its shares of documents.
 DEFAULT_RECIPE = "v1"
 DEFAULT_MIX: dict[str, float] = V1_MIX
@@ -119,6 +125,35 @@ def _v3_finish_choice_options(rng: random.Random) -> dict[str, object]:
     return {"parts": WORD_CHOICE_PARTS if draw < 0.2 else V3_BRIDGE_CHOICE_PARTS if draw < 0.5 else V2_CHOICE_PARTS}
 
 
+#: Capitalised made-up words that open v4's finishing clauses before the names ("Dova {A} and {B}
+#: went to the park,"), none of them an invented name: v3 read a held-out multi-token word there
+#: ("Because", "Aecause") as the start of a pieced name and chose the subject (ABB order: 0.17).
+V4_LEADS: tuple[str, ...] = tuple(
+    lead for lead in (w.capitalize() for w in V2_IOI_PARTS.made_up_words) if lead not in INVENTED_NAME_IOI_PARTS.names)
+V4_LEAD_IOI_OPENERS: tuple[str, ...] = compose(
+    ("{lead} ",),
+    IOI_CLAUSE_OPENERS + compose(("{A} {encounter} {B} ",), ("at", "in", "by", "near", "next to"), (" the {place},",)))
+V4_LEAD_IOI_PARTS = replace(V3_FINISH_IOI_PARTS, openers=V4_LEAD_IOI_OPENERS, leads=V4_LEADS)
+V4_LEAD_INVENTED_NAME_IOI_PARTS = replace(V4_LEAD_IOI_PARTS, names=INVENTED_NAME_IOI_PARTS.names)
+
+
+def _v4_finish_ioi_options(rng: random.Random) -> dict[str, object]:
+    """As :func:`_v3_finish_ioi_options`, with a quarter of all the sentences opening on a made-up word."""
+    draw, invented_names = rng.random(), rng.random() < 0.5
+    if draw < 1 / 6:
+        return {}
+    if draw < 1 / 6 + 1 / 4:
+        return {"parts": V4_LEAD_INVENTED_NAME_IOI_PARTS if invented_names else V4_LEAD_IOI_PARTS}
+    return {"parts": V3_FINISH_INVENTED_NAME_IOI_PARTS if invented_names else V3_FINISH_IOI_PARTS}
+
+
+def _v4_agreement_options(rng: random.Random) -> dict[str, object]:
+    """The v2 agreement sentences, the last one plural across a singular distractor a third of the
+    time: v3 missed plural subjects of held-out nouns (0.87) more than singular ones (0.92)."""
+    options = _V2_OPTIONS["agreement"](rng)
+    return {**options, "number": "plural", "distractor_number": "singular"} if rng.random() < 1 / 3 else options
+
+
 #: The options of recipe "v2", family by family.
 _V2_OPTIONS: dict[str, FamilyOptions] = {
     "facts": lambda rng: {"n_facts": rng.randint(1, 5), "phrasings": TRAINING_FACT_PHRASINGS},
@@ -145,6 +180,12 @@ RECIPES: dict[str, Recipe] = {
     # this finishing mix on its checkpoint took them to 92-100 % and 89 %
     "v3": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v3-finish", finish_share=0.3),
     "v3-finish": Recipe(V3_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v3_finish_ioi_options,
+                                        "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
+    # v3 with a longer finish of more indirect objects, some opening on made-up words, more plural
+    # subjects and v2's arithmetic, in 7,500 steps (v3's 10,750 took 107 minutes on 2 cores)
+    "v4": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v4-finish", finish_share=0.35),
+    "v4-finish": Recipe(V4_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v4_finish_ioi_options,
+                                        "agreement": _v4_agreement_options,
                                         "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
 }
 

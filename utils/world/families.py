@@ -206,7 +206,10 @@ class IOIParts:
     break the sentence's reading. Openers may leave their ``{activity}`` (what A and B did at the
     place, a made-up verb a quarter of the time) and ``{encounter}`` (what A did with B) open,
     drawn from ``activities`` and ``encounters``; with ``made_up_encounters`` the encounter too is
-    a made-up verb a quarter of the time ("{A} trobbed {B} at the park").
+    a made-up verb a quarter of the time ("{A} trobbed {B} at the park"). Openers with a
+    ``{lead}`` field open on one of ``leads``, capitalised made-up words ("Dova {A} and {B} went
+    to the park,"): an unfamiliar word of several tokens just before the first name must not be
+    read as part of that name.
     """
 
     openers: tuple[str, ...]
@@ -221,6 +224,7 @@ class IOIParts:
     activities: tuple[str, ...] = ()
     encounters: tuple[str, ...] = ()
     made_up_encounters: bool = False
+    leads: tuple[str, ...] = ()
 
 
 IOI_TEMPLATES: tuple[str, ...] = (
@@ -356,8 +360,10 @@ def _composed_ioi_template(rng: random.Random, parts: IOIParts, topic: Topic) ->
     encounter = rng.choice(parts.encounters) if parts.encounters else None
     if parts.made_up_encounters:  # an extra draw only here: parts without it give the sentences they always did
         encounter = past_tense(made_up()) or encounter
-    opener = parts.openers[opener_index].format(A="{A}", B="{B}", place=place, day=rng.choice(DAYS),
-                                                activity=activity, encounter=encounter)
+    day = rng.choice(DAYS)
+    lead = rng.choice(parts.leads) if "{lead}" in parts.openers[opener_index] else None
+    opener = parts.openers[opener_index].format(A="{A}", B="{B}", place=place, day=day,
+                                                activity=activity, encounter=encounter, lead=lead)
     # a sentence may stand between a full opening sentence and the giving clause, not after "When ...,"
     n_middles = 0 if opener.endswith(",") else rng.choice([0, 1, 1, 2])
     middles = [m.format(sentiment=rng.choice(SENTIMENT_WORDS[rng.choice(SENTIMENTS)]), event=rng.choice(words.events))
