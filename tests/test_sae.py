@@ -14,11 +14,14 @@ from utils.models import CheckpointError, ModelNotAvailableError, tiny_random_mo
 from utils.sae import (
     PUBLISHED_SAES, REBUILD_HINT, SAE_DIR, SHIPPED_SITES, SparseAutoencoder, activation, check_feature_index,
     check_sae_fits, document_rows, evaluate_sae, evaluation_batch, explained_variance, hook_name_of_site,
-    load_published_sae, load_sae, load_shipped_sae, plot_frontier, published_saes, resample_dead_latents,
-    sae_forward, sae_loss, shipped_evaluation, site_of_hook_name, train_sae,
+    jumprelu_forward, load_published_sae, load_sae, load_shipped_sae, loss_with_replacement, plot_frontier,
+    published_saes, real_positions, remove_parallel_component, resample_dead_latents, sae_forward, sae_loss,
+    sae_training_step, shipped_evaluation, site_activations, site_of_hook_name, sparsity_metrics, spliced_loss,
+    train_sae,
 )
 from utils.sae_features import (
-    auroc, decompose_vector, feature_dashboard, ground_truth_table, label_features, labelled_probes,
+    aligned_latents, auroc, best_latent, decompose_vector, feature_dashboard, logit_effect_tokens,
+    projection_on_rows, top_activations, ground_truth_table, label_features, labelled_probes,
     logit_effects, mean_difference, plot_ground_truth, recovered_variables, reconstruct_with_features,
     remove_features, steering_variants,
 )
@@ -134,6 +137,59 @@ def _sparse_data(n=4096, d_in=16, n_true=24, seed=0):
     return coefficients * 3 @ directions + 0.5, directions
 
 
+def test_the_parallel_component_is_removed_for_rows_of_any_norm():
+    g = torch.Generator().manual_seed(0)
+    W_dec, grad = torch.randn(6, 4, generator=g) * 3, torch.randn(6, 4, generator=g)
+    kept = remove_parallel_component(W_dec, grad)
+    torch.testing.assert_close((kept * W_dec).sum(-1), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(remove_parallel_component(W_dec, kept), kept)   # nothing left to remove
+
+
+def test_a_training_step_keeps_unit_rows_and_lowers_the_loss():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 8, generator=g) @ torch.randn(8, 8, generator=g)
+    sae = SparseAutoencoder(8, 32, seed=0)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    losses = [float(sae_training_step(sae, optimizer, x, 0.1)[0]) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(32))
+    loss, reconstruction, latents = sae_training_step(sae, optimizer, x, 0.1)
+    assert reconstruction.shape == x.shape and latents.shape == (64, 32) and not loss.requires_grad
+
+
+def test_jumprelu_forward_matches_sae_lens():
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    g = torch.Generator().manual_seed(2)
+    weights = {"W_enc": torch.randn(8, 16, generator=g), "b_enc": torch.randn(16, generator=g),
+               "W_dec": torch.randn(16, 8, generator=g), "b_dec": torch.randn(8, generator=g),
+               "threshold": torch.randn(16, generator=g)}          # some thresholds negative: the ReLU still applies
+    reference = JumpReLUSAE(JumpReLUSAEConfig(d_in=8, d_sae=16))
+    reference.load_state_dict(weights)
+    x = torch.randn(5, 8, generator=g)
+    reconstruction, latents = jumprelu_forward(x, *weights.values())
+    with torch.no_grad():
+        torch.testing.assert_close(latents, reference.encode(x))
+        torch.testing.assert_close(reconstruction, reference.decode(latents))
+
+
+def test_sparsity_metrics_count_active_dead_and_dense_latents():
+    latents = torch.tensor([[1.0, 0.0, 0.0, 2.0], [0.5, 0.0, 0.0, 0.0], [3.0, 0.0, 0.1, 0.0]])
+    assert sparsity_metrics(latents, dense_threshold=0.5) == pytest.approx((5 / 3, 0.25, 0.25))
+
+
+def test_train_sae_takes_the_step_it_is_given():
+    calls = []
+
+    def counting_step(sae, optimizer, x, l1_coefficient):
+        calls.append(l1_coefficient)
+        return sae_training_step(sae, optimizer, x, l1_coefficient)
+
+    train_sae(SparseAutoencoder(4, 8), torch.randn(64, 4), steps=3, batch_size=16, l1_coefficient=2.0,
+              resample_every=None, progress=False, step_fn=counting_step)
+    assert calls == [2.0, 2.0, 2.0]
+
+
 def test_train_sae_recovers_the_true_directions_of_synthetic_data():
     torch.manual_seed(0)
     data, directions = _sparse_data()
@@ -226,10 +282,42 @@ def test_evaluation_reproduces_on_fresh_documents(course_model, course_tokenizer
     assert abs(metrics.explained_variance - stated["explained_variance"]) < 0.08
     assert abs(metrics.loss_recovered - stated["loss_recovered"]) < 0.08
     assert metrics.loss_clean < metrics.loss_spliced < metrics.loss_mean_ablated
+    replaced = loss_with_replacement(course_model, input_ids, mask, "resid_post.2", lambda a: sae.decode(sae.encode(a)))
+    assert spliced_loss(course_model, sae, input_ids, mask, "resid_post.2") == pytest.approx(replaced)
 
 
 # --------------------------------------------------------------------------------------------
 # Features and ground truth
+
+
+def test_top_activations_are_the_largest_positive_entries_in_order():
+    acts = torch.tensor([[0.0, 3.0, 0.0], [1.0, 0.0, 2.0]])
+    assert top_activations(acts, 2) == [(0, 1, 3.0), (1, 2, 2.0)]
+    assert top_activations(acts, 10) == [(0, 1, 3.0), (1, 2, 2.0), (1, 0, 1.0)]
+
+
+def test_logit_effect_tokens_read_the_direction_through_the_final_norm():
+    W_U = torch.eye(4)
+    raised, lowered = logit_effect_tokens(torch.tensor([1.0, -2.0, 0.5, 3.0]), torch.tensor([1.0, 1.0, 1.0, -1.0]),
+                                          W_U, k=2)
+    assert raised.tolist() == [0, 2] and lowered.tolist() == [3, 1]
+
+
+def test_best_latent_is_chosen_on_the_first_half_and_reported_on_the_second():
+    labels = torch.tensor([True, False, True, False, True, False])
+    scores = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    assert best_latent(scores, labels) == (0, 1.0, 0.25)   # second half: a tie (0.5) and a loss (0)
+
+
+def test_aligned_latents_rank_by_absolute_cosine_and_keep_the_sign():
+    W_dec = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.1]])
+    assert [latent for latent, _ in aligned_latents(W_dec, torch.tensor([1.0, 0.0]), 2)] == [0, 2]
+    assert aligned_latents(W_dec, torch.tensor([1.0, 0.0]), 3)[1][1] < 0
+
+
+def test_projection_on_rows_is_the_orthogonal_projection():
+    rows = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(projection_on_rows(rows, torch.tensor([2.0, 3.0, 4.0])), torch.tensor([2.0, 3.0, 0.0]))
 
 
 def test_auroc_matches_pairwise_count_with_ties():

@@ -180,7 +180,8 @@ def test_unknown_task_and_family_errors_name_the_choices() -> None:
 # ---------------------------------------------------------------------------------------------
 
 from utils.world.corpus import (  # noqa: E402
-    INVENTED_NAME_IOI_PARTS, RECIPES, V2_IOI_PARTS, V3_FINISH_IOI_PARTS, recipe,
+    INVENTED_NAME_IOI_PARTS, RECIPES, V2_IOI_PARTS, V3_FINISH_IOI_PARTS, V4_LEAD_INVENTED_NAME_IOI_PARTS,
+    V4_LEAD_IOI_PARTS, V4_LEADS, recipe,
 )
 from utils.world.families import (  # noqa: E402
     BRIDGE_CHOICE_PARTS, CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, TRAINING_IOI_PARTS, IOIParts, past_tense,
@@ -255,6 +256,37 @@ def test_v3_finishes_on_the_hard_forms_of_ab_questions_and_indirect_objects(v3_f
     assert any(t.startswith(("Whereas ", "Unless ", "Ever since ", "Considering that ")) for t in ioi)
 
 
+@pytest.fixture(scope="module")
+def v4_finish_corpus() -> list:
+    return list(generate_corpus(10_000, seed=0, recipe_name="v4-finish"))
+
+
+def test_v4_finishes_on_indirect_objects_that_open_on_made_up_words(v4_finish_corpus: list) -> None:
+    assert recipe("v4").finish == "v4-finish" and recipe("v4").finish_share > recipe("v3").finish_share
+    assert recipe("v4").mix == recipe("v2").mix and recipe("v4-finish").finish is None
+    families = Counter(d.family for d in v4_finish_corpus)
+    assert families["ioi"] > 0.25 * len(v4_finish_corpus)
+    assert families["arithmetic"] > 0.9 * recipe("v2").mix["arithmetic"] * len(v4_finish_corpus), "v2's arithmetic"
+    ioi = [d for d in v4_finish_corpus if d.family == "ioi"]
+    leading = [d for d in ioi if d.text.split()[0] in V4_LEADS]
+    assert 0.2 < len(leading) / len(ioi) < 0.3
+    assert {d.labels["order"] for d in leading} == {"ABA", "ABB"}
+    agreement = [d.labels for d in v4_finish_corpus if d.family == "agreement"]
+    plural_across_singular = [a for a in agreement if (a["number"], a["distractor_number"]) == ("plural", "singular")]
+    assert 0.4 < len(plural_across_singular) / len(agreement) < 0.6
+
+
+def test_made_up_leads_are_capitalised_made_up_words_and_never_a_name() -> None:
+    assert len(V4_LEADS) > 250 and all(lead[0].isupper() and lead[1:].islower() for lead in V4_LEADS)
+    assert not set(V4_LEADS) & {*INVENTED_NAME_IOI_PARTS.names, *ALL_NAMES, *heldout_words()}
+    rng = random.Random(0)
+    for parts in (V4_LEAD_IOI_PARTS, V4_LEAD_INVENTED_NAME_IOI_PARTS):
+        doc = indirect_object(rng, parts=parts)
+        lead, first_name = doc.text.split()[:2]
+        assert lead in V4_LEADS and first_name in parts.names
+    assert all("{lead}" not in opener for opener in TRAINING_IOI_PARTS.openers + V3_FINISH_IOI_PARTS.openers)
+
+
 def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
     """v2's sentences do not move (its digest test), v3's finishing ones meet with made-up verbs."""
     encounters = set(TRAINING_IOI_PARTS.encounters)
@@ -266,14 +298,15 @@ def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
     assert not V2_IOI_PARTS.made_up_encounters
 
 
-def test_heldout_words_are_in_no_word_list_and_no_training_document(v2_corpus: list, v3_finish_corpus: list) -> None:
+def test_heldout_words_are_in_no_word_list_and_no_training_document(v2_corpus: list, v3_finish_corpus: list,
+                                                                   v4_finish_corpus: list) -> None:
     held_out = heldout_words()
     assert not held_out & set(world_words()), held_out & set(world_words())
     assert not held_out & set(INVENTED_NAME_IOI_PARTS.names)
     made_up = set(V2_IOI_PARTS.made_up_words)
     assert len(made_up) == 300 and not made_up & (held_out | set(world_words()))
     v1_corpus = list(generate_corpus(5_000, seed=0, recipe_name="v1"))
-    assert not held_out & _words([d.text for d in v2_corpus + v1_corpus + v3_finish_corpus])
+    assert not held_out & _words([d.text for d in v2_corpus + v1_corpus + v3_finish_corpus + v4_finish_corpus])
 
 
 def test_heldout_agreement_nouns_are_never_a_subject_or_distractor(v2_corpus: list) -> None:
@@ -291,12 +324,14 @@ def _as_pattern(template: str) -> re.Pattern:
     return re.compile("".join(parts))
 
 
-def test_heldout_frames_and_phrasings_match_no_training_document(v2_corpus: list, v3_finish_corpus: list) -> None:
+def test_heldout_frames_and_phrasings_match_no_training_document(v2_corpus: list, v3_finish_corpus: list,
+                                                                 v4_finish_corpus: list) -> None:
     templates = [*HELDOUT_IOI_PARTS.openers, *HELDOUT_IOI_PARTS.middles,
                  *(q for qs in HELDOUT_CHOICE_PARTS.questions.values() for q in qs),
                  *(o for os_ in HELDOUT_CHOICE_PARTS.options.values() for o in os_),
                  *(p for ps in HELDOUT_FACT_PHRASINGS.values() for p in ps)]
-    texts = [d.text for d in v2_corpus + v3_finish_corpus + list(generate_corpus(5_000, seed=0, recipe_name="v1"))]
+    texts = [d.text for d in v2_corpus + v3_finish_corpus + v4_finish_corpus
+             + list(generate_corpus(5_000, seed=0, recipe_name="v1"))]
     for template in templates:
         pattern = _as_pattern(template)
         assert not any(pattern.search(text) for text in texts), template
@@ -304,7 +339,8 @@ def test_heldout_frames_and_phrasings_match_no_training_document(v2_corpus: list
 
 @settings(max_examples=200, deadline=None)
 @given(seed=seeds, parts=st.sampled_from([TRAINING_IOI_PARTS, V2_IOI_PARTS, INVENTED_NAME_IOI_PARTS, HELDOUT_IOI_PARTS,
-                                           HELDOUT_NAME_IOI_PARTS, V3_FINISH_IOI_PARTS]))
+                                           HELDOUT_NAME_IOI_PARTS, V3_FINISH_IOI_PARTS, V4_LEAD_IOI_PARTS,
+                                           V4_LEAD_INVENTED_NAME_IOI_PARTS]))
 def test_composed_indirect_object_names_the_subject_twice_and_the_answer_once(seed: int, parts: IOIParts) -> None:
     doc = indirect_object(random.Random(seed), parts=parts)
     io, s = doc.labels["indirect_object"], doc.labels["subject"]

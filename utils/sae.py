@@ -169,8 +169,7 @@ class SparseAutoencoder(nn.Module):
         """Drop the part of ``W_dec``'s gradient along each row: the step then turns rows without growing them."""
         if self.W_dec.grad is None:
             return
-        parallel = einops.einsum(self.W_dec.grad, self.W_dec, "sae d, sae d -> sae")
-        self.W_dec.grad -= einops.einsum(parallel, self.W_dec, "sae, sae d -> sae d")
+        self.W_dec.grad.copy_(remove_parallel_component(self.W_dec, self.W_dec.grad))
 
     def to_sae_lens(self) -> SAE:
         """The same SAE as a sae-lens ``StandardSAE`` (or ``TopKSAE`` with ``k``), same weights."""
@@ -252,6 +251,61 @@ def explained_variance(x: Float[Tensor, "batch d_in"], reconstruction: Float[Ten
 
 
 # --------------------------------------------------------------------------------------------
+# Exercises 6.4-6.6: the decoder's gradient, a training step, JumpReLU
+
+
+def remove_parallel_component(W_dec: Float[Tensor, "d_sae d_in"], grad: Float[Tensor, "d_sae d_in"]
+                              ) -> Float[Tensor, "d_sae d_in"]:
+    """Reference for Exercise 6.4: ``grad`` without its component along each row of ``W_dec`` (rows of any norm).
+
+    ``g_i - (g_i · ŵ_i) ŵ_i`` with ``ŵ_i = W_dec[i] / ||W_dec[i]||``: what is left turns row ``i`` and, to first
+    order, does not change its length.
+    """
+    unit = F.normalize(W_dec, dim=-1)                                            # [d_sae, d_in]
+    along = einops.einsum(grad, unit, "sae d_in, sae d_in -> sae")                # [d_sae]
+    return grad - einops.einsum(along, unit, "sae, sae d_in -> sae d_in")
+
+
+def sae_training_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: Float[Tensor, "batch d_in"],
+                      l1_coefficient: float
+                      ) -> tuple[Float[Tensor, ""], Float[Tensor, "batch d_in"], Float[Tensor, "batch d_sae"]]:
+    """Reference for Exercise 6.5: one optimizer step on :func:`sae_loss` that keeps the decoder's rows at unit norm.
+
+    Encode and decode ``x``, take the loss, clear the old gradients and backpropagate, drop the gradient's part
+    along each decoder row, step, then scale the rows back to unit norm. Returns ``(loss, reconstruction,
+    latents)`` of the batch as it went in, detached.
+    """
+    latents = sae.encode(x)
+    reconstruction = sae.decode(latents)
+    loss = sae_loss(x, reconstruction, latents, sae.W_dec, l1_coefficient)
+    optimizer.zero_grad()
+    loss.backward()
+    with torch.no_grad():
+        sae.W_dec.grad.copy_(remove_parallel_component(sae.W_dec, sae.W_dec.grad))
+    optimizer.step()
+    sae.normalize_decoder_()
+    return loss.detach(), reconstruction.detach(), latents.detach()
+
+
+#: ``step(sae, optimizer, x, l1_coefficient) -> (loss, reconstruction, latents)``, as :func:`sae_training_step`.
+TrainingStep = Callable[[SparseAutoencoder, torch.optim.Optimizer, Tensor, float], tuple[Tensor, Tensor, Tensor]]
+
+
+def jumprelu_forward(
+    x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, "d_sae"],
+    W_dec: Float[Tensor, "d_sae d_in"], b_dec: Float[Tensor, "d_in"], threshold: Float[Tensor, "d_sae"],
+) -> tuple[Float[Tensor, "batch d_in"], Float[Tensor, "batch d_sae"]]:
+    """Reference for Exercise 6.6: ``(reconstruction, latents)`` of a JumpReLU SAE (Rajamanoharan et al., 2024).
+
+    A latent passes its ReLU'd pre-activation only where the pre-activation is above its own ``threshold``, as
+    sae-lens's ``JumpReLUSAE`` does: ``ReLU(pre) · [pre > θ]``.
+    """
+    pre = (x - b_dec) @ W_enc + b_enc                                             # [batch, d_sae]
+    latents = pre.relu() * (pre > threshold)
+    return latents @ W_dec + b_dec, latents
+
+
+# --------------------------------------------------------------------------------------------
 # 2. Training from scratch
 
 
@@ -330,6 +384,7 @@ def train_sae(
     seed: int = 0,
     progress: bool = True,
     on_step: Callable[[int, SparseAutoencoder], None] | None = None,
+    step_fn: TrainingStep = sae_training_step,
 ) -> TrainingLog:
     """Train ``sae`` with Adam for ``steps`` batches of activations; return the :class:`TrainingLog`.
 
@@ -337,7 +392,8 @@ def train_sae(
     ``b_dec`` starts at the mean of the first batch. After every step the decoder rows are renormalised;
     every ``resample_every`` steps the latents that did not fire since the last check are resampled
     (:func:`resample_dead_latents`), except in the last fifth of training so that it can settle.
-    ``on_step(step, sae)``, when given, runs after every step (to plot or evaluate as training goes).
+    ``on_step(step, sae)``, when given, runs after every step (to plot or evaluate as training goes);
+    ``step_fn`` takes each step (:func:`sae_training_step`; the lab passes the learner's own).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -356,14 +412,7 @@ def train_sae(
     bar = tqdm(range(steps), desc="training SAE", disable=not progress)
     for step in bar:
         x = first if step == 0 else next(stream)
-        feats = sae.encode(x)
-        reconstruction = sae.decode(feats)
-        loss = sae_loss(x, reconstruction, feats, sae.W_dec, l1)
-        optimizer.zero_grad()
-        loss.backward()
-        sae.remove_parallel_gradient_()
-        optimizer.step()
-        sae.normalize_decoder_()
+        loss, reconstruction, feats = step_fn(sae, optimizer, x, l1)
         with torch.no_grad():
             fired |= (feats > 0).any(0)
             log.loss.append(loss.item())
@@ -627,6 +676,36 @@ def loss_with_replacement(model: PreTrainedModel, input_ids: Int[Tensor, "batch 
         return next_token_loss(model(input_ids, attention_mask=mask).logits, input_ids, mask)
 
 
+def sparsity_metrics(latents: Float[Tensor, "tokens d_sae"], dense_threshold: float = 0.1) -> tuple[float, float, float]:
+    """Reference for Exercise 6.7: ``(l0, dead_fraction, dense_fraction)`` of the latents on a set of tokens.
+
+    ``l0`` is the mean number of active (positive) latents per token; a latent is dead when it is active on
+    no token, dense when it is active on more than ``dense_threshold`` of them.
+    """
+    active = latents > 0                                                          # [tokens, d_sae]
+    frequency = active.float().mean(0)                                            # [d_sae]
+    return (float(active.float().sum(-1).mean()), float((frequency == 0).float().mean()),
+            float((frequency > dense_threshold).float().mean()))
+
+
+@torch.no_grad()
+def spliced_loss(model: PreTrainedModel, sae: AnySAE, input_ids: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"],
+                 site: str) -> float:
+    """Reference for Exercise 6.8: the next-token loss with ``site``'s activation replaced by its SAE reconstruction.
+
+    The reconstruction replaces the activation at every real position but BOS (:func:`real_positions`; the SAE
+    never saw BOS, whose activation is an outlier); the loss is :func:`next_token_loss` over the real tokens.
+    """
+    keep = real_positions(mask).unsqueeze(-1)                                     # [batch, pos, 1]
+
+    def splice(activation: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        return torch.where(keep, sae.decode(sae.encode(activation)).to(activation.dtype), activation)
+
+    with hooks(model, {site: splice}):
+        logits = model(input_ids, attention_mask=mask).logits
+    return next_token_loss(logits, input_ids, mask)
+
+
 def loss_recovered(clean: float, spliced: float, ablated: float) -> float:
     """``(ablated - spliced) / (ablated - clean)``: 1 when splicing the SAE in costs nothing, 0 when it is as bad as ablating."""
     return (ablated - spliced) / (ablated - clean)
@@ -658,15 +737,14 @@ def evaluate_sae(model: PreTrainedModel, sae: AnySAE, input_ids: Int[Tensor, "ba
     keep = real_positions(mask)
     x = site_activations(model, input_ids, mask, site)[keep]          # [tokens, d_model]
     feats = sae.encode(x)
-    frequency = (feats > 0).float().mean(0)                            # [d_sae]
+    l0, dead_fraction, dense_fraction = sparsity_metrics(feats, dense_threshold)
     mean = x.mean(0)
     clean = loss_with_replacement(model, input_ids, mask, site, None)
-    spliced = loss_with_replacement(model, input_ids, mask, site, lambda a: sae.decode(sae.encode(a)))
+    spliced = spliced_loss(model, sae, input_ids, mask, site)
     zero = loss_with_replacement(model, input_ids, mask, site, torch.zeros_like)
     mean_ablated = loss_with_replacement(model, input_ids, mask, site, lambda a: mean.expand_as(a))
     return SAEMetrics(
-        site=site, l0=float((feats > 0).float().sum(-1).mean()), dead_fraction=float((frequency == 0).float().mean()),
-        dense_fraction=float((frequency > dense_threshold).float().mean()),
+        site=site, l0=l0, dead_fraction=dead_fraction, dense_fraction=dense_fraction,
         explained_variance=float(explained_variance(x, sae.decode(feats))), loss_clean=clean, loss_spliced=spliced,
         loss_zero_ablated=zero, loss_mean_ablated=mean_ablated, loss_recovered=loss_recovered(clean, spliced, zero),
         loss_recovered_vs_mean=loss_recovered(clean, spliced, mean_ablated), n_tokens=int(keep.sum()))

@@ -78,22 +78,36 @@ class Context:
     focus: int
 
 
+def top_activations(acts: Float[Tensor, "batch pos"], n: int) -> list[tuple[int, int, float]]:
+    """Reference for Exercise 6.9: the ``n`` largest positive entries of one latent's activations.
+
+    ``[(row, position, activation), ...]``, largest first; fewer than ``n`` when fewer are positive.
+    """
+    values, flat = acts.flatten().topk(min(n, acts.numel()))
+    return [(index // acts.shape[1], index % acts.shape[1], value)
+            for value, index in zip(values.tolist(), flat.tolist()) if value > 0]
+
+
 def top_contexts(tokenizer: PreTrainedTokenizerBase, input_ids: Int[Tensor, "batch pos"],
                  feats: Float[Tensor, "batch pos d_sae"], feature: int, n: int = 8, before: int = 8, after: int = 3
                  ) -> list[Context]:
     """The ``n`` (row, position) pairs where ``feature`` is largest, with ``before``/``after`` tokens of context."""
     acts = feats[..., feature]                                        # [batch, pos]
-    values, flat = acts.flatten().topk(min(n, acts.numel()))
     contexts = []
-    for value, index in zip(values.tolist(), flat.tolist()):
-        if value <= 0:
-            break
-        row, position = divmod(index, acts.shape[1])
+    for row, position, value in top_activations(acts, n):
         lo, hi = max(1, position - before), min(acts.shape[1], position + after + 1)
         ids = input_ids[row, lo:hi].tolist()
         contexts.append(Context(row, position, value, [tokenizer.decode([i]) for i in ids],
                                 acts[row, lo:hi].tolist(), position - lo))
     return contexts
+
+
+def logit_effect_tokens(direction: Float[Tensor, "d_model"], gamma: Float[Tensor, "d_model"],
+                        W_U: Float[Tensor, "vocab d_model"], k: int) -> tuple[Int[Tensor, "k"], Int[Tensor, "k"]]:
+    """Reference for Exercise 6.10: the ``k`` token ids whose logits ``direction`` raises most, and the ``k`` it
+    lowers most (most negative first), read through the final norm's weight ``gamma`` and the unembedding."""
+    effects = W_U @ (direction * gamma)                                           # [vocab]
+    return effects.topk(k).indices, (-effects).topk(k).indices
 
 
 @torch.no_grad()
@@ -165,7 +179,8 @@ def feature_dashboard(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
 
 def auroc(scores: Float[Tensor, "n *latents"], labels: Bool[Tensor, "n"]) -> Float[Tensor, "*latents"]:
-    """Area under the ROC curve of ``scores`` for ``labels`` (one AUROC per column), ties counted as half.
+    """Reference for Exercise 6.11: area under the ROC curve of ``scores`` for ``labels`` (one AUROC per column),
+    ties counted as half.
 
     The Mann-Whitney form: the probability that a random positive scores above a random negative.
     """
@@ -181,6 +196,18 @@ def auroc(scores: Float[Tensor, "n *latents"], labels: Bool[Tensor, "n"]) -> Flo
     positive_rank_sum = ranks[:, labels].sum(-1)
     result = (positive_rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     return result.reshape(scores.shape[1:])
+
+
+def best_latent(scores: Float[Tensor, "n latents"], labels: Bool[Tensor, "n"]) -> tuple[int, float, float]:
+    """Reference for Exercise 6.12: ``(latent, selection AUROC, held-out AUROC)`` of the best single latent.
+
+    The latent is chosen by its AUROC on the first half of the rows (``n // 2``) and reported on the others,
+    so that picking the best of many latents does not flatter the number reported.
+    """
+    half = len(scores) // 2
+    select, held_out = auroc(scores[:half], labels[:half]), auroc(scores[half:], labels[half:])
+    latent = int(select.argmax())
+    return latent, float(select[latent]), float(held_out[latent])
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,6 +378,14 @@ def _check_vector(sae: AnySAE, vector: Tensor) -> Float[Tensor, "d_in"]:
     return vector.float()
 
 
+def aligned_latents(W_dec: Float[Tensor, "d_sae d_in"], vector: Float[Tensor, "d_in"], k: int) -> list[tuple[int, float]]:
+    """Reference for Exercise 6.13: the ``k`` latents whose decoder rows have the largest |cosine| with ``vector``,
+    ``[(latent, cosine), ...]`` by |cosine|, the cosine keeping its sign."""
+    cosines = torch.nn.functional.normalize(W_dec, dim=-1) @ torch.nn.functional.normalize(vector, dim=0)   # [d_sae]
+    top = cosines.abs().topk(min(k, len(cosines))).indices
+    return [(int(i), float(cosines[i])) for i in top]
+
+
 def decompose_vector(sae: AnySAE, vector: Float[Tensor, "d_in"], k: int = 10) -> list[tuple[int, float]]:
     """The ``k`` latents whose decoder rows are most aligned with ``vector``: ``[(latent, cosine), ...]``, by |cosine|.
 
@@ -358,14 +393,18 @@ def decompose_vector(sae: AnySAE, vector: Float[Tensor, "d_in"], k: int = 10) ->
     directions the latents write (their decoder rows) rather than passed through the encoder, whose biases
     are tuned for real activations.
     """
-    vector = _check_vector(sae, vector)
-    cosines = torch.nn.functional.normalize(sae.W_dec.float(), dim=-1) @ (vector / vector.norm().clamp_min(1e-12))
-    top = cosines.abs().topk(min(k, len(cosines))).indices
-    return [(int(i), float(cosines[i])) for i in top]
+    return aligned_latents(sae.W_dec.float(), _check_vector(sae, vector), k)
 
 
 def _span(sae: AnySAE, features: Sequence[int]) -> Float[Tensor, "n d_in"]:
     return sae.W_dec[[check_feature_index(sae, f) for f in features]].float()
+
+
+def projection_on_rows(rows: Float[Tensor, "n d_in"], vector: Float[Tensor, "d_in"]) -> Float[Tensor, "d_in"]:
+    """Reference for Exercise 6.15: the combination of ``rows`` closest to ``vector`` (least squares), i.e. the
+    orthogonal projection of ``vector`` on their span; rows need not be orthogonal or of unit norm."""
+    coefficients = torch.linalg.lstsq(rows.T, vector.unsqueeze(-1)).solution     # [n, 1]
+    return (rows.T @ coefficients).squeeze(-1)
 
 
 def reconstruct_with_features(sae: AnySAE, vector: Float[Tensor, "d_in"], features: Sequence[int]
@@ -374,9 +413,7 @@ def reconstruct_with_features(sae: AnySAE, vector: Float[Tensor, "d_in"], featur
     vector = _check_vector(sae, vector)
     if not features:
         return torch.zeros_like(vector)
-    rows = _span(sae, features)                                          # [n, d_in]
-    coefficients = torch.linalg.lstsq(rows.T, vector.unsqueeze(-1)).solution   # [n, 1]
-    return (rows.T @ coefficients).squeeze(-1)
+    return projection_on_rows(_span(sae, features), vector)
 
 
 def remove_features(sae: AnySAE, vector: Float[Tensor, "d_in"], features: Sequence[int]) -> Float[Tensor, "d_in"]:
