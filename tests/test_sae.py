@@ -15,15 +15,13 @@ from utils.sae import (
     PUBLISHED_SAES, REBUILD_HINT, SAE_DIR, SHIPPED_SITES, SparseAutoencoder, activation, check_feature_index,
     check_sae_fits, document_rows, evaluate_sae, evaluation_batch, explained_variance, hook_name_of_site,
     jumprelu_forward, load_published_sae, load_sae, load_shipped_sae, loss_with_replacement, plot_frontier,
-    published_saes, real_positions, remove_parallel_component, resample_dead_latents, sae_forward, sae_loss,
-    sae_training_step, shipped_evaluation, site_activations, site_of_hook_name, sparsity_metrics, spliced_loss,
-    train_sae,
+    published_saes, remove_parallel_component, resample_dead_latents, sae_forward, sae_loss, sae_training_step,
+    shipped_evaluation, site_of_hook_name, sparsity_metrics, spliced_loss, train_sae,
 )
 from utils.sae_features import (
-    aligned_latents, auroc, best_latent, decompose_vector, feature_dashboard, logit_effect_tokens,
-    projection_on_rows, top_activations, ground_truth_table, label_features, labelled_probes,
-    logit_effects, mean_difference, plot_ground_truth, recovered_variables, reconstruct_with_features,
-    remove_features, steering_variants,
+    aligned_latents, auroc, best_latent, decompose_vector, feature_dashboard, ground_truth_table, label_features,
+    labelled_probes, logit_effect_tokens, logit_effects, mean_difference, plot_ground_truth, projection_on_rows,
+    recovered_variables, reconstruct_with_features, remove_features, steering_variants, top_activations,
 )
 
 #: What the shipped SAEs reach on held-out documents, per site: (max L0, min explained variance, min CE loss

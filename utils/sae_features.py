@@ -198,14 +198,20 @@ def auroc(scores: Float[Tensor, "n *latents"], labels: Bool[Tensor, "n"]) -> Flo
     return result.reshape(scores.shape[1:])
 
 
+def split_aurocs(scores: Float[Tensor, "n latents"], labels: Bool[Tensor, "n"]
+                 ) -> tuple[Float[Tensor, "latents"], Float[Tensor, "latents"]]:
+    """Every latent's AUROC on the first half of the rows (``n // 2``, to select on) and on the others (held out)."""
+    half = len(scores) // 2
+    return auroc(scores[:half], labels[:half]), auroc(scores[half:], labels[half:])
+
+
 def best_latent(scores: Float[Tensor, "n latents"], labels: Bool[Tensor, "n"]) -> tuple[int, float, float]:
     """Reference for Exercise 6.12: ``(latent, selection AUROC, held-out AUROC)`` of the best single latent.
 
-    The latent is chosen by its AUROC on the first half of the rows (``n // 2``) and reported on the others,
-    so that picking the best of many latents does not flatter the number reported.
+    The latent is chosen by its AUROC on the first half of the rows (``n // 2``) and reported on the others
+    (:func:`split_aurocs`), so that picking the best of many latents does not flatter the number reported.
     """
-    half = len(scores) // 2
-    select, held_out = auroc(scores[:half], labels[:half]), auroc(scores[half:], labels[half:])
+    select, held_out = split_aurocs(scores, labels)
     latent = int(select.argmax())
     return latent, float(select[latent]), float(held_out[latent])
 
@@ -292,7 +298,7 @@ def probe_aurocs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sae
         labels = torch.tensor([v == value for v in values])
         if labels[:half].all() or not labels[:half].any() or labels[half:].all() or not labels[half:].any():
             continue
-        out[value] = (auroc(scores[:half], labels[:half]), auroc(scores[half:], labels[half:]))
+        out[value] = split_aurocs(scores, labels)
     return out
 
 
