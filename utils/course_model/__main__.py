@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from utils.course_model.train import COURSE_MODEL_DIR, TrainConfig, train
+from utils.course_model.train import COURSE_MODEL_DIR, PACKINGS, TrainConfig, train
 from utils.world.corpus import RECIPES
 
 
@@ -18,13 +18,20 @@ def main(argv: list[str] | None = None) -> None:
     train_parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     train_parser.add_argument("--recipe", choices=sorted(RECIPES), default=TrainConfig.recipe,
                               help="the corpus recipe (utils.world.corpus.RECIPES)")
+    train_parser.add_argument("--context-length", type=int, default=TrainConfig.context_length,
+                              help="tokens per training window (and the model's context)")
+    train_parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="windows per step")
+    train_parser.add_argument("--packing", choices=sorted(PACKINGS), default=TrainConfig.packing,
+                              help="'stream' cuts one stream of documents into windows; 'whole' cuts no document")
     evaluate_parser = commands.add_parser("evaluate", help="evaluate a checkpoint and write the model card table")
     evaluate_parser.add_argument("--model", default="course", help="'course', a local checkpoint directory or a hub name")
     evaluate_parser.add_argument("--out", type=Path, default=None, help="where to write the JSON table")
     evaluate_parser.add_argument("--n", type=int, default=200, help="held-out prompts per metric")
     args = parser.parse_args(argv)
     if args.command == "train":
-        manifest = train(TrainConfig(tokens=args.tokens, seed=args.seed, recipe=args.recipe), out_dir=args.out)
+        config = TrainConfig(tokens=args.tokens, seed=args.seed, recipe=args.recipe, context_length=args.context_length,
+                             batch_size=args.batch_size, packing=args.packing)
+        manifest = train(config, out_dir=args.out)
         print(f"wrote {args.out}: {manifest['tokens_trained']:,} tokens, final loss {manifest['final_loss']:.3f}")
     else:
         from utils.course_model.evaluate import main as evaluate_main

@@ -55,9 +55,12 @@ class TrainConfig:
     checkpoint_every: int = 500
     recipe: str = DEFAULT_RECIPE
     mix: dict[str, float] | None = None  # the recipe's own mix when None
+    packing: str = "stream"  # "stream": cut one stream of documents; "whole": no document cut (pack_whole_documents)
 
     def __post_init__(self) -> None:
         self.mix = dict(self.mix or recipe(self.recipe).mix)
+        if self.packing not in PACKINGS:
+            raise ValueError(f"unknown packing {self.packing!r}; choose one of {sorted(PACKINGS)}")
 
     @property
     def steps(self) -> int:
@@ -82,6 +85,64 @@ def pack_documents(
     n_windows = len(ids) // context_length
     stream = torch.tensor(ids[: n_windows * context_length], dtype=torch.long)
     return einops.rearrange(stream, "(window position) -> window position", position=context_length)
+
+
+#: The value of a packed window's unused tail: read as ``<|endoftext|>``, and no loss (the label Hugging Face ignores).
+PADDING = -100
+
+
+def pack_whole_documents(
+    texts: list[str], tokenizer: PreTrainedTokenizerFast, context_length: int,
+    token_documents: list[list[int]] | None = None, seed: int = 0,
+) -> Int[torch.Tensor, "n_windows context"]:
+    """Tokenize ``texts`` and pack them, each as ``<|endoftext|> doc``, into windows of
+    ``context_length`` tokens without cutting any: a window ends on ``<|endoftext|>`` when it has
+    room and on :data:`PADDING` after that. A document longer than a window keeps its first
+    ``context_length`` tokens.
+
+    Cutting one stream into windows (:func:`pack_documents`) splits the documents that straddle a
+    boundary: the second piece has lost its beginning (an indirect-object sentence its names),
+    which is a share of about length / ``context_length`` of the documents. Here each window takes
+    the longest document left, then the longest that still fits, until none fits, so the padding
+    stays small. ``token_documents`` join the texts, in an order fixed by ``seed``.
+    """
+    eos = tokenizer.eos_token_id
+    documents = [[eos, *doc][:context_length] for doc in (tokenizer(texts)["input_ids"] if texts else [])]
+    documents += [[eos, *doc][:context_length] for doc in token_documents or []]
+    random.Random(seed).shuffle(documents)
+    by_length: list[list[list[int]]] = [[] for _ in range(context_length + 1)]
+    for document in documents:
+        by_length[len(document)].append(document)
+    longest, windows = context_length, []
+    while longest > 0:
+        if not by_length[longest]:
+            longest -= 1
+            continue
+        window = by_length[longest].pop()
+        room = context_length - len(window)
+        while room > 0:
+            fitting = next((n for n in range(room, 0, -1) if by_length[n]), None)
+            if fitting is None:
+                break
+            window += by_length[fitting].pop()
+            room -= fitting
+        windows.append(window + [eos] * min(room, 1) + [PADDING] * max(room - 1, 0))
+    random.Random(seed).shuffle(windows)
+    return torch.tensor(windows, dtype=torch.long).reshape(-1, context_length)
+
+
+#: How the training script packs documents into windows, by the name TrainConfig.packing gives.
+PACKINGS = {"stream": pack_documents, "whole": pack_whole_documents}
+
+
+def training_inputs(
+    windows: Int[torch.Tensor, "batch pos"], eos: int,
+) -> dict[str, torch.Tensor]:
+    """The keyword arguments of a training forward pass on packed ``windows``: ``input_ids`` (padding
+    read as ``<|endoftext|>``), ``labels`` (no loss on padding) and the :func:`document_inputs`."""
+    input_ids = windows.masked_fill(windows == PADDING, eos)
+    position_ids, attention_mask = document_inputs(input_ids, eos)
+    return {"input_ids": input_ids, "labels": windows, "position_ids": position_ids, "attention_mask": attention_mask}
 
 
 def document_inputs(
@@ -152,8 +213,8 @@ def _shuffled_windows(config: TrainConfig, tokenizer: PreTrainedTokenizerFast, r
         while n_windows < windows_needed:
             chunk_seed = seed * 100_003 + len(chunks)
             token_documents = repeated_random_token_documents(n_token_documents, len(tokenizer), chunk_seed)
-            chunk = pack_documents([next(documents).text for _ in range(chunk_size)], tokenizer,
-                                   config.context_length, token_documents, seed=chunk_seed)
+            chunk = PACKINGS[config.packing]([next(documents).text for _ in range(chunk_size)], tokenizer,
+                                             config.context_length, token_documents, seed=chunk_seed)
             chunks.append(chunk)
             n_windows += len(chunk)
             progress.update(len(chunk))
@@ -189,9 +250,7 @@ def validation_loss(model: GPT2LMHeadModel, windows: Int[torch.Tensor, "n contex
     model.eval()
     losses = []
     for batch in windows.split(batch_size):
-        position_ids, attention_mask = document_inputs(batch, eos)
-        losses.append(model(input_ids=batch, labels=batch, position_ids=position_ids,
-                            attention_mask=attention_mask).loss.item())
+        losses.append(model(**training_inputs(batch, eos)).loss.item())
     model.train()
     return float(np.mean(losses))
 
@@ -222,7 +281,7 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
     else:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(state_dir)
     windows = training_windows(config, tokenizer)
-    validation = pack_documents(
+    validation = PACKINGS[config.packing](
         [doc.text for doc in generate_corpus(config.validation_documents, seed=config.seed + 2, mix=config.mix,
                                              recipe_name=config.recipe)],
         tokenizer, config.context_length)
@@ -243,8 +302,7 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
         batch = batches[step]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, config)
-        position_ids, attention_mask = document_inputs(batch, tokenizer.eos_token_id)
-        loss = model(input_ids=batch, labels=batch, position_ids=position_ids, attention_mask=attention_mask).loss
+        loss = model(**training_inputs(batch, tokenizer.eos_token_id)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -25,10 +25,10 @@ from utils.world.families import (
     BRIDGE_CHOICE_PARTS, FAMILIES, IOI_CLAUSE_OPENERS, STORY_IOI_VERBS, TRAINING_CHOICE_PARTS, TRAINING_FACT_PHRASINGS,
     TRAINING_IOI_PARTS, WORD_CHOICE_PARTS, compose,
 )
-from utils.world.heldout import heldout_words
+from utils.world.heldout import HELDOUT_IOI_PARTS, heldout_words
 from utils.world.vocabulary import (
     AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS, GIVING_VERBS, MORE_AGREEMENT_NOUNS, MORE_AGREEMENT_PREPOSITIONS,
-    PLURALS, invented_names, invented_words, world_words,
+    PLURALS, invented_names, invented_words, made_up_leads, world_words,
 )
 
 #: Share of documents from each family in the recipe "v1" (the first course model's corpus).
@@ -51,6 +51,12 @@ V3_FINISH_MIX: dict[str, float] = {
 V4_FINISH_MIX: dict[str, float] = {
     "story": 0.10, "ioi": 0.30, "agreement": 0.08, "facts": 0.03, "few_shot": 0.06,
     "sequence": 0.06, "arithmetic": 0.07, "record": 0.02, "multiple_choice": 0.28,
+}
+#: The shares of the last part of recipe "v5": v3's finish, with the agreement of v4's (held-out
+#: nouns 0.895 -> 0.925) taken from stories and sequences.
+V5_FINISH_MIX: dict[str, float] = {
+    "story": 0.06, "ioi": 0.26, "agreement": 0.07, "facts": 0.03, "few_shot": 0.05,
+    "sequence": 0.06, "arithmetic": 0.04, "record": 0.01, "multiple_choice": 0.42,
 }
 #: The recipe of the shipped course model, and its shares of documents.
 DEFAULT_RECIPE = "v1"
@@ -154,6 +160,27 @@ def _v4_agreement_options(rng: random.Random) -> dict[str, object]:
     return {**options, "number": "plural", "distractor_number": "singular"} if rng.random() < 1 / 3 else options
 
 
+#: The words of the held-out openers ("Because", "Before"...): no lead of recipe v5 is one of them.
+_HELDOUT_OPENER_WORDS = frozenset(word.strip(",.") for opener in HELDOUT_IOI_PARTS.openers for word in opener.split()
+                                  if not word.startswith("{"))
+#: 50,000 capitalised made-up words of many shapes that open a quarter of v5's finishing clauses
+#: before the names: v4's 297 leads were learnt one by one (ABB order after a training lead 0.84,
+#: after an unseen word 0.00-0.17), so v5 draws so many that each is seen a few times at most.
+V5_LEADS: tuple[str, ...] = made_up_leads(exclude=heldout_words() | _HELDOUT_OPENER_WORDS | set(_V2_WORDS))
+V5_LEAD_IOI_PARTS = replace(V4_LEAD_IOI_PARTS, leads=V5_LEADS)
+V5_LEAD_INVENTED_NAME_IOI_PARTS = replace(V5_LEAD_IOI_PARTS, names=INVENTED_NAME_IOI_PARTS.names)
+
+
+def _v5_finish_ioi_options(rng: random.Random) -> dict[str, object]:
+    """As :func:`_v4_finish_ioi_options`, with the leads of :data:`V5_LEADS`."""
+    draw, invented_names = rng.random(), rng.random() < 0.5
+    if draw < 1 / 6:
+        return {}
+    if draw < 1 / 6 + 1 / 4:
+        return {"parts": V5_LEAD_INVENTED_NAME_IOI_PARTS if invented_names else V5_LEAD_IOI_PARTS}
+    return {"parts": V3_FINISH_INVENTED_NAME_IOI_PARTS if invented_names else V3_FINISH_IOI_PARTS}
+
+
 #: The options of recipe "v2", family by family.
 _V2_OPTIONS: dict[str, FamilyOptions] = {
     "facts": lambda rng: {"n_facts": rng.randint(1, 5), "phrasings": TRAINING_FACT_PHRASINGS},
@@ -187,6 +214,12 @@ RECIPES: dict[str, Recipe] = {
     # 0.63; only agreement on held-out nouns gained (0.925): too few steps before a finish with fewer A/B questions
     "v4": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v4-finish", finish_share=0.35),
     "v4-finish": Recipe(V4_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v4_finish_ioi_options,
+                                        "agreement": _v4_agreement_options,
+                                        "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
+    # v3's finish with 50,000 leads instead of v4's 297 and v4's agreement, trained on whole
+    # documents in windows of 128 tokens (train --packing whole --context-length 128 --batch-size 32)
+    "v5": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v5-finish", finish_share=0.3),
+    "v5-finish": Recipe(V5_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v5_finish_ioi_options,
                                         "agreement": _v4_agreement_options,
                                         "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
 }

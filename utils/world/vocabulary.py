@@ -188,6 +188,26 @@ def invented_words(n: int = 300, exclude: frozenset[str] = frozenset()) -> tuple
     return tuple(words)
 
 
+def made_up_leads(n: int = 50_000, exclude: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """``n`` capitalised made-up words of one to three syllables and many shapes ("Oskrau", "Ebe",
+    "Plintaucer"...), none a name, a world word or in ``exclude``: so many that a training corpus
+    uses each only a few times, and a model must learn *where* a word stands, not which it is.
+    Always the same words for the same arguments."""
+    onsets = ("", "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
+              "bl", "br", "ch", "cl", "dr", "fl", "gr", "pl", "pr", "sc", "sh", "sk", "sl", "sp", "st", "th", "tr", "wh")
+    vowels = ("a", "e", "i", "o", "u", "y", "ai", "au", "ea", "ee", "ie", "oa", "ou")
+    codas = ("", "", "", "n", "r", "s", "l", "m", "t", "ck", "nd", "nt", "rt", "se", "ce", "st", "ng", "x")
+    known = {w.lower() for w in (*ALL_NAMES, *exclude, *invented_names())}
+    rng = random.Random(20_28)
+    leads: dict[str, None] = {}
+    while len(leads) < n:
+        lead = "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas)
+                       for _ in range(rng.choice((1, 2, 2, 3)))).capitalize()
+        if len(lead) >= 3 and lead.lower() not in known:
+            leads[lead] = None
+    return tuple(leads)
+
+
 ObjectKind = Literal["thing", "message", "writing"]
 #: Verbs of giving, telling and sending, each with the kind of object it takes ("gave the ring to").
 GIVING_VERBS: dict[str, ObjectKind] = {
