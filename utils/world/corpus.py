@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from utils.world.documents import Document
 from utils.world.families import (
     BRIDGE_CHOICE_PARTS, FAMILIES, IOI_CLAUSE_OPENERS, STORY_IOI_VERBS, TRAINING_CHOICE_PARTS, TRAINING_FACT_PHRASINGS,
-    TRAINING_IOI_PARTS, WORD_CHOICE_PARTS, compose,
+    TRAINING_IOI_PARTS, WORD_CHOICE_PARTS, IOIParts, compose,
 )
 from utils.world.heldout import HELDOUT_IOI_PARTS, heldout_words
 from utils.world.vocabulary import (
@@ -143,14 +143,20 @@ V4_LEAD_IOI_PARTS = replace(V3_FINISH_IOI_PARTS, openers=V4_LEAD_IOI_OPENERS, le
 V4_LEAD_INVENTED_NAME_IOI_PARTS = replace(V4_LEAD_IOI_PARTS, names=INVENTED_NAME_IOI_PARTS.names)
 
 
-def _v4_finish_ioi_options(rng: random.Random) -> dict[str, object]:
-    """As :func:`_v3_finish_ioi_options`, with a quarter of all the sentences opening on a made-up word."""
-    draw, invented_names = rng.random(), rng.random() < 0.5
-    if draw < 1 / 6:
-        return {}
-    if draw < 1 / 6 + 1 / 4:
-        return {"parts": V4_LEAD_INVENTED_NAME_IOI_PARTS if invented_names else V4_LEAD_IOI_PARTS}
-    return {"parts": V3_FINISH_INVENTED_NAME_IOI_PARTS if invented_names else V3_FINISH_IOI_PARTS}
+def _lead_ioi_options(lead_parts: IOIParts, lead_invented_name_parts: IOIParts) -> FamilyOptions:
+    """As :func:`_v3_finish_ioi_options`, with a quarter of all the sentences drawn from ``lead_parts`` (between
+    real names) or ``lead_invented_name_parts``: sentences that open on a made-up word before the names."""
+    def options(rng: random.Random) -> dict[str, object]:
+        draw, invented_names = rng.random(), rng.random() < 0.5
+        if draw < 1 / 6:
+            return {}
+        if draw < 1 / 6 + 1 / 4:
+            return {"parts": lead_invented_name_parts if invented_names else lead_parts}
+        return {"parts": V3_FINISH_INVENTED_NAME_IOI_PARTS if invented_names else V3_FINISH_IOI_PARTS}
+    return options
+
+
+_v4_finish_ioi_options = _lead_ioi_options(V4_LEAD_IOI_PARTS, V4_LEAD_INVENTED_NAME_IOI_PARTS)
 
 
 def _v4_agreement_options(rng: random.Random) -> dict[str, object]:
@@ -170,15 +176,7 @@ V5_LEADS: tuple[str, ...] = made_up_leads(exclude=heldout_words() | _HELDOUT_OPE
 V5_LEAD_IOI_PARTS = replace(V4_LEAD_IOI_PARTS, leads=V5_LEADS)
 V5_LEAD_INVENTED_NAME_IOI_PARTS = replace(V5_LEAD_IOI_PARTS, names=INVENTED_NAME_IOI_PARTS.names)
 
-
-def _v5_finish_ioi_options(rng: random.Random) -> dict[str, object]:
-    """As :func:`_v4_finish_ioi_options`, with the leads of :data:`V5_LEADS`."""
-    draw, invented_names = rng.random(), rng.random() < 0.5
-    if draw < 1 / 6:
-        return {}
-    if draw < 1 / 6 + 1 / 4:
-        return {"parts": V5_LEAD_INVENTED_NAME_IOI_PARTS if invented_names else V5_LEAD_IOI_PARTS}
-    return {"parts": V3_FINISH_INVENTED_NAME_IOI_PARTS if invented_names else V3_FINISH_IOI_PARTS}
+_v5_finish_ioi_options = _lead_ioi_options(V5_LEAD_IOI_PARTS, V5_LEAD_INVENTED_NAME_IOI_PARTS)
 
 
 #: The options of recipe "v2", family by family.
