@@ -11,7 +11,10 @@ import torch
 from transformers import AutoTokenizer
 
 from utils.course_model.evaluate import Metric, evaluate, format_card
-from utils.course_model.train import TrainConfig, build_model, document_inputs, learning_rate_at, pack_documents, train
+from utils.course_model.train import (
+    PADDING, TrainConfig, build_model, document_inputs, learning_rate_at, pack_documents, pack_whole_documents, train,
+    training_inputs,
+)
 from utils.models import COURSE_MODEL_DIR, load_model, load_tokenizer
 from utils.world import DEFAULT_MIX, eval_set, generate_corpus
 from utils.world.vocabulary import CAPITALS, NAMES
@@ -45,6 +48,35 @@ def test_packing_joins_documents_with_eos_into_fixed_windows(course_tokenizer) -
     stream = [t for text in texts for t in (course_tokenizer.eos_token_id, *course_tokenizer(text)["input_ids"])]
     assert windows.shape == (len(stream) // 32, 32)
     assert windows.flatten().tolist() == stream[: windows.numel()]
+
+
+def test_whole_packing_cuts_no_document_and_pads_little(course_tokenizer) -> None:
+    texts = [d.text for d in generate_corpus(400, seed=0, recipe_name="v2")]
+    windows = pack_whole_documents(texts, course_tokenizer, context_length=64, seed=3)
+    eos = course_tokenizer.eos_token_id
+    packed: list[list[int]] = []
+    for window in windows.tolist():
+        assert window[0] == eos, "every window starts a document"
+        real = [t for t in window if t != PADDING]
+        assert window[len(real):] == [PADDING] * (len(window) - len(real)), "padding only at the end"
+        starts = [i for i, t in enumerate(real) if t == eos]
+        packed += [real[a + 1:b] for a, b in zip(starts, [*starts[1:], len(real)]) if real[a + 1:b]]
+    whole = [ids[:63] for ids in course_tokenizer(texts)["input_ids"]]
+    assert sorted(packed) == sorted(whole), "each document once, whole (or its first window's worth)"
+    assert (windows == PADDING).float().mean() < 0.1
+
+
+def test_training_inputs_read_padding_as_eos_and_take_no_loss_on_it() -> None:
+    windows = torch.tensor([[0, 5, 6, 0, 7, 0, PADDING, PADDING]])
+    inputs = training_inputs(windows, eos=0)
+    assert inputs["input_ids"].tolist() == [[0, 5, 6, 0, 7, 0, 0, 0]]
+    assert inputs["labels"].tolist() == windows.tolist()
+    assert inputs["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 0, 0]]
+
+
+def test_unknown_packing_is_named() -> None:
+    with pytest.raises(ValueError, match="packing"):
+        TrainConfig(packing="tight")
 
 
 def test_document_inputs_restart_positions_and_block_attention_at_each_eos() -> None:

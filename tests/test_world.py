@@ -181,7 +181,8 @@ def test_unknown_task_and_family_errors_name_the_choices() -> None:
 
 from utils.world.corpus import (  # noqa: E402
     INVENTED_NAME_IOI_PARTS, RECIPES, V2_IOI_PARTS, V3_FINISH_IOI_PARTS, V4_LEAD_INVENTED_NAME_IOI_PARTS,
-    V4_LEAD_IOI_PARTS, V4_LEADS, recipe,
+    V4_LEAD_IOI_PARTS, V4_LEADS, V5_LEAD_IOI_PARTS, V5_LEADS, V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS,
+    V6_NAME_FIRST_IOI_PARTS, recipe,
 )
 from utils.world.families import (  # noqa: E402
     BRIDGE_CHOICE_PARTS, CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, TRAINING_IOI_PARTS, IOIParts, past_tense,
@@ -287,6 +288,45 @@ def test_made_up_leads_are_capitalised_made_up_words_and_never_a_name() -> None:
     assert all("{lead}" not in opener for opener in TRAINING_IOI_PARTS.openers + V3_FINISH_IOI_PARTS.openers)
 
 
+@pytest.fixture(scope="module")
+def v6_finish_corpus() -> list:
+    return list(generate_corpus(10_000, seed=0, recipe_name="v6-finish"))
+
+
+def _opening(doc) -> str:
+    """What an indirect-object sentence opens on: a name, a made-up lead or another word (a few
+    leads are English words that v3's openers start with too: "When", "Then"...)."""
+    first = doc.text.split()[0].strip(",.")
+    opener_words = {opener.split()[0].strip(",.") for opener in V3_FINISH_IOI_PARTS.openers}
+    return "name" if first in doc.labels.values() else "lead" if first in set(V5_LEADS) - opener_words else "other"
+
+
+def test_v5_leads_are_many_and_none_is_a_held_out_opener_word() -> None:
+    assert len(V5_LEADS) == 50_000 and len(set(V5_LEADS)) == 50_000
+    assert all(lead[0].isupper() and lead[1:].islower() for lead in V5_LEADS)
+    opener_words = {w.strip(",.") for o in HELDOUT_IOI_PARTS.openers for w in o.split() if not w.startswith("{")}
+    assert not set(V5_LEADS) & (opener_words | heldout_words() | set(world_words()) | set(ALL_NAMES))
+    assert V5_LEAD_IOI_PARTS.leads == V5_LEADS
+
+
+def test_v6_finishes_on_sentences_that_open_on_a_lead_or_on_the_first_name(v6_finish_corpus: list) -> None:
+    assert recipe("v6").mix == recipe("v2").mix and recipe("v6").finish == "v6-finish"
+    assert recipe("v6").finish_share == recipe("v5").finish_share == 0.3
+    assert recipe("v6-finish").mix == recipe("v5-finish").mix
+    ioi = [d for d in v6_finish_corpus if d.family == "ioi"]
+    openings = Counter(_opening(d) for d in ioi)
+    assert 0.15 < openings["lead"] / len(ioi) < 0.25
+    name_first = [d for d in ioi if _opening(d) == "name"]
+    assert 0.18 < len(name_first) / len(ioi) < 0.3, "a sixth from the name-first openers, a few more from v3's"
+    orders = Counter(d.labels["order"] for d in name_first)
+    assert 0.4 < orders["ABB"] / len(name_first) < 0.6
+    rng = random.Random(0)
+    for parts in (V6_NAME_FIRST_IOI_PARTS, V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS):
+        assert all(opener.startswith("{A} ") for opener in parts.openers)
+        doc = indirect_object(rng, parts=parts)
+        assert doc.text.split()[0] in parts.names
+
+
 def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
     """v2's sentences do not move (its digest test), v3's finishing ones meet with made-up verbs."""
     encounters = set(TRAINING_IOI_PARTS.encounters)
@@ -299,14 +339,16 @@ def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
 
 
 def test_heldout_words_are_in_no_word_list_and_no_training_document(v2_corpus: list, v3_finish_corpus: list,
-                                                                   v4_finish_corpus: list) -> None:
+                                                                   v4_finish_corpus: list,
+                                                                   v6_finish_corpus: list) -> None:
     held_out = heldout_words()
     assert not held_out & set(world_words()), held_out & set(world_words())
     assert not held_out & set(INVENTED_NAME_IOI_PARTS.names)
     made_up = set(V2_IOI_PARTS.made_up_words)
     assert len(made_up) == 300 and not made_up & (held_out | set(world_words()))
     v1_corpus = list(generate_corpus(5_000, seed=0, recipe_name="v1"))
-    assert not held_out & _words([d.text for d in v2_corpus + v1_corpus + v3_finish_corpus + v4_finish_corpus])
+    assert not held_out & _words([d.text for d in v2_corpus + v1_corpus + v3_finish_corpus + v4_finish_corpus
+                                  + v6_finish_corpus])
 
 
 def test_heldout_agreement_nouns_are_never_a_subject_or_distractor(v2_corpus: list) -> None:
@@ -325,12 +367,13 @@ def _as_pattern(template: str) -> re.Pattern:
 
 
 def test_heldout_frames_and_phrasings_match_no_training_document(v2_corpus: list, v3_finish_corpus: list,
-                                                                 v4_finish_corpus: list) -> None:
+                                                                 v4_finish_corpus: list,
+                                                                 v6_finish_corpus: list) -> None:
     templates = [*HELDOUT_IOI_PARTS.openers, *HELDOUT_IOI_PARTS.middles,
                  *(q for qs in HELDOUT_CHOICE_PARTS.questions.values() for q in qs),
                  *(o for os_ in HELDOUT_CHOICE_PARTS.options.values() for o in os_),
                  *(p for ps in HELDOUT_FACT_PHRASINGS.values() for p in ps)]
-    texts = [d.text for d in v2_corpus + v3_finish_corpus + v4_finish_corpus
+    texts = [d.text for d in v2_corpus + v3_finish_corpus + v4_finish_corpus + v6_finish_corpus
              + list(generate_corpus(5_000, seed=0, recipe_name="v1"))]
     for template in templates:
         pattern = _as_pattern(template)
@@ -340,7 +383,8 @@ def test_heldout_frames_and_phrasings_match_no_training_document(v2_corpus: list
 @settings(max_examples=200, deadline=None)
 @given(seed=seeds, parts=st.sampled_from([TRAINING_IOI_PARTS, V2_IOI_PARTS, INVENTED_NAME_IOI_PARTS, HELDOUT_IOI_PARTS,
                                            HELDOUT_NAME_IOI_PARTS, V3_FINISH_IOI_PARTS, V4_LEAD_IOI_PARTS,
-                                           V4_LEAD_INVENTED_NAME_IOI_PARTS]))
+                                           V4_LEAD_INVENTED_NAME_IOI_PARTS, V5_LEAD_IOI_PARTS,
+                                           V6_NAME_FIRST_IOI_PARTS, V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS]))
 def test_composed_indirect_object_names_the_subject_twice_and_the_answer_once(seed: int, parts: IOIParts) -> None:
     doc = indirect_object(random.Random(seed), parts=parts)
     io, s = doc.labels["indirect_object"], doc.labels["subject"]

@@ -178,6 +178,24 @@ V5_LEAD_INVENTED_NAME_IOI_PARTS = replace(V5_LEAD_IOI_PARTS, names=INVENTED_NAME
 
 _v5_finish_ioi_options = _lead_ioi_options(V5_LEAD_IOI_PARTS, V5_LEAD_INVENTED_NAME_IOI_PARTS)
 
+#: Openers that put the first name first in the document ("{A} and {B} went to the park." or
+#: "{A} met {B} at the park,"): after v5's leads, a sentence that opens on a name read that name as a
+#: lead, and the ABB order of held-out frames that start with a name fell to 0.42 (v3: 0.86).
+V6_NAME_FIRST_OPENERS: tuple[str, ...] = compose(
+    ("{A} and {B} {activity} the {place}", "{A} and {B} {activity} the {place} together")
+    + compose(("{A} {encounter} {B} ",), ("at", "in", "by", "near", "behind", "next to", "across from"), (" the {place}",)),
+    (",", "."))
+V6_NAME_FIRST_IOI_PARTS = replace(V3_FINISH_IOI_PARTS, openers=V6_NAME_FIRST_OPENERS)
+V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS = replace(V6_NAME_FIRST_IOI_PARTS, names=INVENTED_NAME_IOI_PARTS.names)
+
+
+def _v6_finish_ioi_options(rng: random.Random) -> dict[str, object]:
+    """A sixth of the sentences open on the first name (:data:`V6_NAME_FIRST_OPENERS`), half of
+    them between made-up names; the other five sixths are drawn as v5's finishing sentences."""
+    if rng.random() < 1 / 6:
+        return {"parts": V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS if rng.random() < 0.5 else V6_NAME_FIRST_IOI_PARTS}
+    return _v5_finish_ioi_options(rng)
+
 
 #: The options of recipe "v2", family by family.
 _V2_OPTIONS: dict[str, FamilyOptions] = {
@@ -215,9 +233,17 @@ RECIPES: dict[str, Recipe] = {
                                         "agreement": _v4_agreement_options,
                                         "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
     # v3's finish with 50,000 leads instead of v4's 297 and v4's agreement, trained on whole
-    # documents in windows of 128 tokens (train --packing whole --context-length 128 --batch-size 32)
+    # documents (train --packing whole). In the project's trial (runs/v5, 16 x 256 windows) held-out
+    # A/B questions reached 0.98-1.00 and agreement 0.94, but held-out IOI frames only 0.90 and names
+    # 0.845: the frames that open on a name, in the ABB order, fell to 0.42
     "v5": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v5-finish", finish_share=0.3),
     "v5-finish": Recipe(V5_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v5_finish_ioi_options,
+                                        "agreement": _v4_agreement_options,
+                                        "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
+    # v5 with a sixth of the finishing indirect objects opening on the first name, in the same
+    # 10,750 steps of whole documents (train --packing whole)
+    "v6": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v6-finish", finish_share=0.3),
+    "v6-finish": Recipe(V5_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v6_finish_ioi_options,
                                         "agreement": _v4_agreement_options,
                                         "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
 }
