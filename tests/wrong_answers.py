@@ -31,10 +31,14 @@ from utils.attention import losses_by_copy, token_losses
 from utils.course_model.evaluate import encode
 from utils.finetune import IGNORE_INDEX
 from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
-from utils.hooks import ATTENTION, ATTENTION_OUTPUT_PROJECTION, ablate_head, capture, editing_head_outputs, head_outputs
+from utils.hooks import (
+    ATTENTION, ATTENTION_OUTPUT_PROJECTION, ablate_head, capture, editing_head_outputs, head_outputs, hooks,
+)
 from utils.logit_lens import ATTENTION_INPUT_NORM, direction_logits, kl_to_final, layer_labels, ov_circuit
 from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
 from utils.models import frozen
+from utils.sae import loss_with_replacement, next_token_loss, real_positions, sae_loss
+from utils.sae_features import auroc, split_aurocs
 from utils.soft_prompts import answer_loss, logits_with_soft_prompt
 from utils.steering import BEHAVIOURS, last_token_activations
 from utils.world import label_text
@@ -2454,6 +2458,301 @@ def explained_variance_with_var(x, reconstruction):
     return 1 - F.mse_loss(reconstruction, x, reduction="sum") / total
 
 
+def parallel_component_of_unnormalised_rows(W_dec, grad):
+    along = (grad * W_dec).sum(-1, keepdim=True)
+    return grad - along * W_dec
+
+
+def parallel_component_kept(W_dec, grad):
+    unit = F.normalize(W_dec, dim=-1)
+    return (grad * unit).sum(-1, keepdim=True) * unit
+
+
+def parallel_component_over_the_latents(W_dec, grad):
+    unit = F.normalize(W_dec, dim=0)
+    return grad - (grad * unit).sum(0, keepdim=True) * unit
+
+
+def parallel_component_as_a_projection_matrix(W_dec, grad):
+    unit = W_dec / W_dec.norm(dim=-1, keepdim=True)
+    projections = torch.eye(W_dec.shape[-1]) - einops.einsum(unit, unit, "sae i, sae j -> sae i j")
+    return einops.einsum(projections, grad, "sae i j, sae j -> sae i")
+
+
+def _sae_step(sae, optimizer, x, l1_coefficient, *, zero_grad=True, project=True, normalise_after=True):
+    latents = sae.encode(x)
+    reconstruction = sae.decode(latents)
+    loss = sae_loss(x, reconstruction, latents, sae.W_dec, l1_coefficient)
+    if zero_grad:
+        optimizer.zero_grad()
+    loss.backward()
+    if project:
+        sae.remove_parallel_gradient_()
+    if not normalise_after:
+        sae.normalize_decoder_()
+    optimizer.step()
+    if normalise_after:
+        sae.normalize_decoder_()
+    return loss.detach(), reconstruction.detach(), latents.detach()
+
+
+def step_without_zero_grad(sae, optimizer, x, l1_coefficient):
+    return _sae_step(sae, optimizer, x, l1_coefficient, zero_grad=False)
+
+
+def step_without_the_gradient_projection(sae, optimizer, x, l1_coefficient):
+    return _sae_step(sae, optimizer, x, l1_coefficient, project=False)
+
+
+def step_normalising_before_the_step(sae, optimizer, x, l1_coefficient):
+    return _sae_step(sae, optimizer, x, l1_coefficient, normalise_after=False)
+
+
+def step_returning_tensors_with_their_graph(sae, optimizer, x, l1_coefficient):
+    latents = sae.encode(x)
+    reconstruction = sae.decode(latents)
+    loss = sae_loss(x, reconstruction, latents, sae.W_dec, l1_coefficient)
+    optimizer.zero_grad()
+    loss.backward()
+    sae.remove_parallel_gradient_()
+    optimizer.step()
+    sae.normalize_decoder_()
+    return loss, reconstruction, latents
+
+
+def step_with_the_forward_module_and_set_to_none(sae, optimizer, x, l1_coefficient):
+    optimizer.zero_grad(set_to_none=True)
+    latents = sae.encode(x)
+    reconstruction = sae(x)
+    loss = (reconstruction - x).pow(2).sum(-1).mean() + l1_coefficient * (latents @ sae.W_dec.norm(dim=-1)).mean()
+    loss.backward()
+    with torch.no_grad():
+        unit = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True)
+        sae.W_dec.grad -= (sae.W_dec.grad * unit).sum(-1, keepdim=True) * unit
+    optimizer.step()
+    with torch.no_grad():
+        sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
+    return loss.detach(), reconstruction.detach(), latents.detach()
+
+
+def _jumprelu(x, W_enc, b_enc, W_dec, b_dec, latents_of):
+    pre = (x - b_dec) @ W_enc + b_enc
+    latents = latents_of(pre)
+    return latents @ W_dec + b_dec, latents
+
+
+def jumprelu_without_the_relu(x, W_enc, b_enc, W_dec, b_dec, threshold):
+    return _jumprelu(x, W_enc, b_enc, W_dec, b_dec, lambda pre: pre * (pre > threshold))
+
+
+def jumprelu_shifted_by_the_threshold(x, W_enc, b_enc, W_dec, b_dec, threshold):
+    return _jumprelu(x, W_enc, b_enc, W_dec, b_dec, lambda pre: (pre - threshold).relu())
+
+
+def jumprelu_without_b_dec_before_encoding(x, W_enc, b_enc, W_dec, b_dec, threshold):
+    latents = (x @ W_enc + b_enc).relu() * (x @ W_enc + b_enc > threshold)
+    return latents @ W_dec + b_dec, latents
+
+
+def jumprelu_with_where_and_a_heaviside(x, W_enc, b_enc, W_dec, b_dec, threshold):
+    pre = einops.einsum(x - b_dec, W_enc, "batch d_in, d_in d_sae -> batch d_sae") + b_enc
+    latents = torch.where(pre > threshold, pre, 0.0).clamp_min(0.0)
+    return latents @ W_dec + b_dec, latents
+
+
+def sparsity_with_l0_summed_over_the_tokens(latents, dense_threshold=0.1):
+    active = latents > 0
+    frequency = active.float().mean(0)
+    return float(active.sum()), float((frequency == 0).float().mean()), float((frequency > dense_threshold).float().mean())
+
+
+def sparsity_dense_at_the_threshold(latents, dense_threshold=0.1):
+    active = latents > 0
+    frequency = active.float().mean(0)
+    return (float(active.float().sum(-1).mean()), float((frequency == 0).float().mean()),
+            float((frequency >= dense_threshold).float().mean()))
+
+
+def sparsity_active_above_a_tolerance(latents, dense_threshold=0.1):
+    active = latents > 1e-3
+    frequency = active.float().mean(0)
+    return (float(active.float().sum(-1).mean()), float((frequency == 0).float().mean()),
+            float((frequency > dense_threshold).float().mean()))
+
+
+def sparsity_with_counts(latents, dense_threshold=0.1):
+    tokens, d_sae = latents.shape
+    counts = (latents != 0).sum(0)
+    return (counts.sum().item() / tokens, (counts == 0).sum().item() / d_sae,
+            (counts > dense_threshold * tokens).sum().item() / d_sae)
+
+
+def _spliced(model, sae, input_ids, mask, site, keep, loss_of):
+    def splice(activation):
+        return torch.where(keep, sae.decode(sae.encode(activation)), activation)
+    with hooks(model, {site: splice}):
+        logits = model(input_ids, attention_mask=mask).logits
+    return loss_of(logits)
+
+
+def spliced_at_bos_too(model, sae, input_ids, mask, site):
+    return _spliced(model, sae, input_ids, mask, site, mask.bool().unsqueeze(-1),
+                    lambda logits: next_token_loss(logits, input_ids, mask))
+
+
+def spliced_loss_over_the_padding_too(model, sae, input_ids, mask, site):
+    return _spliced(model, sae, input_ids, mask, site, real_positions(mask).unsqueeze(-1),
+                    lambda logits: next_token_loss(logits, input_ids, torch.ones_like(mask)))
+
+
+def spliced_without_the_shift(model, sae, input_ids, mask, site):
+    def loss_of(logits):
+        losses = F.cross_entropy(logits.flatten(0, 1), input_ids.flatten(), reduction="none")
+        return float((losses * mask.flatten()).sum() / mask.sum())
+    return _spliced(model, sae, input_ids, mask, site, real_positions(mask).unsqueeze(-1), loss_of)
+
+
+def spliced_with_the_library_replacement(model, sae, input_ids, mask, site):
+    return loss_with_replacement(model, input_ids, mask, site, lambda x: sae.decode(sae.encode(x)))
+
+
+def top_activations_one_per_row(acts, n):
+    values, positions = acts.max(dim=1)
+    order = values.argsort(descending=True)[:n]
+    return [(int(row), int(positions[row]), float(values[row])) for row in order if values[row] > 0]
+
+
+def top_activations_unravelled_by_the_rows(acts, n):
+    values, flat = acts.flatten().topk(min(n, acts.numel()))
+    return [(i % acts.shape[0], i // acts.shape[0], v) for v, i in zip(values.tolist(), flat.tolist()) if v > 0]
+
+
+def top_activations_with_the_zeros(acts, n):
+    values, flat = acts.flatten().topk(min(n, acts.numel()))
+    return [(i // acts.shape[1], i % acts.shape[1], v) for v, i in zip(values.tolist(), flat.tolist())]
+
+
+def top_activations_by_sorting(acts, n):
+    entries = [(value, row, position) for row, values in enumerate(acts.tolist())
+               for position, value in enumerate(values) if value > 0]
+    return [(row, position, value) for value, row, position in sorted(entries, reverse=True)[:n]]
+
+
+def effects_without_gamma(direction, gamma, W_U, k):
+    effects = W_U @ direction
+    return effects.topk(k).indices, (-effects).topk(k).indices
+
+
+def effects_with_the_least_negative_first(direction, gamma, W_U, k):
+    effects = W_U @ (direction * gamma)
+    return effects.topk(k).indices, (-effects).topk(k).indices.flip(0)
+
+
+def effects_by_magnitude(direction, gamma, W_U, k):
+    effects = W_U @ (direction * gamma)
+    return effects.abs().topk(k).indices, (-effects).topk(k).indices
+
+
+def effects_with_einsum_and_argsort(direction, gamma, W_U, k):
+    effects = einops.einsum(W_U, direction * gamma, "vocab d, d -> vocab")
+    order = effects.argsort(descending=True)
+    return order[:k], order.flip(0)[:k]
+
+
+def _auroc_by_pairs(scores, labels, tie):
+    labels = labels.bool()
+    columns = scores.reshape(len(scores), -1)
+    positive, negative = columns[labels][:, None], columns[~labels][None, :]
+    wins = (positive > negative).float() + tie * (positive == negative).float()
+    return wins.mean((0, 1)).reshape(scores.shape[1:])
+
+
+def auroc_with_ties_lost(scores, labels):
+    return _auroc_by_pairs(scores, labels, 0.0)
+
+
+def auroc_with_ties_won(scores, labels):
+    return _auroc_by_pairs(scores, labels, 1.0)
+
+
+def auroc_as_accuracy_at_the_mean(scores, labels):
+    columns = scores.reshape(len(scores), -1)
+    predicted = columns > columns.mean(0)
+    return (predicted == labels.bool()[:, None]).float().mean(0).reshape(scores.shape[1:])
+
+
+def auroc_from_all_pairs(scores, labels):
+    return _auroc_by_pairs(scores, labels, 0.5)
+
+
+def best_latent_selected_on_all_rows(scores, labels):
+    half = len(scores) // 2
+    latent = int(auroc(scores, labels).argmax())
+    return latent, float(auroc(scores[:half], labels[:half])[latent]), float(auroc(scores[half:], labels[half:])[latent])
+
+
+def best_latent_reporting_the_selection(scores, labels):
+    half = len(scores) // 2
+    select = auroc(scores[:half], labels[:half])
+    latent = int(select.argmax())
+    return latent, float(select[latent]), float(select[latent])
+
+
+def best_latent_split_after_the_middle(scores, labels):
+    half = (len(scores) + 1) // 2
+    select, held_out = auroc(scores[:half], labels[:half]), auroc(scores[half:], labels[half:])
+    latent = int(select.argmax())
+    return latent, float(select[latent]), float(held_out[latent])
+
+
+def best_latent_with_split_aurocs(scores, labels):
+    select, held_out = split_aurocs(scores, labels)
+    latent = int(torch.argmax(select))
+    return latent, select[latent].item(), held_out[latent].item()
+
+
+def aligned_by_signed_cosine(W_dec, vector, k):
+    cosines = F.normalize(W_dec, dim=-1) @ F.normalize(vector, dim=0)
+    top = cosines.topk(min(k, len(cosines))).indices
+    return [(int(i), float(cosines[i])) for i in top]
+
+
+def aligned_by_dot_product(W_dec, vector, k):
+    dots = W_dec @ vector
+    top = dots.abs().topk(min(k, len(dots))).indices
+    cosines = F.normalize(W_dec, dim=-1) @ F.normalize(vector, dim=0)
+    return [(int(i), float(cosines[i])) for i in top]
+
+
+def aligned_with_the_absolute_cosine(W_dec, vector, k):
+    cosines = (F.normalize(W_dec, dim=-1) @ F.normalize(vector, dim=0)).abs()
+    top = cosines.topk(min(k, len(cosines))).indices
+    return [(int(i), float(cosines[i])) for i in top]
+
+
+def aligned_with_cosine_similarity(W_dec, vector, k):
+    cosines = F.cosine_similarity(W_dec, vector[None, :], dim=-1)
+    order = sorted(range(len(cosines)), key=lambda i: -abs(float(cosines[i])))
+    return [(i, float(cosines[i])) for i in order[:k]]
+
+
+def projection_summed_row_by_row(rows, vector):
+    units = F.normalize(rows, dim=-1)
+    return ((units @ vector)[:, None] * units).sum(0)
+
+
+def projection_without_normalising_the_rows(rows, vector):
+    return ((rows @ vector)[:, None] * rows).sum(0)
+
+
+def projection_of_the_coefficients(rows, vector):
+    return torch.linalg.lstsq(rows.T, vector.unsqueeze(-1)).solution.squeeze(-1)
+
+
+def projection_with_the_pseudo_inverse(rows, vector):
+    return rows.T @ (torch.linalg.pinv(rows.T) @ vector)
+
+
 # --------------------------------------------------------------------------------------------- 7
 def metric_divided_by_clean(logit_diff, clean, corrupted):
     return (logit_diff - corrupted) / clean
@@ -2602,6 +2901,18 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "6.1": (sae_with_topk_over_the_batch, sae_ignoring_k, sae_normalising_the_decoder),
     "6.2": (sae_loss_mse_averaged_over_dimensions, sae_loss_unweighted_l1, sae_loss_l1_summed_over_the_batch),
     "6.3": (explained_variance_uncentred, explained_variance_per_dimension, explained_variance_of_the_reconstruction),
+    "6.4": (parallel_component_of_unnormalised_rows, parallel_component_kept, parallel_component_over_the_latents),
+    "6.5": (step_without_zero_grad, step_without_the_gradient_projection, step_normalising_before_the_step,
+            step_returning_tensors_with_their_graph),
+    "6.6": (jumprelu_without_the_relu, jumprelu_shifted_by_the_threshold, jumprelu_without_b_dec_before_encoding),
+    "6.7": (sparsity_with_l0_summed_over_the_tokens, sparsity_dense_at_the_threshold, sparsity_active_above_a_tolerance),
+    "6.8": (spliced_at_bos_too, spliced_loss_over_the_padding_too, spliced_without_the_shift),
+    "6.9": (top_activations_one_per_row, top_activations_unravelled_by_the_rows, top_activations_with_the_zeros),
+    "6.10": (effects_without_gamma, effects_with_the_least_negative_first, effects_by_magnitude),
+    "6.11": (auroc_with_ties_lost, auroc_with_ties_won, auroc_as_accuracy_at_the_mean),
+    "6.12": (best_latent_selected_on_all_rows, best_latent_reporting_the_selection, best_latent_split_after_the_middle),
+    "6.13": (aligned_by_signed_cosine, aligned_by_dot_product, aligned_with_the_absolute_cosine),
+    "6.14": (projection_summed_row_by_row, projection_without_normalising_the_rows, projection_of_the_coefficients),
     "7.1": (metric_divided_by_clean, metric_from_the_clean_end, metric_without_the_baseline),
     "7.2": (head_on_the_position_axis, head_patched_in_place, head_the_whole_layer),
     "7.3": (attribution_of_the_clean_run, attribution_the_wrong_way_round, attribution_averaged_over_prompts),
@@ -2643,5 +2954,11 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "5.12": (function_vector_with_the_library_mean_difference,), "5.13": (variants_with_einops,),
     "5.14": (neutral_loss_with_a_forward_hook,),
     "6.1": (sae_with_a_topk_mask,), "6.2": (sae_loss_with_einsum,), "6.3": (explained_variance_with_var,),
+    "6.4": (parallel_component_as_a_projection_matrix,), "6.5": (step_with_the_forward_module_and_set_to_none,),
+    "6.6": (jumprelu_with_where_and_a_heaviside,), "6.7": (sparsity_with_counts,),
+    "6.8": (spliced_with_the_library_replacement,),
+    "6.9": (top_activations_by_sorting,), "6.10": (effects_with_einsum_and_argsort,), "6.11": (auroc_from_all_pairs,),
+    "6.12": (best_latent_with_split_aurocs,), "6.13": (aligned_with_cosine_similarity,),
+    "6.14": (projection_with_the_pseudo_inverse,),
     "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (attribution_as_a_sum_of_products,),
 }

@@ -657,7 +657,7 @@ def next_token_loss(logits: Float[Tensor, "batch pos vocab"], input_ids: Int[Ten
     losses = F.cross_entropy(einops.rearrange(logits[:, :-1], "b p v -> (b p) v"), input_ids[:, 1:].flatten(),
                              reduction="none")
     weights = mask[:, 1:].flatten().float()
-    return float((losses * weights).sum() / weights.sum())
+    return ((losses * weights).sum() / weights.sum()).item()
 
 
 @torch.no_grad()
