@@ -327,6 +327,19 @@ def test_v6_finishes_on_sentences_that_open_on_a_lead_or_on_the_first_name(v6_fi
         assert doc.text.split()[0] in parts.names
 
 
+def test_v7_finishes_on_more_agreement_and_more_made_up_names(v6_finish_corpus: list) -> None:
+    assert recipe("v7").mix == recipe("v2").mix and recipe("v7").finish_share == 0.3
+    mix = recipe("v7-finish").mix
+    assert abs(sum(mix.values()) - 1) < 1e-9 and mix["agreement"] > recipe("v6-finish").mix["agreement"]
+    v7_finish = list(generate_corpus(6_000, seed=0, recipe_name="v7-finish"))
+
+    def invented_share(corpus: list) -> float:
+        ioi = [d for d in corpus if d.family == "ioi"]
+        return sum(d.labels["indirect_object"] in INVENTED_NAME_IOI_PARTS.names for d in ioi) / len(ioi)
+    assert invented_share(v6_finish_corpus) < 0.5 < invented_share(v7_finish) < 0.65
+    assert Counter(d.family for d in v7_finish)["agreement"] > 0.09 * len(v7_finish)
+
+
 def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
     """v2's sentences do not move (its digest test), v3's finishing ones meet with made-up verbs."""
     encounters = set(TRAINING_IOI_PARTS.encounters)
