@@ -126,6 +126,40 @@ def _tiny_config(**changes) -> TrainConfig:
     return TrainConfig(**{**settings, **changes})
 
 
+def test_a_finish_started_from_another_recipes_first_phase_gives_the_weights_of_a_run_from_scratch(
+        tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    import utils.course_model.train as training
+
+    v6, v7 = _tiny_config(recipe="v6"), _tiny_config(recipe="v7")
+    assert training.first_phase_steps(v6) == 16 and training.first_phase_steps(_tiny_config()) is None
+    train(v6, out_dir=tmp_path / "v6")
+    first_phase = tmp_path / "v6" / training.FIRST_PHASE_STATE
+    assert torch.load(first_phase / "state.pt", weights_only=False)["step"] == 15
+    train(v7, out_dir=tmp_path / "v7 from scratch")
+    manifest = train(v7, out_dir=tmp_path / "v7 started", start_from=first_phase)
+    assert manifest["started_from"] == str(first_phase)
+    scratch, started = (load_file(tmp_path / name / "model.safetensors") for name in ("v7 from scratch", "v7 started"))
+    for name, weight in scratch.items():
+        torch.testing.assert_close(started[name], weight, atol=1e-6, rtol=0)
+    assert not torch.equal(load_file(tmp_path / "v6" / "model.safetensors")["transformer.wte.weight"],
+                           scratch["transformer.wte.weight"]), "the finishes differ"
+
+
+def test_a_first_phase_of_another_kind_is_refused(tmp_path: Path) -> None:
+    import utils.course_model.train as training
+
+    train(_tiny_config(recipe="v6"), out_dir=tmp_path / "v6")
+    first_phase = tmp_path / "v6" / training.FIRST_PHASE_STATE
+    with pytest.raises(ValueError, match="batch_size: saved 8, now 4"):
+        train(_tiny_config(recipe="v7", batch_size=4), out_dir=tmp_path / "other", start_from=first_phase)
+    with pytest.raises(ValueError, match="differ before their finish"):
+        train(_tiny_config(recipe="v4"), out_dir=tmp_path / "v4", start_from=first_phase)
+    with pytest.raises(ValueError, match="holds no saved state"):
+        train(_tiny_config(recipe="v7"), out_dir=tmp_path / "v7", start_from=tmp_path)
+
+
 def test_an_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path: Path, monkeypatch) -> None:
     from safetensors.torch import load_file
 

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     train_parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="windows per step")
     train_parser.add_argument("--packing", choices=sorted(PACKINGS), default=TrainConfig.packing,
                               help="'stream' cuts one stream of documents into windows; 'whole' cuts no document")
+    train_parser.add_argument("--start-from", type=Path, default=None,
+                              help="another run's first_phase_state folder: start this recipe's finish from it")
     evaluate_parser = commands.add_parser("evaluate", help="evaluate a checkpoint and write the model card table")
     evaluate_parser.add_argument("--model", default="course", help="'course', a local checkpoint directory or a hub name")
     evaluate_parser.add_argument("--out", type=Path, default=None, help="where to write the JSON table")
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "train":
         config = TrainConfig(tokens=args.tokens, seed=args.seed, recipe=args.recipe, context_length=args.context_length,
                              batch_size=args.batch_size, packing=args.packing)
-        manifest = train(config, out_dir=args.out)
+        manifest = train(config, out_dir=args.out, start_from=args.start_from)
         print(f"wrote {args.out}: {manifest['tokens_trained']:,} tokens, final loss {manifest['final_loss']:.3f}")
     else:
         from utils.course_model.evaluate import main as evaluate_main

@@ -15,7 +15,7 @@ import random
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import einops
@@ -190,14 +190,26 @@ def training_windows(config: TrainConfig, tokenizer: PreTrainedTokenizerFast) ->
     A recipe with a ``finish`` ends on it: its last ``finish_share`` of the windows come from the
     finishing recipe, shuffled among themselves, after the others.
     """
+    first, finishing = phase_windows(config)
+    if not finishing:
+        return _shuffled_windows(config, tokenizer, config.recipe, config.mix, first, config.seed)
+    return torch.cat([
+        _shuffled_windows(config, tokenizer, config.recipe, config.mix, first, config.seed),
+        _shuffled_windows(config, tokenizer, recipe(config.recipe).finish, None, finishing, config.seed + 500_009)])
+
+
+def phase_windows(config: TrainConfig) -> tuple[int, int]:
+    """``(windows of the recipe's first phase, windows of its finish)``; no finish windows without a finish."""
     windows_needed = math.ceil(config.tokens / config.context_length)
     drawn = recipe(config.recipe)
-    if drawn.finish is None:
-        return _shuffled_windows(config, tokenizer, config.recipe, config.mix, windows_needed, config.seed)
-    finishing = round(windows_needed * drawn.finish_share)
-    return torch.cat([
-        _shuffled_windows(config, tokenizer, config.recipe, config.mix, windows_needed - finishing, config.seed),
-        _shuffled_windows(config, tokenizer, drawn.finish, None, finishing, config.seed + 500_009)])
+    finishing = round(windows_needed * drawn.finish_share) if drawn.finish is not None else 0
+    return windows_needed - finishing, finishing
+
+
+def first_phase_steps(config: TrainConfig) -> int | None:
+    """The steps that see only the first phase's windows, or None for a recipe without a finish."""
+    first, finishing = phase_windows(config)
+    return first // config.batch_size if finishing else None
 
 
 def _shuffled_windows(config: TrainConfig, tokenizer: PreTrainedTokenizerFast, recipe_name: str,
@@ -264,22 +276,29 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
+def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR, start_from: Path | None = None) -> dict:
     """Train the course model with ``config`` and write the checkpoint to ``out_dir``.
 
     Resumes from ``out_dir/training_state`` when an earlier run with the same ``config`` was
-    interrupted there. Returns the manifest (also written to ``out_dir/manifest.json``).
+    interrupted there. A run whose recipe has a finish keeps its state at the end of the first phase in
+    ``out_dir/first_phase_state``; ``start_from`` (such a folder of another run) starts this run's finish
+    from it, when the two runs differ only in a recipe with the same first phase: the weights are those
+    of a run from scratch, in the finish's share of the time. Returns the manifest (also written to
+    ``out_dir/manifest.json``).
     """
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     state_dir = out_dir / TRAINING_STATE
-    state = load_training_state(state_dir, config)
+    state, source = load_training_state(state_dir, config), state_dir
+    if state is None and start_from is not None:
+        source = Path(start_from)
+        state = load_first_phase_state(source, config)
     if state is None:
         tokenizer_texts = [doc.text for doc in generate_corpus(
             config.tokenizer_documents, seed=config.seed + 1, mix=config.mix, recipe_name=config.recipe)]
         tokenizer = train_tokenizer(tokenizer_texts, config.vocab_size, config.context_length)
     else:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(state_dir)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
     windows = training_windows(config, tokenizer)
     validation = PACKINGS[config.packing](
         [doc.text for doc in generate_corpus(config.validation_documents, seed=config.seed + 2, mix=config.mix,
@@ -293,9 +312,10 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         first_step, log, seconds_before = state["step"] + 1, state["log"], state["seconds"]
-        print(f"resuming from {state_dir} at step {first_step:,}")
+        print(f"resuming from {source} at step {first_step:,}")
     started = time.perf_counter() - seconds_before
     batches = windows.split(config.batch_size)[: config.steps]
+    finish_starts = first_phase_steps(config)
     progress = tqdm(range(first_step, len(batches)), initial=first_step, total=len(batches), desc="training",
                     unit="step")
     for step in progress:
@@ -319,14 +339,20 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR) -> dict:
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < len(batches):
             save_training_state(state_dir, config, tokenizer, model, optimizer, step, log,
                                 time.perf_counter() - started)
+        if step + 1 == finish_starts:
+            save_training_state(out_dir / FIRST_PHASE_STATE, config, tokenizer, model, optimizer, step, log,
+                                time.perf_counter() - started)
     seconds = time.perf_counter() - started
-    manifest = save_checkpoint(model, tokenizer, config, log, seconds, out_dir)
+    manifest = save_checkpoint(model, tokenizer, config, log, seconds, out_dir,
+                               started_from=str(source) if start_from is not None and source != state_dir else None)
     shutil.rmtree(state_dir, ignore_errors=True)
     return manifest
 
 
 #: The folder inside a checkpoint directory where an unfinished run keeps its state.
 TRAINING_STATE = "training_state"
+#: The folder where a run keeps its state at the end of its recipe's first phase (``train --start-from``).
+FIRST_PHASE_STATE = "first_phase_state"
 
 
 def save_training_state(state_dir: Path, config: TrainConfig, tokenizer: PreTrainedTokenizerFast,
@@ -353,10 +379,7 @@ def load_training_state(state_dir: Path, config: TrainConfig) -> dict | None:
     """
     if not (state_dir / "state.pt").exists():
         return None
-    saved = json.loads((state_dir / "config.json").read_text())
-    wanted = asdict(config)
-    differences = [f"{key}: saved {saved.get(key)!r}, now {wanted.get(key)!r}"
-                   for key in sorted(saved.keys() | wanted.keys()) if saved.get(key) != wanted.get(key)]
+    differences = _differences(_saved_config(state_dir), asdict(config))
     if differences:
         raise ValueError(
             f"the interrupted run in {state_dir} was trained with another configuration ("
@@ -365,9 +388,44 @@ def load_training_state(state_dir: Path, config: TrainConfig) -> dict | None:
     return torch.load(state_dir / "state.pt", weights_only=False)
 
 
+def load_first_phase_state(state_dir: Path, config: TrainConfig) -> dict:
+    """The state another run saved at the end of its first phase, for a run with ``config`` to start its finish from.
+
+    Raises ValueError when there is none, when the two configurations differ in more than the recipe, or when
+    the two recipes differ before their finish (another mix, other options, another finish share).
+    """
+    if not (state_dir / "state.pt").exists():
+        raise ValueError(f"{state_dir} holds no saved state: pass the {FIRST_PHASE_STATE} folder of a run whose "
+                         "recipe has a finish")
+    saved = _saved_config(state_dir)
+    differences = _differences({**saved, "recipe": config.recipe}, asdict(config))
+    if differences:
+        raise ValueError(f"the run in {state_dir} was trained with another configuration than this one ("
+                         + "; ".join(differences) + "): only the recipe may differ")
+    if replace(recipe(saved["recipe"]), finish=None) != replace(recipe(config.recipe), finish=None):
+        raise ValueError(f"recipes {saved['recipe']!r} and {config.recipe!r} differ before their finish (mix, "
+                         "options or finish share), so their first phases are not the same training")
+    state = torch.load(state_dir / "state.pt", weights_only=False)
+    if state["step"] + 1 != first_phase_steps(config):
+        raise ValueError(f"the state in {state_dir} is at step {state['step'] + 1:,}, not at the end of the first "
+                         f"phase ({first_phase_steps(config):,} steps)")
+    return state
+
+
+def _saved_config(state_dir: Path) -> dict:
+    return json.loads((state_dir / "config.json").read_text())
+
+
+def _differences(saved: dict, wanted: dict) -> list[str]:
+    """``"key: saved X, now Y"`` for each setting that differs."""
+    return [f"{key}: saved {saved.get(key)!r}, now {wanted.get(key)!r}"
+            for key in sorted(saved.keys() | wanted.keys()) if saved.get(key) != wanted.get(key)]
+
+
 def save_checkpoint(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, config: TrainConfig,
-                    log: list[dict[str, float]], seconds: float, out_dir: Path) -> dict:
-    """Write model, tokenizer, ``train_log.json`` and ``manifest.json`` into ``out_dir``."""
+                    log: list[dict[str, float]], seconds: float, out_dir: Path, started_from: str | None = None) -> dict:
+    """Write model, tokenizer, ``train_log.json`` and ``manifest.json`` into ``out_dir`` (the manifest names the
+    first-phase state the run ``started_from``, if any; its seconds include that phase's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -388,4 +446,5 @@ def save_checkpoint(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, 
         git_commit=_git_commit(),
         train_command="python -m utils.course_model train",
         config=asdict(config),
+        **({"started_from": started_from} if started_from else {}),
     )
