@@ -112,8 +112,8 @@ def _solution_namespace(exercise: Exercise) -> dict[str, Any]:
     from jaxtyping import Bool, Float, Int
 
     module = importlib.import_module(exercise.library)
-    return {**vars(module), "torch": torch, "einops": einops, "Tensor": torch.Tensor, "Float": Float, "Int": Int,
-            "Bool": Bool, "__name__": f"solution_{exercise.notebook}"}
+    return {**vars(module), "torch": torch, "F": torch.nn.functional, "einops": einops, "Tensor": torch.Tensor,
+            "Float": Float, "Int": Int, "Bool": Bool, "__name__": f"solution_{exercise.notebook}"}
 
 
 def _exercises(*rows: tuple[str, str, str, str, str, tuple[str, ...]]) -> dict[str, Exercise]:

@@ -17,9 +17,10 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.checks import Case, CheckResult, HasCase, Varies, check_function
+from utils import architecture
 from utils.sae import (
-    SparseAutoencoder, TrainingStep, evaluation_batch, explained_variance, load_shipped_sae, remove_parallel_component,
-    sae_loss, sae_training_step, sparsity_metrics, spliced_loss,
+    AnySAE, SparseAutoencoder, TrainingStep, check_sae_fits, evaluation_batch, explained_variance, hook_name_of_site,
+    load_shipped_sae, remove_parallel_component, sae_loss, sae_training_step, sparsity_metrics, spliced_loss,
 )
 from utils.sae_features import (
     aligned_latents, auroc, best_latent, logit_effect_tokens, projection_on_rows, top_activations,
@@ -281,22 +282,36 @@ def check_sparsity_metrics(learner_fn: Callable[..., tuple[float, float, float]]
              "when it is 0, dense when it is > dense_threshold. Return three floats")
 
 
+def _sae_of(model: PreTrainedModel, site: str, seed: int) -> AnySAE:
+    """The course's shipped SAE of ``site`` when it fits ``model``, else a random one of the model's width."""
+    try:
+        sae = load_shipped_sae(site)
+        check_sae_fits(sae, model, site)
+        return sae
+    except (ValueError, FileNotFoundError):
+        d_model = architecture.d_model(model)
+        return SparseAutoencoder(d_model, 4 * d_model, hook_name=hook_name_of_site(site), seed=seed)
+
+
 def check_spliced_loss(learner_fn: Callable[..., float], model: PreTrainedModel,
                        tokenizer: PreTrainedTokenizerBase) -> CheckResult:
-    """Exercise 6.8: ``learner_fn(model, sae, input_ids, mask, site)`` with the course's SAEs on padded documents."""
+    """Exercise 6.8: ``learner_fn(model, sae, input_ids, mask, site)`` on padded documents, with the course's SAEs on the
+    course model (random SAEs of the model's width on another model)."""
     input_ids, mask = evaluation_batch(tokenizer, 6, seed=11)
-    n_layers = model.config.num_hidden_layers
-    cases = [Case("block 2's residual SAE, 6 padded documents", model, load_shipped_sae("resid_post.2"),
-                  input_ids, mask, "resid_post.2"),
-             Case("block 0's residual SAE, 2 documents", model, load_shipped_sae("resid_post.0"),
+    last = architecture.n_layers(model) - 1
+    middle = min(2, last)
+    cases = [Case(f"block {middle}'s residual SAE, 6 padded documents", model, _sae_of(model, f"resid_post.{middle}", 0),
+                  input_ids, mask, f"resid_post.{middle}"),
+             Case("block 0's residual SAE, 2 documents", model, _sae_of(model, "resid_post.0", 1),
                   input_ids[:2], mask[:2], "resid_post.0"),
-             Case("block 2's MLP-output SAE", model, load_shipped_sae("mlp_out.2"), input_ids[2:], mask[2:],
-                  "mlp_out.2"),
-             Case(f"block {n_layers - 1}'s residual SAE", model, load_shipped_sae(f"resid_post.{n_layers - 1}"),
-                  input_ids, mask, f"resid_post.{n_layers - 1}")]
+             Case(f"block {middle}'s MLP-output SAE", model, _sae_of(model, f"mlp_out.{middle}", 2), input_ids[2:],
+                  mask[2:], f"mlp_out.{middle}"),
+             Case(f"block {last}'s residual SAE", model, _sae_of(model, f"resid_post.{last}", 3),
+                  input_ids, mask, f"resid_post.{last}")]
     return check_function(
         learner_fn, spliced_loss, cases, exercise="6.8 (spliced_loss)", atol=1e-4, rtol=1e-4,
-        properties=[Varies("site", lambda site: "resid_post.1", "splices at another site than the one given"),
+        properties=[Varies("site", lambda site: "resid_post.0" if site != "resid_post.0" else f"resid_post.{last}",
+                           "splices at another site than the one given"),
                     HasCase("padded documents", lambda case: bool((case.args[3] == 0).any()))],
         hint="with hooks(model, {site: splice}), where splice(activation) returns sae.decode(sae.encode(activation)) "
              "at the real positions but BOS (real_positions(mask), [batch, pos]; torch.where) and the activation "
