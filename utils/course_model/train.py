@@ -289,16 +289,15 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR, start_from: Pat
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     state_dir = out_dir / TRAINING_STATE
-    state, source = load_training_state(state_dir, config), state_dir
+    state, started_from = load_training_state(state_dir, config), None
     if state is None and start_from is not None:
-        source = Path(start_from)
-        state = load_first_phase_state(source, config)
+        state, started_from = load_first_phase_state(Path(start_from), config), Path(start_from)
     if state is None:
         tokenizer_texts = [doc.text for doc in generate_corpus(
             config.tokenizer_documents, seed=config.seed + 1, mix=config.mix, recipe_name=config.recipe)]
         tokenizer = train_tokenizer(tokenizer_texts, config.vocab_size, config.context_length)
     else:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(started_from or state_dir)
     windows = training_windows(config, tokenizer)
     validation = PACKINGS[config.packing](
         [doc.text for doc in generate_corpus(config.validation_documents, seed=config.seed + 2, mix=config.mix,
@@ -312,7 +311,7 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR, start_from: Pat
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         first_step, log, seconds_before = state["step"] + 1, state["log"], state["seconds"]
-        print(f"resuming from {source} at step {first_step:,}")
+        print(f"resuming from {started_from or state_dir} at step {first_step:,}")
     started = time.perf_counter() - seconds_before
     batches = windows.split(config.batch_size)[: config.steps]
     finish_starts = first_phase_steps(config)
@@ -344,7 +343,7 @@ def train(config: TrainConfig, out_dir: Path = COURSE_MODEL_DIR, start_from: Pat
                                 time.perf_counter() - started)
     seconds = time.perf_counter() - started
     manifest = save_checkpoint(model, tokenizer, config, log, seconds, out_dir,
-                               started_from=str(source) if start_from is not None and source != state_dir else None)
+                               started_from=str(started_from) if started_from else None)
     shutil.rmtree(state_dir, ignore_errors=True)
     return manifest
 
