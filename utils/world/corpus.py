@@ -227,6 +227,18 @@ _V2_OPTIONS: dict[str, FamilyOptions] = {
 }
 
 
+def _v2_then(finish: str, finish_share: float) -> Recipe:
+    """v2's documents (and random token ids), then the recipe ``finish`` for the last ``finish_share`` of the windows:
+    every such recipe with the same ``finish_share`` has the same first phase (``train --start-from``)."""
+    return Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish=finish, finish_share=finish_share)
+
+
+def _lead_finish(mix: dict[str, float], ioi_options: FamilyOptions) -> Recipe:
+    """A finish of v4 and later: v2's options with these indirect objects, v4's plural agreement and v3's A/B questions."""
+    return Recipe(mix, {**_V2_OPTIONS, "ioi": ioi_options, "agreement": _v4_agreement_options,
+                        "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06)
+
+
 RECIPES: dict[str, Recipe] = {
     "v1": Recipe(V1_MIX, {
         "facts": lambda rng: {"n_facts": rng.randint(1, 5)},
@@ -236,39 +248,31 @@ RECIPES: dict[str, Recipe] = {
     # v2 for the first 70 % of the windows, then v3-finish: in the project's trials, v2 alone
     # answered held-out A/B questions at chance and 77 % of held-out IOI frames; 2,500 steps of
     # this finishing mix on its checkpoint took them to 92-100 % and 89 %
-    "v3": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v3-finish", finish_share=0.3),
+    "v3": _v2_then("v3-finish", 0.3),
     "v3-finish": Recipe(V3_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v3_finish_ioi_options,
                                         "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
     # v3 with a longer finish of more indirect objects, some opening on made-up words, more plural
     # subjects and v2's arithmetic, in 7,500 steps (v3's 10,750 took 107 minutes on 2 cores). In the
     # project's trial (runs/v4) A/B answering never formed (held out 0.50) and held-out IOI fell to
     # 0.63; only agreement on held-out nouns gained (0.925): too few steps before a finish with fewer A/B questions
-    "v4": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v4-finish", finish_share=0.35),
-    "v4-finish": Recipe(V4_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v4_finish_ioi_options,
-                                        "agreement": _v4_agreement_options,
-                                        "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
+    "v4": _v2_then("v4-finish", 0.35),
+    "v4-finish": _lead_finish(V4_FINISH_MIX, _v4_finish_ioi_options),
     # v3's finish with 50,000 leads instead of v4's 297 and v4's agreement, trained on whole
     # documents (train --packing whole). In the project's trial (runs/v5, 16 x 256 windows) held-out
     # A/B questions reached 0.98-1.00 and agreement 0.94, but held-out IOI frames only 0.90 and names
     # 0.845: the frames that open on a name, in the ABB order, fell to 0.42
-    "v5": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v5-finish", finish_share=0.3),
-    "v5-finish": Recipe(V5_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v5_finish_ioi_options,
-                                        "agreement": _v4_agreement_options,
-                                        "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
+    "v5": _v2_then("v5-finish", 0.3),
+    "v5-finish": _lead_finish(V5_FINISH_MIX, _v5_finish_ioi_options),
     # v5 with a sixth of the finishing indirect objects opening on the first name, in the same
     # 10,750 steps of whole documents (train --packing whole). In the project's trial (runs/v6) the
     # held-out frames passed (0.925; the name-first ones in the ABB order 0.42 -> 0.66), but held-out
     # names fell to 0.825 and agreement on held-out nouns to 0.835 (v5: 0.94, with the same agreement
     # documents: the two runs differ only in their draws, so that number moves by 0.1 from run to run)
-    "v6": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v6-finish", finish_share=0.3),
-    "v6-finish": Recipe(V5_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v6_finish_ioi_options,
-                                        "agreement": _v4_agreement_options,
-                                        "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
+    "v6": _v2_then("v6-finish", 0.3),
+    "v6-finish": _lead_finish(V5_FINISH_MIX, _v6_finish_ioi_options),
     # v6 with more agreement and more made-up names in the finish
-    "v7": Recipe(V2_MIX, _V2_OPTIONS, token_repeats=0.06, finish="v7-finish", finish_share=0.3),
-    "v7-finish": Recipe(V7_FINISH_MIX, {**_V2_OPTIONS, "ioi": _v7_finish_ioi_options,
-                                        "agreement": _v4_agreement_options,
-                                        "multiple_choice": _v3_finish_choice_options}, token_repeats=0.06),
+    "v7": _v2_then("v7-finish", 0.3),
+    "v7-finish": _lead_finish(V7_FINISH_MIX, _v7_finish_ioi_options),
 }
 
 
