@@ -29,6 +29,7 @@ from utils import architecture
 from utils.activation_store import block_output, cache_to_shards
 from utils.attention import losses_by_copy, token_losses
 from utils.course_model.evaluate import encode
+from utils.feature_circuits import Node, logit_difference_with
 from utils.finetune import IGNORE_INDEX
 from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
 from utils.hooks import (
@@ -37,6 +38,7 @@ from utils.hooks import (
 from utils.logit_lens import ATTENTION_INPUT_NORM, direction_logits, kl_to_final, layer_labels, ov_circuit
 from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
 from utils.models import frozen
+from utils.patching import clean_head_outputs, logit_difference
 from utils.sae import loss_with_replacement, next_token_loss, real_positions, sae_loss
 from utils.sae_features import auroc, split_aurocs
 from utils.soft_prompts import answer_loss, logits_with_soft_prompt
@@ -2806,6 +2808,155 @@ def attribution_as_a_sum_of_products(clean, corrupted, gradient):
     return ((clean - corrupted) * gradient).sum(dim=(0, 3)).T
 
 
+def copy_where_with_the_prompt_outermost(masks, clean, activation):
+    copies = einops.rearrange(activation, "(n variant) ... -> variant n ...", variant=len(masks))
+    chosen = einops.rearrange(masks, "variant ... -> variant () ... ()")
+    return einops.rearrange(torch.where(chosen, clean, copies), "variant n ... -> (n variant) ...")
+
+
+def copy_where_where_the_mask_is_false(masks, clean, activation):
+    copies = einops.rearrange(activation, "(variant n) ... -> variant n ...", variant=len(masks))
+    chosen = einops.rearrange(masks, "variant ... -> variant () ... ()")
+    return einops.rearrange(torch.where(chosen, copies, clean), "variant n ... -> (variant n) ...")
+
+
+def copy_where_into_the_activation(masks, clean, activation):
+    n = len(clean)
+    for variant, mask in enumerate(masks):
+        rows = activation[variant * n:(variant + 1) * n]
+        rows[:, mask] = clean[:, mask]
+    return activation
+
+
+def copy_where_the_first_mask_everywhere(masks, clean, activation):
+    copies = einops.rearrange(activation, "(variant n) ... -> variant n ...", variant=len(masks))
+    return einops.rearrange(torch.where(masks[0, ..., None], clean, copies), "variant n ... -> (variant n) ...")
+
+
+def copy_where_copy_by_copy(masks, clean, activation):
+    n = len(clean)
+    parts = [torch.where(mask[..., None], clean, activation[variant * n:(variant + 1) * n])
+             for variant, mask in enumerate(masks)]
+    return torch.cat(parts)
+
+
+def _with_heads_replaced(model, tokens, heads, replacement):
+    """The clean logit differences with each (layer, head) of heads set to replacement(layer, z) in those heads."""
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        for layer in {layer for layer, _ in heads}:
+            chosen = [head for l, head in heads if l == layer]
+
+            def edit(z, layer=layer, chosen=chosen):
+                edited = z.clone()
+                edited[:, :, chosen] = replacement(layer, z)[..., chosen, :]
+                return edited
+            stack.enter_context(editing_head_outputs(model, layer, edit))
+        return logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong)
+
+
+def heads_zero_ablated(model, tokens, heads, mean_over):
+    return _with_heads_replaced(model, tokens, heads, lambda layer, z: torch.zeros_like(z))
+
+
+def heads_ablated_by_their_mean_over_positions_too(model, tokens, heads, mean_over):
+    means = clean_head_outputs(model, mean_over)
+    return _with_heads_replaced(model, tokens, heads, lambda layer, z: means[layer].mean(dim=(0, 1)).expand_as(z))
+
+
+def heads_ablated_with_the_last_layers_edit(model, tokens, heads, mean_over):
+    means = clean_head_outputs(model, mean_over)
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        for layer in sorted({layer for layer, _ in heads}):
+            ablated = torch.zeros(model.config.num_attention_heads, 1, dtype=torch.bool)
+            ablated[[head for l, head in heads if l == layer]] = True
+            mean = means[layer].mean(dim=0)
+            stack.enter_context(editing_head_outputs(model, layer, lambda z: torch.where(ablated, mean, z)))
+        return logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong)
+
+
+def heads_ablated_by_their_mean_over_the_prompts_themselves(model, tokens, heads, mean_over):
+    means = clean_head_outputs(model, tokens.clean)
+    return _with_heads_replaced(model, tokens, heads, lambda layer, z: means[layer].mean(dim=0).expand_as(z))
+
+
+def heads_ablated_one_by_one_with_slices(model, tokens, heads, mean_over):
+    means = clean_head_outputs(model, mean_over)
+    return _with_heads_replaced(model, tokens, heads, lambda layer, z: means[layer].mean(dim=0).expand_as(z))
+
+
+def masks_the_wrong_way_round(d_saes, n_pos, nodes, keep_only):
+    return _node_masks(d_saes, n_pos, nodes, lambda latents, errors: (latents, errors) if keep_only
+                       else (~latents, ~errors))
+
+
+def masks_keeping_the_error_terms_out(d_saes, n_pos, nodes, keep_only):
+    return _node_masks(d_saes, n_pos, nodes, lambda latents, errors: (~latents, errors) if keep_only
+                       else (latents, errors))
+
+
+def masks_with_every_node_in_every_layer(d_saes, n_pos, nodes, keep_only):
+    anywhere = [Node(layer, node.position, node.feature) for node in nodes for layer in d_saes]
+    return _node_masks(d_saes, n_pos, anywhere, lambda latents, errors: (~latents, ~errors) if keep_only
+                       else (latents, errors))
+
+
+def _node_masks(d_saes, n_pos, nodes, finish):
+    masks = {}
+    for layer, d_sae in d_saes.items():
+        latents = torch.zeros(n_pos, d_sae, dtype=torch.bool)
+        errors = torch.zeros(n_pos, dtype=torch.bool)
+        for node in nodes:
+            if node.layer == layer:
+                if node.feature is None:
+                    errors[node.position] = True
+                else:
+                    latents[node.position, node.feature] = True
+        masks[layer] = finish(latents, errors)
+    return masks
+
+
+def masks_from_index_lists(d_saes, n_pos, nodes, keep_only):
+    masks = {}
+    for layer, d_sae in d_saes.items():
+        latent_nodes = [(node.position, node.feature) for node in nodes if node.layer == layer and node.feature is not None]
+        error_positions = [node.position for node in nodes if node.layer == layer and node.feature is None]
+        latents = torch.zeros(n_pos, d_sae, dtype=torch.bool)
+        if latent_nodes:
+            positions, features = zip(*latent_nodes)
+            latents[list(positions), list(features)] = True
+        errors = torch.isin(torch.arange(n_pos), torch.tensor(error_positions, dtype=torch.long))
+        masks[layer] = (latents != keep_only, errors != keep_only)
+    return masks
+
+
+def faithfulness_as_completeness(model, saes, tokens, means, nodes):
+    everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()
+    nothing = logit_difference_with(model, saes, tokens, means, [], keep_only=True).mean()
+    circuit = logit_difference_with(model, saes, tokens, means, nodes, keep_only=False).mean()
+    return float((circuit - nothing) / (everything - nothing))
+
+
+def faithfulness_without_the_empty_circuit(model, saes, tokens, means, nodes):
+    everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()
+    circuit = logit_difference_with(model, saes, tokens, means, nodes, keep_only=True).mean()
+    return float(circuit / everything)
+
+
+def faithfulness_averaged_over_prompts(model, saes, tokens, means, nodes):
+    everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False)
+    nothing = logit_difference_with(model, saes, tokens, means, [], keep_only=True)
+    circuit = logit_difference_with(model, saes, tokens, means, nodes, keep_only=True)
+    return float(((circuit - nothing) / (everything - nothing)).mean())
+
+
+def faithfulness_against_the_model_without_saes(model, saes, tokens, means, nodes):
+    with torch.no_grad():
+        everything = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    nothing = logit_difference_with(model, saes, tokens, means, [], keep_only=True).mean()
+    circuit = logit_difference_with(model, saes, tokens, means, nodes, keep_only=True).mean()
+    return float((circuit - nothing) / (everything - nothing))
+
+
 WRONG: dict[str, tuple[Answer, ...]] = {
     "0.1": (loss_without_the_shift, loss_of_the_current_token, loss_averaged_to_one_number),
     "0.2": (difference_at_the_first_position, difference_the_wrong_way_round, difference_of_probabilities),
@@ -2915,7 +3066,13 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "6.14": (projection_summed_row_by_row, projection_without_normalising_the_rows, projection_of_the_coefficients),
     "7.1": (metric_divided_by_clean, metric_from_the_clean_end, metric_without_the_baseline),
     "7.2": (head_on_the_position_axis, head_patched_in_place, head_the_whole_layer),
-    "7.3": (attribution_of_the_clean_run, attribution_the_wrong_way_round, attribution_averaged_over_prompts),
+    "7.3": (copy_where_with_the_prompt_outermost, copy_where_where_the_mask_is_false, copy_where_into_the_activation,
+            copy_where_the_first_mask_everywhere),
+    "7.4": (heads_zero_ablated, heads_ablated_by_their_mean_over_positions_too, heads_ablated_with_the_last_layers_edit,
+            heads_ablated_by_their_mean_over_the_prompts_themselves),
+    "7.5": (attribution_of_the_clean_run, attribution_the_wrong_way_round, attribution_averaged_over_prompts),
+    "7.6": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
+    "7.7": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
 }
 
 RIGHT: dict[str, tuple[Answer, ...]] = {
@@ -2960,5 +3117,7 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "6.9": (top_activations_by_sorting,), "6.10": (effects_with_einsum_and_argsort,), "6.11": (auroc_from_all_pairs,),
     "6.12": (best_latent_with_split_aurocs,), "6.13": (aligned_with_cosine_similarity,),
     "6.14": (projection_with_the_pseudo_inverse,),
-    "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (attribution_as_a_sum_of_products,),
+    "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (copy_where_copy_by_copy,),
+    "7.4": (heads_ablated_one_by_one_with_slices,), "7.5": (attribution_as_a_sum_of_products,),
+    "7.6": (masks_from_index_lists,), "7.7": (faithfulness_against_the_model_without_saes,),
 }

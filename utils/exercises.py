@@ -27,8 +27,8 @@ SOLUTIONS_DIR = Path(__file__).resolve().parent.parent / "solutions"
 
 class ExerciseContext:
     """What some checkers need besides the learner's function, loaded once on first use: the course
-    model and tokenizer, the same model in TransformerLens and in nnsight, and the packed windows the
-    activation-caching exercise streams."""
+    model and tokenizer, the same model in TransformerLens and in nnsight, the packed windows the
+    activation-caching exercise streams, and the shipped SAEs after every block (chapter 7's circuits)."""
 
     @functools.cached_property
     def model(self) -> Any:
@@ -49,6 +49,12 @@ class ExerciseContext:
     def nn_model(self) -> Any:
         from nnsight import TransformersModel
         return TransformersModel(self.model, tokenizer=self.tokenizer, task="text-generation")
+
+    @functools.cached_property
+    def saes(self) -> Any:
+        from utils.sae import load_shipped_sae
+        from utils.architecture import n_layers
+        return {layer: load_shipped_sae(f"resid_post.{layer}") for layer in range(n_layers(self.model))}
 
     @functools.cached_property
     def windows(self) -> Any:
@@ -240,5 +246,11 @@ EXERCISES: dict[str, Exercise] = _exercises(
     ("6.14", "06_sparse_autoencoders", "projection_on_rows", "utils.sae_features", "check_projection_on_rows", ()),
     ("7.1", "07_circuits", "normalised_metric", "utils.patching", "check_normalised_metric", ()),
     ("7.2", "07_circuits", "replace_head", "utils.patching", "check_replace_head", ()),
-    ("7.3", "07_circuits", "attribution", "utils.patching", "check_attribution", ()),
+    ("7.3", "07_circuits", "copy_where", "utils.patching", "check_copy_where", ()),
+    ("7.4", "07_circuits", "logit_difference_with_heads_ablated", "utils.patching",
+     "check_logit_difference_with_heads_ablated", ("model", "tokenizer")),
+    ("7.5", "07_circuits", "attribution", "utils.patching", "check_attribution", ()),
+    ("7.6", "07_circuits", "ablation_masks", "utils.feature_circuits", "check_ablation_masks", ()),
+    ("7.7", "07_circuits", "faithfulness", "utils.feature_circuits", "check_faithfulness",
+     ("model", "tokenizer", "saes")),
 )

@@ -25,7 +25,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 from transformers import PreTrainedModel
 
@@ -204,21 +204,21 @@ def mean_activations(model: PreTrainedModel, saes: SAEs, ids: Tensor) -> Spliced
     return Spliced({l: v.mean(0) for l, v in record.latents.items()}, {l: v.mean(0) for l, v in record.errors.items()})
 
 
-def _masks(model: PreTrainedModel, saes: SAEs, n_pos: int, nodes: Sequence[Node], ablate_these: bool
-           ) -> dict[int, tuple[Tensor, Tensor]]:
-    """Per layer, boolean masks of the latents ``[pos, d_sae]`` and errors ``[pos]`` to replace by their means:
-    ``nodes`` themselves (``ablate_these``) or every node but them."""
+def ablation_masks(d_saes: Mapping[int, int], n_pos: int, nodes: Sequence[Node], keep_only: bool
+                   ) -> dict[int, tuple[Bool[Tensor, "pos d_sae"], Bool[Tensor, "pos"]]]:
+    """Reference for Exercise 7.6: per layer of ``d_saes`` (``{layer: number of latents}``), which latents
+    ``[pos, d_sae]`` and error terms ``[pos]`` to mean-ablate: every node but ``nodes`` (``keep_only``), or
+    ``nodes`` themselves."""
     masks = {}
-    for layer, sae in saes.items():
-        latent_mask = torch.zeros(n_pos, sae.W_dec.shape[0], dtype=torch.bool)
-        error_mask = torch.zeros(n_pos, dtype=torch.bool)
+    for layer, d_sae in d_saes.items():
+        in_latents = torch.zeros(n_pos, d_sae, dtype=torch.bool)
+        in_errors = torch.zeros(n_pos, dtype=torch.bool)
         for node in nodes:
-            if node.layer == layer:
-                if node.feature is None:
-                    error_mask[node.position] = True
-                else:
-                    latent_mask[node.position, node.feature] = True
-        masks[layer] = (latent_mask, error_mask) if ablate_these else (~latent_mask, ~error_mask)
+            if node.layer == layer and node.feature is None:
+                in_errors[node.position] = True
+            elif node.layer == layer:
+                in_latents[node.position, node.feature] = True
+        masks[layer] = (~in_latents, ~in_errors) if keep_only else (in_latents, in_errors)
     return masks
 
 
@@ -227,15 +227,17 @@ def logit_difference_with(model: PreTrainedModel, saes: SAEs, tokens: PairTokens
                           nodes: Sequence[Node], *, keep_only: bool) -> Float[Tensor, "n"]:
     """The clean prompts' logit differences with every node but ``nodes`` (``keep_only``), or ``nodes``, mean-ablated."""
     record = Spliced(dict(means.latents), dict(means.errors))
-    masks = _masks(model, saes, tokens.clean.shape[1], nodes, ablate_these=not keep_only)
+    d_saes = {layer: sae.W_dec.shape[0] for layer, sae in saes.items()}
+    masks = ablation_masks(d_saes, tokens.clean.shape[1], nodes, keep_only)
     with spliced(model, saes, record, ablate=masks):
         return logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong)
 
 
 def faithfulness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced, nodes: Sequence[Node]
                  ) -> float:
-    """``(m(C) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit difference ``m``: 1 when the
-    circuit ``C`` alone (everything else mean-ablated) does all the model does, 0 when it does nothing."""
+    """Reference for Exercise 7.7: ``(m(C) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit
+    difference ``m``: 1 when the circuit ``C`` alone (everything else mean-ablated) does all the model does, 0
+    when it does nothing."""
     everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()
     nothing = logit_difference_with(model, saes, tokens, means, [], keep_only=True).mean()
     circuit = logit_difference_with(model, saes, tokens, means, nodes, keep_only=True).mean()

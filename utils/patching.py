@@ -269,8 +269,8 @@ def _repeated_from(model: PreTrainedModel, layer: int, copies: int,
 
 def copy_where(masks: Bool[Tensor, "variant *entry"], clean: Float[Tensor, "n *entry d"],
                activation: Float[Tensor, "variant_n *entry d"]) -> Float[Tensor, "variant_n *entry d"]:
-    """``activation`` (``variant`` copies of ``n`` prompts, copy by copy) with copy ``v`` taking ``clean``'s
-    value wherever ``masks[v]`` is True."""
+    """Reference for Exercise 7.3: ``activation`` (``variant`` copies of ``n`` prompts, copy by copy) with copy
+    ``v`` taking ``clean``'s value wherever ``masks[v]`` is True."""
     copies = einops.rearrange(activation, "(variant n) ... -> variant n ...", variant=len(masks))
     chosen = einops.rearrange(masks, "variant ... -> variant () ... ()")
     return einops.rearrange(torch.where(chosen, clean, copies), "variant n ... -> (variant n) ...")
@@ -440,7 +440,7 @@ def attribution_patch_head_positions(model: PreTrainedModel, tokens: PairTokens)
 
 def attribution(clean: Float[Tensor, "n pos head d_head"], corrupted: Float[Tensor, "n pos head d_head"],
                 gradient: Float[Tensor, "n pos head d_head"]) -> Float[Tensor, "head pos"]:
-    """Reference for Exercise 7.3: the first-order estimate of patching each head at each position.
+    """Reference for Exercise 7.5: the first-order estimate of patching each head at each position.
 
     The gradient is of the batch's mean metric, so the per-row terms are summed over the batch (not
     averaged) and over ``d_head``.
@@ -505,20 +505,30 @@ def correlation(a: Tensor, b: Tensor) -> float:
 
 
 @torch.no_grad()
-def accuracy_with_heads_ablated(model: PreTrainedModel, tokens: PairTokens, heads: Sequence[tuple[int, int]],
-                                mean_over: Int[Tensor, "m pos"]) -> float:
-    """Clean accuracy with ``heads`` mean-ablated (their mean output over ``mean_over``, per position)."""
-    means = clean_head_outputs(model, mean_over)
+def logit_difference_with_heads_ablated(model: PreTrainedModel, tokens: PairTokens, heads: Sequence[tuple[int, int]],
+                                        mean_over: Int[Tensor, "m pos"]) -> Float[Tensor, "n"]:
+    """Reference for Exercise 7.4: the clean prompts' logit differences with ``heads`` (``(layer, head)`` pairs)
+    mean-ablated: each one's output at each position replaced by its mean over the prompts ``mean_over``
+    at that position."""
+    if mean_over.shape[1] != tokens.clean.shape[1]:
+        raise ValueError(f"mean_over has {mean_over.shape[1]} positions and the prompts {tokens.clean.shape[1]}: the "
+                         "means are taken per position, so use prompts of the same template (ioi_pairs(m, seed=1))")
+    means = clean_head_outputs(model, mean_over)                                   # {layer: [m, pos, head, d_head]}
+    n_heads = model.config.num_attention_heads
     with contextlib.ExitStack() as stack:
         for layer in sorted({layer for layer, _ in heads}):
-            chosen = [head for l, head in heads if l == layer]
+            ablated = torch.zeros(n_heads, 1, dtype=torch.bool)                    # [head, 1]: the same for every d_head
+            ablated[[head for l, head in heads if l == layer]] = True
+            mean = means[layer].mean(dim=0)                                        # [pos, head, d_head]
+            stack.enter_context(editing_head_outputs(
+                model, layer, lambda z, ablated=ablated, mean=mean: torch.where(ablated, mean, z)))
+        return logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong)
 
-            def ablate(z: Tensor, layer: int = layer, chosen: list[int] = chosen) -> Tensor:
-                ablated = z.clone()
-                ablated[:, :, chosen] = means[layer][:, :, chosen].mean(dim=0)
-                return ablated
-            stack.enter_context(editing_head_outputs(model, layer, ablate))
-        return accuracy(model, tokens)
+
+def accuracy_with_heads_ablated(model: PreTrainedModel, tokens: PairTokens, heads: Sequence[tuple[int, int]],
+                                mean_over: Int[Tensor, "m pos"]) -> float:
+    """Clean accuracy with ``heads`` mean-ablated (:func:`logit_difference_with_heads_ablated`)."""
+    return (logit_difference_with_heads_ablated(model, tokens, heads, mean_over) > 0).float().mean().item()
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,6 +564,3 @@ def plot_attribution_scatter(actual: Tensor, estimated: dict[str, Tensor], title
     figure.update_layout(title=title, xaxis_title="activation patching", yaxis_title="estimate", height=420, width=620)
     return figure
 
-
-# --------------------------------------------------------------------------------------------
-# Exercises 7.1 to 7.3: the checkers

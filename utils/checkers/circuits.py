@@ -7,13 +7,21 @@ on inputs chosen so that every plausible mistake shows (see ``utils.checks``), a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.checks import Case, CheckResult, Varies, check_function
-from utils.patching import attribution, normalised_metric, replace_head
+from utils import architecture
+from utils.checks import Case, CheckResult, HasCase, Varies, check_function
+from utils.feature_circuits import (
+    SAEs, Node, Spliced, ablation_masks, faithfulness, mean_activations, node_effects,
+)
+from utils.patching import (
+    PairTokens, agreement_pairs, attribution, copy_where, ioi_pairs, logit_difference_with_heads_ablated,
+    normalised_metric, replace_head, tokenize_pairs,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,8 +56,57 @@ def check_replace_head(learner_fn: Callable[[Tensor, Tensor, int], Tensor]) -> C
              "head's slice of the copy with the same slice of clean_z, at every position")
 
 
+def _copies(variants: int, n: int, entry: tuple[int, ...], d: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Random masks ``[variant, *entry]``, clean ``[n, *entry, d]`` and ``variant`` copies ``[(variant n), *entry, d]``."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.rand(variants, *entry, generator=generator) < 0.4
+    return (masks, torch.randn(n, *entry, d, generator=generator),
+            torch.randn(variants * n, *entry, d, generator=generator))
+
+
+def check_copy_where(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> CheckResult:
+    """Exercise 7.3 on random residual-stream masks ``[variant, pos]`` and head masks ``[variant, pos, head]``."""
+    cases = [Case("3 variants of 2 prompts, masks over 5 positions, d 4", *_copies(3, 2, (5,), 4, seed=0)),
+             Case("4 variants of 3 prompts, masks over [3 positions, 2 heads], d_head 5", *_copies(4, 3, (3, 2), 5, seed=1)),
+             Case("1 variant of 2 prompts, masks over [4 positions, 3 heads]", *_copies(1, 2, (4, 3), 2, seed=2))]
+    return check_function(
+        learner_fn, copy_where, cases, exercise="7.3 (copy_where)", atol=0,
+        properties=[Varies("masks", lambda masks: ~masks, "copies where the mask is False"),
+                    Varies("masks", lambda masks: masks[:1].expand_as(masks), "uses the first mask for every copy"),
+                    HasCase("masks over positions and heads", lambda case: case.args[0].ndim == 3)],
+        in_place_advice={"activation": "activation is the hook's input and belongs to the model: build a new tensor "
+                                       "(torch.where does) instead of writing into it"},
+        hint="split activation's batch into [variant, n] with einops.rearrange (the variant first: copy by copy), give "
+             "the masks a size-1 dimension for the prompts and one for d, torch.where them against clean, and merge "
+             "[variant, n] back")
+
+
+def _ioi_tokens(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> PairTokens:
+    return tokenize_pairs(tokenizer, ioi_pairs(n, seed=seed))
+
+
+def check_logit_difference_with_heads_ablated(
+        learner_fn: Callable[[PreTrainedModel, PairTokens, Sequence[tuple[int, int]], Tensor], Tensor],
+        model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Exercise 7.4 on IOI prompts, with heads of two layers, two heads of one layer, and none."""
+    tokens, mean_over = _ioi_tokens(tokenizer, 8, seed=3), _ioi_tokens(tokenizer, 8, seed=4).clean
+    last_layer, last_head = architecture.n_layers(model) - 1, model.config.num_attention_heads - 1
+    cases = [Case("heads of two layers", model, tokens, [(0, 1), (last_layer, last_head)], mean_over),
+             Case("two heads of one layer", model, tokens, [(1, 0), (1, last_head)], mean_over),
+             Case("heads of three layers, listed out of order", model, tokens,
+                  [(last_layer, 0), (0, last_head), (1, 2)], mean_over),
+             Case("no heads: the clean logit differences", model, tokens, [], mean_over)]
+    return check_function(
+        learner_fn, logit_difference_with_heads_ablated, cases, exercise="7.4 (logit_difference_with_heads_ablated)",
+        atol=1e-4, properties=[Varies("mean_over", lambda ids: ids[:2], "takes the means over other prompts")],
+        hint="record every head's output on mean_over with clean_head_outputs and average over the prompts only "
+             "(dimension 0: one mean per position); for each layer in heads, register an edit with "
+             "editing_head_outputs that puts the mean in the chosen heads' slices of z (bind this layer's values as "
+             "default arguments, or every edit sees the last layer's), then run the clean prompts")
+
+
 def check_attribution(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> CheckResult:
-    """Exercise 7.3 on random head outputs and gradients."""
+    """Exercise 7.5 on random head outputs and gradients."""
     generator = torch.Generator().manual_seed(0)
 
     def case(name: str, n: int, pos: int, heads: int, d_head: int) -> Case:
@@ -57,6 +114,52 @@ def check_attribution(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) ->
 
     cases = [case("batch 3, 5 positions, 4 heads, d_head 6", 3, 5, 4, 6), case("batch 1, 2 positions, 2 heads", 1, 2, 2, 3)]
     return check_function(
-        learner_fn, attribution, cases, exercise="7.3 (attribution)", atol=1e-4,
+        learner_fn, attribution, cases, exercise="7.5 (attribution)", atol=1e-4,
         hint="multiply (clean - corrupted) by the gradient elementwise, sum over d_head and over the batch (the "
              "gradient is of the batch's mean metric), and keep head and position, in that order: [head, pos]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercises on utils.feature_circuits
+
+
+def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[Node], bool], dict]) -> CheckResult:
+    """Exercise 7.6 on SAEs of different widths, with latents and error terms of several layers in the circuit."""
+    d_saes = {0: 6, 1: 6, 2: 4}
+    circuit = [Node(0, 1, 3), Node(0, 2, None), Node(1, 0, 5), Node(1, 0, None), Node(2, 2, 0), Node(2, 2, 1)]
+    cases = [Case("a circuit in every layer, keep only it", d_saes, 3, circuit, True),
+             Case("a circuit in every layer, ablate it", d_saes, 3, circuit, False),
+             Case("error terms only, 5 positions, keep only them", {0: 8, 3: 2}, 5, [Node(0, 4, None), Node(3, 0, None)], True),
+             Case("no nodes, keep only them: ablate everything", d_saes, 2, [], True)]
+    return check_function(
+        learner_fn, ablation_masks, cases, exercise="7.6 (ablation_masks)", atol=0,
+        properties=[Varies("keep_only", lambda keep_only: not keep_only, "ignores keep_only"),
+                    HasCase("a layer without a node of the circuit", lambda case: any(
+                        layer not in {node.layer for node in case.args[2]} for layer in case.args[0]))],
+        hint="start every layer from all-False masks: [n_pos, d_sae] for the latents and [n_pos] for the error terms; "
+             "mark each node of that layer (the error mask when its feature is None); with keep_only the nodes are "
+             "the ones to keep, so the masks of what to ablate are the negations, of both masks")
+
+
+def _agreement_tokens(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> PairTokens:
+    return tokenize_pairs(tokenizer, agreement_pairs(n, seed=seed))
+
+
+def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
+                       model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
+    """Exercise 7.7 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
+    tokens, other = _agreement_tokens(tokenizer, 16, seed=3), _agreement_tokens(tokenizer, 32, seed=4)
+    means = mean_activations(model, saes, torch.cat([other.clean, other.corrupted]))
+    ranked = [node for node, _ in node_effects(model, saes, tokens).ranked()]
+    last = tokens.clean.shape[1] - 1
+    cases = [Case("the top 30 nodes of attribution patching", model, saes, tokens, means, ranked[:30]),
+             Case("the top 15 nodes", model, saes, tokens, means, ranked[:15]),
+             Case("the top 5 nodes", model, saes, tokens, means, ranked[:5]),
+             Case("the error terms at the last position", model, saes, tokens, means,
+                  [Node(layer, last, None) for layer in saes])]
+    return check_function(
+        learner_fn, faithfulness, cases, exercise="7.7 (faithfulness)", atol=1e-4,
+        properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")],
+        hint="three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, "
+             "keep_only=False), everything ablated (no nodes, keep_only=True), and only the circuit kept (the nodes, "
+             "keep_only=True); then (circuit - nothing) / (model - nothing), as a float")
