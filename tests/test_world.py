@@ -340,6 +340,17 @@ def test_v7_finishes_on_more_agreement_and_more_made_up_names(v6_finish_corpus: 
     assert Counter(d.family for d in v7_finish)["agreement"] > 0.09 * len(v7_finish)
 
 
+
+def test_v8_finishes_on_more_name_first_openers_made_up_names_and_agreement_than_v7() -> None:
+    assert recipe("v8").mix == recipe("v2").mix and recipe("v8").finish_share == 0.3
+    mix = recipe("v8-finish").mix
+    assert abs(sum(mix.values()) - 1) < 1e-9 and mix["agreement"] > recipe("v7-finish").mix["agreement"]
+    v8_finish = list(generate_corpus(6_000, seed=0, recipe_name="v8-finish"))
+    ioi = [d for d in v8_finish if d.family == "ioi"]
+    assert 0.6 < sum(d.labels["indirect_object"] in INVENTED_NAME_IOI_PARTS.names for d in ioi) / len(ioi) < 0.72
+    assert 0.25 < sum(_opening(d) == "name" for d in ioi) / len(ioi) < 0.38, "a quarter name-first, a few more from v3's"
+    assert Counter(d.family for d in v8_finish)["agreement"] > 0.12 * len(v8_finish)
+
 def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
     """v2's sentences do not move (its digest test), v3's finishing ones meet with made-up verbs."""
     encounters = set(TRAINING_IOI_PARTS.encounters)

@@ -191,11 +191,12 @@ V6_NAME_FIRST_IOI_PARTS = replace(V3_FINISH_IOI_PARTS, openers=V6_NAME_FIRST_OPE
 V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS = replace(V6_NAME_FIRST_IOI_PARTS, names=INVENTED_NAME_IOI_PARTS.names)
 
 
-def _name_first_ioi_options(other_options: FamilyOptions, invented_share: float = 0.5) -> FamilyOptions:
-    """A sixth of the sentences open on the first name (:data:`V6_NAME_FIRST_OPENERS`), a share
-    ``invented_share`` of them between made-up names; the other five sixths are drawn by ``other_options``."""
+def _name_first_ioi_options(other_options: FamilyOptions, invented_share: float = 0.5,
+                            name_first_share: float = 1 / 6) -> FamilyOptions:
+    """A share ``name_first_share`` of the sentences open on the first name (:data:`V6_NAME_FIRST_OPENERS`), a share
+    ``invented_share`` of them between made-up names; the others are drawn by ``other_options``."""
     def options(rng: random.Random) -> dict[str, object]:
-        if rng.random() < 1 / 6:
+        if rng.random() < name_first_share:
             invented_names = rng.random() < invented_share
             return {"parts": V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS if invented_names else V6_NAME_FIRST_IOI_PARTS}
         return other_options(rng)
@@ -210,6 +211,14 @@ _v7_finish_ioi_options = _name_first_ioi_options(
 #: The shares of the last part of recipe "v7": v5's, with more agreement (held-out nouns 0.94 in v5, 0.835 in v6
 #: from the same share) taken from the A/B questions (held-out phrasings 1.00 in both).
 V7_FINISH_MIX: dict[str, float] = {**V5_FINISH_MIX, "agreement": 0.10, "multiple_choice": 0.39}
+#: v7's finishing indirect objects with a quarter opening on the first name instead of a sixth (v7's name-first
+#: held-out frames: 1.00 in one order, 0.59 in the other) and three quarters between made-up names (v7's held-out
+#: names 0.88, v6's 0.825 at a half).
+_v8_finish_ioi_options = _name_first_ioi_options(
+    _lead_ioi_options(V5_LEAD_IOI_PARTS, V5_LEAD_INVENTED_NAME_IOI_PARTS, invented_share=3 / 4), invented_share=3 / 4,
+    name_first_share=1 / 4)
+#: v7's finish with more agreement again (held-out nouns 0.835 at 0.07 in v6, 0.86 at 0.10 in v7), from the A/B questions.
+V8_FINISH_MIX: dict[str, float] = {**V5_FINISH_MIX, "agreement": 0.13, "multiple_choice": 0.36}
 
 
 #: The options of recipe "v2", family by family.
@@ -270,9 +279,14 @@ RECIPES: dict[str, Recipe] = {
     # documents: the two runs differ only in their draws, so that number moves by 0.1 from run to run)
     "v6": _v2_then("v6-finish", 0.3),
     "v6-finish": _lead_finish(V5_FINISH_MIX, _v6_finish_ioi_options),
-    # v6 with more agreement and more made-up names in the finish
+    # v6 with more agreement and more made-up names in the finish.
     "v7": _v2_then("v7-finish", 0.3),
     "v7-finish": _lead_finish(V7_FINISH_MIX, _v7_finish_ioi_options),
+    # In the project's trial (runs/v7, the same 10,750 steps of whole documents) held-out frames passed (0.93),
+    # names rose to 0.88 and agreement on held-out nouns to 0.86, both still under 0.9; the name-first frames were
+    # right in one order (1.00) and not the other (0.59, v6 the reverse). v8 pushes the same three levers further
+    "v8": _v2_then("v8-finish", 0.3),
+    "v8-finish": _lead_finish(V8_FINISH_MIX, _v8_finish_ioi_options),
 }
 
 
