@@ -2884,6 +2884,33 @@ def heads_ablated_one_by_one_with_slices(model, tokens, heads, mean_over):
     return _with_heads_replaced(model, tokens, heads, lambda layer, z: means[layer].mean(dim=0).expand_as(z))
 
 
+def _integrated_at(clean, corrupted, gradient_at, t):
+    points = corrupted + einops.rearrange(t, "step -> step 1 1 1 1") * (clean - corrupted)
+    return einops.einsum(clean - corrupted, gradient_at(points).mean(dim=0), "n pos head d, n pos head d -> head pos")
+
+
+def integrated_with_the_end_points(clean, corrupted, gradient_at, steps):
+    return _integrated_at(clean, corrupted, gradient_at, torch.linspace(0, 1, steps))
+
+
+def integrated_from_the_left_ends(clean, corrupted, gradient_at, steps):
+    return _integrated_at(clean, corrupted, gradient_at, torch.arange(steps) / steps)
+
+
+def integrated_summed_over_the_steps(clean, corrupted, gradient_at, steps):
+    return steps * _integrated_at(clean, corrupted, gradient_at, (torch.arange(steps) + 0.5) / steps)
+
+
+def integrated_at_the_clean_run(clean, corrupted, gradient_at, steps):
+    return _integrated_at(clean, corrupted, gradient_at, torch.ones(steps))
+
+
+def integrated_walked_from_the_clean_end_one_point_at_a_time(clean, corrupted, gradient_at, steps):
+    total = torch.zeros_like(clean)
+    for k in range(steps):
+        total += gradient_at((clean + (k + 0.5) / steps * (corrupted - clean))[None])[0]
+    return ((clean - corrupted) * total / steps).sum(dim=(0, 3)).T
+
 def masks_the_wrong_way_round(d_saes, n_pos, nodes, keep_only):
     return _node_masks(d_saes, n_pos, nodes, lambda latents, errors: (latents, errors) if keep_only
                        else (~latents, ~errors))
@@ -3071,8 +3098,10 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "7.4": (heads_zero_ablated, heads_ablated_by_their_mean_over_positions_too, heads_ablated_with_the_last_layers_edit,
             heads_ablated_by_their_mean_over_the_prompts_themselves),
     "7.5": (attribution_of_the_clean_run, attribution_the_wrong_way_round, attribution_averaged_over_prompts),
-    "7.6": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
-    "7.7": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
+    "7.6": (integrated_with_the_end_points, integrated_from_the_left_ends, integrated_summed_over_the_steps,
+            integrated_at_the_clean_run),
+    "7.7": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
+    "7.8": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
 }
 
 RIGHT: dict[str, tuple[Answer, ...]] = {
@@ -3119,5 +3148,5 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "6.14": (projection_with_the_pseudo_inverse,),
     "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (copy_where_copy_by_copy,),
     "7.4": (heads_ablated_one_by_one_with_slices,), "7.5": (attribution_as_a_sum_of_products,),
-    "7.6": (masks_from_index_lists,), "7.7": (faithfulness_against_the_model_without_saes,),
+    "7.6": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.7": (masks_from_index_lists,), "7.8": (faithfulness_against_the_model_without_saes,),
 }

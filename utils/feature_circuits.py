@@ -206,7 +206,7 @@ def mean_activations(model: PreTrainedModel, saes: SAEs, ids: Tensor) -> Spliced
 
 def ablation_masks(d_saes: Mapping[int, int], n_pos: int, nodes: Sequence[Node], keep_only: bool
                    ) -> dict[int, tuple[Bool[Tensor, "pos d_sae"], Bool[Tensor, "pos"]]]:
-    """Reference for Exercise 7.6: per layer of ``d_saes`` (``{layer: number of latents}``), which latents
+    """Reference for Exercise 7.7: per layer of ``d_saes`` (``{layer: number of latents}``), which latents
     ``[pos, d_sae]`` and error terms ``[pos]`` to mean-ablate: every node but ``nodes`` (``keep_only``), or
     ``nodes`` themselves."""
     masks = {}
@@ -235,7 +235,7 @@ def logit_difference_with(model: PreTrainedModel, saes: SAEs, tokens: PairTokens
 
 def faithfulness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced, nodes: Sequence[Node]
                  ) -> float:
-    """Reference for Exercise 7.7: ``(m(C) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit
+    """Reference for Exercise 7.8: ``(m(C) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit
     difference ``m``: 1 when the circuit ``C`` alone (everything else mean-ablated) does all the model does, 0
     when it does nothing."""
     everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()

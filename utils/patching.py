@@ -457,42 +457,60 @@ def integrated_gradients_head_positions(model: PreTrainedModel, tokens: PairToke
                                         memory_budget: int = MEMORY_BUDGET) -> Float[Tensor, "layer head pos"]:
     """Attribution patching with the gradient averaged along the straight path from corrupted to clean.
 
-    For each layer, its head outputs are set to ``z_corrupted + t (z_clean - z_corrupted)`` for ``steps``
-    midpoints ``t`` in (0, 1) (the other layers run corrupted), and the gradients are averaged. Exact
-    for a metric linear along the path; far better than one gradient where the softmax saturates.
-    The midpoints of a layer run side by side in one batch (as many as fit ``memory_budget``), from
-    that layer on.
+    For each layer, :func:`integrated_gradients` of its head outputs, the gradients taken by
+    :func:`metric_gradient_at` (the other layers run corrupted). Exact for a metric linear along the
+    path; far better than one gradient where the softmax saturates.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    base = baseline(model, tokens)
     clean, corrupted = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    return torch.stack([integrated_gradients(clean[layer], corrupted[layer],
+                                             metric_gradient_at(model, tokens, layer, memory_budget), steps)
+                        for layer in range(architecture.n_layers(model))])
+
+
+def integrated_gradients(clean: Float[Tensor, "n pos head d_head"], corrupted: Float[Tensor, "n pos head d_head"],
+                         gradient_at: Callable[[Tensor], Tensor], steps: int) -> Float[Tensor, "head pos"]:
+    """Reference for Exercise 7.6: :func:`attribution` with the metric's gradient averaged over ``steps`` points
+    ``corrupted + t (clean - corrupted)``, at the midpoints ``t = (k + 1/2) / steps`` of ``steps`` equal parts
+    of [0, 1].
+
+    ``gradient_at(points)`` takes the points side by side, ``[steps, n, pos, head, d_head]``, and returns the
+    gradient at each, of the same shape.
+    """
+    t = (torch.arange(steps) + 0.5) / steps
+    points = corrupted + einops.rearrange(t, "step -> step 1 1 1 1") * (clean - corrupted)
+    return attribution(clean, corrupted, gradient_at(points).mean(dim=0))
+
+
+def metric_gradient_at(model: PreTrainedModel, tokens: PairTokens, layer: int, memory_budget: int = MEMORY_BUDGET
+                       ) -> Callable[[Tensor], Tensor]:
+    """``gradient_at(points)``: the normalised metric's gradient with respect to ``layer``'s head outputs, at each
+    of ``points`` ``[variant, n, pos, head, d_head]`` put in place of them on the corrupted run.
+
+    The points run side by side in one batch (as many as fit ``memory_budget``), from ``layer`` on: the
+    blocks before it run once for all of them.
+    """
+    base = baseline(model, tokens)
     n, n_pos = tokens.corrupted.shape
-    midpoints = (torch.arange(steps) + 0.5) / steps
     per_pass = variants_per_pass(model, 3 * n, n_pos, memory_budget)        # 3x: activations kept for the backward
-    results = []
-    for layer in range(architecture.n_layers(model)):
-        total = torch.zeros_like(clean[layer])
-        for chunk in chunks(steps, per_pass):
-            total += _gradient_sum_along_path(model, tokens, base, layer, clean[layer], corrupted[layer],
-                                              midpoints[chunk.start:chunk.stop])
-        results.append(attribution(clean[layer], corrupted[layer], total / steps))
-    return torch.stack(results)
+
+    def gradient_at(points: Float[Tensor, "variant n pos head d_head"]) -> Float[Tensor, "variant n pos head d_head"]:
+        return torch.cat([_metric_gradients_at(model, tokens, base, layer, points[chunk.start:chunk.stop])
+                          for chunk in chunks(len(points), per_pass)])
+    return gradient_at
 
 
-def _gradient_sum_along_path(model: PreTrainedModel, tokens: PairTokens, base: Baseline, layer: int,
-                             clean: Float[Tensor, "n pos head d_head"], corrupted: Float[Tensor, "n pos head d_head"],
-                             midpoints: Float[Tensor, "variant"]) -> Float[Tensor, "n pos head d_head"]:
-    """The metric's gradient with respect to ``layer``'s head outputs at each point ``corrupted + t (clean -
-    corrupted)``, summed over the ``midpoints`` ``t``: one forward and one backward pass for all of them."""
-    t = einops.rearrange(midpoints, "variant -> variant 1 1 1 1")
-    points = einops.rearrange(corrupted + t * (clean - corrupted), "variant n ... -> (variant n) ...").requires_grad_()
-    with _repeated_from(model, layer, len(midpoints), edit=Tensor.detach), \
-            editing_head_outputs(model, layer, lambda _: points):
+def _metric_gradients_at(model: PreTrainedModel, tokens: PairTokens, base: Baseline, layer: int,
+                         points: Float[Tensor, "variant n pos head d_head"]) -> Float[Tensor, "variant n pos head d_head"]:
+    """The metric's gradient at each of ``points``: one forward and one backward pass for all of them."""
+    variants = len(points)
+    flat = einops.rearrange(points, "variant n ... -> (variant n) ...").detach().requires_grad_()
+    with _repeated_from(model, layer, variants, edit=Tensor.detach), editing_head_outputs(model, layer, lambda _: flat):
         logits = model(tokens.corrupted, logits_to_keep=1).logits
-    _metric_per_variant(logits, tokens, base, len(midpoints)).sum().backward()   # the points do not interact
+    _metric_per_variant(logits, tokens, base, variants).sum().backward()   # the points do not interact
     model.zero_grad(set_to_none=True)
-    return einops.reduce(points.grad, "(variant n) ... -> n ...", "sum", variant=len(midpoints))
+    return einops.rearrange(flat.grad, "(variant n) ... -> variant n ...", variant=variants)
 
 
 def correlation(a: Tensor, b: Tensor) -> float:

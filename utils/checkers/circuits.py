@@ -19,8 +19,8 @@ from utils.feature_circuits import (
     SAEs, Node, Spliced, ablation_masks, faithfulness, mean_activations, node_effects,
 )
 from utils.patching import (
-    PairTokens, agreement_pairs, attribution, copy_where, ioi_pairs, logit_difference_with_heads_ablated,
-    normalised_metric, replace_head, tokenize_pairs,
+    PairTokens, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
+    logit_difference_with_heads_ablated, normalised_metric, replace_head, tokenize_pairs,
 )
 
 
@@ -119,12 +119,39 @@ def check_attribution(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) ->
              "gradient is of the batch's mean metric), and keep head and position, in that order: [head, pos]")
 
 
+
+def _sine_metric_gradient(weights: Tensor) -> Callable[[Tensor], Tensor]:
+    """``gradient_at`` of the metric ``sum(weights * sin(z))`` at each point: ``weights * cos(points)``, which changes
+    along the path (a linear metric would make every point's gradient the same)."""
+    return lambda points: weights * torch.cos(points)
+
+
+def check_integrated_gradients(learner_fn: Callable[[Tensor, Tensor, Callable[[Tensor], Tensor], int], Tensor]
+                               ) -> CheckResult:
+    """Exercise 7.6 on random head outputs and a metric whose gradient is known at every point."""
+    generator = torch.Generator().manual_seed(0)
+
+    def case(name: str, n: int, pos: int, heads: int, d_head: int, steps: int) -> Case:
+        clean, corrupted, weights = (2 * torch.randn(n, pos, heads, d_head, generator=generator) for _ in range(3))
+        return Case(name, clean, corrupted, _sine_metric_gradient(weights), steps)
+
+    cases = [case("8 steps, batch 2, 3 positions, 4 heads, d_head 5", 2, 3, 4, 5, steps=8),
+             case("3 steps, batch 3", 3, 2, 2, 3, steps=3),
+             case("1 step: the gradient halfway along the path", 1, 4, 3, 2, steps=1)]
+    return check_function(
+        learner_fn, integrated_gradients, cases, exercise="7.6 (integrated_gradients)", atol=1e-4,
+        properties=[Varies("steps", lambda steps: steps + 1, "ignores steps"),
+                    HasCase("a single step", lambda case: case.args[3] == 1)],
+        hint="t is the middle of each of steps equal parts of [0, 1], (k + 0.5) / steps, neither end; the points are "
+             "corrupted + t (clean - corrupted), [steps, n, pos, head, d_head], passed to gradient_at in one call; "
+             "average the gradients over the steps and give the mean to attribution")
+
 # ---------------------------------------------------------------------------------------------
 # Exercises on utils.feature_circuits
 
 
 def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[Node], bool], dict]) -> CheckResult:
-    """Exercise 7.6 on SAEs of different widths, with latents and error terms of several layers in the circuit."""
+    """Exercise 7.7 on SAEs of different widths, with latents and error terms of several layers in the circuit."""
     d_saes = {0: 6, 1: 6, 2: 4}
     circuit = [Node(0, 1, 3), Node(0, 2, None), Node(1, 0, 5), Node(1, 0, None), Node(2, 2, 0), Node(2, 2, 1)]
     cases = [Case("a circuit in every layer, keep only it", d_saes, 3, circuit, True),
@@ -132,7 +159,7 @@ def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[
              Case("error terms only, 5 positions, keep only them", {0: 8, 3: 2}, 5, [Node(0, 4, None), Node(3, 0, None)], True),
              Case("no nodes, keep only them: ablate everything", d_saes, 2, [], True)]
     return check_function(
-        learner_fn, ablation_masks, cases, exercise="7.6 (ablation_masks)", atol=0,
+        learner_fn, ablation_masks, cases, exercise="7.7 (ablation_masks)", atol=0,
         properties=[Varies("keep_only", lambda keep_only: not keep_only, "ignores keep_only"),
                     HasCase("a layer without a node of the circuit", lambda case: any(
                         layer not in {node.layer for node in case.args[2]} for layer in case.args[0]))],
@@ -147,7 +174,7 @@ def _agreement_tokens(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> 
 
 def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
                        model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
-    """Exercise 7.7 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
+    """Exercise 7.8 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
     tokens, other = _agreement_tokens(tokenizer, 16, seed=3), _agreement_tokens(tokenizer, 32, seed=4)
     means = mean_activations(model, saes, torch.cat([other.clean, other.corrupted]))
     ranked = [node for node, _ in node_effects(model, saes, tokens).ranked()]
@@ -158,7 +185,7 @@ def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, 
              Case("the error terms at the last position", model, saes, tokens, means,
                   [Node(layer, last, None) for layer in saes])]
     return check_function(
-        learner_fn, faithfulness, cases, exercise="7.7 (faithfulness)", atol=1e-4,
+        learner_fn, faithfulness, cases, exercise="7.8 (faithfulness)", atol=1e-4,
         properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")],
         hint="three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, "
              "keep_only=False), everything ablated (no nodes, keep_only=True), and only the circuit kept (the nodes, "
