@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from utils.feature_circuits import (
-    Node, accuracy_with_nodes_ablated, check_saes, edge_effects, faithfulness, latents_at, mean_activations,
+    Node, ablation_masks, accuracy_with_nodes_ablated, check_saes, edge_effects, faithfulness, latents_at, mean_activations,
     node_effects, spliced, Spliced,
 )
 from utils.patching import agreement_pairs, tokenize_pairs
@@ -73,6 +73,16 @@ def test_edges_connect_adjacent_layers(course_model, saes, circuit):
     assert edges and all(down.layer == up.layer + 1 for up, down in edges)
     strongest = max(edges.items(), key=lambda item: abs(item[1]))
     assert strongest[0][1] == ranked[0][0]                               # into the most important node
+
+
+def test_the_masks_that_keep_a_circuit_are_the_complement_of_those_that_ablate_it():
+    nodes = [Node(0, 1, 3), Node(0, 2, None), Node(2, 0, 1)]
+    ablate = ablation_masks({0: 5, 1: 5, 2: 4}, 3, nodes, keep_only=False)
+    keep = ablation_masks({0: 5, 1: 5, 2: 4}, 3, nodes, keep_only=True)
+    assert [latents.sum().item() + errors.sum().item() for latents, errors in ablate.values()] == [2, 0, 1]
+    assert ablate[0][0][1, 3] and ablate[0][1][2] and ablate[2][0][0, 1]
+    for (ablated_latents, ablated_errors), (kept_latents, kept_errors) in zip(ablate.values(), keep.values()):
+        assert torch.equal(kept_latents, ~ablated_latents) and torch.equal(kept_errors, ~ablated_errors)
 
 
 def test_missing_saes_are_named(course_model, saes):

@@ -18,8 +18,9 @@ from utils.models import load_model
 from utils.patching import (
     PairTokens, accuracy, accuracy_with_heads_ablated, agreement_pairs, attribution,
     attribution_patch_head_positions, attribution_patch_heads, baseline, clean_head_outputs, correlation,
-    integrated_gradients_head_positions, ioi_pairs, logit_difference, normalised_metric, patch_head_positions,
-    patch_heads, patch_residual, position_labels, replace_head, tokenize_pairs,
+    integrated_gradients, integrated_gradients_head_positions, ioi_pairs, logit_difference,
+    logit_difference_with_heads_ablated, metric_gradient_at, normalised_metric, patch_head_positions, patch_heads,
+    patch_residual, position_labels, replace_head, tokenize_pairs,
 )
 
 #: The IOI heads that matter (patching one head back restores: 0.2 1.05, 3.5 0.62, 1.3 0.14, 1.6 0.14).
@@ -70,6 +71,23 @@ def test_ioi_heads_found_by_patching_destroy_the_task_when_knocked_out(course_mo
     reference = tokenize_pairs(course_tokenizer, ioi_pairs(32, seed=1)).clean
     assert accuracy_with_heads_ablated(course_model, ioi, IOI_HEADS, reference) < 0.6          # 0.44: chance
     assert accuracy_with_heads_ablated(course_model, ioi, [(0, 0), (1, 2), (3, 6), (2, 7)], reference) > 0.95
+    with torch.no_grad():
+        clean_differences = logit_difference(course_model(ioi.clean).logits, ioi.answer, ioi.wrong)
+    torch.testing.assert_close(logit_difference_with_heads_ablated(course_model, ioi, [], reference), clean_differences)
+    with pytest.raises(ValueError, match="mean_over has 5 positions and the prompts"):
+        logit_difference_with_heads_ablated(course_model, ioi, IOI_HEADS, reference[:, :5])
+
+
+def test_integrated_gradients_are_exact_for_a_linear_metric_and_need_the_midpoints():
+    generator = torch.Generator().manual_seed(0)
+    clean, corrupted, weights = (torch.randn(2, 3, 4, 5, generator=generator) for _ in range(3))
+    exact = ((clean - corrupted) * weights).sum(dim=(0, 3)).T                       # [head, pos]
+    linear = integrated_gradients(clean, corrupted, lambda points: weights.expand_as(points), steps=3)
+    torch.testing.assert_close(linear, exact)
+    points_seen = []
+    integrated_gradients(clean, corrupted, lambda points: points_seen.append(points) or torch.zeros_like(points), 4)
+    t = ((points_seen[0] - corrupted) / (clean - corrupted)).flatten(1).mean(dim=1)
+    torch.testing.assert_close(t, torch.tensor([1, 3, 5, 7]) / 8)
 
 
 def test_residual_patching_follows_the_information(course_model, ioi, agreement_tokens):
@@ -197,6 +215,10 @@ def test_other_architectures(family):
     masks[torch.arange(6), torch.arange(6), 1] = True                         # head 1 at each position
     expected = one_patch_per_pass(model, tokens, "z", 1, masks, clean_head_outputs(model, tokens.clean)[1])
     torch.testing.assert_close(effects[1, 1], expected, atol=1e-5, rtol=0)
+    points = clean_head_outputs(model, tokens.corrupted)[1].expand(3, -1, -1, -1, -1)
+    assert metric_gradient_at(model, tokens, 1, memory_budget=1)(points).shape == points.shape
+    mean_over = torch.randint(1, 320, (3, 6), generator=generator)
+    assert logit_difference_with_heads_ablated(model, tokens, [(0, 1), (1, 3)], mean_over).shape == (4,)
 
 
 def test_normalised_metric_checker():
