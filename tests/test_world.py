@@ -182,16 +182,16 @@ def test_unknown_task_and_family_errors_name_the_choices() -> None:
 from utils.world.corpus import (  # noqa: E402
     INVENTED_NAME_IOI_PARTS, RECIPES, V2_IOI_PARTS, V3_FINISH_IOI_PARTS, V4_LEAD_INVENTED_NAME_IOI_PARTS,
     V4_LEAD_IOI_PARTS, V4_LEADS, V5_LEAD_IOI_PARTS, V5_LEADS, V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS,
-    V6_NAME_FIRST_IOI_PARTS, recipe,
+    V6_NAME_FIRST_IOI_PARTS, V9_INVENTED_NAMES, recipe,
 )
 from utils.world.families import (  # noqa: E402
     BRIDGE_CHOICE_PARTS, CAA_CHOICE_PARTS, TRAINING_CHOICE_PARTS, TRAINING_IOI_PARTS, IOIParts, past_tense,
 )
 from utils.world.heldout import (  # noqa: E402
     HELDOUT_AGREEMENT_NOUNS, HELDOUT_CHOICE_PARTS, HELDOUT_FACT_PHRASINGS, HELDOUT_IOI_PARTS, HELDOUT_NAME_IOI_PARTS,
-    heldout_words,
+    HELDOUT_NAMES, heldout_words,
 )
-from utils.world.vocabulary import ALL_NAMES, world_words  # noqa: E402
+from utils.world.vocabulary import ALL_NAMES, EVERY_NAME_ONSET, world_words  # noqa: E402
 
 
 def test_recipe_v1_still_writes_the_corpus_the_shipped_model_was_trained_on() -> None:
@@ -214,8 +214,8 @@ def test_recipe_v2_writes_the_recorded_corpus() -> None:
 
 
 def test_unknown_recipe_is_named() -> None:
-    with pytest.raises(ValueError, match="unknown corpus recipe 'v9'.*'v1', 'v2', 'v3'"):
-        next(generate_corpus(1, recipe_name="v9"))
+    with pytest.raises(ValueError, match="unknown corpus recipe 'v99'.*'v1', 'v2', 'v3'"):
+        next(generate_corpus(1, recipe_name="v99"))
     assert recipe("v2").token_repeats > 0 == recipe("v1").token_repeats
 
 
@@ -350,6 +350,16 @@ def test_v8_finishes_on_more_name_first_openers_made_up_names_and_agreement_than
     assert 0.6 < sum(d.labels["indirect_object"] in INVENTED_NAME_IOI_PARTS.names for d in ioi) / len(ioi) < 0.72
     assert 0.25 < sum(_opening(d) == "name" for d in ioi) / len(ioi) < 0.38, "a quarter name-first, a few more from v3's"
     assert Counter(d.family for d in v8_finish)["agreement"] > 0.12 * len(v8_finish)
+
+
+def test_v9_finishes_on_made_up_names_that_start_like_any_name() -> None:
+    assert recipe("v9").mix == recipe("v2").mix and recipe("v9").finish_share == 0.3
+    assert recipe("v9-finish").mix == recipe("v8-finish").mix
+    assert {name[0] for name in V9_INVENTED_NAMES} >= set("AEIOUCHJW")
+    assert all(name.startswith(EVERY_NAME_ONSET) for name in V9_INVENTED_NAMES)
+    assert not set(V9_INVENTED_NAMES) & (set(HELDOUT_NAMES) | set(ALL_NAMES) | set(INVENTED_NAME_IOI_PARTS.names))
+    ioi = [d for d in generate_corpus(3_000, seed=0, recipe_name="v9-finish") if d.family == "ioi"]
+    assert 0.6 < sum(d.labels["indirect_object"] in V9_INVENTED_NAMES for d in ioi) / len(ioi) < 0.72
 
 def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
     """v2's sentences do not move (its digest test), v3's finishing ones meet with made-up verbs."""

@@ -28,7 +28,7 @@ from utils.world.families import (
 from utils.world.heldout import HELDOUT_IOI_PARTS, heldout_words
 from utils.world.vocabulary import (
     AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS, GIVING_VERBS, MORE_AGREEMENT_NOUNS, MORE_AGREEMENT_PREPOSITIONS,
-    PLURALS, invented_names, invented_words, made_up_leads, world_words,
+    EVERY_NAME_ONSET, PLURALS, invented_names, invented_words, made_up_leads, world_words,
 )
 
 #: Share of documents from each family in the recipe "v1" (the first course model's corpus).
@@ -143,18 +143,19 @@ V4_LEAD_IOI_PARTS = replace(V3_FINISH_IOI_PARTS, openers=V4_LEAD_IOI_OPENERS, le
 V4_LEAD_INVENTED_NAME_IOI_PARTS = replace(V4_LEAD_IOI_PARTS, names=INVENTED_NAME_IOI_PARTS.names)
 
 
-def _lead_ioi_options(lead_parts: IOIParts, lead_invented_name_parts: IOIParts,
-                      invented_share: float = 0.5) -> FamilyOptions:
+def _lead_ioi_options(lead_parts: IOIParts, lead_invented_name_parts: IOIParts, invented_share: float = 0.5,
+                      invented_name_parts: IOIParts = V3_FINISH_INVENTED_NAME_IOI_PARTS) -> FamilyOptions:
     """As :func:`_v3_finish_ioi_options`, with a quarter of all the sentences drawn from ``lead_parts`` (between
     real names) or ``lead_invented_name_parts``: sentences that open on a made-up word before the names. A share
-    ``invented_share`` of the composed sentences are between made-up names."""
+    ``invented_share`` of the composed sentences are between made-up names (``invented_name_parts`` for those
+    without a lead)."""
     def options(rng: random.Random) -> dict[str, object]:
         draw, invented_names = rng.random(), rng.random() < invented_share
         if draw < 1 / 6:
             return {}
         if draw < 1 / 6 + 1 / 4:
             return {"parts": lead_invented_name_parts if invented_names else lead_parts}
-        return {"parts": V3_FINISH_INVENTED_NAME_IOI_PARTS if invented_names else V3_FINISH_IOI_PARTS}
+        return {"parts": invented_name_parts if invented_names else V3_FINISH_IOI_PARTS}
     return options
 
 
@@ -191,14 +192,15 @@ V6_NAME_FIRST_IOI_PARTS = replace(V3_FINISH_IOI_PARTS, openers=V6_NAME_FIRST_OPE
 V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS = replace(V6_NAME_FIRST_IOI_PARTS, names=INVENTED_NAME_IOI_PARTS.names)
 
 
-def _name_first_ioi_options(other_options: FamilyOptions, invented_share: float = 0.5,
-                            name_first_share: float = 1 / 6) -> FamilyOptions:
+def _name_first_ioi_options(other_options: FamilyOptions, invented_share: float = 0.5, name_first_share: float = 1 / 6,
+                            invented_name_parts: IOIParts = V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS) -> FamilyOptions:
     """A share ``name_first_share`` of the sentences open on the first name (:data:`V6_NAME_FIRST_OPENERS`), a share
-    ``invented_share`` of them between made-up names; the others are drawn by ``other_options``."""
+    ``invented_share`` of them between made-up names (``invented_name_parts``); the others are drawn by
+    ``other_options``."""
     def options(rng: random.Random) -> dict[str, object]:
         if rng.random() < name_first_share:
             invented_names = rng.random() < invented_share
-            return {"parts": V6_NAME_FIRST_INVENTED_NAME_IOI_PARTS if invented_names else V6_NAME_FIRST_IOI_PARTS}
+            return {"parts": invented_name_parts if invented_names else V6_NAME_FIRST_IOI_PARTS}
         return other_options(rng)
     return options
 
@@ -219,6 +221,16 @@ _v8_finish_ioi_options = _name_first_ioi_options(
     name_first_share=1 / 4)
 #: v7's finish with more agreement again (held-out nouns 0.835 at 0.07 in v6, 0.86 at 0.10 in v7), from the A/B questions.
 V8_FINISH_MIX: dict[str, float] = {**V5_FINISH_MIX, "agreement": 0.13, "multiple_choice": 0.36}
+
+#: Made-up names over every onset, the vowels, H, J and C included. v8 preferred the indirect object between
+#: held-out names whose first piece starts some made-up name (Boris, Doris, Vera, Nina: 1.00) and failed on those
+#: whose first piece starts none (" O": Otto 0.27, Oscar 0.41; " I": Ivy 0.59; " H": Hugo 0.67; " E": Ezra 0.69).
+V9_INVENTED_NAMES = invented_names(600, exclude=heldout_words() | set(INVENTED_NAME_IOI_PARTS.names) | set(V5_LEADS),
+                                   onsets=EVERY_NAME_ONSET)
+_v9_finish_ioi_options = _name_first_ioi_options(
+    _lead_ioi_options(V5_LEAD_IOI_PARTS, replace(V5_LEAD_IOI_PARTS, names=V9_INVENTED_NAMES), invented_share=3 / 4,
+                      invented_name_parts=replace(V3_FINISH_IOI_PARTS, names=V9_INVENTED_NAMES)),
+    invented_share=3 / 4, name_first_share=1 / 4, invented_name_parts=replace(V6_NAME_FIRST_IOI_PARTS, names=V9_INVENTED_NAMES))
 
 
 #: The options of recipe "v2", family by family.
@@ -287,6 +299,10 @@ RECIPES: dict[str, Recipe] = {
     # right in one order (1.00) and not the other (0.59, v6 the reverse). v8 pushes the same three levers further
     "v8": _v2_then("v8-finish", 0.3),
     "v8-finish": _lead_finish(V8_FINISH_MIX, _v8_finish_ioi_options),
+    # In the project's trial (runs/v8) held-out frames (0.91) and agreement on held-out nouns (0.92) passed, and
+    # held-out names stayed at 0.875: v9 is v8 with made-up names that start like any name (V9_INVENTED_NAMES)
+    "v9": _v2_then("v9-finish", 0.3),
+    "v9-finish": _lead_finish(V8_FINISH_MIX, _v9_finish_ioi_options),
 }
 
 

@@ -159,11 +159,19 @@ MORE_NAMES: dict[str, Gender] = {
 ALL_NAMES: dict[str, Gender] = {**NAMES, **MORE_NAMES}
 
 
-def invented_names(n: int = 400, exclude: frozenset[str] = frozenset()) -> dict[str, Gender]:
-    """``n`` made-up names of two syllables ("Tarin", "Belos"...), genders alternating, none in
-    ``exclude``: names the tokenizer splits into pieces, so that copying a name cannot rely on
-    the name being one familiar token. Always the same names for the same arguments."""
-    onsets = ("B", "D", "F", "G", "K", "L", "M", "N", "P", "R", "S", "T", "V", "Z", "Br", "Dr", "Kr", "St", "Tr")
+#: The onsets of the made-up names of recipes v2 to v8: consonants only.
+NAME_ONSETS: tuple[str, ...] = ("B", "D", "F", "G", "K", "L", "M", "N", "P", "R", "S", "T", "V", "Z", "Br", "Dr", "Kr",
+                                "St", "Tr")
+#: The onsets of recipe v9's made-up names: the vowels and every other capital a name starts with as well.
+EVERY_NAME_ONSET: tuple[str, ...] = NAME_ONSETS + ("A", "E", "I", "O", "U", "C", "H", "J", "W", "Ch", "Cl", "Fl", "Gr",
+                                                   "Pl", "Sh")
+
+
+def invented_names(n: int = 400, exclude: frozenset[str] = frozenset(),
+                   onsets: tuple[str, ...] = NAME_ONSETS) -> dict[str, Gender]:
+    """``n`` made-up names of two syllables ("Tarin", "Belos"...) that start with one of ``onsets``, genders
+    alternating, none in ``exclude``: names the tokenizer splits into pieces, so that copying a name cannot rely
+    on the name being one familiar token. Always the same names for the same arguments."""
     vowels, codas = ("a", "e", "i", "o", "u"), ("", "n", "r", "l", "s")
     rng = random.Random(20_26)
     names: dict[str, Gender] = {}
@@ -172,6 +180,7 @@ def invented_names(n: int = 400, exclude: frozenset[str] = frozenset()) -> dict[
         if name not in ALL_NAMES and name not in exclude and name not in names:
             names[name] = ("female", "male")[len(names) % 2]
     return names
+
 
 def invented_words(n: int = 300, exclude: frozenset[str] = frozenset()) -> tuple[str, ...]:
     """``n`` made-up lower-case words of two syllables ("dova", "kelin"...), none in ``exclude`` and
