@@ -2911,6 +2911,43 @@ def integrated_walked_from_the_clean_end_one_point_at_a_time(clean, corrupted, g
         total += gradient_at((clean + (k + 0.5) / steps * (corrupted - clean))[None])[0]
     return ((clean - corrupted) * total / steps).sum(dim=(0, 3)).T
 
+def _attributed(clean, corrupted, gradients, latent_pattern, error_pattern, sign=1):
+    latents = {layer: einops.einsum(sign * (clean.latents[layer] - corrupted.latents[layer]), gradients.latents[layer],
+                                    latent_pattern) for layer in clean.latents}
+    errors = {layer: einops.einsum(sign * (clean.errors[layer] - corrupted.errors[layer]), gradients.errors[layer],
+                                   error_pattern) for layer in clean.errors}
+    return latents, errors
+
+
+def nodes_averaged_over_prompts(clean, corrupted, gradients):
+    latents, errors = _attributed(clean, corrupted, gradients, "n pos f, n pos f -> pos f", "n pos d, n pos d -> pos")
+    n = len(next(iter(clean.latents.values())))
+    return {l: v / n for l, v in latents.items()}, {l: v / n for l, v in errors.items()}
+
+
+def nodes_with_the_error_term_per_dimension_summed_over_positions(clean, corrupted, gradients):
+    latents, _ = _attributed(clean, corrupted, gradients, "n pos f, n pos f -> pos f", "n pos d, n pos d -> pos")
+    _, errors = _attributed(clean, corrupted, gradients, "n pos f, n pos f -> pos f", "n pos d, n pos d -> d")
+    return latents, errors
+
+
+def nodes_the_wrong_way_round(clean, corrupted, gradients):
+    return _attributed(clean, corrupted, gradients, "n pos f, n pos f -> pos f", "n pos d, n pos d -> pos", sign=-1)
+
+
+def nodes_of_the_clean_run_alone(clean, corrupted, gradients):
+    latents = {l: (clean.latents[l] * gradients.latents[l]).sum(0) for l in clean.latents}
+    errors = {l: (clean.errors[l] * gradients.errors[l]).sum((0, 2)) for l in clean.errors}
+    return latents, errors
+
+
+def nodes_layer_by_layer_with_sums(clean, corrupted, gradients):
+    latents, errors = {}, {}
+    for layer in clean.latents:
+        latents[layer] = ((clean.latents[layer] - corrupted.latents[layer]) * gradients.latents[layer]).sum(dim=0)
+        errors[layer] = ((clean.errors[layer] - corrupted.errors[layer]) * gradients.errors[layer]).sum(dim=-1).sum(dim=0)
+    return latents, errors
+
 def masks_the_wrong_way_round(d_saes, n_pos, nodes, keep_only):
     return _node_masks(d_saes, n_pos, nodes, lambda latents, errors: (latents, errors) if keep_only
                        else (~latents, ~errors))
@@ -3100,8 +3137,10 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "7.5": (attribution_of_the_clean_run, attribution_the_wrong_way_round, attribution_averaged_over_prompts),
     "7.6": (integrated_with_the_end_points, integrated_from_the_left_ends, integrated_summed_over_the_steps,
             integrated_at_the_clean_run),
-    "7.7": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
-    "7.8": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
+    "7.7": (nodes_averaged_over_prompts, nodes_with_the_error_term_per_dimension_summed_over_positions,
+            nodes_the_wrong_way_round, nodes_of_the_clean_run_alone),
+    "7.8": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
+    "7.9": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
 }
 
 RIGHT: dict[str, tuple[Answer, ...]] = {
@@ -3148,5 +3187,6 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "6.14": (projection_with_the_pseudo_inverse,),
     "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (copy_where_copy_by_copy,),
     "7.4": (heads_ablated_one_by_one_with_slices,), "7.5": (attribution_as_a_sum_of_products,),
-    "7.6": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.7": (masks_from_index_lists,), "7.8": (faithfulness_against_the_model_without_saes,),
+    "7.6": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.7": (nodes_layer_by_layer_with_sums,),
+    "7.8": (masks_from_index_lists,), "7.9": (faithfulness_against_the_model_without_saes,),
 }

@@ -251,7 +251,8 @@ EXERCISES: dict[str, Exercise] = _exercises(
      "check_logit_difference_with_heads_ablated", ("model", "tokenizer")),
     ("7.5", "07_circuits", "attribution", "utils.patching", "check_attribution", ()),
     ("7.6", "07_circuits", "integrated_gradients", "utils.patching", "check_integrated_gradients", ()),
-    ("7.7", "07_circuits", "ablation_masks", "utils.feature_circuits", "check_ablation_masks", ()),
-    ("7.8", "07_circuits", "faithfulness", "utils.feature_circuits", "check_faithfulness",
+    ("7.7", "07_circuits", "node_attribution", "utils.feature_circuits", "check_node_attribution", ()),
+    ("7.8", "07_circuits", "ablation_masks", "utils.feature_circuits", "check_ablation_masks", ()),
+    ("7.9", "07_circuits", "faithfulness", "utils.feature_circuits", "check_faithfulness",
      ("model", "tokenizer", "saes")),
 )

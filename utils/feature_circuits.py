@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import einops
 import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float
@@ -138,17 +139,38 @@ class NodeEffects:
 
 def node_effects(model: PreTrainedModel, saes: SAEs, tokens: PairTokens) -> NodeEffects:
     """The attribution-patching effect of every latent and error term on the normalised metric."""
+    return NodeEffects(*node_attribution(*attribution_records(model, saes, tokens)))
+
+
+def attribution_records(model: PreTrainedModel, saes: SAEs, tokens: PairTokens) -> tuple[Spliced, Spliced, Spliced]:
+    """What attribution patching over the nodes needs: the latents and errors of the clean run, those of the
+    corrupted run, and the normalised metric's gradients with respect to the corrupted ones (one forward and one
+    backward pass), each a :class:`Spliced` of ``[n, pos, d_sae]`` latents and ``[n, pos, d_model]`` errors."""
     base = baseline(model, tokens)
     clean = _spliced_run(model, saes, tokens.clean)
     corrupted = Spliced({}, {})
     with frozen(model, *saes.values()), spliced(model, saes, corrupted, for_gradients=True):
         difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
         normalised_metric(difference, base.clean, base.corrupted).backward()
-    latents = {layer: ((clean.latents[layer] - corrupted.latents[layer].detach()) * corrupted.latents[layer].grad).sum(0)
-               for layer in corrupted.latents}
-    errors = {layer: ((clean.errors[layer] - corrupted.errors[layer].detach()) * corrupted.errors[layer].grad).sum((0, 2))
-              for layer in corrupted.errors}
-    return NodeEffects(latents, errors)
+    gradients = Spliced({layer: v.grad for layer, v in corrupted.latents.items()},
+                        {layer: v.grad for layer, v in corrupted.errors.items()})
+    detached = Spliced({layer: v.detach() for layer, v in corrupted.latents.items()},
+                       {layer: v.detach() for layer, v in corrupted.errors.items()})
+    return clean, detached, gradients
+
+
+def node_attribution(clean: Spliced, corrupted: Spliced, gradients: Spliced
+                     ) -> tuple[dict[int, Float[Tensor, "pos d_sae"]], dict[int, Float[Tensor, "pos"]]]:
+    """Reference for Exercise 7.7: per layer, ``(f_clean - f_corrupted) . dM/df`` of every latent ``[pos, d_sae]``
+    and of every error term ``[pos]``, summed over the batch (the gradient is of the batch's mean metric).
+
+    A latent is one number per position, an error term a ``d_model`` vector: its effect sums over ``d_model``.
+    """
+    latents = {layer: einops.einsum(clean.latents[layer] - corrupted.latents[layer], gradients.latents[layer],
+                                    "n pos d_sae, n pos d_sae -> pos d_sae") for layer in clean.latents}
+    errors = {layer: einops.einsum(clean.errors[layer] - corrupted.errors[layer], gradients.errors[layer],
+                                   "n pos d_model, n pos d_model -> pos") for layer in clean.errors}
+    return latents, errors
 
 
 def edge_effects(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, nodes: Sequence[Node]
@@ -206,7 +228,7 @@ def mean_activations(model: PreTrainedModel, saes: SAEs, ids: Tensor) -> Spliced
 
 def ablation_masks(d_saes: Mapping[int, int], n_pos: int, nodes: Sequence[Node], keep_only: bool
                    ) -> dict[int, tuple[Bool[Tensor, "pos d_sae"], Bool[Tensor, "pos"]]]:
-    """Reference for Exercise 7.7: per layer of ``d_saes`` (``{layer: number of latents}``), which latents
+    """Reference for Exercise 7.8: per layer of ``d_saes`` (``{layer: number of latents}``), which latents
     ``[pos, d_sae]`` and error terms ``[pos]`` to mean-ablate: every node but ``nodes`` (``keep_only``), or
     ``nodes`` themselves."""
     masks = {}
@@ -235,7 +257,7 @@ def logit_difference_with(model: PreTrainedModel, saes: SAEs, tokens: PairTokens
 
 def faithfulness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced, nodes: Sequence[Node]
                  ) -> float:
-    """Reference for Exercise 7.8: ``(m(C) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit
+    """Reference for Exercise 7.9: ``(m(C) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit
     difference ``m``: 1 when the circuit ``C`` alone (everything else mean-ablated) does all the model does, 0
     when it does nothing."""
     everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()

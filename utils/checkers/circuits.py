@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils import architecture
 from utils.checks import Case, CheckResult, HasCase, Varies, check_function
 from utils.feature_circuits import (
-    SAEs, Node, Spliced, ablation_masks, faithfulness, mean_activations, node_effects,
+    SAEs, Node, Spliced, ablation_masks, faithfulness, mean_activations, node_attribution, node_effects,
 )
 from utils.patching import (
     PairTokens, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
@@ -150,8 +150,31 @@ def check_integrated_gradients(learner_fn: Callable[[Tensor, Tensor, Callable[[T
 # Exercises on utils.feature_circuits
 
 
+def _records(layers: dict[int, int], n: int, pos: int, d_model: int, seed: int) -> tuple[Spliced, Spliced, Spliced]:
+    """Random clean, corrupted and gradient records: latents ``[n, pos, d_sae]`` (``layers`` maps each layer to
+    its ``d_sae``), errors ``[n, pos, d_model]``."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def record() -> Spliced:
+        return Spliced({layer: torch.randn(n, pos, d_sae, generator=generator) for layer, d_sae in layers.items()},
+                       {layer: torch.randn(n, pos, d_model, generator=generator) for layer in layers})
+    return record(), record(), record()
+
+
+def check_node_attribution(learner_fn: Callable[[Spliced, Spliced, Spliced], tuple[dict, dict]]) -> CheckResult:
+    """Exercise 7.7 on random records of SAEs of different widths."""
+    cases = [Case("2 layers of 6 and 4 latents, batch 3, 5 positions, d_model 7", *_records({0: 6, 1: 4}, 3, 5, 7, seed=0)),
+             Case("3 layers, batch 1, 2 positions", *_records({0: 3, 1: 3, 2: 5}, 1, 2, 4, seed=1))]
+    return check_function(
+        learner_fn, node_attribution, cases, exercise="7.7 (node_attribution)", atol=1e-4,
+        properties=[HasCase("a batch of more than one prompt", lambda case: len(case.args[0].latents[0]) > 1)],
+        hint="per layer, (clean - corrupted) times the gradient, elementwise; sum over the batch (the gradient is of "
+             "the batch's mean metric) and keep each latent: [pos, d_sae]; an error term is one node per position, "
+             "so its products are summed over d_model as well: [pos]")
+
+
 def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[Node], bool], dict]) -> CheckResult:
-    """Exercise 7.7 on SAEs of different widths, with latents and error terms of several layers in the circuit."""
+    """Exercise 7.8 on SAEs of different widths, with latents and error terms of several layers in the circuit."""
     d_saes = {0: 6, 1: 6, 2: 4}
     circuit = [Node(0, 1, 3), Node(0, 2, None), Node(1, 0, 5), Node(1, 0, None), Node(2, 2, 0), Node(2, 2, 1)]
     cases = [Case("a circuit in every layer, keep only it", d_saes, 3, circuit, True),
@@ -159,7 +182,7 @@ def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[
              Case("error terms only, 5 positions, keep only them", {0: 8, 3: 2}, 5, [Node(0, 4, None), Node(3, 0, None)], True),
              Case("no nodes, keep only them: ablate everything", d_saes, 2, [], True)]
     return check_function(
-        learner_fn, ablation_masks, cases, exercise="7.7 (ablation_masks)", atol=0,
+        learner_fn, ablation_masks, cases, exercise="7.8 (ablation_masks)", atol=0,
         properties=[Varies("keep_only", lambda keep_only: not keep_only, "ignores keep_only"),
                     HasCase("a layer without a node of the circuit", lambda case: any(
                         layer not in {node.layer for node in case.args[2]} for layer in case.args[0]))],
@@ -174,7 +197,7 @@ def _agreement_tokens(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> 
 
 def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
                        model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
-    """Exercise 7.8 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
+    """Exercise 7.9 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
     tokens, other = _agreement_tokens(tokenizer, 16, seed=3), _agreement_tokens(tokenizer, 32, seed=4)
     means = mean_activations(model, saes, torch.cat([other.clean, other.corrupted]))
     ranked = [node for node, _ in node_effects(model, saes, tokens).ranked()]
@@ -185,7 +208,7 @@ def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, 
              Case("the error terms at the last position", model, saes, tokens, means,
                   [Node(layer, last, None) for layer in saes])]
     return check_function(
-        learner_fn, faithfulness, cases, exercise="7.8 (faithfulness)", atol=1e-4,
+        learner_fn, faithfulness, cases, exercise="7.9 (faithfulness)", atol=1e-4,
         properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")],
         hint="three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, "
              "keep_only=False), everything ablated (no nodes, keep_only=True), and only the circuit kept (the nodes, "
