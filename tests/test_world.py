@@ -214,7 +214,7 @@ def test_recipe_v2_writes_the_recorded_corpus() -> None:
 
 
 def test_unknown_recipe_is_named() -> None:
-    with pytest.raises(ValueError, match="unknown corpus recipe 'v99'.*'v1', 'v2', 'v3'"):
+    with pytest.raises(ValueError, match="unknown corpus recipe 'v99'; choose one of .*'v1'.*'v2'"):
         next(generate_corpus(1, recipe_name="v99"))
     assert recipe("v2").token_repeats > 0 == recipe("v1").token_repeats
 
@@ -360,6 +360,21 @@ def test_v9_finishes_on_made_up_names_that_start_like_any_name() -> None:
     assert not set(V9_INVENTED_NAMES) & (set(HELDOUT_NAMES) | set(ALL_NAMES) | set(INVENTED_NAME_IOI_PARTS.names))
     ioi = [d for d in generate_corpus(3_000, seed=0, recipe_name="v9-finish") if d.family == "ioi"]
     assert 0.6 < sum(d.labels["indirect_object"] in V9_INVENTED_NAMES for d in ioi) / len(ioi) < 0.72
+
+
+def test_v10_finishes_on_agreement_about_singulars_that_end_in_s() -> None:
+    from utils.world.heldout import UNSEEN_AGREEMENT_NOUNS
+    from utils.world.vocabulary import S_SINGULAR_AGREEMENT_NOUNS, VES_AGREEMENT_NOUNS
+
+    assert recipe("v10").mix == recipe("v2").mix and recipe("v10").finish_share == 0.3
+    new_nouns = {word for pair in S_SINGULAR_AGREEMENT_NOUNS + VES_AGREEMENT_NOUNS for word in pair}
+    held_out = {word for pair in HELDOUT_AGREEMENT_NOUNS + UNSEEN_AGREEMENT_NOUNS for word in pair}
+    assert not new_nouns & (held_out | heldout_words())
+    assert all(singular.endswith("s") for singular, _ in S_SINGULAR_AGREEMENT_NOUNS)
+    agreement = [d for d in generate_corpus(3_000, seed=0, recipe_name="v10-finish") if d.family == "agreement"]
+    last_subjects = [d.prompt[span.start:span.end] for d in agreement for span in d.spans if span.kind == "subject"]
+    singulars = {singular for singular, _ in S_SINGULAR_AGREEMENT_NOUNS}
+    assert 0.2 < sum(subject in singulars for subject in last_subjects) / len(last_subjects) < 0.35
 
 def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
     """v2's sentences do not move (its digest test), v3's finishing ones meet with made-up verbs."""
