@@ -119,7 +119,6 @@ def check_attribution(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) ->
              "gradient is of the batch's mean metric), and keep head and position, in that order: [head, pos]")
 
 
-
 def _sine_metric_gradient(weights: Tensor) -> Callable[[Tensor], Tensor]:
     """``gradient_at`` of the metric ``sum(weights * sin(z))`` at each point: ``weights * cos(points)``, which changes
     along the path (a linear metric would make every point's gradient the same)."""
@@ -145,6 +144,7 @@ def check_integrated_gradients(learner_fn: Callable[[Tensor, Tensor, Callable[[T
         hint="t is the middle of each of steps equal parts of [0, 1], (k + 0.5) / steps, neither end; the points are "
              "corrupted + t (clean - corrupted), [steps, n, pos, head, d_head], passed to gradient_at in one call; "
              "average the gradients over the steps and give the mean to attribution")
+
 
 # ---------------------------------------------------------------------------------------------
 # Exercises on utils.feature_circuits
