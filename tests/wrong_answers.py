@@ -38,7 +38,7 @@ from utils.hooks import (
 from utils.logit_lens import ATTENTION_INPUT_NORM, direction_logits, kl_to_final, layer_labels, ov_circuit
 from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
 from utils.models import frozen
-from utils.patching import clean_head_outputs, logit_difference
+from utils.patching import clean_head_outputs, logit_difference, patch_sweep
 from utils.sae import loss_with_replacement, next_token_loss, real_positions, sae_loss
 from utils.sae_features import auroc, split_aurocs
 from utils.soft_prompts import answer_loss, logits_with_soft_prompt
@@ -2884,6 +2884,45 @@ def heads_ablated_one_by_one_with_slices(model, tokens, heads, mean_over):
     return _with_heads_replaced(model, tokens, heads, lambda layer, z: means[layer].mean(dim=0).expand_as(z))
 
 
+def _head_position_sweep(model, tokens, progress, pattern):
+    n_pos, n_heads = tokens.clean.shape[1], model.config.num_attention_heads
+    one_entry = einops.rearrange(torch.eye(n_heads * n_pos, dtype=torch.bool), pattern, head=n_heads)
+    return patch_sweep(model, tokens, "z", one_entry, "patching", progress=progress)
+
+
+def head_positions_in_position_major_order(model, tokens, progress=True):
+    effects = _head_position_sweep(model, tokens, progress, "variant (pos head) -> variant pos head")
+    return einops.rearrange(effects, "layer (head pos) -> layer head pos", head=model.config.num_attention_heads)
+
+
+def head_positions_regrouped_the_other_way(model, tokens, progress=True):
+    effects = _head_position_sweep(model, tokens, progress, "variant (head pos) -> variant pos head")
+    n_pos = tokens.clean.shape[1]
+    return einops.rearrange(effects, "layer (pos head) -> layer head pos", pos=n_pos)
+
+
+def head_positions_every_head_at_once(model, tokens, progress=True):
+    n_pos, n_heads = tokens.clean.shape[1], model.config.num_attention_heads
+    one_position = einops.repeat(torch.eye(n_pos, dtype=torch.bool), "variant pos -> variant pos head", head=n_heads)
+    effects = patch_sweep(model, tokens, "z", one_position, "patching", progress=progress)
+    return einops.repeat(effects, "layer pos -> layer head pos", head=n_heads)
+
+
+def head_positions_of_the_residual_stream(model, tokens, progress=True):
+    n_pos, n_heads = tokens.clean.shape[1], model.config.num_attention_heads
+    effects = patch_sweep(model, tokens, "resid_pre", torch.eye(n_pos, dtype=torch.bool), "patching", progress=progress)
+    return einops.repeat(effects, "layer pos -> layer head pos", head=n_heads)
+
+
+def head_positions_with_a_loop_over_heads(model, tokens, progress=True):
+    n_pos, n_heads = tokens.clean.shape[1], model.config.num_attention_heads
+    per_head = []
+    for head in range(n_heads):
+        masks = torch.zeros(n_pos, n_pos, n_heads, dtype=torch.bool)
+        masks[torch.arange(n_pos), torch.arange(n_pos), head] = True
+        per_head.append(patch_sweep(model, tokens, "z", masks, "patching", progress=progress))
+    return torch.stack(per_head, dim=1)
+
 def _integrated_at(clean, corrupted, gradient_at, t):
     points = corrupted + einops.rearrange(t, "step -> step 1 1 1 1") * (clean - corrupted)
     return einops.einsum(clean - corrupted, gradient_at(points).mean(dim=0), "n pos head d, n pos head d -> head pos")
@@ -3134,13 +3173,15 @@ WRONG: dict[str, tuple[Answer, ...]] = {
             copy_where_the_first_mask_everywhere),
     "7.4": (heads_zero_ablated, heads_ablated_by_their_mean_over_positions_too, heads_ablated_with_the_last_layers_edit,
             heads_ablated_by_their_mean_over_the_prompts_themselves),
-    "7.5": (attribution_of_the_clean_run, attribution_the_wrong_way_round, attribution_averaged_over_prompts),
-    "7.6": (integrated_with_the_end_points, integrated_from_the_left_ends, integrated_summed_over_the_steps,
+    "7.5": (head_positions_in_position_major_order, head_positions_regrouped_the_other_way,
+            head_positions_every_head_at_once, head_positions_of_the_residual_stream),
+    "7.6": (attribution_of_the_clean_run, attribution_the_wrong_way_round, attribution_averaged_over_prompts),
+    "7.7": (integrated_with_the_end_points, integrated_from_the_left_ends, integrated_summed_over_the_steps,
             integrated_at_the_clean_run),
-    "7.7": (nodes_averaged_over_prompts, nodes_with_the_error_term_per_dimension_summed_over_positions,
+    "7.8": (nodes_averaged_over_prompts, nodes_with_the_error_term_per_dimension_summed_over_positions,
             nodes_the_wrong_way_round, nodes_of_the_clean_run_alone),
-    "7.8": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
-    "7.9": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
+    "7.9": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
+    "7.10": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
 }
 
 RIGHT: dict[str, tuple[Answer, ...]] = {
@@ -3186,7 +3227,8 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "6.12": (best_latent_with_split_aurocs,), "6.13": (aligned_with_cosine_similarity,),
     "6.14": (projection_with_the_pseudo_inverse,),
     "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (copy_where_copy_by_copy,),
-    "7.4": (heads_ablated_one_by_one_with_slices,), "7.5": (attribution_as_a_sum_of_products,),
-    "7.6": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.7": (nodes_layer_by_layer_with_sums,),
-    "7.8": (masks_from_index_lists,), "7.9": (faithfulness_against_the_model_without_saes,),
+    "7.4": (heads_ablated_one_by_one_with_slices,), "7.5": (head_positions_with_a_loop_over_heads,),
+    "7.6": (attribution_as_a_sum_of_products,),
+    "7.7": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.8": (nodes_layer_by_layer_with_sums,),
+    "7.9": (masks_from_index_lists,), "7.10": (faithfulness_against_the_model_without_saes,),
 }

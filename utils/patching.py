@@ -403,7 +403,7 @@ def patch_heads(model: PreTrainedModel, tokens: PairTokens, progress: bool = Tru
 
 def patch_head_positions(model: PreTrainedModel, tokens: PairTokens, progress: bool = True,
                          memory_budget: int = MEMORY_BUDGET) -> Float[Tensor, "layer head pos"]:
-    """The metric with one head's output at one position copied from the clean run."""
+    """Reference for Exercise 7.5: the metric with one head's output at one position copied from the clean run."""
     n_pos, n_heads = tokens.clean.shape[1], model.config.num_attention_heads
     one_entry = einops.rearrange(torch.eye(n_heads * n_pos, dtype=torch.bool),      # variant = (head, pos)
                                  "variant (head pos) -> variant pos head", head=n_heads)
@@ -440,7 +440,7 @@ def attribution_patch_head_positions(model: PreTrainedModel, tokens: PairTokens)
 
 def attribution(clean: Float[Tensor, "n pos head d_head"], corrupted: Float[Tensor, "n pos head d_head"],
                 gradient: Float[Tensor, "n pos head d_head"]) -> Float[Tensor, "head pos"]:
-    """Reference for Exercise 7.5: the first-order estimate of patching each head at each position.
+    """Reference for Exercise 7.6: the first-order estimate of patching each head at each position.
 
     The gradient is of the batch's mean metric, so the per-row terms are summed over the batch (not
     averaged) and over ``d_head``.
@@ -471,7 +471,7 @@ def integrated_gradients_head_positions(model: PreTrainedModel, tokens: PairToke
 
 def integrated_gradients(clean: Float[Tensor, "n pos head d_head"], corrupted: Float[Tensor, "n pos head d_head"],
                          gradient_at: Callable[[Tensor], Tensor], steps: int) -> Float[Tensor, "head pos"]:
-    """Reference for Exercise 7.6: :func:`attribution` with the metric's gradient averaged over ``steps`` points
+    """Reference for Exercise 7.7: :func:`attribution` with the metric's gradient averaged over ``steps`` points
     ``corrupted + t (clean - corrupted)``, at the midpoints ``t = (k + 1/2) / steps`` of ``steps`` equal parts
     of [0, 1].
 

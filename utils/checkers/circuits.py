@@ -20,7 +20,7 @@ from utils.feature_circuits import (
 )
 from utils.patching import (
     PairTokens, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
-    logit_difference_with_heads_ablated, normalised_metric, replace_head, tokenize_pairs,
+    logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, replace_head, tokenize_pairs,
 )
 
 
@@ -85,6 +85,10 @@ def _ioi_tokens(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> PairTo
     return tokenize_pairs(tokenizer, ioi_pairs(n, seed=seed))
 
 
+def _agreement_tokens(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> PairTokens:
+    return tokenize_pairs(tokenizer, agreement_pairs(n, seed=seed))
+
+
 def check_logit_difference_with_heads_ablated(
         learner_fn: Callable[[PreTrainedModel, PairTokens, Sequence[tuple[int, int]], Tensor], Tensor],
         model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
@@ -105,8 +109,20 @@ def check_logit_difference_with_heads_ablated(
              "default arguments, or every edit sees the last layer's), then run the clean prompts")
 
 
+def check_patch_head_positions(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
+                               tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Exercise 7.5 on IOI and agreement pairs (prompts of different lengths, so that heads and positions differ)."""
+    cases = [Case("8 IOI pairs", model, _ioi_tokens(tokenizer, 8, seed=5), progress=False),
+             Case("8 agreement pairs", model, _agreement_tokens(tokenizer, 8, seed=5), progress=False)]
+    return check_function(
+        learner_fn, patch_head_positions, cases, exercise="7.5 (patch_head_positions)", atol=1e-4,
+        hint="one variant per (head, position): an identity matrix of size n_heads * n_pos, each row rearranged into "
+             "a [pos, head] mask (the variant's index is head-major, (head pos)); patch_sweep on site z gives "
+             "[layer, variant], which the same grouping turns back into [layer, head, pos]")
+
+
 def check_attribution(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> CheckResult:
-    """Exercise 7.5 on random head outputs and gradients."""
+    """Exercise 7.6 on random head outputs and gradients."""
     generator = torch.Generator().manual_seed(0)
 
     def case(name: str, n: int, pos: int, heads: int, d_head: int) -> Case:
@@ -114,7 +130,7 @@ def check_attribution(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) ->
 
     cases = [case("batch 3, 5 positions, 4 heads, d_head 6", 3, 5, 4, 6), case("batch 1, 2 positions, 2 heads", 1, 2, 2, 3)]
     return check_function(
-        learner_fn, attribution, cases, exercise="7.5 (attribution)", atol=1e-4,
+        learner_fn, attribution, cases, exercise="7.6 (attribution)", atol=1e-4,
         hint="multiply (clean - corrupted) by the gradient elementwise, sum over d_head and over the batch (the "
              "gradient is of the batch's mean metric), and keep head and position, in that order: [head, pos]")
 
@@ -127,7 +143,7 @@ def _sine_metric_gradient(weights: Tensor) -> Callable[[Tensor], Tensor]:
 
 def check_integrated_gradients(learner_fn: Callable[[Tensor, Tensor, Callable[[Tensor], Tensor], int], Tensor]
                                ) -> CheckResult:
-    """Exercise 7.6 on random head outputs and a metric whose gradient is known at every point."""
+    """Exercise 7.7 on random head outputs and a metric whose gradient is known at every point."""
     generator = torch.Generator().manual_seed(0)
 
     def case(name: str, n: int, pos: int, heads: int, d_head: int, steps: int) -> Case:
@@ -138,7 +154,7 @@ def check_integrated_gradients(learner_fn: Callable[[Tensor, Tensor, Callable[[T
              case("3 steps, batch 3", 3, 2, 2, 3, steps=3),
              case("1 step: the gradient halfway along the path", 1, 4, 3, 2, steps=1)]
     return check_function(
-        learner_fn, integrated_gradients, cases, exercise="7.6 (integrated_gradients)", atol=1e-4,
+        learner_fn, integrated_gradients, cases, exercise="7.7 (integrated_gradients)", atol=1e-4,
         properties=[Varies("steps", lambda steps: steps + 1, "ignores steps"),
                     HasCase("a single step", lambda case: case.args[3] == 1)],
         hint="t is the middle of each of steps equal parts of [0, 1], (k + 0.5) / steps, neither end; the points are "
@@ -162,11 +178,11 @@ def _records(layers: dict[int, int], n: int, pos: int, d_model: int, seed: int) 
 
 
 def check_node_attribution(learner_fn: Callable[[Spliced, Spliced, Spliced], tuple[dict, dict]]) -> CheckResult:
-    """Exercise 7.7 on random records of SAEs of different widths."""
+    """Exercise 7.8 on random records of SAEs of different widths."""
     cases = [Case("2 layers of 6 and 4 latents, batch 3, 5 positions, d_model 7", *_records({0: 6, 1: 4}, 3, 5, 7, seed=0)),
              Case("3 layers, batch 1, 2 positions", *_records({0: 3, 1: 3, 2: 5}, 1, 2, 4, seed=1))]
     return check_function(
-        learner_fn, node_attribution, cases, exercise="7.7 (node_attribution)", atol=1e-4,
+        learner_fn, node_attribution, cases, exercise="7.8 (node_attribution)", atol=1e-4,
         properties=[HasCase("a batch of more than one prompt", lambda case: len(case.args[0].latents[0]) > 1)],
         hint="per layer, (clean - corrupted) times the gradient, elementwise; sum over the batch (the gradient is of "
              "the batch's mean metric) and keep each latent: [pos, d_sae]; an error term is one node per position, "
@@ -174,7 +190,7 @@ def check_node_attribution(learner_fn: Callable[[Spliced, Spliced, Spliced], tup
 
 
 def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[Node], bool], dict]) -> CheckResult:
-    """Exercise 7.8 on SAEs of different widths, with latents and error terms of several layers in the circuit."""
+    """Exercise 7.9 on SAEs of different widths, with latents and error terms of several layers in the circuit."""
     d_saes = {0: 6, 1: 6, 2: 4}
     circuit = [Node(0, 1, 3), Node(0, 2, None), Node(1, 0, 5), Node(1, 0, None), Node(2, 2, 0), Node(2, 2, 1)]
     cases = [Case("a circuit in every layer, keep only it", d_saes, 3, circuit, True),
@@ -182,7 +198,7 @@ def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[
              Case("error terms only, 5 positions, keep only them", {0: 8, 3: 2}, 5, [Node(0, 4, None), Node(3, 0, None)], True),
              Case("no nodes, keep only them: ablate everything", d_saes, 2, [], True)]
     return check_function(
-        learner_fn, ablation_masks, cases, exercise="7.8 (ablation_masks)", atol=0,
+        learner_fn, ablation_masks, cases, exercise="7.9 (ablation_masks)", atol=0,
         properties=[Varies("keep_only", lambda keep_only: not keep_only, "ignores keep_only"),
                     HasCase("a layer without a node of the circuit", lambda case: any(
                         layer not in {node.layer for node in case.args[2]} for layer in case.args[0]))],
@@ -191,13 +207,9 @@ def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[
              "the ones to keep, so the masks of what to ablate are the negations, of both masks")
 
 
-def _agreement_tokens(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> PairTokens:
-    return tokenize_pairs(tokenizer, agreement_pairs(n, seed=seed))
-
-
 def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
                        model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
-    """Exercise 7.9 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
+    """Exercise 7.10 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
     tokens, other = _agreement_tokens(tokenizer, 16, seed=3), _agreement_tokens(tokenizer, 32, seed=4)
     means = mean_activations(model, saes, torch.cat([other.clean, other.corrupted]))
     ranked = [node for node, _ in node_effects(model, saes, tokens).ranked()]
@@ -208,7 +220,7 @@ def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, 
              Case("the error terms at the last position", model, saes, tokens, means,
                   [Node(layer, last, None) for layer in saes])]
     return check_function(
-        learner_fn, faithfulness, cases, exercise="7.9 (faithfulness)", atol=1e-4,
+        learner_fn, faithfulness, cases, exercise="7.10 (faithfulness)", atol=1e-4,
         properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")],
         hint="three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, "
              "keep_only=False), everything ablated (no nodes, keep_only=True), and only the circuit kept (the nodes, "
