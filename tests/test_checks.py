@@ -6,6 +6,7 @@ dim, forgetting to normalise, dropping a dimension, returning a list).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -373,6 +374,30 @@ def test_a_raising_case_needs_an_exception_and_unchanged_arguments():
     assert_rejects(check_function(lambda model, x: x, reference, cases[1:], exercise="0.6", hint=HINT),
                    r"input 'a wrong width': your function returned a tensor.*but on this input it must raise")
 
+
+
+def test_a_raising_case_can_ask_for_one_class_of_error():
+    def reference(rows):
+        if not rows:
+            raise ValueError("no rows given")
+        return rows[0]
+
+    cases = [Case("two rows", [1, 2]), RaisingCase("no rows", [], raises=ValueError)]
+    assert_accepts(check_function(reference, reference, cases, exercise="0.6", hint=HINT))
+    assert_rejects(check_function(lambda rows: rows[0], reference, cases, exercise="0.6", hint=HINT),
+                   r"input 'no rows': your function raised IndexError.*must raise a ValueError that says what is wrong")
+
+
+def test_dataclasses_are_compared_field_by_field():
+    @dataclasses.dataclass
+    class Pair:
+        ids: torch.Tensor
+        label: str
+
+    assert compare(Pair(torch.tensor([1, 2]), "a"), Pair(torch.tensor([1, 2]), "a")) is None
+    assert "output['ids']" in compare(Pair(torch.tensor([1, 3]), "a"), Pair(torch.tensor([1, 2]), "a"), path="output")
+    assert compare({"ids": torch.tensor([1, 2]), "label": "a"}, Pair(torch.tensor([1, 2]), "a")) == \
+        "expected a Pair, got a dict"
 
 def test_a_cell_that_runs_the_learners_code_names_the_exercises_that_have_not_passed(capsys):
     check_function(lambda x: x + 1, lambda x: x + 1, [Case("one", torch.ones(2))], exercise="8.1 (plus one)", hint="")

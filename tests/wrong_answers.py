@@ -38,7 +38,7 @@ from utils.hooks import (
 from utils.logit_lens import ATTENTION_INPUT_NORM, direction_logits, kl_to_final, layer_labels, ov_circuit
 from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
 from utils.models import frozen
-from utils.patching import clean_head_outputs, logit_difference, patch_sweep
+from utils.patching import PairTokens, clean_head_outputs, logit_difference, patch_sweep
 from utils.sae import loss_with_replacement, next_token_loss, real_positions, sae_loss
 from utils.sae_features import auroc, split_aurocs
 from utils.soft_prompts import answer_loss, logits_with_soft_prompt
@@ -2756,6 +2756,56 @@ def projection_with_the_pseudo_inverse(rows, vector):
 
 
 # --------------------------------------------------------------------------------------------- 7
+def _tokenized(tokenizer, pairs, bos=True, check_lengths=True, one_token=True, labels_of="clean"):
+    def ids(text):
+        return ([tokenizer.bos_token_id] if bos else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def token(text):
+        token_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if one_token and len(token_ids) != 1:
+            raise ValueError(f"{text!r} is {len(token_ids)} tokens")
+        return token_ids[0]
+    clean, corrupted = [ids(p.clean) for p in pairs], [ids(p.corrupted) for p in pairs]
+    if check_lengths and len({len(row) for row in clean + corrupted}) != 1:
+        raise ValueError("the prompts differ in length")
+    width = max(map(len, clean + corrupted))
+    padded = lambda rows: torch.tensor([row + [0] * (width - len(row)) for row in rows])  # noqa: E731
+    return PairTokens(padded(clean), padded(corrupted), torch.tensor([token(p.answer) for p in pairs]),
+                      torch.tensor([token(p.wrong) for p in pairs]),
+                      tokenizer.convert_ids_to_tokens((clean if labels_of == "clean" else corrupted)[0]))
+
+
+def pairs_without_bos(tokenizer, pairs):
+    return _tokenized(tokenizer, pairs, bos=False)
+
+
+def pairs_padded_instead_of_refused(tokenizer, pairs):
+    return _tokenized(tokenizer, pairs, check_lengths=False)
+
+
+def pairs_with_the_first_token_of_a_long_answer(tokenizer, pairs):
+    return _tokenized(tokenizer, pairs, one_token=False)
+
+
+def pairs_labelled_with_the_corrupted_prompt(tokenizer, pairs):
+    return _tokenized(tokenizer, pairs, labels_of="corrupted")
+
+
+def pairs_tokenized_as_a_batch(tokenizer, pairs):
+    if not pairs:
+        raise ValueError("no pairs")
+    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+    clean = [[tokenizer.bos_token_id, *row] for row in encode([p.clean for p in pairs])]
+    corrupted = [[tokenizer.bos_token_id, *row] for row in encode([p.corrupted for p in pairs])]
+    if any(len(row) != len(clean[0]) for row in clean + corrupted):
+        raise ValueError("every prompt must have as many tokens as the first")
+    answers, wrongs = encode([p.answer for p in pairs]), encode([p.wrong for p in pairs])
+    if any(len(ids) != 1 for ids in answers + wrongs):
+        raise ValueError("answers must be one token")
+    return PairTokens(torch.tensor(clean), torch.tensor(corrupted), torch.tensor([a for a, in answers]),
+                      torch.tensor([w for w, in wrongs]), tokenizer.convert_ids_to_tokens(clean[0]))
+
+
 def metric_divided_by_clean(logit_diff, clean, corrupted):
     return (logit_diff - corrupted) / clean
 
@@ -3167,21 +3217,23 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "6.12": (best_latent_selected_on_all_rows, best_latent_reporting_the_selection, best_latent_split_after_the_middle),
     "6.13": (aligned_by_signed_cosine, aligned_by_dot_product, aligned_with_the_absolute_cosine),
     "6.14": (projection_summed_row_by_row, projection_without_normalising_the_rows, projection_of_the_coefficients),
-    "7.1": (metric_divided_by_clean, metric_from_the_clean_end, metric_without_the_baseline),
-    "7.2": (head_on_the_position_axis, head_patched_in_place, head_the_whole_layer),
-    "7.3": (copy_where_with_the_prompt_outermost, copy_where_where_the_mask_is_false, copy_where_into_the_activation,
+    "7.1": (pairs_without_bos, pairs_padded_instead_of_refused, pairs_with_the_first_token_of_a_long_answer,
+            pairs_labelled_with_the_corrupted_prompt),
+    "7.2": (metric_divided_by_clean, metric_from_the_clean_end, metric_without_the_baseline),
+    "7.3": (head_on_the_position_axis, head_patched_in_place, head_the_whole_layer),
+    "7.4": (copy_where_with_the_prompt_outermost, copy_where_where_the_mask_is_false, copy_where_into_the_activation,
             copy_where_the_first_mask_everywhere),
-    "7.4": (heads_zero_ablated, heads_ablated_by_their_mean_over_positions_too, heads_ablated_with_the_last_layers_edit,
+    "7.5": (heads_zero_ablated, heads_ablated_by_their_mean_over_positions_too, heads_ablated_with_the_last_layers_edit,
             heads_ablated_by_their_mean_over_the_prompts_themselves),
-    "7.5": (head_positions_in_position_major_order, head_positions_regrouped_the_other_way,
+    "7.6": (head_positions_in_position_major_order, head_positions_regrouped_the_other_way,
             head_positions_every_head_at_once, head_positions_of_the_residual_stream),
-    "7.6": (attribution_of_the_clean_run, attribution_the_wrong_way_round, attribution_averaged_over_prompts),
-    "7.7": (integrated_with_the_end_points, integrated_from_the_left_ends, integrated_summed_over_the_steps,
+    "7.7": (attribution_of_the_clean_run, attribution_the_wrong_way_round, attribution_averaged_over_prompts),
+    "7.8": (integrated_with_the_end_points, integrated_from_the_left_ends, integrated_summed_over_the_steps,
             integrated_at_the_clean_run),
-    "7.8": (nodes_averaged_over_prompts, nodes_with_the_error_term_per_dimension_summed_over_positions,
+    "7.9": (nodes_averaged_over_prompts, nodes_with_the_error_term_per_dimension_summed_over_positions,
             nodes_the_wrong_way_round, nodes_of_the_clean_run_alone),
-    "7.9": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
-    "7.10": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
+    "7.10": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
+    "7.11": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
 }
 
 RIGHT: dict[str, tuple[Answer, ...]] = {
@@ -3226,9 +3278,10 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "6.9": (top_activations_by_sorting,), "6.10": (effects_with_einsum_and_argsort,), "6.11": (auroc_from_all_pairs,),
     "6.12": (best_latent_with_split_aurocs,), "6.13": (aligned_with_cosine_similarity,),
     "6.14": (projection_with_the_pseudo_inverse,),
-    "7.1": (metric_as_one_minus_the_gap,), "7.2": (head_with_a_mask,), "7.3": (copy_where_copy_by_copy,),
-    "7.4": (heads_ablated_one_by_one_with_slices,), "7.5": (head_positions_with_a_loop_over_heads,),
-    "7.6": (attribution_as_a_sum_of_products,),
-    "7.7": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.8": (nodes_layer_by_layer_with_sums,),
-    "7.9": (masks_from_index_lists,), "7.10": (faithfulness_against_the_model_without_saes,),
+    "7.1": (pairs_tokenized_as_a_batch,), "7.2": (metric_as_one_minus_the_gap,), "7.3": (head_with_a_mask,),
+    "7.4": (copy_where_copy_by_copy,),
+    "7.5": (heads_ablated_one_by_one_with_slices,), "7.6": (head_positions_with_a_loop_over_heads,),
+    "7.7": (attribution_as_a_sum_of_products,),
+    "7.8": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.9": (nodes_layer_by_layer_with_sums,),
+    "7.10": (masks_from_index_lists,), "7.11": (faithfulness_against_the_model_without_saes,),
 }

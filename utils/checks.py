@@ -47,6 +47,7 @@ Tests of checkers use :func:`assert_accepts` and :func:`assert_rejects`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import linecache
@@ -123,9 +124,17 @@ class Case:
 
 
 class RaisingCase(Case):
-    """An input on which the function must raise (any exception: the reference does too), and must
-    still leave its arguments as they were: for example a forward pass that fails while a hook is
-    registered (the hook must go all the same, in a ``finally`` block)."""
+    """An input on which the function must raise, and must still leave its arguments as they were: for
+    example a forward pass that fails while a hook is registered (the hook must go all the same, in a
+    ``finally`` block). Any exception will do, unless the keyword ``raises=`` names the class the
+    exercise asks for (``RaisingCase("no pairs", tokenizer, [], raises=ValueError)``): then an error of
+    another class (an ``IndexError`` from the code after a missing check) fails."""
+
+    __slots__ = ("raises",)
+
+    def __init__(self, name: str, /, *args: Any, raises: type[BaseException] = Exception, **kwargs: Any) -> None:
+        super().__init__(name, *args, **kwargs)
+        self.raises = raises
 
 
 @dataclass(frozen=True)
@@ -345,6 +354,8 @@ def compare(actual: Any, expected: Any, *, atol: float = 1e-5, rtol: float = 1e-
         return None if actual is None else f"{where}expected None, got {_describe_type(actual)}"
     if isinstance(expected, Mapping):
         return _compare_mappings(actual, expected, atol, rtol, path)
+    if dataclasses.is_dataclass(expected) and not isinstance(expected, type):
+        return _compare_dataclasses(actual, expected, atol, rtol, path)
     if isinstance(expected, (list, tuple)):
         return _compare_sequences(actual, expected, atol, rtol, path)
     try:
@@ -352,6 +363,16 @@ def compare(actual: Any, expected: Any, *, atol: float = 1e-5, rtol: float = 1e-
     except Exception:  # e.g. an ambiguous comparison
         equal = False
     return None if equal else f"{where}expected {_short_repr(expected)}, got {_short_repr(actual)}"
+
+
+def _compare_dataclasses(actual: Any, expected: Any, atol: float, rtol: float, path: str) -> str | None:
+    """A dataclass (``PairTokens``...) field by field, the message naming the field (``output['clean']``)."""
+    name = type(expected).__name__
+    if not (dataclasses.is_dataclass(actual) and type(actual).__name__ == name):
+        return f"{path + ': ' if path else ''}expected a {name}, got {_describe_type(actual)}"
+    fields = [field.name for field in dataclasses.fields(expected)]
+    return _compare_mappings({f: getattr(actual, f) for f in fields}, {f: getattr(expected, f) for f in fields},
+                             atol, rtol, path)
 
 
 def _compare_tensors(actual: Any, expected: torch.Tensor, atol: float, rtol: float, where: str,
@@ -595,6 +616,9 @@ def _case_problem(learner_fn: Callable[..., Any], reference_fn: Callable[..., An
     if isinstance(case, RaisingCase):
         if error is None:
             return f"your function returned {_describe_type(actual)}, but on this input it must raise"
+        if not isinstance(error, case.raises):
+            return (f"your function raised {_describe_error(error)}, but on this input it must raise a "
+                    f"{case.raises.__name__} that says what is wrong")
         return f"when it raised {_describe_error(error)}, your function {changed}" if changed else None
     if error is not None:  # the learner's bug: report it, no traceback
         return f"your function raised {_describe_error(error)}"

@@ -161,7 +161,7 @@ def attribution_records(model: PreTrainedModel, saes: SAEs, tokens: PairTokens) 
 
 def node_attribution(clean: Spliced, corrupted: Spliced, gradients: Spliced
                      ) -> tuple[dict[int, Float[Tensor, "pos d_sae"]], dict[int, Float[Tensor, "pos"]]]:
-    """Reference for Exercise 7.8: per layer, ``(f_clean - f_corrupted) . dM/df`` of every latent ``[pos, d_sae]``
+    """Reference for Exercise 7.9: per layer, ``(f_clean - f_corrupted) . dM/df`` of every latent ``[pos, d_sae]``
     and of every error term ``[pos]``, summed over the batch (the gradient is of the batch's mean metric).
 
     A latent is one number per position, an error term a ``d_model`` vector: its effect sums over ``d_model``.
@@ -228,7 +228,7 @@ def mean_activations(model: PreTrainedModel, saes: SAEs, ids: Tensor) -> Spliced
 
 def ablation_masks(d_saes: Mapping[int, int], n_pos: int, nodes: Sequence[Node], keep_only: bool
                    ) -> dict[int, tuple[Bool[Tensor, "pos d_sae"], Bool[Tensor, "pos"]]]:
-    """Reference for Exercise 7.9: per layer of ``d_saes`` (``{layer: number of latents}``), which latents
+    """Reference for Exercise 7.10: per layer of ``d_saes`` (``{layer: number of latents}``), which latents
     ``[pos, d_sae]`` and error terms ``[pos]`` to mean-ablate: every node but ``nodes`` (``keep_only``), or
     ``nodes`` themselves."""
     masks = {}
@@ -257,7 +257,7 @@ def logit_difference_with(model: PreTrainedModel, saes: SAEs, tokens: PairTokens
 
 def faithfulness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced, nodes: Sequence[Node]
                  ) -> float:
-    """Reference for Exercise 7.10: ``(m(C) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit
+    """Reference for Exercise 7.11: ``(m(C) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit
     difference ``m``: 1 when the circuit ``C`` alone (everything else mean-ablated) does all the model does, 0
     when it does nothing."""
     everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()

@@ -136,7 +136,8 @@ def _single_token(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
 
 
 def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[PatchingPair]) -> PairTokens:
-    """Tokenise ``pairs``; every clean and corrupted prompt must have the same number of tokens.
+    """Reference for Exercise 7.1: tokenise ``pairs``; every clean and corrupted prompt must have the same number
+    of tokens, and every answer and wrong token must be one token.
 
     Patching copies position ``p`` of the clean run into position ``p`` of the corrupted run, and a
     batch patches one position of every row at once, so all prompts must line up token for token.
@@ -179,7 +180,7 @@ def logit_difference(logits: Float[Tensor, "n pos vocab"], answer: Int[Tensor, "
 
 
 def normalised_metric(logit_diff: Float[Tensor, "*n"], clean: float, corrupted: float) -> Float[Tensor, "*n"]:
-    """Reference for Exercise 7.1: 0 where ``logit_diff`` equals the corrupted run's, 1 where it equals the clean run's."""
+    """Reference for Exercise 7.2: 0 where ``logit_diff`` equals the corrupted run's, 1 where it equals the clean run's."""
     if abs(clean - corrupted) < 1e-6:
         raise ValueError(f"the clean and corrupted runs have the same logit difference ({clean:.4f}): there is "
                          "nothing to patch; the corruption must change the answer (check the pairs)")
@@ -269,7 +270,7 @@ def _repeated_from(model: PreTrainedModel, layer: int, copies: int,
 
 def copy_where(masks: Bool[Tensor, "variant *entry"], clean: Float[Tensor, "n *entry d"],
                activation: Float[Tensor, "variant_n *entry d"]) -> Float[Tensor, "variant_n *entry d"]:
-    """Reference for Exercise 7.3: ``activation`` (``variant`` copies of ``n`` prompts, copy by copy) with copy
+    """Reference for Exercise 7.4: ``activation`` (``variant`` copies of ``n`` prompts, copy by copy) with copy
     ``v`` taking ``clean``'s value wherever ``masks[v]`` is True."""
     copies = einops.rearrange(activation, "(variant n) ... -> variant n ...", variant=len(masks))
     chosen = einops.rearrange(masks, "variant ... -> variant () ... ()")
@@ -387,7 +388,7 @@ def _clean_residuals(model: PreTrainedModel, ids: Int[Tensor, "n pos"]) -> dict[
 
 def replace_head(z: Float[Tensor, "n pos head d_head"], clean_z: Float[Tensor, "n pos head d_head"], head: int
                  ) -> Float[Tensor, "n pos head d_head"]:
-    """Reference for Exercise 7.2: a copy of ``z`` whose head ``head`` (every position) is taken from ``clean_z``."""
+    """Reference for Exercise 7.3: a copy of ``z`` whose head ``head`` (every position) is taken from ``clean_z``."""
     patched = z.clone()
     patched[:, :, head] = clean_z[:, :, head]
     return patched
@@ -403,7 +404,7 @@ def patch_heads(model: PreTrainedModel, tokens: PairTokens, progress: bool = Tru
 
 def patch_head_positions(model: PreTrainedModel, tokens: PairTokens, progress: bool = True,
                          memory_budget: int = MEMORY_BUDGET) -> Float[Tensor, "layer head pos"]:
-    """Reference for Exercise 7.5: the metric with one head's output at one position copied from the clean run."""
+    """Reference for Exercise 7.6: the metric with one head's output at one position copied from the clean run."""
     n_pos, n_heads = tokens.clean.shape[1], model.config.num_attention_heads
     one_entry = einops.rearrange(torch.eye(n_heads * n_pos, dtype=torch.bool),      # variant = (head, pos)
                                  "variant (head pos) -> variant pos head", head=n_heads)
@@ -440,7 +441,7 @@ def attribution_patch_head_positions(model: PreTrainedModel, tokens: PairTokens)
 
 def attribution(clean: Float[Tensor, "n pos head d_head"], corrupted: Float[Tensor, "n pos head d_head"],
                 gradient: Float[Tensor, "n pos head d_head"]) -> Float[Tensor, "head pos"]:
-    """Reference for Exercise 7.6: the first-order estimate of patching each head at each position.
+    """Reference for Exercise 7.7: the first-order estimate of patching each head at each position.
 
     The gradient is of the batch's mean metric, so the per-row terms are summed over the batch (not
     averaged) and over ``d_head``.
@@ -471,7 +472,7 @@ def integrated_gradients_head_positions(model: PreTrainedModel, tokens: PairToke
 
 def integrated_gradients(clean: Float[Tensor, "n pos head d_head"], corrupted: Float[Tensor, "n pos head d_head"],
                          gradient_at: Callable[[Tensor], Tensor], steps: int) -> Float[Tensor, "head pos"]:
-    """Reference for Exercise 7.7: :func:`attribution` with the metric's gradient averaged over ``steps`` points
+    """Reference for Exercise 7.8: :func:`attribution` with the metric's gradient averaged over ``steps`` points
     ``corrupted + t (clean - corrupted)``, at the midpoints ``t = (k + 1/2) / steps`` of ``steps`` equal parts
     of [0, 1].
 
@@ -525,7 +526,7 @@ def correlation(a: Tensor, b: Tensor) -> float:
 @torch.no_grad()
 def logit_difference_with_heads_ablated(model: PreTrainedModel, tokens: PairTokens, heads: Sequence[tuple[int, int]],
                                         mean_over: Int[Tensor, "m pos"]) -> Float[Tensor, "n"]:
-    """Reference for Exercise 7.4: the clean prompts' logit differences with ``heads`` (``(layer, head)`` pairs)
+    """Reference for Exercise 7.5: the clean prompts' logit differences with ``heads`` (``(layer, head)`` pairs)
     mean-ablated: each one's output at each position replaced by its mean over the prompts ``mean_over``
     at that position."""
     if mean_over.shape[1] != tokens.clean.shape[1]:

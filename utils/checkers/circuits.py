@@ -7,6 +7,7 @@ on inputs chosen so that every plausible mistake shows (see ``utils.checks``), a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -14,12 +15,12 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
-from utils.checks import Case, CheckResult, HasCase, Varies, check_function
+from utils.checks import Case, CheckResult, HasCase, RaisingCase, Varies, check_function
 from utils.feature_circuits import (
     SAEs, Node, Spliced, ablation_masks, faithfulness, mean_activations, node_attribution, node_effects,
 )
 from utils.patching import (
-    PairTokens, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
+    PairTokens, PatchingPair, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
     logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, replace_head, tokenize_pairs,
 )
 
@@ -28,14 +29,35 @@ from utils.patching import (
 # Exercises on utils.patching
 
 
+def check_tokenize_pairs(learner_fn: Callable[[PreTrainedTokenizerBase, list[PatchingPair]], PairTokens],
+                         tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Exercise 7.1 on IOI and agreement pairs, and on pairs that must be refused."""
+    pair = ioi_pairs(1, seed=2)[0]
+    cases = [Case("16 IOI pairs of one template", tokenizer, ioi_pairs(16, seed=2)),
+             Case("8 agreement pairs", tokenizer, agreement_pairs(8, seed=2)),
+             RaisingCase("a corrupted prompt one word longer than its clean one", tokenizer,
+                         [dataclasses.replace(pair, corrupted=pair.corrupted + " again")], raises=ValueError),
+             RaisingCase("pairs of two templates, of different lengths", tokenizer,
+                         ioi_pairs(2, seed=2, template=0) + ioi_pairs(2, seed=2, template=2), raises=ValueError),
+             RaisingCase("an answer of several tokens", tokenizer, [dataclasses.replace(pair, answer=" Zqxvt")],
+                         raises=ValueError),
+             RaisingCase("no pairs", tokenizer, [], raises=ValueError)]
+    return check_function(
+        learner_fn, tokenize_pairs, cases, exercise="7.1 (tokenize_pairs)", atol=0,
+        hint="encode each prompt without special tokens and put the BOS id first; every clean and corrupted row must "
+             "have the same length (raise a ValueError that says which pair does not, or that the pairs differ in "
+             "length); the answer and wrong strings must each be one token (raise otherwise); labels are the first "
+             "clean row's tokens, from convert_ids_to_tokens")
+
+
 def check_normalised_metric(learner_fn: Callable[[Tensor, float, float], Tensor]) -> CheckResult:
-    """Exercise 7.1 on logit differences around a positive and a negative clean baseline."""
+    """Exercise 7.2 on logit differences around a positive and a negative clean baseline."""
     values = torch.tensor([3.0, -1.0, 0.5, 2.0])
     cases = [Case("clean 3.0, corrupted -1.0", values, 3.0, -1.0),
              Case("clean 2.0, corrupted 0.5", values, 2.0, 0.5),
              Case("clean -2.0, corrupted 1.0 (the task's answer has a lower logit)", values, -2.0, 1.0)]
     return check_function(
-        learner_fn, normalised_metric, cases, exercise="7.1 (normalised_metric)", atol=1e-6,
+        learner_fn, normalised_metric, cases, exercise="7.2 (normalised_metric)", atol=1e-6,
         properties=[Varies("clean", lambda clean: clean + 1, "ignores the clean run"),
                     Varies("corrupted", lambda corrupted: corrupted + 1, "ignores the corrupted run")],
         hint="subtract the corrupted baseline, then divide by (clean - corrupted): the corrupted run maps to 0 "
@@ -43,12 +65,12 @@ def check_normalised_metric(learner_fn: Callable[[Tensor, float, float], Tensor]
 
 
 def check_replace_head(learner_fn: Callable[[Tensor, Tensor, int], Tensor]) -> CheckResult:
-    """Exercise 7.2 on random head outputs; the learner's function must not change its inputs."""
+    """Exercise 7.3 on random head outputs; the learner's function must not change its inputs."""
     generator = torch.Generator().manual_seed(1)
     cases = [Case(f"[2, 5, 4, 3] head outputs, head {head}", torch.randn(2, 5, 4, 3, generator=generator),
                   torch.randn(2, 5, 4, 3, generator=generator), head) for head in (1, 3)]
     return check_function(
-        learner_fn, replace_head, cases, exercise="7.2 (replace_head)", atol=0,
+        learner_fn, replace_head, cases, exercise="7.3 (replace_head)", atol=0,
         properties=[Varies("head", lambda head: head - 1, "patches another head")],
         in_place_advice={"z": "the corrupted z is the hook's input and belongs to the model; clone it and patch "
                               "the copy"},
@@ -65,12 +87,12 @@ def _copies(variants: int, n: int, entry: tuple[int, ...], d: int, seed: int) ->
 
 
 def check_copy_where(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> CheckResult:
-    """Exercise 7.3 on random residual-stream masks ``[variant, pos]`` and head masks ``[variant, pos, head]``."""
+    """Exercise 7.4 on random residual-stream masks ``[variant, pos]`` and head masks ``[variant, pos, head]``."""
     cases = [Case("3 variants of 2 prompts, masks over 5 positions, d 4", *_copies(3, 2, (5,), 4, seed=0)),
              Case("4 variants of 3 prompts, masks over [3 positions, 2 heads], d_head 5", *_copies(4, 3, (3, 2), 5, seed=1)),
              Case("1 variant of 2 prompts, masks over [4 positions, 3 heads]", *_copies(1, 2, (4, 3), 2, seed=2))]
     return check_function(
-        learner_fn, copy_where, cases, exercise="7.3 (copy_where)", atol=0,
+        learner_fn, copy_where, cases, exercise="7.4 (copy_where)", atol=0,
         properties=[Varies("masks", lambda masks: ~masks, "copies where the mask is False"),
                     Varies("masks", lambda masks: masks[:1].expand_as(masks), "uses the first mask for every copy"),
                     HasCase("masks over positions and heads", lambda case: case.args[0].ndim == 3)],
@@ -92,7 +114,7 @@ def _agreement_tokens(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> 
 def check_logit_difference_with_heads_ablated(
         learner_fn: Callable[[PreTrainedModel, PairTokens, Sequence[tuple[int, int]], Tensor], Tensor],
         model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
-    """Exercise 7.4 on IOI prompts, with heads of two layers, two heads of one layer, and none."""
+    """Exercise 7.5 on IOI prompts, with heads of two layers, two heads of one layer, and none."""
     tokens, mean_over = _ioi_tokens(tokenizer, 8, seed=3), _ioi_tokens(tokenizer, 8, seed=4).clean
     last_layer, last_head = architecture.n_layers(model) - 1, model.config.num_attention_heads - 1
     cases = [Case("heads of two layers", model, tokens, [(0, 1), (last_layer, last_head)], mean_over),
@@ -101,7 +123,7 @@ def check_logit_difference_with_heads_ablated(
                   [(last_layer, 0), (0, last_head), (1, 2)], mean_over),
              Case("no heads: the clean logit differences", model, tokens, [], mean_over)]
     return check_function(
-        learner_fn, logit_difference_with_heads_ablated, cases, exercise="7.4 (logit_difference_with_heads_ablated)",
+        learner_fn, logit_difference_with_heads_ablated, cases, exercise="7.5 (logit_difference_with_heads_ablated)",
         atol=1e-4, properties=[Varies("mean_over", lambda ids: ids[:2], "takes the means over other prompts")],
         hint="record every head's output on mean_over with clean_head_outputs and average over the prompts only "
              "(dimension 0: one mean per position); for each layer in heads, register an edit with "
@@ -111,18 +133,18 @@ def check_logit_difference_with_heads_ablated(
 
 def check_patch_head_positions(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
                                tokenizer: PreTrainedTokenizerBase) -> CheckResult:
-    """Exercise 7.5 on IOI and agreement pairs (prompts of different lengths, so that heads and positions differ)."""
+    """Exercise 7.6 on IOI and agreement pairs (prompts of different lengths, so that heads and positions differ)."""
     cases = [Case("8 IOI pairs", model, _ioi_tokens(tokenizer, 8, seed=5), progress=False),
              Case("8 agreement pairs", model, _agreement_tokens(tokenizer, 8, seed=5), progress=False)]
     return check_function(
-        learner_fn, patch_head_positions, cases, exercise="7.5 (patch_head_positions)", atol=1e-4,
+        learner_fn, patch_head_positions, cases, exercise="7.6 (patch_head_positions)", atol=1e-4,
         hint="one variant per (head, position): an identity matrix of size n_heads * n_pos, each row rearranged into "
              "a [pos, head] mask (the variant's index is head-major, (head pos)); patch_sweep on site z gives "
              "[layer, variant], which the same grouping turns back into [layer, head, pos]")
 
 
 def check_attribution(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> CheckResult:
-    """Exercise 7.6 on random head outputs and gradients."""
+    """Exercise 7.7 on random head outputs and gradients."""
     generator = torch.Generator().manual_seed(0)
 
     def case(name: str, n: int, pos: int, heads: int, d_head: int) -> Case:
@@ -130,7 +152,7 @@ def check_attribution(learner_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) ->
 
     cases = [case("batch 3, 5 positions, 4 heads, d_head 6", 3, 5, 4, 6), case("batch 1, 2 positions, 2 heads", 1, 2, 2, 3)]
     return check_function(
-        learner_fn, attribution, cases, exercise="7.6 (attribution)", atol=1e-4,
+        learner_fn, attribution, cases, exercise="7.7 (attribution)", atol=1e-4,
         hint="multiply (clean - corrupted) by the gradient elementwise, sum over d_head and over the batch (the "
              "gradient is of the batch's mean metric), and keep head and position, in that order: [head, pos]")
 
@@ -143,7 +165,7 @@ def _sine_metric_gradient(weights: Tensor) -> Callable[[Tensor], Tensor]:
 
 def check_integrated_gradients(learner_fn: Callable[[Tensor, Tensor, Callable[[Tensor], Tensor], int], Tensor]
                                ) -> CheckResult:
-    """Exercise 7.7 on random head outputs and a metric whose gradient is known at every point."""
+    """Exercise 7.8 on random head outputs and a metric whose gradient is known at every point."""
     generator = torch.Generator().manual_seed(0)
 
     def case(name: str, n: int, pos: int, heads: int, d_head: int, steps: int) -> Case:
@@ -154,7 +176,7 @@ def check_integrated_gradients(learner_fn: Callable[[Tensor, Tensor, Callable[[T
              case("3 steps, batch 3", 3, 2, 2, 3, steps=3),
              case("1 step: the gradient halfway along the path", 1, 4, 3, 2, steps=1)]
     return check_function(
-        learner_fn, integrated_gradients, cases, exercise="7.7 (integrated_gradients)", atol=1e-4,
+        learner_fn, integrated_gradients, cases, exercise="7.8 (integrated_gradients)", atol=1e-4,
         properties=[Varies("steps", lambda steps: steps + 1, "ignores steps"),
                     HasCase("a single step", lambda case: case.args[3] == 1)],
         hint="t is the middle of each of steps equal parts of [0, 1], (k + 0.5) / steps, neither end; the points are "
@@ -178,11 +200,11 @@ def _records(layers: dict[int, int], n: int, pos: int, d_model: int, seed: int) 
 
 
 def check_node_attribution(learner_fn: Callable[[Spliced, Spliced, Spliced], tuple[dict, dict]]) -> CheckResult:
-    """Exercise 7.8 on random records of SAEs of different widths."""
+    """Exercise 7.9 on random records of SAEs of different widths."""
     cases = [Case("2 layers of 6 and 4 latents, batch 3, 5 positions, d_model 7", *_records({0: 6, 1: 4}, 3, 5, 7, seed=0)),
              Case("3 layers, batch 1, 2 positions", *_records({0: 3, 1: 3, 2: 5}, 1, 2, 4, seed=1))]
     return check_function(
-        learner_fn, node_attribution, cases, exercise="7.8 (node_attribution)", atol=1e-4,
+        learner_fn, node_attribution, cases, exercise="7.9 (node_attribution)", atol=1e-4,
         properties=[HasCase("a batch of more than one prompt", lambda case: len(case.args[0].latents[0]) > 1)],
         hint="per layer, (clean - corrupted) times the gradient, elementwise; sum over the batch (the gradient is of "
              "the batch's mean metric) and keep each latent: [pos, d_sae]; an error term is one node per position, "
@@ -190,7 +212,7 @@ def check_node_attribution(learner_fn: Callable[[Spliced, Spliced, Spliced], tup
 
 
 def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[Node], bool], dict]) -> CheckResult:
-    """Exercise 7.9 on SAEs of different widths, with latents and error terms of several layers in the circuit."""
+    """Exercise 7.10 on SAEs of different widths, with latents and error terms of several layers in the circuit."""
     d_saes = {0: 6, 1: 6, 2: 4}
     circuit = [Node(0, 1, 3), Node(0, 2, None), Node(1, 0, 5), Node(1, 0, None), Node(2, 2, 0), Node(2, 2, 1)]
     cases = [Case("a circuit in every layer, keep only it", d_saes, 3, circuit, True),
@@ -198,7 +220,7 @@ def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[
              Case("error terms only, 5 positions, keep only them", {0: 8, 3: 2}, 5, [Node(0, 4, None), Node(3, 0, None)], True),
              Case("no nodes, keep only them: ablate everything", d_saes, 2, [], True)]
     return check_function(
-        learner_fn, ablation_masks, cases, exercise="7.9 (ablation_masks)", atol=0,
+        learner_fn, ablation_masks, cases, exercise="7.10 (ablation_masks)", atol=0,
         properties=[Varies("keep_only", lambda keep_only: not keep_only, "ignores keep_only"),
                     HasCase("a layer without a node of the circuit", lambda case: any(
                         layer not in {node.layer for node in case.args[2]} for layer in case.args[0]))],
@@ -209,7 +231,7 @@ def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[
 
 def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
                        model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
-    """Exercise 7.10 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
+    """Exercise 7.11 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
     tokens, other = _agreement_tokens(tokenizer, 16, seed=3), _agreement_tokens(tokenizer, 32, seed=4)
     means = mean_activations(model, saes, torch.cat([other.clean, other.corrupted]))
     ranked = [node for node, _ in node_effects(model, saes, tokens).ranked()]
@@ -220,7 +242,7 @@ def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, 
              Case("the error terms at the last position", model, saes, tokens, means,
                   [Node(layer, last, None) for layer in saes])]
     return check_function(
-        learner_fn, faithfulness, cases, exercise="7.10 (faithfulness)", atol=1e-4,
+        learner_fn, faithfulness, cases, exercise="7.11 (faithfulness)", atol=1e-4,
         properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")],
         hint="three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, "
              "keep_only=False), everything ablated (no nodes, keep_only=True), and only the circuit kept (the nodes, "
