@@ -28,7 +28,8 @@ from utils.world.families import (
 from utils.world.heldout import HELDOUT_IOI_PARTS, heldout_words
 from utils.world.vocabulary import (
     AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS, GIVING_VERBS, MORE_AGREEMENT_NOUNS, MORE_AGREEMENT_PREPOSITIONS,
-    EVERY_NAME_ONSET, PLURALS, S_SINGULAR_AGREEMENT_NOUNS, VES_AGREEMENT_NOUNS, invented_names, invented_words, made_up_leads, world_words,
+    EVERY_NAME_ONSET, NEW_S_SINGULAR_AGREEMENT_NOUNS, PLURALS, S_SINGULAR_AGREEMENT_NOUNS, VES_AGREEMENT_NOUNS,
+    invented_names, invented_words, made_up_leads, world_words,
 )
 
 #: Share of documents from each family in the recipe "v1" (the first course model's corpus).
@@ -219,7 +220,8 @@ V7_FINISH_MIX: dict[str, float] = {**V5_FINISH_MIX, "agreement": 0.10, "multiple
 _v8_finish_ioi_options = _name_first_ioi_options(
     _lead_ioi_options(V5_LEAD_IOI_PARTS, V5_LEAD_INVENTED_NAME_IOI_PARTS, invented_share=3 / 4), invented_share=3 / 4,
     name_first_share=1 / 4)
-#: v7's finish with more agreement again (held-out nouns 0.835 at 0.07 in v6, 0.86 at 0.10 in v7), from the A/B questions.
+#: v7's finish with more agreement again (held-out nouns 0.835 at 0.07 in v6, 0.86 at 0.10 in v7), from the A/B
+#: questions.
 V8_FINISH_MIX: dict[str, float] = {**V5_FINISH_MIX, "agreement": 0.13, "multiple_choice": 0.36}
 
 #: Made-up names over every onset, the vowels, H, J and C included. v8 preferred the indirect object between
@@ -230,7 +232,8 @@ V9_INVENTED_NAMES = invented_names(600, exclude=heldout_words() | set(INVENTED_N
 _v9_finish_ioi_options = _name_first_ioi_options(
     _lead_ioi_options(V5_LEAD_IOI_PARTS, replace(V5_LEAD_IOI_PARTS, names=V9_INVENTED_NAMES), invented_share=3 / 4,
                       invented_name_parts=replace(V3_FINISH_IOI_PARTS, names=V9_INVENTED_NAMES)),
-    invented_share=3 / 4, name_first_share=1 / 4, invented_name_parts=replace(V6_NAME_FIRST_IOI_PARTS, names=V9_INVENTED_NAMES))
+    invented_share=3 / 4, name_first_share=1 / 4,
+    invented_name_parts=replace(V6_NAME_FIRST_IOI_PARTS, names=V9_INVENTED_NAMES))
 
 
 #: The options of recipe "v2", family by family.
@@ -268,7 +271,7 @@ def _v10_agreement_options(rng: random.Random) -> dict[str, object]:
     options = _v4_agreement_options(rng)
     if rng.random() < 1 / 4:
         return {**options, "nouns": S_SINGULAR_AGREEMENT_NOUNS, "number": "singular", "distractor_number": "plural"}
-    return {**options, "nouns": options["nouns"] + S_SINGULAR_AGREEMENT_NOUNS[4:] + VES_AGREEMENT_NOUNS}
+    return {**options, "nouns": options["nouns"] + NEW_S_SINGULAR_AGREEMENT_NOUNS + VES_AGREEMENT_NOUNS}
 
 
 RECIPES: dict[str, Recipe] = {
