@@ -376,6 +376,18 @@ def test_v10_finishes_on_agreement_about_singulars_that_end_in_s() -> None:
     singulars = {singular for singular, _ in S_SINGULAR_AGREEMENT_NOUNS}
     assert 0.2 < sum(subject in singulars for subject in last_subjects) / len(last_subjects) < 0.35
 
+
+def test_v11_finishes_on_more_indirect_objects_a_third_of_them_name_first() -> None:
+    assert recipe("v11").mix == recipe("v2").mix and recipe("v11").finish_share == 0.3
+    mix, v10_mix = recipe("v11-finish").mix, recipe("v10-finish").mix
+    assert abs(sum(mix.values()) - 1) < 1e-9 and mix["ioi"] > v10_mix["ioi"]
+    assert mix["multiple_choice"] < v10_mix["multiple_choice"]
+
+    def name_first_share(recipe_name: str) -> float:
+        ioi = [d for d in generate_corpus(3_000, seed=0, recipe_name=recipe_name) if d.family == "ioi"]
+        return sum(_opening(d) == "name" for d in ioi) / len(ioi)
+    assert name_first_share("v10-finish") + 0.02 < name_first_share("v11-finish") < 0.45, "a third, a few more from v3's"
+
 def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
     """v2's sentences do not move (its digest test), v3's finishing ones meet with made-up verbs."""
     encounters = set(TRAINING_IOI_PARTS.encounters)
