@@ -388,6 +388,7 @@ def test_v11_finishes_on_more_indirect_objects_a_third_of_them_name_first() -> N
         return sum(_opening(d) == "name" for d in ioi) / len(ioi)
     assert name_first_share("v10-finish") + 0.02 < name_first_share("v11-finish") < 0.45, "a third, a few more from v3's"
 
+
 def test_made_up_encounters_only_where_the_parts_ask_for_them() -> None:
     """v2's sentences do not move (its digest test), v3's finishing ones meet with made-up verbs."""
     encounters = set(TRAINING_IOI_PARTS.encounters)
