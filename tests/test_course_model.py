@@ -269,8 +269,6 @@ def test_shipped_model_meets_every_threshold_of_its_model_card(model_card: dict)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the shipped course model v1 learned template lookups: its successor (issue 18) "
-                                       "must pass on held-out material, and then this mark goes")
 def test_shipped_model_generalises_to_material_no_corpus_contains(model_card: dict) -> None:
     failed = [m["name"] for m in model_card["generalisation"] if m["passed"] is False]
     assert not failed, format_card(model_card)
