@@ -185,6 +185,17 @@ def test_iter_batches_cover_every_row_once(course, windows, tmp_path):
     assert sum(len(b) for b in store.iter_batches(37, drop_last=True)) == len(store) // 37 * 37
 
 
+def test_a_shard_smaller_than_the_batch_never_yields_an_empty_batch(course, windows, tmp_path):
+    """A short last shard visited first used to give an empty batch (and an SAE trained on it NaN losses)."""
+    model, _ = course
+    cache_activations(model, windows, layer=0, directory=tmp_path, shard_rows=90, progress=False)
+    store = ActivationStore(tmp_path)
+    assert len(store) % 90 < 80                                    # the last shard is shorter than a batch of 80
+    for seed in range(8):
+        batches = list(store.iter_batches(80, shuffle=True, seed=seed, drop_last=True))
+        assert all(len(batch) == 80 for batch in batches) and len(batches) == len(store) // 80
+
+
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
 def test_tiny_random_families(family, tmp_path):
     model = tiny_random_model(family)
