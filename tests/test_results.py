@@ -129,6 +129,14 @@ def test_every_number_in_a_notebooks_prose_is_a_recorded_result() -> None:
     assert not stale, "numbers that are not recorded results of their chapter:\n" + "\n".join(stale)
 
 
+def test_every_recorded_result_is_quoted_by_its_page() -> None:
+    """A result no page quotes is a leftover of an old story (a retrain that rewrote a section must drop its keys)."""
+    pages = "".join(page.read_text() for page in (ROOT / "book").glob("*.md"))
+    unquoted = [f"{path.stem}/{key}" for path in sorted(RESULTS_DIR.glob("*.json"))
+                for key in json.loads(path.read_text()) if f"{path.stem}/{key}" not in pages]
+    assert not unquoted, "recorded but quoted nowhere (remove the record and the key): " + ", ".join(unquoted)
+
+
 def test_quoted_numbers_skip_code_maths_and_exercise_numbers() -> None:
     assert quoted_numbers("Exercise 1.7: `top_p=0.9` and $\\alpha = 4.0$ leave 0.56 and 6 %") == ["0.56", "6 %"]
     stored = Results("00_course_model").stored()
