@@ -44,7 +44,7 @@ def expected_rows(model, windows, layer, drop_bos=True):
 
 def test_token_windows_are_packed_documents(course, windows):
     assert windows.shape == (24, CONTEXT)
-    assert (windows == 0).sum() > 24  # several documents per window, each starting with BOS
+    assert (windows[:, 1:] == 0).any()  # documents packed end to end: a BOS starts one inside a window
     with pytest.raises(ValueError, match="less than one window"):
         token_windows(course[1], ["short"], 10_000)
 
