@@ -22,8 +22,8 @@ from utils.models import tiny_random_model, to_hooked_transformer
 
 LENGTH = 20
 #: The course model's heads, as the chapter names them (measured on 64 sequences of 2 x 20 random words).
-INDUCTION_HEADS = [(2, 4), (2, 0)]          # induction scores 0.94 and 0.82; every other head < 0.07
-PREVIOUS_TOKEN_HEADS = [(0, 3), (1, 1)]     # previous-token scores 0.95 and 0.91; every other head < 0.19
+INDUCTION_HEADS = [(2, 7), (2, 1), (2, 0), (2, 4)]   # induction scores 0.75, 0.71, 0.65, 0.63; every other head < 0.05
+PREVIOUS_TOKEN_HEADS = [(0, 3)]                      # previous-token score 0.98; every other head < 0.21
 
 
 @pytest.fixture(scope="module")
@@ -64,23 +64,25 @@ def test_course_model_heads_are_named_by_their_scores(patterns):
     previous = previous_token_scores(patterns)
     assert heads_above(induction, 0.5) == INDUCTION_HEADS
     assert heads_above(previous, 0.5) == PREVIOUS_TOKEN_HEADS
-    assert induction[2, 4] > 0.9 and induction[2, 0] > 0.75
     others = induction.clone()
-    others[2, 0] = others[2, 4] = 0
+    for layer, head in INDUCTION_HEADS:
+        assert induction[layer, head] > 0.6
+        others[layer, head] = 0
     assert others.max() < 0.1
 
 
 def test_ablating_induction_heads_removes_the_in_context_loss_drop(course_model, course_tokenizer, repeated):
-    """Clean: the second copy costs 0.29 nats against 4.66 for the first. Induction heads zero- or
-    mean-ablated: 4.70, no better than the first copy. Two other heads ablated: the drop stays."""
+    """Clean: the second copy costs 0.42 nats against 7.52 for the first. Induction heads zero- or
+    mean-ablated: 6.89 or 7.03, at least 90 % of the first copy's (the first copy itself moves by 0.21 or
+    0.16). Two other heads ablated: the drop stays. The previous-token head ablated: 7.02."""
     first, second = copy_losses(course_model, repeated, LENGTH)
     assert first > 4.0 and second < 0.5
     reference = repeated_random_tokens(course_tokenizer, 32, LENGTH, seed=1)   # what mean ablation averages over
     for how, mean_over in [("zero", None), ("mean", reference)]:
         with ablate_heads(course_model, INDUCTION_HEADS, how, mean_over):
             first_ablated, second_ablated = copy_losses(course_model, repeated, LENGTH)
-        assert abs(first_ablated - first) < 0.05, how
-        assert second_ablated > first - 0.1, how      # the whole in-context drop is gone
+        assert abs(first_ablated - first) < 0.3, how
+        assert second_ablated > 0.9 * first, how      # the in-context drop is gone
     with ablate_heads(course_model, [(0, 0), (3, 5)]):
         assert copy_losses(course_model, repeated, LENGTH)[1] < 0.5
     with ablate_heads(course_model, [(0, 3)]):         # the previous-token head the induction heads read

@@ -63,8 +63,9 @@ def test_three_ways_agree_on_every_site_of_the_course_model(course_model, tl_mod
     for site in sites:
         expected_shape = (batch, 8, pos, pos) if site.startswith("pattern") else (batch, pos, 128)
         assert hf[site].shape == expected_shape, site
-        torch.testing.assert_close(lens[site], hf[site], atol=1e-5, rtol=0, msg=lambda m: f"{site} (TL): {m}")
-        torch.testing.assert_close(nnsight[site], hf[site], atol=1e-5, rtol=0, msg=lambda m: f"{site} (nnsight): {m}")
+        # float32 rounding grows with the stream (|x| up to about 40 after the last block: 2e-5 apart on v11)
+        torch.testing.assert_close(lens[site], hf[site], atol=1e-5, rtol=1e-5, msg=lambda m: f"{site} (TL): {m}")
+        torch.testing.assert_close(nnsight[site], hf[site], atol=1e-5, rtol=1e-5, msg=lambda m: f"{site} (nnsight): {m}")
 
 
 def test_sites_are_what_they_say(course_model, input_ids):

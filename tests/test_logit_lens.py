@@ -43,7 +43,7 @@ from utils.tuned_lens import (
 FAMILIES = ("gpt2", "gpt_neox", "llama")
 #: Measured on the shipped course model: the median layer of the residual stack at which a fact's object
 #: becomes top-1 for good (16 facts at layer 1, 14 at 2, 18 at 3 of 48).
-FACTS_MEDIAN_FORMATION_LAYER = 2
+FACTS_MEDIAN_FORMATION_LAYER = 3
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,10 @@ def test_residual_stack_is_the_embeddings_then_each_block_output(course_model):
     stack = residual_stack(course_model, input_ids)
     assert stack.shape == (5, 2, 6, 128)
     hidden = course_model(input_ids, output_hidden_states=True).hidden_states
-    torch.testing.assert_close(stack[:-1], torch.stack(hidden[:-1]))
+    # two forward passes may take different float32 kernels: measured up to 1e-4 apart on v11, in 2 of 10 processes
+    torch.testing.assert_close(stack[:-1], torch.stack(hidden[:-1]), atol=3e-4, rtol=1e-4)
     # transformers puts the *normalised* last stream in hidden_states[-1] for GPT-2: the stack keeps the raw one
-    torch.testing.assert_close(course_model.transformer.ln_f(stack[-1]), hidden[-1])
+    torch.testing.assert_close(course_model.transformer.ln_f(stack[-1]), hidden[-1], atol=3e-4, rtol=1e-4)
     assert not torch.allclose(stack[-1], hidden[-1], atol=1e-2)
 
 
@@ -176,6 +177,13 @@ def test_ioi_and_agreement_answers_win_at_the_last_layer(answers):
     assert (answers["ioi"].logit_differences[-1] > 0).float().mean() >= 0.9
     # agreement: the verb itself is free (is / was / has), its number is not: judge by the logit difference
     assert (answers["agreement"].logit_differences[-1] > 0).float().mean() >= 0.9
+
+
+def test_ioi_answers_form_after_block_2_and_agreement_by_then(answers):
+    """The chapter's reading of the formation table (v11: IOI 47 of 48 at layer 3; agreement all by layer 2)."""
+    assert (formation_layers(answers["ioi"].ranks == 1) == 3).float().mean() >= 0.9
+    agreement = formation_layers(answers["agreement"].logit_differences > 0)
+    assert ((agreement >= 0) & (agreement <= 2)).float().mean() >= 0.9
 
 
 def test_formation_layer_is_the_first_layer_correct_for_good():
@@ -284,11 +292,19 @@ def test_dla_sums_to_the_logit_difference_on_the_course_model(course_model, prom
     assert len(plot_head_attribution(attribution).data) == 1 and len(plot_component_attribution(attribution).data) == 1
 
 
-def test_the_ioi_logit_difference_comes_from_the_last_mlp_and_a_name_mover_head(course_model, prompt_tokens):
+def ioi_attribution(course_model, prompt_tokens):
     tokens = prompt_tokens["ioi"]
-    attribution = direct_logit_attribution(course_model, tokens.input_ids, tokens.answer_ids, tokens.contrast_ids,
-                                           position=tokens.positions)
-    assert [label for label, _ in attribution.top(2)] == ["L3 MLP", "L3H5"]
+    return direct_logit_attribution(course_model, tokens.input_ids, tokens.answer_ids, tokens.contrast_ids,
+                                    position=tokens.positions)
+
+
+def test_the_ioi_logit_difference_comes_mostly_from_the_mlps_the_last_one_first(course_model, prompt_tokens):
+    """Measured on v11: L3 MLP 4.29 of 9.22, the four MLPs 7.39, every head together 1.83."""
+    attribution = ioi_attribution(course_model, prompt_tokens)
+    mean = attribution.contributions.mean(dim=-1)
+    mlps = sum(mean[i] for i, label in enumerate(attribution.labels) if label.endswith("MLP"))
+    assert attribution.top(1)[0][0] == "L3 MLP"
+    assert mlps >= 0.75 * attribution.logit_difference.mean() >= 3 * attribution.heads().mean(dim=-1).sum()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -487,27 +503,42 @@ def test_singular_directions_and_their_tokens(course_model, course_tokenizer):
     torch.testing.assert_close(direction_logits(course_model, one_hot), expected)
 
 
-def test_the_last_mlp_writes_names_against_digits(course_model, course_tokenizer):
+def test_the_last_mlp_writes_the_worlds_objects(course_model, course_tokenizer):
     """The chapter's SVD example: one of the top 3 singular directions of the layer-3 MLP's output weight
-    promotes names at one end and digits at the other (the sign of a singular vector is arbitrary)."""
-    from utils.world.vocabulary import NAMES
+    raises the objects of the world's topics and gifts at one end: at least 5 of its 8 strongest tokens
+    (measured on v11: whistle, trophy, spoon, book and ball, direction 2; no other end of the three holds one)."""
+    from utils.world.vocabulary import GIVING_OBJECTS, TOPIC_WORDS
 
+    objects = {o for words in TOPIC_WORDS.values() for o in words.objects} | {o for kind in GIVING_OBJECTS.values() for o in kind}
     _, directions = singular_directions(mlp_output_weight(course_model, 3), k=3)
-    found = False
-    for tokens in top_tokens_of_directions(course_model, course_tokenizer, directions, k=8):
-        for names_end, digits_end in ((tokens.positive, tokens.negative), (tokens.negative, tokens.positive)):
-            names = sum(token.strip() in NAMES for token in names_end)
-            digits = sum(token.strip().isdigit() for token in digits_end)
-            found |= names >= 6 and digits >= 6
-    assert found
+    objects_per_end = [sum(token.strip() in objects for token in end)
+                       for tokens in top_tokens_of_directions(course_model, course_tokenizer, directions, k=8)
+                       for end in (tokens.positive, tokens.negative)]
+    assert max(objects_per_end) >= 5
 
 
-def test_the_name_mover_head_does_not_copy_names(course_model, course_tokenizer):
-    """L3H5 has the largest direct effect of any head on IOI, but its OV circuit does not raise the name it reads
-    above the other names (measured: each of the 24 names ranks 23rd or 24th of 24)."""
+def test_the_facts_come_from_the_mlps_and_the_verbs_number_from_the_last_two(course_model, prompt_tokens):
+    """Measured on v11: facts L3 MLP 4.38, L2 MLP 2.88, L0 MLP 1.89, L1 MLP 1.80; agreement L2 MLP 4.16, L3 MLP 3.72."""
+    def top_labels(family, k):
+        tokens = prompt_tokens[family]
+        attribution = direct_logit_attribution(course_model, tokens.input_ids, tokens.answer_ids, tokens.contrast_ids,
+                                               position=tokens.positions)
+        return {label for label, _ in attribution.top(k)}
+
+    assert top_labels("facts", 4) == {f"L{layer} MLP" for layer in range(4)}
+    assert top_labels("agreement", 2) == {"L2 MLP", "L3 MLP"}
+
+
+def test_the_head_with_the_largest_direct_effect_on_ioi_does_not_copy_names(course_model, course_tokenizer,
+                                                                           prompt_tokens):
+    """The chapter's OV example, on the head with the largest direct effect on IOI (L2H5 on v11): its OV circuit
+    does not raise the name it reads above the other names (measured: 18 of the 24 names rank 22nd to 24th,
+    the best 9th)."""
+    head_effects = ioi_attribution(course_model, prompt_tokens).heads().mean(dim=-1)         # [layer, head]
+    layer, head = divmod(int(head_effects.argmax()), head_effects.shape[1])
     names = sorted({p.labels[role] for p in lens_prompts("ioi") for role in ("indirect_object", "subject")})
     ids = torch.tensor([course_tokenizer(" " + name, add_special_tokens=False).input_ids[0] for name in names])
-    ranks = ov_copying_ranks(course_model, 3, 5, ids)
+    ranks = ov_copying_ranks(course_model, layer, head, ids)
     assert len(names) >= 20 and (ranks == 1).sum() == 0 and ranks.float().median() >= 0.8 * len(names)
 
 

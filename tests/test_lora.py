@@ -205,7 +205,7 @@ def test_add_lora_on_the_course_model(course_model, base):
     trainable, total = count_parameters(base)
     print(f"\nr=8 on {TARGETS}: {trainable:,} trainable of {total:,}")
     assert trainable == expected == 65_536
-    assert total == sum(p.numel() for p in course_model.parameters()) + 65_536 == 1_152_384
+    assert total == sum(p.numel() for p in course_model.parameters()) + 65_536
     assert all(("lora_A" in n or "lora_B" in n) == p.requires_grad for n, p in base.named_parameters())
     input_ids = random_ids(base)
     assert torch.equal(logits(base, input_ids), logits(course_model, input_ids))

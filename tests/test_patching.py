@@ -24,7 +24,7 @@ from utils.patching import (
 )
 
 #: The IOI heads that matter (patching one head back restores: 0.2 1.05, 3.5 0.62, 1.3 0.14, 1.6 0.14).
-IOI_HEADS = [(0, 2), (3, 5), (1, 3), (1, 6)]
+IOI_HEADS = [(0, 0), (0, 4), (2, 5), (2, 4)]       # patched alone: 0.44, 0.39, 0.20, 0.09 (v11)
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +65,12 @@ def test_bad_pairs_are_explained(course_tokenizer, course_model):
 
 def test_ioi_heads_found_by_patching_destroy_the_task_when_knocked_out(course_model, course_tokenizer, ioi):
     effects = patch_heads(course_model, ioi, progress=False)
-    assert effects[0, 2] > 0.9 and effects[3, 5] > 0.5
+    assert effects[0, 0] > 0.3 and effects[0, 4] > 0.3 and effects.max() < 0.6        # no head restores it alone
     top = torch.topk(effects.flatten(), 4).indices.tolist()
     assert sorted((i // 8, i % 8) for i in top) == sorted(IOI_HEADS)
     reference = tokenize_pairs(course_tokenizer, ioi_pairs(32, seed=1)).clean
-    assert accuracy_with_heads_ablated(course_model, ioi, IOI_HEADS, reference) < 0.6          # 0.44: chance
-    assert accuracy_with_heads_ablated(course_model, ioi, [(0, 0), (1, 2), (3, 6), (2, 7)], reference) > 0.95
+    assert accuracy_with_heads_ablated(course_model, ioi, IOI_HEADS, reference) < 0.6          # 0.53: chance
+    assert accuracy_with_heads_ablated(course_model, ioi, [(0, 1), (1, 2), (3, 6), (2, 7)], reference) > 0.95
     with torch.no_grad():
         clean_differences = logit_difference(course_model(ioi.clean).logits, ioi.answer, ioi.wrong)
     torch.testing.assert_close(logit_difference_with_heads_ablated(course_model, ioi, [], reference), clean_differences)
@@ -100,16 +100,16 @@ def test_residual_patching_follows_the_information(course_model, ioi, agreement_
 
 
 def test_attribution_patching_approximates_activation_patching(course_model, ioi, agreement_tokens):
-    """Heads x positions: agreement r = 0.99; IOI r = 0.96, and 0.998 with integrated gradients. AtP
-    underestimates head 0.2 of IOI (0.33 for a real 1.05); integrated gradients get 1.09."""
+    """Heads x positions: r = 1.00 for agreement and IOI, with and without integrated gradients. AtP underestimates
+    the largest IOI patch, head 0.0 (0.32 for a real 0.44); integrated gradients get 0.44."""
     actual = patch_head_positions(course_model, agreement_tokens, progress=False)
     assert correlation(actual, attribution_patch_head_positions(course_model, agreement_tokens)) >= 0.95
     actual_ioi = patch_head_positions(course_model, ioi, progress=False)
     estimate = attribution_patch_head_positions(course_model, ioi)
     integrated = integrated_gradients_head_positions(course_model, ioi)
-    assert correlation(actual_ioi, estimate) >= 0.9
-    assert correlation(actual_ioi, integrated) >= 0.99 > correlation(actual_ioi, estimate)
-    assert actual_ioi[0, 2].sum() > 0.9 and estimate[0, 2].sum() < 0.5 and abs(integrated[0, 2].sum() - 1.05) < 0.15
+    assert correlation(actual_ioi, estimate) >= 0.95 and correlation(actual_ioi, integrated) >= 0.99
+    real, first_order, averaged = (effects[0, 0].sum() for effects in (actual_ioi, estimate, integrated))
+    assert real > 0.3 and first_order < 0.85 * real and abs(averaged - real) < 0.03
     torch.testing.assert_close(attribution_patch_heads(course_model, ioi), estimate.sum(dim=-1))
 
 

@@ -20,7 +20,7 @@ from utils.soft_prompts import (
 )
 from utils.world import FEW_SHOT_TASKS
 
-ONE_SHOT_TEXT = "France -> FRANCE\n"  # 4 tokens: France, ' ->', ' FRANCE', '\n'
+ONE_SHOT_TEXT = "France -> FRANCE\n"  # 8 tokens with v11's tokenizer
 
 
 def random_ids(model, batch: int, seq: int, seed: int = 0) -> torch.Tensor:
@@ -49,10 +49,10 @@ def test_from_text_is_the_embeddings_of_the_text_tokens(course_model, course_tok
     ids = course_tokenizer(ONE_SHOT_TEXT, add_special_tokens=False)["input_ids"]
     embedding = course_model.get_input_embeddings().weight
     soft_prompt = SoftPrompt.from_text(course_model, course_tokenizer, ONE_SHOT_TEXT)
-    assert soft_prompt.n_tokens == len(ids) == 4
+    assert soft_prompt.n_tokens == len(ids) > 3
     assert torch.equal(soft_prompt.embeddings, embedding[ids])
     # Fewer tokens than asked: repeated (peft's rule); more: cut.
-    assert torch.equal(SoftPrompt.from_text(course_model, course_tokenizer, ONE_SHOT_TEXT, 6).embeddings,
+    assert torch.equal(SoftPrompt.from_text(course_model, course_tokenizer, ONE_SHOT_TEXT, len(ids) + 2).embeddings,
                        embedding[ids + ids[:2]])
     assert torch.equal(SoftPrompt.from_text(course_model, course_tokenizer, ONE_SHOT_TEXT, 3).embeddings, embedding[ids[:3]])
 
@@ -161,7 +161,7 @@ def test_checker_accepts_the_soft_prompt_module_and_expand(course_model):
 
 
 @pytest.mark.parametrize(("wrong", "message"), [
-    (keeps_the_soft_prompt_positions, r"input 'your model, batch of 2.*expected shape \(2, 6, 2037\), got \(2, 10, 2037\)"),
+    (keeps_the_soft_prompt_positions, r"input 'your model, batch of 2.*expected shape \(2, 6, 2048\), got \(2, 10, 2048\)"),
     (appends_the_soft_prompt, r"input 'your model, batch of 2.*first difference"),
     (drops_the_last_positions, r"input 'your model, batch of 2.*first difference"),
     (adds_to_the_first_tokens, r"input 'your model, batch of 2.*first difference"),
@@ -214,7 +214,7 @@ def test_peft_logits_equal_ours_for_the_real_tokens(course_model, course_tokeniz
     with torch.no_grad():
         theirs = peft_model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels)
         ours = logits_with_soft_prompt(course_model, soft_prompt.embeddings, input_ids)
-    assert theirs.logits.shape == (3, 6 + input_ids.shape[1], 2037)
+    assert theirs.logits.shape == (3, 6 + input_ids.shape[1], course_model.config.vocab_size)
     difference = (theirs.logits[:, 6:] - ours).abs().max().item()
     print(f"\npeft vs ours: max abs logit difference {difference:.2e}")
     assert difference <= 1e-5
@@ -290,7 +290,7 @@ def test_training_runs_the_step_it_is_given(course_model, course_tokenizer):
 
 def test_training_from_text_starts_from_the_text(course_model, course_tokenizer):
     start = SoftPrompt.from_text(course_model, course_tokenizer, ONE_SHOT_TEXT).embeddings
-    soft_prompt, losses = train_soft_prompt(course_model, course_tokenizer, "uppercase", n_tokens=4, steps=1, lr=1e-3,
+    soft_prompt, losses = train_soft_prompt(course_model, course_tokenizer, "uppercase", n_tokens=len(start), steps=1, lr=1e-3,
                                             init_text=ONE_SHOT_TEXT)
     assert len(losses) == 1
     assert (soft_prompt.embeddings - start).abs().max() <= 1.1e-3  # one Adam step moves each value by <= lr
@@ -361,7 +361,8 @@ def test_trained_soft_prompt_beats_zero_shot_on_held_out_queries(course_model, c
 def test_nearest_tokens_reads_the_soft_prompt(course_model, course_tokenizer):
     text_prompt = SoftPrompt.from_text(course_model, course_tokenizer, ONE_SHOT_TEXT)
     neighbours = nearest_tokens(course_model, course_tokenizer, text_prompt, k=2)
-    assert [row[0] for row in neighbours] == ["France", " ->", " FRANCE", "\n"]
+    ids = course_tokenizer(ONE_SHOT_TEXT, add_special_tokens=False)["input_ids"]
+    assert [row[0] for row in neighbours] == [course_tokenizer.decode([i]) for i in ids]   # each embedding is its token
     assert all(len(row) == 2 for row in neighbours)
 
 

@@ -1,6 +1,6 @@
 """Chapter 5: steering with CAA and other directions, checked against the generator's labels.
 
-The numbers in the comments were measured on the course model (2 CPU cores, 2026-11-25) with the
+The numbers in the comments were measured on the course model v11 (2 CPU cores, 2026-12-07) with the
 same seeds; the thresholds leave a margin below them.
 """
 
@@ -25,9 +25,9 @@ from utils.decoding import Decoding, generate_text
 from utils.models import load_model, load_tokenizer
 from utils.steering import (
     BEHAVIOURS, ContrastivePair, add_steering, behaviour_rate, caa_vector, caa_vectors, check_pairs,
-    contrastive_pairs, generate_steered_nnsight, generate_steered_transformer_lens, matching_probability,
-    mean_token_loss, neutral_loss, neutral_texts, steer, steered_rates, steered_texts, steering_sweep, steering_variants,
-    story_openings, unit,
+    contrastive_pairs, generate_steered_nnsight, generate_steered_transformer_lens, last_token_activations,
+    matching_probability, mean_token_loss, neutral_loss, neutral_texts, steer, steered_rates, steered_texts,
+    steering_sweep, steering_variants, story_openings, unit,
 )
 
 OPENINGS = 96
@@ -101,32 +101,65 @@ def test_bad_steering_requests_fail_before_any_forward_pass(course_model, course
 # CAA on the course model
 
 
-def test_course_model_answers_the_questions_at_chance(course_model, course_tokenizer):
-    """Why CAA is weak here: the model has not learned the multiple-choice format (0.50)."""
-    assert 0.45 < matching_probability(course_model, course_tokenizer, contrastive_pairs("positive", 64, "test")) < 0.55
+MIDDLE = 2                                                       # the chapter's middle layer
 
 
-def test_caa_steers_toward_positive_beyond_random_directions(course_model, course_tokenizer, caa):
-    """Layer 0, alpha 4: positive 0.55 -> 0.92 on 96 held-out openings; neutral loss +0.11 nats.
-    Six random unit directions at the same norm: 0.44 to 0.58."""
-    direction = unit(caa["positive"][0])
-    unsteered = rate(course_model, course_tokenizer, "positive", 0, direction, 0.0)
-    steered = rate(course_model, course_tokenizer, "positive", 0, direction, 4.0)
-    assert steered - unsteered >= 0.30, (unsteered, steered)
+def test_course_model_answers_the_questions(course_model, course_tokenizer):
+    """What CAA presupposes (measured: 1.00, 1.00 and 0.99 for positive, anger and wedding)."""
+    for name in BEHAVIOURS:
+        assert matching_probability(course_model, course_tokenizer, contrastive_pairs(name, 64, "test")) > 0.95, name
+
+
+def test_nothing_in_the_corpus_follows_the_answer_letter():
+    """Why CAA's letter holds so little: every multiple-choice document of the recipe ends at "Answer: (X)"."""
+    import re
+
+    from utils.world.corpus import DEFAULT_RECIPE, generate_corpus
+
+    for recipe_name in (DEFAULT_RECIPE, f"{DEFAULT_RECIPE}-finish"):
+        documents = list(generate_corpus(200, seed=0, mix={"multiple_choice": 1.0}, recipe_name=recipe_name))
+        assert all(re.search(r"\nAnswer: \([AB]\)\n\Z", d.text) and d.text.count("Answer:") == 1 for d in documents)
+
+
+def test_caa_vectors_are_a_few_percent_of_the_stream_at_the_letter(course_model, course_tokenizer, caa):
+    """Measured: at most 6 % (wedding, layer 3: 0.41 against 6.6)."""
+    for name, vectors in caa.items():
+        letters = last_token_activations(course_model, course_tokenizer,
+                                         [p.matching_text for p in contrastive_pairs(name, 128)])  # [layer, n, d_model]
+        assert (vectors.norm(dim=-1) < 0.1 * letters.norm(dim=-1).mean(dim=-1)).all(), name
+
+
+def test_caa_steers_away_from_positive_and_random_directions_do_not(course_model, course_tokenizer, caa):
+    """Layer 2, alpha 4, 96 held-out openings: positive 0.43 -> 0.16; four random unit directions 0.38 to 0.48;
+    neutral loss 1.93 -> 1.98 nats."""
+    direction = unit(caa["positive"][MIDDLE])
+    generator = torch.Generator().manual_seed(0)
+    randoms = [unit(torch.randn(128, generator=generator)) for _ in range(3)]
+    settings = [(MIDDLE, direction, 0.0), (MIDDLE, direction, 4.0), *[(MIDDLE, r, 4.0) for r in randoms]]
+    unsteered, steered, *random_rates = steered_rates(course_model, course_tokenizer, story_openings("positive", OPENINGS),
+                                                      "positive", settings)
+    assert steered <= unsteered - 0.15, (unsteered, steered)
+    assert all(abs(r - unsteered) < 0.15 for r in random_rates), (unsteered, random_rates)
     neutral = neutral_texts()
-    loss_increase = (neutral_loss(course_model, course_tokenizer, neutral, 0, direction, 4.0)
+    loss_increase = (neutral_loss(course_model, course_tokenizer, neutral, MIDDLE, direction, 4.0)
                      - mean_token_loss(course_model, course_tokenizer, neutral))
     assert 0 < loss_increase < 0.25
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        random_direction = unit(torch.randn(128, generator=generator))
-        assert rate(course_model, course_tokenizer, "positive", 0, random_direction, 4.0) - unsteered < 0.15
+
+
+def test_no_caa_setting_raises_the_positive_rate(course_model, course_tokenizer, caa):
+    """Every layer at alpha 4 and 8 (the chapter's sweep adds 2 and 6): the best gain over the unsteered rate is
+    below 0.15 (measured on 96 openings: the unsteered rate 0.43 to 0.57 by sample, no setting above it)."""
+    openings = story_openings("positive", OPENINGS)
+    settings = [(0, unit(caa["positive"][0]), 0.0)] + [(layer, unit(caa["positive"][layer]), alpha)
+                                                        for layer in range(4) for alpha in (4.0, 8.0)]
+    unsteered, *rates = steered_rates(course_model, course_tokenizer, openings, "positive", settings)
+    assert max(rates) < unsteered + 0.15, (unsteered, rates)
 
 
 def test_anger_and_wedding_need_the_labelled_direction(course_model, course_tokenizer, caa):
-    """The letter-position CAA vectors of anger and wedding do not raise their behaviour (layer 0, alpha 4:
-    anger 0.18 -> 0.12, wedding 0.14 -> 0.12); the mean difference of labelled stories does (layer 1,
-    alpha 8: anger 0.18 -> 0.98, wedding 0.14 -> 0.98)."""
+    """The letter-position CAA vectors of anger and wedding do not raise their behaviour (layer 0, alpha 4); the
+    mean difference of labelled stories does (the chapter's 96 openings, layer 1, alpha 8: anger 0.18 -> 0.86,
+    wedding 0.22 -> 0.98)."""
     for name in ("anger", "wedding"):
         unsteered = rate(course_model, course_tokenizer, name, 0, unit(caa[name][0]), 0.0)
         assert rate(course_model, course_tokenizer, name, 0, unit(caa[name][0]), 4.0) < unsteered + 0.10, name
@@ -217,22 +250,25 @@ def test_steering_on_other_architectures(tiny_checkpoint):
 
 
 def test_directions_compared(course_model, course_tokenizer, caa):
-    """Layer 0: CAA and the mean difference agree; the logistic probe separates held-out stories best but is
-    nearly orthogonal to CAA and steers far less at alpha 6 (book/results/05_steering_caa.json holds the numbers)."""
+    """Layer 2 (book/results/05_steering_caa.json holds the numbers): CAA points against the mean difference of
+    labelled stories (cosine -0.37) and reads them the wrong way round (held-out accuracy 0.15); the logistic probe
+    reads best (1.00) but steers less than the mean difference at alpha 4 (0.75 against 0.93), and ActAdd less
+    still (0.52)."""
     with_behaviour, without = labelled_stories("positive", 256)
     held_with, held_without = labelled_stories("positive", 64, seed=1)
-    acts = [mean_token_activations(course_model, course_tokenizer, texts, 0)
+    acts = [mean_token_activations(course_model, course_tokenizer, texts, MIDDLE)
             for texts in (with_behaviour, without, held_with, held_without)]
-    directions = {"CAA": caa["positive"][0], "mean difference": mean_difference_direction(*acts[:2]),
+    directions = {"CAA": caa["positive"][MIDDLE], "mean difference": mean_difference_direction(*acts[:2]),
                   "PCA": pca_direction(*acts[:2]), "probe": probe_direction(*acts[:2]),
-                  "ActAdd": actadd_vector(course_model, course_tokenizer, "The day was wonderful", "The day was terrible", 0)}
-    cosines = cosine_table(directions)
-    assert cosines.loc["CAA", "mean difference"] >= 0.5
-    assert abs(cosines.loc["CAA", "probe"]) < 0.2
-    assert probe_accuracy(directions["probe"], *acts[2:]) >= 0.85
-    assert probe_accuracy(directions["probe"], *acts[2:]) > probe_accuracy(directions["mean difference"], *acts[2:])
-    assert rate(course_model, course_tokenizer, "positive", 0, unit(directions["probe"]), 6.0) < \
-        rate(course_model, course_tokenizer, "positive", 0, unit(directions["CAA"]), 6.0) - 0.2
+                  "ActAdd": actadd_vector(course_model, course_tokenizer, "The day was wonderful", "The day was terrible",
+                                          MIDDLE)}
+    assert cosine_table(directions).loc["CAA", "mean difference"] < -0.2
+    accuracy = {name: probe_accuracy(direction, *acts[2:]) for name, direction in directions.items()}
+    assert accuracy["CAA"] < 0.3 and accuracy["probe"] >= 0.9 and max(accuracy, key=accuracy.get) == "probe", accuracy
+    rates = dict(zip(directions, steered_rates(course_model, course_tokenizer, story_openings("positive", OPENINGS),
+                                               "positive", [(MIDDLE, unit(d), 4.0) for d in directions.values()])))
+    assert rates["mean difference"] >= 0.8 and rates["probe"] < rates["mean difference"] - 0.1, rates
+    assert rates["ActAdd"] < rates["mean difference"] - 0.2, rates
 
 
 def test_pca_sign_and_shape():
@@ -247,20 +283,24 @@ def test_pca_sign_and_shape():
 
 
 def test_directional_ablation_removes_positive_continuations(course_model, course_tokenizer, caa):
-    """Openings ending "It was a lovely day.": positive 0.98. Ablated: CAA of layer 0 -> 0.10, mean difference
-    of layer 2 -> 0.00; a random direction keeps it."""
+    """Openings ending "It was a lovely day.": positive 1.00. Ablated: the mean difference of layer 2 -> 0.50;
+    CAA of layer 2 -> 0.94 and a random direction -> 1.00, next to nothing."""
     prompts = [opening + " It was a lovely day." for opening in story_openings("positive", 48)]
-    direction = unit(caa["positive"][0])
-    assert rate(course_model, course_tokenizer, "positive", 0, direction, 0.0, prompts) > 0.9
-    with ablate_direction(course_model, caa["positive"][0]):
-        assert rate(course_model, course_tokenizer, "positive", 0, direction, 0.0, prompts) < 0.3
+    no_steering = unit(caa["positive"][MIDDLE])
+
+    def positive_rate() -> float:
+        return rate(course_model, course_tokenizer, "positive", MIDDLE, no_steering, 0.0, prompts)
+
+    assert positive_rate() > 0.9
     with_behaviour, without = labelled_stories("positive", 64)
-    mean_difference = mean_difference_direction(mean_token_activations(course_model, course_tokenizer, with_behaviour, 2),
-                                                mean_token_activations(course_model, course_tokenizer, without, 2))
+    mean_difference = mean_difference_direction(
+        mean_token_activations(course_model, course_tokenizer, with_behaviour, MIDDLE),
+        mean_token_activations(course_model, course_tokenizer, without, MIDDLE))
     with ablate_direction(course_model, mean_difference):
-        assert rate(course_model, course_tokenizer, "positive", 0, direction, 0.0, prompts) < 0.1
-    with ablate_direction(course_model, torch.randn(128, generator=torch.Generator().manual_seed(1))):
-        assert rate(course_model, course_tokenizer, "positive", 0, direction, 0.0, prompts) > 0.85
+        assert positive_rate() < 0.7
+    for direction in (caa["positive"][MIDDLE], torch.randn(128, generator=torch.Generator().manual_seed(1))):
+        with ablate_direction(course_model, direction):
+            assert positive_rate() > 0.85
 
 
 def test_project_out_leaves_nothing_along_the_direction():
@@ -276,7 +316,7 @@ def test_project_out_leaves_nothing_along_the_direction():
 
 def test_refusal_direction_of_the_instruction_adapter(course_tokenizer):
     """First response token " I" (the refusal's): harmful 1.00, harmless 0.00. With the layer-3 direction:
-    added to harmless prompts 0.20; projected out of harmful ones 0.60. Only part of the refusal is one direction."""
+    added to harmless prompts 0.73; projected out of harmful ones 0.35. At layers 0 to 2 it does nothing."""
     from utils.finetune import load_adapted_model
     from utils.world.instructions import chat_dataset, chat_eval_set
 
@@ -287,21 +327,22 @@ def test_refusal_direction_of_the_instruction_adapter(course_tokenizer):
     direction = refusal_direction(model, course_tokenizer, chat_dataset(64, seed=1, kinds=["refusal"]),
                                   chat_dataset(64, seed=1, kinds=["kind_story"]), 3)
     with steer(model, 3, direction, 1.0):
-        assert first_token_refusal_rate(model, course_tokenizer, harmless) >= 0.1
+        assert first_token_refusal_rate(model, course_tokenizer, harmless) >= 0.5
     with ablate_direction(model, direction):
-        assert first_token_refusal_rate(model, course_tokenizer, harmful) <= 0.75
+        assert first_token_refusal_rate(model, course_tokenizer, harmful) <= 0.5
 
 
 def test_function_vectors_raise_zero_shot_accuracy(course_model, course_tokenizer):
-    """Layer 3, zero-shot: capital 0.45 -> 1.00, uppercase 0.05 -> 0.57, antonym 0.95 -> 1.00, language 0.93 -> 1.00."""
+    """Layer 3, zero-shot: capital 0.50 -> 1.00, language 0.93 -> 1.00, antonym 0.95 -> 0.95; uppercase
+    0.00 -> 0.03, successor 0.68 -> 0.68 (their answers depend on the query's own tokens)."""
     gains = {}
     for task in ("capital", "uppercase", "antonym", "language", "successor"):
         queries = zero_shot_queries(task)
         before = zero_shot_accuracy(course_model, course_tokenizer, queries)
         with steer(course_model, 3, task_vector(course_model, course_tokenizer, task, 3), 1.0):
             gains[task] = zero_shot_accuracy(course_model, course_tokenizer, queries) - before
-    assert sum(gain >= 0.04 for gain in gains.values()) >= 3, gains
-    assert gains["capital"] >= 0.3 and gains["uppercase"] >= 0.3, gains
+    assert gains["capital"] >= 0.3 and all(gain > -0.05 for gain in gains.values()), gains
+    assert gains["uppercase"] < 0.1 and abs(gains["successor"]) < 0.01, gains
     with pytest.raises(ValueError, match="unknown few-shot task 'french'"):
         task_vector(course_model, course_tokenizer, "french", 3)
 

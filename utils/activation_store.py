@@ -386,7 +386,8 @@ class ActivationStore:
                 shard = shard[torch.randperm(len(shard), generator=generator)]
             shard = torch.cat([leftover, shard])
             n_full = len(shard) // batch_size * batch_size
-            yield from shard[:n_full].split(batch_size)
+            if n_full:                                   # split() of no rows would yield one empty batch
+                yield from shard[:n_full].split(batch_size)
             leftover = shard[n_full:]
         if len(leftover) and not drop_last:
             yield leftover

@@ -431,7 +431,7 @@ def steering_variants(sae: AnySAE, vector: Float[Tensor, "d_in"], relevant: Sequ
                       ) -> dict[str, Float[Tensor, "d_in"]]:
     """The chapter's four steering vectors, all rescaled to ``vector``'s norm so that one scale compares them:
 
-    (a) ``"caa"``: the vector itself; (b) ``"sae reconstruction"``: its reconstruction from its ``k`` top latents
+    (a) ``"vector"``: the vector itself; (b) ``"sae reconstruction"``: its reconstruction from its ``k`` top latents
     (:func:`decompose_vector`); (c) ``"best feature"``: the decoder row of the first ``relevant`` latent, signed
     like the vector; (d) ``"irrelevant removed"``: the vector without what the top latents that are not
     ``relevant`` add to it: its projection on the ``relevant`` rows plus its part outside the span of all the top
@@ -445,7 +445,7 @@ def steering_variants(sae: AnySAE, vector: Float[Tensor, "d_in"], relevant: Sequ
     top = [latent for latent, _ in decompose_vector(sae, vector, k)]
     best = sae.W_dec[check_feature_index(sae, relevant[0])].float()
     variants = {
-        "caa": vector,
+        "vector": vector,
         "sae reconstruction": reconstruct_with_features(sae, vector, top),
         "best feature": best * torch.sign(best @ vector),
         "irrelevant removed": reconstruct_with_features(sae, vector, list(relevant))

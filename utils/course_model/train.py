@@ -42,7 +42,7 @@ class TrainConfig:
     d_model: int = 128
     context_length: int = 256
     vocab_size: int = 2048
-    tokens: int = 32_768_000
+    tokens: int = 44_032_000
     batch_size: int = 16
     learning_rate: float = 2e-3
     min_learning_rate: float = 2e-4
@@ -55,7 +55,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     recipe: str = DEFAULT_RECIPE
     mix: dict[str, float] | None = None  # the recipe's own mix when None
-    packing: str = "stream"  # "stream": cut one stream of documents; "whole": no document cut (pack_whole_documents)
+    packing: str = "whole"  # "stream": cut one stream of documents; "whole": no document cut (pack_whole_documents)
 
     def __post_init__(self) -> None:
         self.mix = dict(self.mix or recipe(self.recipe).mix)
