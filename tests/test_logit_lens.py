@@ -281,26 +281,26 @@ def test_answer_plots(answers):
 # Direct logit attribution
 
 
+def attribution_of(course_model, prompt_tokens, family):
+    """Direct logit attribution of one family of the chapter's prompts, at each prompt's answer position."""
+    tokens = prompt_tokens[family]
+    return direct_logit_attribution(course_model, tokens.input_ids, tokens.answer_ids, tokens.contrast_ids,
+                                    position=tokens.positions)
+
+
 @pytest.mark.parametrize("family", ["facts", "agreement", "ioi"])
 def test_dla_sums_to_the_logit_difference_on_the_course_model(course_model, prompt_tokens, family):
     tokens = prompt_tokens[family]
-    attribution = direct_logit_attribution(course_model, tokens.input_ids, tokens.answer_ids, tokens.contrast_ids,
-                                           position=tokens.positions)
+    attribution = attribution_of(course_model, prompt_tokens, family)
     assert len(attribution.labels) == 2 + 4 * (8 + 2) + 1 and attribution.labels[-1] == FINAL_BIAS
     torch.testing.assert_close(attribution.contributions.sum(0), attribution.logit_difference, atol=1e-4, rtol=0)
     assert attribution.heads().shape == (4, 8, len(tokens.positions))
     assert len(plot_head_attribution(attribution).data) == 1 and len(plot_component_attribution(attribution).data) == 1
 
 
-def ioi_attribution(course_model, prompt_tokens):
-    tokens = prompt_tokens["ioi"]
-    return direct_logit_attribution(course_model, tokens.input_ids, tokens.answer_ids, tokens.contrast_ids,
-                                    position=tokens.positions)
-
-
 def test_the_ioi_logit_difference_comes_mostly_from_the_mlps_the_last_one_first(course_model, prompt_tokens):
     """Measured on v11: L3 MLP 4.29 of 9.22, the four MLPs 7.39, every head together 1.83."""
-    attribution = ioi_attribution(course_model, prompt_tokens)
+    attribution = attribution_of(course_model, prompt_tokens, "ioi")
     mean = attribution.contributions.mean(dim=-1)
     mlps = sum(mean[i] for i, label in enumerate(attribution.labels) if label.endswith("MLP"))
     assert attribution.top(1)[0][0] == "L3 MLP"
@@ -520,10 +520,7 @@ def test_the_last_mlp_writes_the_worlds_objects(course_model, course_tokenizer):
 def test_the_facts_come_from_the_mlps_and_the_verbs_number_from_the_last_two(course_model, prompt_tokens):
     """Measured on v11: facts L3 MLP 4.38, L2 MLP 2.88, L0 MLP 1.89, L1 MLP 1.80; agreement L2 MLP 4.16, L3 MLP 3.72."""
     def top_labels(family, k):
-        tokens = prompt_tokens[family]
-        attribution = direct_logit_attribution(course_model, tokens.input_ids, tokens.answer_ids, tokens.contrast_ids,
-                                               position=tokens.positions)
-        return {label for label, _ in attribution.top(k)}
+        return {label for label, _ in attribution_of(course_model, prompt_tokens, family).top(k)}
 
     assert top_labels("facts", 4) == {f"L{layer} MLP" for layer in range(4)}
     assert top_labels("agreement", 2) == {"L2 MLP", "L3 MLP"}
@@ -534,7 +531,7 @@ def test_the_head_with_the_largest_direct_effect_on_ioi_does_not_copy_names(cour
     """The chapter's OV example, on the head with the largest direct effect on IOI (L2H5 on v11): its OV circuit
     does not raise the name it reads above the other names (measured: 18 of the 24 names rank 22nd to 24th,
     the best 9th)."""
-    head_effects = ioi_attribution(course_model, prompt_tokens).heads().mean(dim=-1)         # [layer, head]
+    head_effects = attribution_of(course_model, prompt_tokens, "ioi").heads().mean(dim=-1)         # [layer, head]
     layer, head = divmod(int(head_effects.argmax()), head_effects.shape[1])
     names = sorted({p.labels[role] for p in lens_prompts("ioi") for role in ("indirect_object", "subject")})
     ids = torch.tensor([course_tokenizer(" " + name, add_special_tokens=False).input_ids[0] for name in names])
