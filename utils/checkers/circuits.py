@@ -19,6 +19,7 @@ from utils.checks import Case, CheckResult, HasCase, RaisingCase, Varies, check_
 from utils.feature_circuits import (
     SAEs, Node, Spliced, ablation_masks, faithfulness, mean_activations, node_attribution, node_effects,
 )
+from utils.models import sized_prompts
 from utils.patching import (
     PairTokens, PatchingPair, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
     logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, replace_head, tokenize_pairs,
@@ -134,8 +135,9 @@ def check_logit_difference_with_heads_ablated(
 def check_patch_head_positions(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
                                tokenizer: PreTrainedTokenizerBase) -> CheckResult:
     """Exercise 7.6 on IOI and agreement pairs (prompts of different lengths, so that heads and positions differ)."""
-    cases = [Case("8 IOI pairs", model, _ioi_tokens(tokenizer, 8, seed=5), progress=False),
-             Case("8 agreement pairs", model, _agreement_tokens(tokenizer, 8, seed=5), progress=False)]
+    n = sized_prompts(model, 8, what="the check's pairs", minimum=2, quiet=True)      # 2 on a real model: 4 sweeps
+    cases = [Case(f"{n} IOI pairs", model, _ioi_tokens(tokenizer, n, seed=5), progress=False),
+             Case(f"{n} agreement pairs", model, _agreement_tokens(tokenizer, n, seed=5), progress=False)]
     return check_function(
         learner_fn, patch_head_positions, cases, exercise="7.6 (patch_head_positions)", atol=1e-4,
         hint="one variant per (head, position): an identity matrix of size n_heads * n_pos, each row rearranged into "
