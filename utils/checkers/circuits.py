@@ -17,7 +17,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils import architecture
 from utils.checks import Case, CheckResult, HasCase, RaisingCase, Varies, check_function
 from utils.feature_circuits import (
-    SAEs, Node, Spliced, ablation_masks, faithfulness, mean_activations, node_attribution, node_effects,
+    SAEs, Node, Spliced, ablation_masks, completeness, faithfulness, mean_activations, node_attribution,
+    node_effects,
 )
 from utils.models import sized_prompts
 from utils.patching import (
@@ -231,21 +232,36 @@ def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[
              "the ones to keep, so the masks of what to ablate are the negations, of both masks")
 
 
-def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
-                       model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
-    """Exercise 7.11 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
+def _circuit_cases(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> list[Case]:
+    """Agreement prompts with the top nodes of attribution patching, and with the error terms alone."""
     tokens, other = _agreement_tokens(tokenizer, 16, seed=3), _agreement_tokens(tokenizer, 32, seed=4)
     means = mean_activations(model, saes, torch.cat([other.clean, other.corrupted]))
     ranked = [node for node, _ in node_effects(model, saes, tokens).ranked()]
     last = tokens.clean.shape[1] - 1
-    cases = [Case("the top 30 nodes of attribution patching", model, saes, tokens, means, ranked[:30]),
-             Case("the top 15 nodes", model, saes, tokens, means, ranked[:15]),
-             Case("the top 5 nodes", model, saes, tokens, means, ranked[:5]),
-             Case("the error terms at the last position", model, saes, tokens, means,
-                  [Node(layer, last, None) for layer in saes])]
+    return [Case("the top 30 nodes of attribution patching", model, saes, tokens, means, ranked[:30]),
+            Case("the top 15 nodes", model, saes, tokens, means, ranked[:15]),
+            Case("the top 5 nodes", model, saes, tokens, means, ranked[:5]),
+            Case("the error terms at the last position", model, saes, tokens, means,
+                 [Node(layer, last, None) for layer in saes])]
+
+
+def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
+                       model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
+    """Exercise 7.11 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
     return check_function(
-        learner_fn, faithfulness, cases, exercise="7.11 (faithfulness)", atol=1e-4,
+        learner_fn, faithfulness, _circuit_cases(model, tokenizer, saes), exercise="7.11 (faithfulness)", atol=1e-4,
         properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")],
         hint="three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, "
              "keep_only=False), everything ablated (no nodes, keep_only=True), and only the circuit kept (the nodes, "
              "keep_only=True); then (circuit - nothing) / (model - nothing), as a float")
+
+
+def check_completeness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
+                       model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
+    """Exercise 7.12 on the cases of Exercise 7.11."""
+    return check_function(
+        learner_fn, completeness, _circuit_cases(model, tokenizer, saes), exercise="7.12 (completeness)", atol=1e-4,
+        properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")],
+        hint="the three runs of your faithfulness, but the circuit's run ablates the circuit's nodes and keeps the "
+             "rest (the nodes, keep_only=False); the same fraction, (without the circuit - nothing) / (model - "
+             "nothing), as a float")
