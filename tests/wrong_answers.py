@@ -29,7 +29,7 @@ from utils import architecture
 from utils.activation_store import block_output, cache_to_shards
 from utils.attention import losses_by_copy, token_losses
 from utils.course_model.evaluate import encode
-from utils.feature_circuits import Node, logit_difference_with
+from utils.feature_circuits import Node, faithfulness, logit_difference_with
 from utils.finetune import IGNORE_INDEX
 from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
 from utils.hooks import (
@@ -3111,14 +3111,11 @@ def faithfulness_against_the_model_without_saes(model, saes, tokens, means, node
 
 
 def completeness_as_faithfulness(model, saes, tokens, means, nodes):
-    everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()
-    nothing = logit_difference_with(model, saes, tokens, means, [], keep_only=True).mean()
-    circuit = logit_difference_with(model, saes, tokens, means, nodes, keep_only=True).mean()
-    return float((circuit - nothing) / (everything - nothing))
+    return faithfulness(model, saes, tokens, means, nodes)                 # the circuit kept alone, not taken away
 
 
 def completeness_as_one_minus_faithfulness(model, saes, tokens, means, nodes):
-    return 1 - completeness_as_faithfulness(model, saes, tokens, means, nodes)
+    return 1 - faithfulness(model, saes, tokens, means, nodes)
 
 
 def completeness_without_the_empty_circuit(model, saes, tokens, means, nodes):

@@ -223,7 +223,9 @@ def _factored_composition(left: tuple[Float[Tensor, "a d h"], Float[Tensor, "a h
     middle = einops.einsum(b, c, "x i d, y d j -> x y i j")                                  # [a, b, h, h]
     through = gram_a[:, None] @ middle @ gram_d[None]                                        # G M H
     squared = einops.einsum(through, middle, "x y i j, x y i j -> x y")                      # tr(G M H M^T)
-    norms = einops.einsum(gram_a, gram_b, "x i j, x i j -> x")[:, None] * einops.einsum(gram_c, gram_d, "y i j, y i j -> y")
+    left_norm = einops.einsum(gram_a, gram_b, "x i j, x i j -> x")                          # ||L||_F^2 = tr(G B B^T)
+    right_norm = einops.einsum(gram_c, gram_d, "y i j, y i j -> y")
+    norms = left_norm[:, None] * right_norm[None, :]
     return (squared.clamp(min=0) / norms).sqrt()
 
 

@@ -245,15 +245,32 @@ def _circuit_cases(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s
                  [Node(layer, last, None) for layer in saes])]
 
 
+def _check_circuit_measure(learner_fn: Callable[..., float], reference: Callable[..., float], exercise: str,
+                           hint: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs
+                           ) -> CheckResult:
+    return check_function(
+        learner_fn, reference, _circuit_cases(model, tokenizer, saes), exercise=exercise, atol=1e-4,
+        properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")], hint=hint)
+
+
 def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
                        model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
     """Exercise 7.11 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
-    return check_function(
-        learner_fn, faithfulness, _circuit_cases(model, tokenizer, saes), exercise="7.11 (faithfulness)", atol=1e-4,
-        properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")],
-        hint="three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, "
-             "keep_only=False), everything ablated (no nodes, keep_only=True), and only the circuit kept (the nodes, "
-             "keep_only=True); then (circuit - nothing) / (model - nothing), as a float")
+    return _check_circuit_measure(
+        learner_fn, faithfulness, "7.11 (faithfulness)",
+        "three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, keep_only=False), "
+        "everything ablated (no nodes, keep_only=True), and only the circuit kept (the nodes, keep_only=True); then "
+        "(circuit - nothing) / (model - nothing), as a float", model, tokenizer, saes)
+
+
+def check_completeness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
+                       model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
+    """Exercise 7.12 on the cases of Exercise 7.11."""
+    return _check_circuit_measure(
+        learner_fn, completeness, "7.12 (completeness)",
+        "the three runs of your faithfulness, but the circuit's run ablates the circuit's nodes and keeps the rest "
+        "(the nodes, keep_only=False); the same fraction, (without the circuit - nothing) / (model - nothing), as a "
+        "float", model, tokenizer, saes)
 
 
 def check_completeness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
