@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from utils.feature_circuits import (
-    Node, ablation_masks, accuracy_with_nodes_ablated, check_saes, edge_effects, faithfulness, latents_at, mean_activations,
+    Node, ablation_masks, accuracy_with_nodes_ablated, check_saes, completeness, edge_effects, faithfulness, latents_at, mean_activations,
     node_effects, spliced, Spliced,
 )
 from utils.patching import agreement_pairs, tokenize_pairs
@@ -44,12 +44,14 @@ def test_splicing_the_saes_changes_nothing(course_model, saes, circuit):
 
 def test_small_circuit_is_faithful_and_necessary(course_model, saes, circuit):
     """20 nodes: faithfulness 0.70 (5 or 10 nodes, all at the last position: 0.00; 40 nodes: 0.97); ablating them
-    takes agreement accuracy from 1.00 to 0.50, chance (v11)."""
+    takes agreement accuracy from 1.00 to 0.50, chance, and completeness to 0.00 (from 5 nodes on; v11)."""
     tokens, means, ranked = circuit
     nodes = [node for node, _ in ranked[:CIRCUIT_SIZE]]
     assert faithfulness(course_model, saes, tokens, means, nodes) >= 0.6
     assert accuracy_with_nodes_ablated(course_model, saes, tokens, means, []) == 1.0
     assert accuracy_with_nodes_ablated(course_model, saes, tokens, means, nodes) <= 0.6
+    assert completeness(course_model, saes, tokens, means, nodes) <= 0.1             # the model needs them: 0.00
+    assert completeness(course_model, saes, tokens, means, []) == pytest.approx(1.0)  # nothing ablated: the model
     assert any(node.position == SUBJECT for node in nodes)             # the subject's number must be read somewhere
 
 

@@ -17,7 +17,7 @@ from utils import architecture, models
 from utils.models import (
     COURSE_MODEL_DIR, REAL_MODEL_SHAPES, CheckpointError, ModelNotAvailableError, ModelTooLargeError,
     check_fits_in_memory, course_parameter_count, load_model, load_tokenizer, parameter_count,
-    random_checkpoint_of_shape, resolve_checkpoint, sized_training, verify_checkpoint, write_manifest,
+    random_checkpoint_of_shape, resolve_checkpoint, sized_prompts, sized_training, verify_checkpoint, write_manifest,
 )
 
 TOKENS = torch.tensor([[0, 5, 17, 42, 99, 7, 3, 250], [0, 11, 12, 13, 14, 15, 16, 17]])
@@ -198,3 +198,18 @@ def test_training_on_a_larger_model_is_cut_to_the_budget_and_says_so(course_mode
                "examples instead of 60 of 32" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"steps \(0\), batch_size \(32\) and budget \(2.0\) must be positive"):
         sized_training(course_model, 0, 32, what="the run")
+
+
+def test_a_sweep_on_a_larger_model_runs_fewer_prompts_and_says_so(course_model, monkeypatch, capsys):
+    assert sized_prompts(course_model, 32, what="IOI pairs") == 32                 # the course model: as written
+    assert capsys.readouterr().out == ""
+    course = course_parameter_count()
+    for times, minimum, expected in [(83.0, 8, 8), (83.0, 1, 1), (8.0, 4, 8), (1.5, 8, 32)]:
+        monkeypatch.setattr(models, "course_parameter_count", lambda: course / times)
+        assert sized_prompts(course_model, 32, what="IOI pairs", budget=2.0, minimum=minimum) == expected
+        printed = capsys.readouterr().out
+        assert (f"IOI pairs: this model is {times:,.0f} times the course model's size, so {expected} instead "
+                "of 32" in printed) == (expected < 32)
+    assert sized_prompts(course_model, 4, what="pairs", minimum=8) == 4            # never more than asked for
+    with pytest.raises(ValueError, match=r"n \(0\), minimum \(8\) and budget \(2.0\) must be positive"):
+        sized_prompts(course_model, 0, what="pairs")

@@ -187,6 +187,18 @@ def test_sweep_has_one_row_per_setting(course_model, course_tokenizer, caa):
         assert table[["ab_probability", "neutral_loss"]].to_numpy().tolist() == [pytest.approx(row, abs=1e-5) for row in one_at_a_time]
 
 
+def test_a_sweep_over_some_layers_keeps_only_their_settings_and_their_numbers(course_model, course_tokenizer, caa):
+    options = dict(n_openings=8, n_questions=8, n_neutral=8, max_new_tokens=10)
+    every = steering_sweep(course_model, course_tokenizer, "positive", caa["positive"], [0.0, 4.0], **options)
+    some = steering_sweep(course_model, course_tokenizer, "positive", caa["positive"], [0.0, 4.0], layers=[0, 3],
+                          **options)
+    assert list(some[["layer", "alpha"]].itertuples(index=False, name=None)) == [(0, 0.0), (0, 4.0), (3, 0.0), (3, 4.0)]
+    kept = every[every.layer.isin([0, 3])].reset_index(drop=True)
+    assert some[["ab_probability", "neutral_loss"]].to_numpy() == pytest.approx(
+        kept[["ab_probability", "neutral_loss"]].to_numpy(), abs=1e-5)
+    assert len(neutral_texts(8)) == 8
+
+
 def test_steering_variants_side_by_side_generate_what_each_setting_generates_alone(course_model, course_tokenizer, caa):
     openings = story_openings("positive", 6)
     settings = [(0, unit(caa["positive"][0]), 8.0), (1, unit(caa["positive"][1]), 4.0), (2, unit(caa["positive"][2]), 0.0)]

@@ -29,7 +29,7 @@ from utils import architecture
 from utils.activation_store import block_output, cache_to_shards
 from utils.attention import losses_by_copy, token_losses
 from utils.course_model.evaluate import encode
-from utils.feature_circuits import Node, logit_difference_with
+from utils.feature_circuits import Node, faithfulness, logit_difference_with
 from utils.finetune import IGNORE_INDEX
 from utils.gpt2_from_scratch import causal_attention_pattern, embed, layer_norm, mlp, self_attention, transformer_block
 from utils.hooks import (
@@ -3110,6 +3110,27 @@ def faithfulness_against_the_model_without_saes(model, saes, tokens, means, node
     return float((circuit - nothing) / (everything - nothing))
 
 
+def completeness_as_faithfulness(model, saes, tokens, means, nodes):
+    return faithfulness(model, saes, tokens, means, nodes)                 # the circuit kept alone, not taken away
+
+
+def completeness_as_one_minus_faithfulness(model, saes, tokens, means, nodes):
+    return 1 - faithfulness(model, saes, tokens, means, nodes)
+
+
+def completeness_without_the_empty_circuit(model, saes, tokens, means, nodes):
+    everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()
+    without = logit_difference_with(model, saes, tokens, means, nodes, keep_only=False).mean()
+    return float(without / everything)
+
+
+def completeness_as_one_minus_the_share_lost(model, saes, tokens, means, nodes):
+    everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()
+    nothing = logit_difference_with(model, saes, tokens, means, [], keep_only=True).mean()
+    lost = everything - logit_difference_with(model, saes, tokens, means, nodes, keep_only=False).mean()
+    return float(1 - lost / (everything - nothing))
+
+
 WRONG: dict[str, tuple[Answer, ...]] = {
     "0.1": (loss_without_the_shift, loss_of_the_current_token, loss_averaged_to_one_number),
     "0.2": (difference_at_the_first_position, difference_the_wrong_way_round, difference_of_probabilities),
@@ -3234,6 +3255,7 @@ WRONG: dict[str, tuple[Answer, ...]] = {
             nodes_the_wrong_way_round, nodes_of_the_clean_run_alone),
     "7.10": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
     "7.11": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
+    "7.12": (completeness_as_faithfulness, completeness_as_one_minus_faithfulness, completeness_without_the_empty_circuit),
 }
 
 RIGHT: dict[str, tuple[Answer, ...]] = {
@@ -3284,4 +3306,5 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "7.7": (attribution_as_a_sum_of_products,),
     "7.8": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.9": (nodes_layer_by_layer_with_sums,),
     "7.10": (masks_from_index_lists,), "7.11": (faithfulness_against_the_model_without_saes,),
+    "7.12": (completeness_as_one_minus_the_share_lost,),
 }

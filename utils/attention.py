@@ -212,6 +212,23 @@ def k_composition_scores(tl_model: HookedTransformer, earlier: int, later: int) 
     return _composition(ov, qk.transpose(1, 2))
 
 
+def _factored_composition(left: tuple[Float[Tensor, "a d h"], Float[Tensor, "a h d"]],
+                          right: tuple[Float[Tensor, "b d h"], Float[Tensor, "b h d"]]) -> Float[Tensor, "a b"]:
+    """:func:`_composition` of ``L_a = A_a B_a`` and ``R_b = C_b D_b`` from their thin factors (``h = d_head``):
+    with the Gram matrices ``G = A^T A``, ``H = D D^T`` and the middle ``M = B C`` (all ``[h, h]``),
+    ``||L R||_F^2 = tr(G M H M^T)``, so no ``d_model``-wide matrix and no SVD is ever formed."""
+    (a, b), (c, d) = left, right
+    gram_a, gram_b = einops.einsum(a, a, "x d i, x d j -> x i j"), einops.einsum(b, b, "x i d, x j d -> x i j")
+    gram_c, gram_d = einops.einsum(c, c, "y d i, y d j -> y i j"), einops.einsum(d, d, "y i d, y j d -> y i j")
+    middle = einops.einsum(b, c, "x i d, y d j -> x y i j")                                  # [a, b, h, h]
+    through = gram_a[:, None] @ middle @ gram_d[None]                                        # G M H
+    squared = einops.einsum(through, middle, "x y i j, x y i j -> x y")                      # tr(G M H M^T)
+    left_norm = einops.einsum(gram_a, gram_b, "x i j, x i j -> x")                          # ||L||_F^2 = tr(G B B^T)
+    right_norm = einops.einsum(gram_c, gram_d, "y i j, y i j -> y")
+    norms = left_norm[:, None] * right_norm[None, :]
+    return (squared.clamp(min=0) / norms).sqrt()
+
+
 @torch.no_grad()
 def composition_scores(tl_model: HookedTransformer, mode: Literal["Q", "K", "V"]
                        ) -> Float[Tensor, "layer head later_layer later_head"]:
@@ -222,12 +239,12 @@ def composition_scores(tl_model: HookedTransformer, mode: Literal["Q", "K", "V"]
         raise ValueError(f"mode must be 'Q', 'K' or 'V', got {mode!r}")
     n_layers, n_heads = tl_model.cfg.n_layers, tl_model.cfg.n_heads
     scores = torch.zeros(n_layers, n_heads, n_layers, n_heads)
-    weights = [_ov_and_qk(tl_model, layer) for layer in range(n_layers)]
     for earlier in range(n_layers):
+        ov = tl_model.W_V[earlier], tl_model.W_O[earlier]                                  # W_OV = W_V W_O
         for later in range(earlier + 1, n_layers):
-            ov_later, qk_later = weights[later]
-            right = {"Q": qk_later, "K": qk_later.transpose(1, 2), "V": ov_later}[mode]
-            scores[earlier, :, later] = _composition(weights[earlier][0], right)
+            q, k = tl_model.W_Q[later], tl_model.W_K[later]                                # W_QK = W_Q W_K^T
+            right = {"Q": (q, k.mT), "K": (k, q.mT), "V": (tl_model.W_V[later], tl_model.W_O[later])}[mode]
+            scores[earlier, :, later] = _factored_composition(ov, right)
     return scores
 
 

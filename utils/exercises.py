@@ -258,4 +258,6 @@ EXERCISES: dict[str, Exercise] = _exercises(
     ("7.10", "07_circuits", "ablation_masks", "utils.feature_circuits", "check_ablation_masks", ()),
     ("7.11", "07_circuits", "faithfulness", "utils.feature_circuits", "check_faithfulness",
      ("model", "tokenizer", "saes")),
+    ("7.12", "07_circuits", "completeness", "utils.feature_circuits", "check_completeness",
+     ("model", "tokenizer", "saes")),
 )

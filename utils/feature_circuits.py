@@ -266,6 +266,18 @@ def faithfulness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: 
     return float((circuit - nothing) / (everything - nothing))
 
 
+def completeness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced, nodes: Sequence[Node]
+                 ) -> float:
+    """Reference for Exercise 7.12: the faithfulness of the model without the circuit ``C`` (Marks et al. 2024),
+    ``(m(M \\ C) - m(nothing)) / (m(model) - m(nothing))`` with ``C``'s nodes mean-ablated and everything else
+    kept: near 0 when the model cannot do the task without ``C`` (a complete circuit), near 1 when it does not
+    need it."""
+    everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()
+    nothing = logit_difference_with(model, saes, tokens, means, [], keep_only=True).mean()
+    without = logit_difference_with(model, saes, tokens, means, nodes, keep_only=False).mean()
+    return float((without - nothing) / (everything - nothing))
+
+
 def accuracy_with_nodes_ablated(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced,
                                 nodes: Sequence[Node]) -> float:
     """The share of clean prompts still answered right with ``nodes`` mean-ablated (completeness, as accuracy)."""

@@ -264,6 +264,33 @@ def sized_training(model: torch.nn.Module, steps: int, batch_size: int, *, what:
     return sized_steps, sized_batch
 
 
+#: A sweep sized by :func:`sized_prompts` may cost this many times the course model's.
+SWEEP_BUDGET = 2.0
+
+
+def sized_prompts(model: torch.nn.Module, n: int, *, what: str, budget: float = SWEEP_BUDGET, minimum: int = 8,
+                  quiet: bool = False) -> int:
+    """How many of ``n`` prompts (texts, tokens) a sweep or an evaluation runs on ``model``.
+
+    A forward pass costs about the model's parameter count per token, so on a model ``r`` times the course
+    model's size a sweep over ``n`` prompts costs ``r`` times as much. Where that is more than ``budget`` times
+    the course model's sweep, the prompts are cut to ``ceil(n * budget / r)``, never below ``minimum`` (nor
+    above ``n``), and a line names ``what`` was cut and how to ask for more. On the course model, or any model
+    no larger than ``budget`` times it, ``n`` is returned unchanged. ``quiet`` leaves the line out (a checker's
+    own cases).
+    """
+    if n < 1 or minimum < 1 or budget <= 0:
+        raise ValueError(f"n ({n}), minimum ({minimum}) and budget ({budget}) must be positive")
+    ratio = sum(p.numel() for p in model.parameters()) / course_parameter_count()
+    if ratio <= budget:
+        return n
+    sized = min(n, max(minimum, math.ceil(n * budget / ratio)))
+    if sized < n and not quiet:
+        print(f"{what}: this model is {ratio:,.0f} times the course model's size, so {sized:,} instead of {n:,} "
+              f"(expect noisier numbers, or pass a larger budget= for more)")
+    return sized
+
+
 def load_model(name: str | Path = COURSE_MODEL_NAME, backend: Backend = "hf", *,
                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                ) -> PreTrainedModel | TransformersModel | HookedTransformer:

@@ -534,15 +534,17 @@ SweepSettings = Callable[[Tensor, Sequence[float]], list[tuple[int, Tensor, floa
 
 def steering_sweep(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str,
                    vectors: Float[Tensor, "layer d_model"], alphas: Sequence[float], *, n_openings: int = 48,
-                   n_questions: int = 64, max_new_tokens: int = 40, seed: int = 0,
-                   memory_budget: int = MEMORY_BUDGET, settings: SweepSettings = sweep_settings) -> pd.DataFrame:
+                   n_questions: int = 64, n_neutral: int = 64, max_new_tokens: int = 40, seed: int = 0,
+                   layers: Sequence[int] | None = None, memory_budget: int = MEMORY_BUDGET,
+                   settings: SweepSettings = sweep_settings) -> pd.DataFrame:
     """Steer toward behaviour ``name`` with the unit vector of each layer and each ``alpha``, and measure.
 
     One row per ``(layer, alpha)``: the behaviour rate of sampled continuations of held-out openings
     (``behaviour``), the other behaviours' rates, the matching-letter probability on held-out
     questions (``ab_probability``), the loss on neutral text with the vector added everywhere
-    (``neutral_loss``) and the unsteered model's loss on the steered texts (``fluency_loss``).
-    ``alpha=0`` is the unsteered baseline.
+    (``neutral_loss``, on ``n_neutral`` texts) and the unsteered model's loss on the steered texts
+    (``fluency_loss``). ``alpha=0`` is the unsteered baseline. ``layers`` keeps the grid's settings at those
+    layers only (every layer by default; a deep model's sweep can take a few).
 
     The settings run side by side in the batch (:func:`steering_variants`), as many per pass as fit
     ``memory_budget`` bytes. Greedy or not, each setting's numbers are those of running it alone; only
@@ -550,8 +552,8 @@ def steering_sweep(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n
     """
     openings = story_openings(name, n_openings, seed)
     questions = contrastive_pairs(name, n_questions, "test", seed)
-    neutral = neutral_texts()
-    grid = settings(vectors, alphas)
+    neutral = neutral_texts(n_neutral)
+    grid = [setting for setting in settings(vectors, alphas) if layers is None or setting[0] in layers]
     longest = max(len(encode(tokenizer, text)) for text in neutral) + 1
     per_pass = variants_per_pass(model, max(len(openings), len(neutral)), longest, memory_budget,
                                  logit_positions=longest)

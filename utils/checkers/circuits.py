@@ -17,8 +17,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils import architecture
 from utils.checks import Case, CheckResult, HasCase, RaisingCase, Varies, check_function
 from utils.feature_circuits import (
-    SAEs, Node, Spliced, ablation_masks, faithfulness, mean_activations, node_attribution, node_effects,
+    SAEs, Node, Spliced, ablation_masks, completeness, faithfulness, mean_activations, node_attribution,
+    node_effects,
 )
+from utils.models import sized_prompts
 from utils.patching import (
     PairTokens, PatchingPair, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
     logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, replace_head, tokenize_pairs,
@@ -134,8 +136,9 @@ def check_logit_difference_with_heads_ablated(
 def check_patch_head_positions(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
                                tokenizer: PreTrainedTokenizerBase) -> CheckResult:
     """Exercise 7.6 on IOI and agreement pairs (prompts of different lengths, so that heads and positions differ)."""
-    cases = [Case("8 IOI pairs", model, _ioi_tokens(tokenizer, 8, seed=5), progress=False),
-             Case("8 agreement pairs", model, _agreement_tokens(tokenizer, 8, seed=5), progress=False)]
+    n = sized_prompts(model, 8, what="the check's pairs", minimum=2, quiet=True)      # 2 on a real model: 4 sweeps
+    cases = [Case(f"{n} IOI pairs", model, _ioi_tokens(tokenizer, n, seed=5), progress=False),
+             Case(f"{n} agreement pairs", model, _agreement_tokens(tokenizer, n, seed=5), progress=False)]
     return check_function(
         learner_fn, patch_head_positions, cases, exercise="7.6 (patch_head_positions)", atol=1e-4,
         hint="one variant per (head, position): an identity matrix of size n_heads * n_pos, each row rearranged into "
@@ -229,21 +232,53 @@ def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[
              "the ones to keep, so the masks of what to ablate are the negations, of both masks")
 
 
-def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
-                       model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
-    """Exercise 7.11 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
+def _circuit_cases(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> list[Case]:
+    """Agreement prompts with the top nodes of attribution patching, and with the error terms alone."""
     tokens, other = _agreement_tokens(tokenizer, 16, seed=3), _agreement_tokens(tokenizer, 32, seed=4)
     means = mean_activations(model, saes, torch.cat([other.clean, other.corrupted]))
     ranked = [node for node, _ in node_effects(model, saes, tokens).ranked()]
     last = tokens.clean.shape[1] - 1
-    cases = [Case("the top 30 nodes of attribution patching", model, saes, tokens, means, ranked[:30]),
-             Case("the top 15 nodes", model, saes, tokens, means, ranked[:15]),
-             Case("the top 5 nodes", model, saes, tokens, means, ranked[:5]),
-             Case("the error terms at the last position", model, saes, tokens, means,
-                  [Node(layer, last, None) for layer in saes])]
+    return [Case("the top 30 nodes of attribution patching", model, saes, tokens, means, ranked[:30]),
+            Case("the top 15 nodes", model, saes, tokens, means, ranked[:15]),
+            Case("the top 5 nodes", model, saes, tokens, means, ranked[:5]),
+            Case("the error terms at the last position", model, saes, tokens, means,
+                 [Node(layer, last, None) for layer in saes])]
+
+
+def _check_circuit_measure(learner_fn: Callable[..., float], reference: Callable[..., float], exercise: str,
+                           hint: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs
+                           ) -> CheckResult:
     return check_function(
-        learner_fn, faithfulness, cases, exercise="7.11 (faithfulness)", atol=1e-4,
+        learner_fn, reference, _circuit_cases(model, tokenizer, saes), exercise=exercise, atol=1e-4,
+        properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")], hint=hint)
+
+
+def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
+                       model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
+    """Exercise 7.11 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
+    return _check_circuit_measure(
+        learner_fn, faithfulness, "7.11 (faithfulness)",
+        "three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, keep_only=False), "
+        "everything ablated (no nodes, keep_only=True), and only the circuit kept (the nodes, keep_only=True); then "
+        "(circuit - nothing) / (model - nothing), as a float", model, tokenizer, saes)
+
+
+def check_completeness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
+                       model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
+    """Exercise 7.12 on the cases of Exercise 7.11."""
+    return _check_circuit_measure(
+        learner_fn, completeness, "7.12 (completeness)",
+        "the three runs of your faithfulness, but the circuit's run ablates the circuit's nodes and keeps the rest "
+        "(the nodes, keep_only=False); the same fraction, (without the circuit - nothing) / (model - nothing), as a "
+        "float", model, tokenizer, saes)
+
+
+def check_completeness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
+                       model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
+    """Exercise 7.12 on the cases of Exercise 7.11."""
+    return check_function(
+        learner_fn, completeness, _circuit_cases(model, tokenizer, saes), exercise="7.12 (completeness)", atol=1e-4,
         properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")],
-        hint="three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, "
-             "keep_only=False), everything ablated (no nodes, keep_only=True), and only the circuit kept (the nodes, "
-             "keep_only=True); then (circuit - nothing) / (model - nothing), as a float")
+        hint="the three runs of your faithfulness, but the circuit's run ablates the circuit's nodes and keeps the "
+             "rest (the nodes, keep_only=False); the same fraction, (without the circuit - nothing) / (model - "
+             "nothing), as a float")
