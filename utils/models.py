@@ -240,6 +240,11 @@ def course_parameter_count() -> int:
     return parameter_count(AutoConfig.from_pretrained(COURSE_MODEL_DIR))
 
 
+def size_relative_to_course_model(model: torch.nn.Module) -> float:
+    """``model``'s parameter count over the course model's: about how many times a forward pass costs more."""
+    return sum(p.numel() for p in model.parameters()) / course_parameter_count()
+
+
 def sized_training(model: torch.nn.Module, steps: int, batch_size: int, *, what: str,
                    budget: float = TRAINING_BUDGET, min_steps: int = 5, min_batch: int = 4) -> tuple[int, int]:
     """``(steps, batch_size)`` for a run that takes ``steps`` steps of ``batch_size`` examples on the course model.
@@ -252,7 +257,7 @@ def sized_training(model: torch.nn.Module, steps: int, batch_size: int, *, what:
     """
     if steps < 1 or batch_size < 1 or budget <= 0:
         raise ValueError(f"steps ({steps}), batch_size ({batch_size}) and budget ({budget}) must be positive")
-    ratio = sum(p.numel() for p in model.parameters()) / course_parameter_count()
+    ratio = size_relative_to_course_model(model)
     share = budget / ratio                                       # of the course model's run that fits the budget
     if share >= 1:
         return steps, batch_size
@@ -281,7 +286,7 @@ def sized_prompts(model: torch.nn.Module, n: int, *, what: str, budget: float = 
     """
     if n < 1 or minimum < 1 or budget <= 0:
         raise ValueError(f"n ({n}), minimum ({minimum}) and budget ({budget}) must be positive")
-    ratio = sum(p.numel() for p in model.parameters()) / course_parameter_count()
+    ratio = size_relative_to_course_model(model)
     if ratio <= budget:
         return n
     sized = min(n, max(minimum, math.ceil(n * budget / ratio)))

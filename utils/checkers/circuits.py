@@ -271,14 +271,3 @@ def check_completeness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, 
         "the three runs of your faithfulness, but the circuit's run ablates the circuit's nodes and keeps the rest "
         "(the nodes, keep_only=False); the same fraction, (without the circuit - nothing) / (model - nothing), as a "
         "float", model, tokenizer, saes)
-
-
-def check_completeness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
-                       model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
-    """Exercise 7.12 on the cases of Exercise 7.11."""
-    return check_function(
-        learner_fn, completeness, _circuit_cases(model, tokenizer, saes), exercise="7.12 (completeness)", atol=1e-4,
-        properties=[Varies("nodes", lambda nodes: nodes[: len(nodes) // 2], "ignores the circuit's nodes")],
-        hint="the three runs of your faithfulness, but the circuit's run ablates the circuit's nodes and keeps the "
-             "rest (the nodes, keep_only=False); the same fraction, (without the circuit - nothing) / (model - "
-             "nothing), as a float")
