@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from utils.batching import activation_bytes_per_prompt, variants_per_pass
-from utils.checkers.circuits import check_attribution, check_normalised_metric, check_replace_head
+from utils.checkers import circuits
+from utils.checkers.circuits import (
+    check_attribution, check_faithfulness, check_normalised_metric, check_patch_head_positions, check_replace_head,
+)
 from utils.checks import assert_accepts, assert_rejects
 from utils.hooks import capture, editing_head_outputs, hooks
 from utils.models import load_model
@@ -196,6 +199,34 @@ def test_a_sweep_over_the_memory_budget_runs_in_chunks(course_model, agreement_t
     torch.testing.assert_close(chunked, in_one_go, atol=1e-5, rtol=0)
     patch_passes = passes[4:]                      # after the baseline's and the recordings' four passes
     assert max(patch_passes) == 3 * n and len(patch_passes) == 4 * 3   # 8 heads a layer in chunks of 3, 3, 2
+
+
+def test_the_first_pairs_of_a_batch(ioi):
+    two = ioi.first(2)
+    assert two.clean.shape == (2, ioi.clean.shape[1]) and two.labels == ioi.labels
+    for field in ("clean", "corrupted", "answer", "wrong"):
+        assert torch.equal(getattr(two, field), getattr(ioi, field)[:2])
+    assert torch.equal(ioi.first(1000).clean, ioi.clean)                  # all of them when there are fewer
+    with pytest.raises(ValueError, match="at least 1 pair"):
+        ioi.first(0)
+
+
+def test_a_sweep_check_on_a_much_larger_model_runs_on_the_course_model(course_model, course_tokenizer, monkeypatch):
+    """Exercise 7.6's check sweeps every head at every position: on a model 80 times the course model's size that
+    would take half a minute, so it runs the same function on the course model instead (and 7.11's on its SAEs)."""
+    from utils.feature_circuits import faithfulness
+    from utils.models import tiny_random_model
+
+    assert circuits._sweep_subject(course_model, course_tokenizer).model is course_model
+    monkeypatch.setattr(circuits, "size_relative_to_course_model", lambda model: 80.0)
+    unusable = tiny_random_model("gpt2", vocab_size=8)          # the course tokenizer's ids would not fit it
+    subject = circuits._sweep_subject(unusable, course_tokenizer)
+    assert subject.model is not unusable and subject.where == ", on the course model"
+    assert set(subject.saes) == set(range(4)) and subject.saes[0].W_dec.shape[1] == course_model.config.n_embd
+    assert_accepts(check_patch_head_positions(patch_head_positions, unusable, course_tokenizer))
+    wrong = lambda model, tokens, progress=True: patch_head_positions(model, tokens, progress).transpose(1, 2)  # noqa: E731
+    assert_rejects(check_patch_head_positions(wrong, unusable, course_tokenizer), "on the course model")
+    assert_accepts(check_faithfulness(faithfulness, unusable, course_tokenizer, saes={}))    # with the course's SAEs
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "llama"])

@@ -127,6 +127,12 @@ class PairTokens:
     wrong: Int[Tensor, "n"]
     labels: list[str]
 
+    def first(self, k: int) -> PairTokens:
+        """The first ``k`` pairs (all of them when there are fewer)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1 pair, got {k}")
+        return PairTokens(self.clean[:k], self.corrupted[:k], self.answer[:k], self.wrong[:k], self.labels)
+
 
 def _single_token(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -8,6 +8,7 @@ on inputs chosen so that every plausible mistake shows (see ``utils.checks``), a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -20,7 +21,8 @@ from utils.feature_circuits import (
     SAEs, Node, Spliced, ablation_masks, completeness, faithfulness, mean_activations, node_attribution,
     node_effects,
 )
-from utils.models import sized_prompts
+from utils.models import SWEEP_BUDGET, load_model, load_tokenizer, size_relative_to_course_model
+from utils.sae import load_shipped_sae
 from utils.patching import (
     PairTokens, PatchingPair, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
     logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, replace_head, tokenize_pairs,
@@ -113,6 +115,32 @@ def _agreement_tokens(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> 
     return tokenize_pairs(tokenizer, agreement_pairs(n, seed=seed))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Subject:
+    """What a check whose cases run many forward passes runs on, and the words its case names end with."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    saes: SAEs | None
+    where: str
+
+
+@functools.cache
+def _course_model_with_saes() -> _Subject:
+    model = load_model("course")
+    saes = {layer: load_shipped_sae(f"resid_post.{layer}") for layer in range(architecture.n_layers(model))}
+    return _Subject(model, load_tokenizer("course"), saes, ", on the course model")
+
+
+def _sweep_subject(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs | None = None) -> _Subject:
+    """The learner's model, or the course model (with its shipped SAEs) where the learner's is more than
+    ``SWEEP_BUDGET`` times its size: a check's sweeps would cost minutes there, and the function under test is
+    the same code on any model (the notebook's next cell runs it on the learner's)."""
+    if size_relative_to_course_model(model) <= SWEEP_BUDGET:
+        return _Subject(model, tokenizer, saes, "")
+    return _course_model_with_saes()
+
+
 def check_logit_difference_with_heads_ablated(
         learner_fn: Callable[[PreTrainedModel, PairTokens, Sequence[tuple[int, int]], Tensor], Tensor],
         model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
@@ -135,10 +163,11 @@ def check_logit_difference_with_heads_ablated(
 
 def check_patch_head_positions(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
                                tokenizer: PreTrainedTokenizerBase) -> CheckResult:
-    """Exercise 7.6 on IOI and agreement pairs (prompts of different lengths, so that heads and positions differ)."""
-    n = sized_prompts(model, 8, what="the check's pairs", minimum=2, quiet=True)      # 2 on a real model: 4 sweeps
-    cases = [Case(f"{n} IOI pairs", model, _ioi_tokens(tokenizer, n, seed=5), progress=False),
-             Case(f"{n} agreement pairs", model, _agreement_tokens(tokenizer, n, seed=5), progress=False)]
+    """Exercise 7.6 on IOI and agreement pairs (prompts of different lengths, so that heads and positions differ), on
+    the course model where the learner's is much larger (:func:`_sweep_subject`)."""
+    on = _sweep_subject(model, tokenizer)
+    cases = [Case(f"8 IOI pairs{on.where}", on.model, _ioi_tokens(on.tokenizer, 8, seed=5), progress=False),
+             Case(f"8 agreement pairs{on.where}", on.model, _agreement_tokens(on.tokenizer, 8, seed=5), progress=False)]
     return check_function(
         learner_fn, patch_head_positions, cases, exercise="7.6 (patch_head_positions)", atol=1e-4,
         hint="one variant per (head, position): an identity matrix of size n_heads * n_pos, each row rearranged into "
@@ -234,11 +263,13 @@ def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[
 
 def _circuit_cases(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> list[Case]:
     """Agreement prompts with the top nodes of attribution patching, and with the error terms alone."""
-    tokens, other = _agreement_tokens(tokenizer, 16, seed=3), _agreement_tokens(tokenizer, 32, seed=4)
+    on = _sweep_subject(model, tokenizer, saes)
+    model, saes = on.model, on.saes
+    tokens, other = _agreement_tokens(on.tokenizer, 16, seed=3), _agreement_tokens(on.tokenizer, 32, seed=4)
     means = mean_activations(model, saes, torch.cat([other.clean, other.corrupted]))
     ranked = [node for node, _ in node_effects(model, saes, tokens).ranked()]
     last = tokens.clean.shape[1] - 1
-    return [Case("the top 30 nodes of attribution patching", model, saes, tokens, means, ranked[:30]),
+    return [Case(f"the top 30 nodes of attribution patching{on.where}", model, saes, tokens, means, ranked[:30]),
             Case("the top 15 nodes", model, saes, tokens, means, ranked[:15]),
             Case("the top 5 nodes", model, saes, tokens, means, ranked[:5]),
             Case("the error terms at the last position", model, saes, tokens, means,
@@ -255,7 +286,8 @@ def _check_circuit_measure(learner_fn: Callable[..., float], reference: Callable
 
 def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
                        model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
-    """Exercise 7.11 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
+    """Exercise 7.11 on agreement prompts, with the top nodes of attribution patching and with error terms alone (on
+    the course model and its SAEs where the learner's model is much larger: :func:`_sweep_subject`)."""
     return _check_circuit_measure(
         learner_fn, faithfulness, "7.11 (faithfulness)",
         "three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, keep_only=False), "
