@@ -23,7 +23,7 @@ from utils.patching import (
     attribution_patch_head_positions, attribution_patch_heads, baseline, clean_head_outputs, correlation,
     integrated_gradients, integrated_gradients_head_positions, ioi_pairs, logit_difference,
     logit_difference_with_heads_ablated, metric_gradient_at, normalised_metric, patch_head_positions, patch_heads,
-    patch_residual, position_labels, replace_head, tokenize_pairs,
+    patch_residual, path_patch, path_patch_senders, position_labels, replace_head, tokenize_pairs,
 )
 
 #: The IOI heads that matter (patching one head back restores: 0.2 1.05, 3.5 0.62, 1.3 0.14, 1.6 0.14).
@@ -229,6 +229,35 @@ def test_a_sweep_check_on_a_much_larger_model_runs_on_the_course_model(course_mo
     assert_accepts(check_faithfulness(faithfulness, unusable, course_tokenizer, saes={}))    # with the course's SAEs
 
 
+def test_path_patching_every_sender_at_once_equals_one_path_at_a_time(course_model, ioi):
+    for receiver in [(2, 4), (3, 1)]:
+        batched = path_patch_senders(course_model, ioi, receiver, progress=False)
+        one_at_a_time = torch.tensor([[path_patch(course_model, ioi, (layer, head), receiver) for head in range(8)]
+                                      for layer in range(receiver[0])])
+        assert batched.shape == (receiver[0], 8)
+        torch.testing.assert_close(batched, one_at_a_time, atol=1e-5, rtol=0)
+    in_chunks = path_patch_senders(course_model, ioi, (2, 4), progress=False, memory_budget=1)   # one sender a pass
+    torch.testing.assert_close(in_chunks, path_patch_senders(course_model, ioi, (2, 4), progress=False))
+
+
+def test_path_patching_tells_a_chain_of_heads_from_a_route_of_its_own(course_model, ioi):
+    """The chapter's claim: the paths from the layer-0 IOI heads 0.0 and 0.4 carry about all of what 2.4 restores
+    (0.05 + 0.06 for 0.09 patched alone: a chain), and almost none of what 2.5 restores (0.00 + 0.01 for 0.20)."""
+    alone = patch_heads(course_model, ioi, progress=False)
+    for receiver, at_least, at_most in [((2, 4), 0.5, None), ((2, 5), None, 0.25)]:
+        share = sum(path_patch(course_model, ioi, sender, receiver) for sender in [(0, 0), (0, 4)]) / alone[receiver]
+        assert (at_least is None or share >= at_least) and (at_most is None or share <= at_most), (receiver, share)
+
+
+def test_a_path_must_run_from_an_earlier_layer_to_a_later_one(course_model, ioi):
+    with pytest.raises(ValueError, match="earlier layer than the receiver"):
+        path_patch(course_model, ioi, (2, 0), (2, 4))
+    with pytest.raises(ValueError, match="not a head of this model"):
+        path_patch(course_model, ioi, (0, 8), (2, 4))
+    with pytest.raises(ValueError, match="earlier layer than the receiver"):
+        path_patch_senders(course_model, ioi, (0, 3), progress=False)
+
+
 @pytest.mark.parametrize("family", ["gpt_neox", "llama"])
 def test_other_architectures(family):
     from utils.models import tiny_random_model
@@ -250,6 +279,8 @@ def test_other_architectures(family):
     assert metric_gradient_at(model, tokens, 1, memory_budget=1)(points).shape == points.shape
     mean_over = torch.randint(1, 320, (3, 6), generator=generator)
     assert logit_difference_with_heads_ablated(model, tokens, [(0, 1), (1, 3)], mean_over).shape == (4,)
+    torch.testing.assert_close(path_patch_senders(model, tokens, (1, 2), progress=False)[0, 3],
+                               torch.tensor(path_patch(model, tokens, (0, 3), (1, 2))), atol=1e-5, rtol=0)
 
 
 def test_normalised_metric_checker():

@@ -3131,6 +3131,122 @@ def completeness_as_one_minus_the_share_lost(model, saes, tokens, means, nodes):
     return float(1 - lost / (everything - nothing))
 
 
+
+def _edges(down, ups, corrupted, gradients, clean, *, weighted=True, sign=1.0, reduce=torch.sum):
+    """edges_into, with the mistakes the wrong answers below make as switches."""
+    if not ups:
+        return {}
+    layer = down.layer
+    value = corrupted.errors[layer][:, down.position] if down.feature is None else \
+        corrupted.latents[layer][:, down.position, down.feature]
+    gradient = gradients.errors[layer][:, down.position] if down.feature is None else \
+        gradients.latents[layer][:, down.position, down.feature]
+    score = (gradient * value).sum() if weighted else value.sum()
+    through = torch.autograd.grad(score, [corrupted.latents[layer - 1], corrupted.errors[layer - 1]],
+                                  retain_graph=True, allow_unused=True)
+    edges = {}
+    for up in ups:
+        index = (slice(None), up.position) if up.feature is None else (slice(None), up.position, up.feature)
+        values = (clean.errors if up.feature is None else clean.latents)[up.layer]
+        start = (corrupted.errors if up.feature is None else corrupted.latents)[up.layer]
+        grad = through[1 if up.feature is None else 0]
+        delta = sign * (values[index] - start[index].detach())
+        edges[up] = 0.0 if grad is None else float(reduce(delta * grad[index]))
+    return edges
+
+
+def edges_from_the_unweighted_value(down, ups, corrupted, gradients, clean):
+    return _edges(down, ups, corrupted, gradients, clean, weighted=False)
+
+
+def edges_the_wrong_way_round(down, ups, corrupted, gradients, clean):
+    return _edges(down, ups, corrupted, gradients, clean, sign=-1.0)
+
+
+def edges_averaged_over_the_batch(down, ups, corrupted, gradients, clean):
+    return _edges(down, ups, corrupted, gradients, clean, reduce=torch.mean)
+
+
+def edges_one_upstream_node_at_a_time(down, ups, corrupted, gradients, clean):
+    edges = {}
+    for up in ups:
+        layer, position = down.layer, down.position
+        if down.feature is None:
+            score = torch.einsum("nd,nd->", gradients.errors[layer][:, position], corrupted.errors[layer][:, position])
+        else:
+            score = torch.dot(gradients.latents[layer][:, position, down.feature],
+                              corrupted.latents[layer][:, position, down.feature])
+        source = (corrupted.errors if up.feature is None else corrupted.latents)[up.layer]
+        (grad,) = torch.autograd.grad(score, [source], retain_graph=True, allow_unused=True)
+        if grad is None:
+            edges[up] = 0.0
+            continue
+        index = (slice(None), up.position) if up.feature is None else (slice(None), up.position, up.feature)
+        target = (clean.errors if up.feature is None else clean.latents)[up.layer]
+        edges[up] = torch.einsum("n...,n...->", target[index] - source[index].detach(), grad[index]).item()
+    return edges
+
+
+@torch.no_grad()
+def _path(model, tokens, sender, receiver, *, freeze=True, from_clean_run=False, normalise=True):
+    """path_patch, with the mistakes the wrong answers below make as switches."""
+    if sender[0] >= receiver[0]:
+        raise ValueError("the sender must be in an earlier layer than the receiver")
+    (send_layer, send_head), (receive_layer, receive_head) = sender, receiver
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    recorded = []
+
+    def send(z):
+        z = z.clone()
+        z[:, :, send_head] = clean_z[send_layer][:, :, send_head]
+        return z
+
+    def record(z):
+        recorded.append(z[:, :, receive_head].clone())
+        return z
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(editing_head_outputs(model, send_layer, send))
+        for layer in range(send_layer + 1, receive_layer) if freeze else ():
+            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+        stack.enter_context(editing_head_outputs(model, receive_layer, record))
+        model(tokens.corrupted)
+    received = clean_z[receive_layer][:, :, receive_head] if from_clean_run else recorded[0]
+
+    def receive(z):
+        z = z.clone()
+        z[:, :, receive_head] = received
+        return z
+
+    with editing_head_outputs(model, receive_layer, receive):
+        difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    if not normalise:
+        return difference.item()
+    clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    return ((difference - corrupted) / (clean - corrupted)).item()
+
+
+def path_without_freezing_the_heads_between(model, tokens, sender, receiver):
+    return _path(model, tokens, sender, receiver, freeze=False)
+
+
+def path_with_the_receivers_clean_output(model, tokens, sender, receiver):
+    return _path(model, tokens, sender, receiver, from_clean_run=True)
+
+
+def path_as_the_raw_logit_difference(model, tokens, sender, receiver):
+    return _path(model, tokens, sender, receiver, normalise=False)
+
+
+def path_from_the_batched_sweep(model, tokens, sender, receiver):
+    from utils.patching import path_patch_senders
+
+    if sender[0] >= receiver[0]:
+        raise ValueError(f"sender {sender} is not before receiver {receiver}")
+    return path_patch_senders(model, tokens, receiver, progress=False)[sender].item()
+
+
 WRONG: dict[str, tuple[Answer, ...]] = {
     "0.1": (loss_without_the_shift, loss_of_the_current_token, loss_averaged_to_one_number),
     "0.2": (difference_at_the_first_position, difference_the_wrong_way_round, difference_of_probabilities),
@@ -3256,6 +3372,9 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "7.10": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
     "7.11": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
     "7.12": (completeness_as_faithfulness, completeness_as_one_minus_faithfulness, completeness_without_the_empty_circuit),
+    "7.13": (edges_from_the_unweighted_value, edges_the_wrong_way_round, edges_averaged_over_the_batch),
+    "7.14": (path_without_freezing_the_heads_between, path_with_the_receivers_clean_output,
+             path_as_the_raw_logit_difference),
 }
 
 RIGHT: dict[str, tuple[Answer, ...]] = {
@@ -3306,5 +3425,6 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "7.7": (attribution_as_a_sum_of_products,),
     "7.8": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.9": (nodes_layer_by_layer_with_sums,),
     "7.10": (masks_from_index_lists,), "7.11": (faithfulness_against_the_model_without_saes,),
-    "7.12": (completeness_as_one_minus_the_share_lost,),
+    "7.12": (completeness_as_one_minus_the_share_lost,), "7.13": (edges_one_upstream_node_at_a_time,),
+    "7.14": (path_from_the_batched_sweep,),
 }

@@ -260,4 +260,6 @@ EXERCISES: dict[str, Exercise] = _exercises(
      ("model", "tokenizer", "saes")),
     ("7.12", "07_circuits", "completeness", "utils.feature_circuits", "check_completeness",
      ("model", "tokenizer", "saes")),
+    ("7.13", "07_circuits", "edges_into", "utils.feature_circuits", "check_edges_into", ("model", "tokenizer", "saes")),
+    ("7.14", "07_circuits", "path_patch", "utils.patching", "check_path_patch", ("model", "tokenizer")),
 )

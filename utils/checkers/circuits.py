@@ -18,14 +18,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils import architecture
 from utils.checks import Case, CheckResult, HasCase, RaisingCase, Varies, check_function
 from utils.feature_circuits import (
-    SAEs, Node, Spliced, ablation_masks, completeness, faithfulness, mean_activations, node_attribution,
-    node_effects,
+    SAEs, Node, Spliced, ablation_masks, completeness, edge_effects, edges_into, faithfulness, mean_activations,
+    node_attribution, node_effects,
 )
 from utils.models import SWEEP_BUDGET, load_model, load_tokenizer, size_relative_to_course_model
 from utils.sae import load_shipped_sae
 from utils.patching import (
     PairTokens, PatchingPair, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
-    logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, replace_head, tokenize_pairs,
+    logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, path_patch, replace_head,
+    tokenize_pairs,
 )
 
 
@@ -303,3 +304,65 @@ def check_completeness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, 
         "the three runs of your faithfulness, but the circuit's run ablates the circuit's nodes and keeps the rest "
         "(the nodes, keep_only=False); the same fraction, (without the circuit - nothing) / (model - nothing), as a "
         "float", model, tokenizer, saes)
+
+
+def _edges_between(edges_fn: Callable[..., dict[Node, float]]) -> Callable[..., dict[tuple[Node, Node], float]]:
+    """The edges between ``nodes`` as :func:`edge_effects` finds them with ``edges_fn``: one graph per call, one
+    downstream node after another on it (so the graph must survive each call)."""
+    def run(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, nodes: list[Node]
+            ) -> dict[tuple[Node, Node], float]:
+        return edge_effects(model, saes, tokens, nodes, into=edges_fn)
+    return run
+
+
+def check_edges_into(learner_fn: Callable[[Node, Sequence[Node], Spliced, Spliced, Spliced], dict[Node, float]],
+                     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
+    """Exercise 7.13 through :func:`edge_effects` on agreement prompts: the edges of the top 20 nodes, of the
+    strongest latent past the first layer with the nodes below it (latents and error terms at several positions),
+    and into error terms alone."""
+    on = _sweep_subject(model, tokenizer, saes)
+    tokens = _agreement_tokens(on.tokenizer, 16, seed=3)
+    ranked = [node for node, _ in node_effects(on.model, on.saes, tokens).ranked()]
+    down = next(node for node in ranked if node.feature is not None and node.layer > 0)
+    below = [node for node in ranked if node.layer == down.layer - 1]
+    ups = [*[node for node in below if node.feature is not None][:6],                  # latents and error terms
+           *[node for node in below if node.feature is None][:2]]
+    errors = [Node(down.layer, down.position, None), Node(down.layer, 2, None)]
+    cases = [Case(f"the top 20 nodes{on.where}", on.model, on.saes, tokens, ranked[:20]),
+             Case(f"{down.name} and {len(ups)} nodes of layer {down.layer - 1}", on.model, on.saes, tokens,
+                  [down, *ups]),
+             Case("error terms (cut from what comes before them) and the nodes below them", on.model, on.saes, tokens,
+                  [*errors, *ups])]
+    return check_function(
+        _edges_between(learner_fn), _edges_between(edges_into), cases, exercise="7.13 (edges_into)", atol=1e-5,
+        rtol=1e-3,
+        hint="the downstream node's score is its gradient times its value at its position, summed over the batch "
+             "(gradients held fixed); torch.autograd.grad of that score with respect to the latents and errors of the "
+             "layer below, with retain_graph=True (the next downstream node needs the graph) and allow_unused=True "
+             "(None means not reached: 0); each edge is (clean - corrupted) of the upstream node times that "
+             "gradient, summed over the batch (and d_model for an error term); an error node's edges are 0")
+
+
+def check_path_patch(learner_fn: Callable[[PreTrainedModel, PairTokens, tuple[int, int], tuple[int, int]], float],
+                     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Exercise 7.14 on IOI and agreement pairs: paths across one frozen layer, across two, between adjacent layers
+    (nothing to freeze), and a sender that is not before its receiver (refused)."""
+    on = _sweep_subject(model, tokenizer)
+    ioi, agreement = _ioi_tokens(on.tokenizer, 8, seed=5), _agreement_tokens(on.tokenizer, 8, seed=5)
+    n_heads, last = on.model.config.num_attention_heads, architecture.n_layers(on.model) - 1
+    head = lambda index: index % n_heads                                       # noqa: E731  (a smaller model's heads)
+    cases = [Case(f"IOI, 0.{head(4)} -> 2.0, layer 1 frozen{on.where}", on.model, ioi, (0, head(4)), (2, 0)),
+             Case(f"IOI, 0.0 -> 2.{head(4)}", on.model, ioi, (0, 0), (2, head(4))),
+             Case(f"IOI, 0.{head(4)} -> {last}.{head(6)}, the layers between frozen", on.model, ioi, (0, head(4)),
+                  (last, head(6))),
+             Case(f"agreement, 1.{head(2)} -> {last}.{head(3)}", on.model, agreement, (1, head(2)), (last, head(3))),
+             Case(f"agreement, 1.{head(2)} -> 2.{head(2)}, adjacent layers", on.model, agreement, (1, head(2)),
+                  (2, head(2))),
+             RaisingCase("a sender in the receiver's layer", on.model, ioi, (2, 0), (2, head(4)), raises=ValueError)]
+    return check_function(
+        learner_fn, path_patch, cases, exercise="7.14 (path_patch)", atol=1e-4, rtol=1e-3,
+        hint="run 1 on the corrupted prompts: the sender's output from the clean run, every head of the layers "
+             "strictly between sender and receiver set to its corrupted output, and the receiver's output recorded; "
+             "run 2 on the corrupted prompts with only the receiver's output replaced by the recorded one; the "
+             "normalised metric of run 2's mean logit difference (and a ValueError unless the sender's layer is "
+             "earlier)")
