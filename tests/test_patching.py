@@ -23,7 +23,8 @@ from utils.patching import (
     attribution_patch_head_positions, attribution_patch_heads, baseline, clean_head_outputs, correlation,
     integrated_gradients, integrated_gradients_head_positions, ioi_pairs, logit_difference,
     logit_difference_with_heads_ablated, metric_gradient_at, normalised_metric, patch_head_positions, patch_heads,
-    patch_residual, path_patch, path_patch_senders, position_labels, replace_head, tokenize_pairs,
+    patch_residual, path_patch, path_patch_senders, path_patch_to_logits, position_labels, replace_head,
+    tokenize_pairs,
 )
 
 #: The IOI heads that matter (patching one head back restores: 0.2 1.05, 3.5 0.62, 1.3 0.14, 1.6 0.14).
@@ -249,11 +250,25 @@ def test_path_patching_tells_a_chain_of_heads_from_a_route_of_its_own(course_mod
         assert (at_least is None or share >= at_least) and (at_most is None or share <= at_most), (receiver, share)
 
 
+def test_the_first_layer_heads_reach_the_answer_partly_through_later_heads(course_model, ioi):
+    """The chapter's claim: 0.0 and 0.4 keep 0.30 and 0.28 of their 0.44 and 0.39 when every later head is frozen;
+    2.5 and 2.4 keep all of theirs (0.21 for 0.20, 0.09 for 0.09): no head after them relays their effect."""
+    alone = patch_heads(course_model, ioi, progress=False)
+    for head in [(0, 0), (0, 4)]:
+        assert 0.5 * alone[head] < path_patch_to_logits(course_model, ioi, head) < alone[head] - 0.05, head
+    for head in [(2, 5), (2, 4)]:
+        assert path_patch_to_logits(course_model, ioi, head) == pytest.approx(alone[head].item(), abs=0.02), head
+    last = (3, 1)                                                    # nothing after it to freeze: its whole effect
+    assert path_patch_to_logits(course_model, ioi, last) == pytest.approx(alone[last].item(), abs=1e-5)
+
+
 def test_a_path_must_run_from_an_earlier_layer_to_a_later_one(course_model, ioi):
     with pytest.raises(ValueError, match="earlier layer than the receiver"):
         path_patch(course_model, ioi, (2, 0), (2, 4))
     with pytest.raises(ValueError, match="not a head of this model"):
         path_patch(course_model, ioi, (0, 8), (2, 4))
+    with pytest.raises(ValueError, match="not a head of this model"):
+        path_patch_to_logits(course_model, ioi, (4, 0))
     with pytest.raises(ValueError, match="earlier layer than the receiver"):
         path_patch_senders(course_model, ioi, (0, 3), progress=False)
 

@@ -3247,6 +3247,115 @@ def path_from_the_batched_sweep(model, tokens, sender, receiver):
     return path_patch_senders(model, tokens, receiver, progress=False)[sender].item()
 
 
+
+@torch.no_grad()
+def _to_logits(model, tokens, sender, *, first_frozen=1, normalise=True):
+    """path_patch_to_logits, freezing the layers from sender's + first_frozen on (0: none)."""
+    send_layer, send_head = sender
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+
+    def send(z):
+        z = z.clone()
+        z[:, :, send_head] = clean_z[send_layer][:, :, send_head]
+        return z
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(editing_head_outputs(model, send_layer, send))
+        n_layers = architecture.n_layers(model)
+        for layer in range(send_layer + first_frozen, n_layers) if first_frozen else ():
+            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+        difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    if not normalise:
+        return difference.item()
+    clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    return ((difference - corrupted) / (clean - corrupted)).item()
+
+
+def to_logits_freezing_nothing(model, tokens, sender):
+    return _to_logits(model, tokens, sender, first_frozen=0)
+
+
+def to_logits_leaving_the_next_layer_free(model, tokens, sender):
+    return _to_logits(model, tokens, sender, first_frozen=2)
+
+
+def to_logits_as_the_raw_logit_difference(model, tokens, sender):
+    return _to_logits(model, tokens, sender, normalise=False)
+
+
+@torch.no_grad()
+def to_logits_with_one_mask_per_layer(model, tokens, sender):
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    n_heads = model.config.num_attention_heads
+    with contextlib.ExitStack() as stack:
+        for layer in range(sender[0], architecture.n_layers(model)):
+            if layer == sender[0]:
+                chosen, source = torch.arange(n_heads) == sender[1], clean_z[layer]
+            else:
+                chosen, source = torch.ones(n_heads, dtype=torch.bool), corrupted_z[layer]
+            stack.enter_context(editing_head_outputs(
+                model, layer, lambda z, chosen=chosen, source=source: torch.where(chosen[:, None], source, z)))
+        patched = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    return float((patched - corrupted) / (clean - corrupted))
+
+
+@torch.no_grad()
+def _residual(model, tokens, progress=True, *, site="resid_pre", interleave=False, transpose=False):
+    """patch_residual by hand, with the mistakes the wrong answers below make as switches."""
+    n, n_pos = tokens.clean.shape
+    sites = [f"{site}.{layer}" for layer in range(architecture.n_layers(model))]
+    clean = capture(model, tokens.clean, sites)
+    pattern = "n pos -> (n variant) pos" if interleave else "n pos -> (variant n) pos"
+    repeated = einops.repeat(tokens.corrupted, pattern, variant=n_pos)
+    base_clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    base_corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    effects = torch.zeros(len(sites), n_pos)
+    for layer, name in enumerate(sites):
+        def patch(residual, name=name):
+            copies = einops.rearrange(residual, "(variant n) pos d -> variant n pos d", variant=n_pos).clone()
+            copies[torch.arange(n_pos), :, torch.arange(n_pos)] = clean[name][:, torch.arange(n_pos)].transpose(0, 1)
+            return einops.rearrange(copies, "variant n pos d -> (variant n) pos d")
+        with hooks(model, {name: patch}):
+            difference = logit_difference(model(repeated).logits, tokens.answer.repeat(n_pos), tokens.wrong.repeat(n_pos))
+        mean = einops.reduce(difference, "(variant n) -> variant", "mean", variant=n_pos)
+        effects[layer] = (mean - base_corrupted) / (base_clean - base_corrupted)
+    return effects.T if transpose else effects
+
+
+def residual_after_each_block(model, tokens, progress=True):
+    return _residual(model, tokens, progress, site="resid_post")
+
+
+def residual_with_the_copies_interleaved(model, tokens, progress=True):
+    return _residual(model, tokens, progress, interleave=True)
+
+
+def residual_by_position_then_layer(model, tokens, progress=True):
+    return _residual(model, tokens, progress, transpose=True)
+
+
+@torch.no_grad()
+def residual_one_position_per_pass(model, tokens, progress=True):
+    n_layers, n_pos = architecture.n_layers(model), tokens.clean.shape[1]
+    clean = capture(model, tokens.clean, [f"resid_pre.{layer}" for layer in range(n_layers)])
+    base_clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    base_corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    effects = torch.zeros(n_layers, n_pos)
+    for layer in range(n_layers):
+        for position in range(n_pos):
+            def patch(residual, layer=layer, position=position):
+                patched = residual.clone()
+                patched[:, position] = clean[f"resid_pre.{layer}"][:, position]
+                return patched
+            with hooks(model, {f"resid_pre.{layer}": patch}):
+                value = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+            effects[layer, position] = (value - base_corrupted) / (base_clean - base_corrupted)
+    return effects
+
+
 WRONG: dict[str, tuple[Answer, ...]] = {
     "0.1": (loss_without_the_shift, loss_of_the_current_token, loss_averaged_to_one_number),
     "0.2": (difference_at_the_first_position, difference_the_wrong_way_round, difference_of_probabilities),
@@ -3375,6 +3484,8 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "7.13": (edges_from_the_unweighted_value, edges_the_wrong_way_round, edges_averaged_over_the_batch),
     "7.14": (path_without_freezing_the_heads_between, path_with_the_receivers_clean_output,
              path_as_the_raw_logit_difference),
+    "7.15": (to_logits_freezing_nothing, to_logits_leaving_the_next_layer_free, to_logits_as_the_raw_logit_difference),
+    "7.16": (residual_after_each_block, residual_with_the_copies_interleaved, residual_by_position_then_layer),
 }
 
 RIGHT: dict[str, tuple[Answer, ...]] = {
@@ -3426,5 +3537,6 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "7.8": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.9": (nodes_layer_by_layer_with_sums,),
     "7.10": (masks_from_index_lists,), "7.11": (faithfulness_against_the_model_without_saes,),
     "7.12": (completeness_as_one_minus_the_share_lost,), "7.13": (edges_one_upstream_node_at_a_time,),
-    "7.14": (path_from_the_batched_sweep,),
+    "7.14": (path_from_the_batched_sweep,), "7.15": (to_logits_with_one_mask_per_layer,),
+    "7.16": (residual_one_position_per_pass,),
 }

@@ -262,4 +262,7 @@ EXERCISES: dict[str, Exercise] = _exercises(
      ("model", "tokenizer", "saes")),
     ("7.13", "07_circuits", "edges_into", "utils.feature_circuits", "check_edges_into", ("model", "tokenizer", "saes")),
     ("7.14", "07_circuits", "path_patch", "utils.patching", "check_path_patch", ("model", "tokenizer")),
+    ("7.15", "07_circuits", "path_patch_to_logits", "utils.patching", "check_path_patch_to_logits",
+     ("model", "tokenizer")),
+    ("7.16", "07_circuits", "patch_residual", "utils.patching", "check_patch_residual", ("model", "tokenizer")),
 )

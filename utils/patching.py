@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
 from utils.batching import MEMORY_BUDGET, chunks, variants_per_pass
-from utils.hooks import capture, editing_head_outputs
+from utils.hooks import capture, editing_head_outputs, hooks  # hooks: what Exercise 7.16's solution edits with
 from utils.world import agreement, indirect_object
 from utils.world.vocabulary import AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS
 
@@ -379,7 +379,9 @@ def _activations(model: PreTrainedModel, ids: Int[Tensor, "n pos"], site: Site) 
 
 def patch_residual(model: PreTrainedModel, tokens: PairTokens, progress: bool = True,
                    memory_budget: int = MEMORY_BUDGET) -> Float[Tensor, "layer pos"]:
-    """The metric with the residual stream entering block ``layer`` at ``pos`` copied from the clean run."""
+    """Reference for Exercise 7.16: the metric with the residual stream entering block ``layer`` at ``pos`` copied
+    from the clean run (the learner's version runs every position side by side at each layer; this one also
+    shares the blocks before ``layer`` and skips the positions before the first token that differs)."""
     one_position = torch.eye(tokens.clean.shape[1], dtype=torch.bool)                 # [variant = pos, pos]
     return patch_sweep(model, tokens, "resid_pre", one_position, "patching the residual stream", memory_budget,
                        progress)
@@ -541,12 +543,16 @@ def correlation(a: Tensor, b: Tensor) -> float:
 Head = tuple[int, int]
 
 
-def _check_path(model: PreTrainedModel, sender: Head, receiver: Head) -> None:
+def _check_head(model: PreTrainedModel, head: Head, role: str) -> None:
     n_layers, n_heads = architecture.n_layers(model), model.config.num_attention_heads
-    for role, (layer, head) in (("sender", sender), ("receiver", receiver)):
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(f"the {role} {layer}.{head} is not a head of this model ({n_layers} layers of {n_heads} "
-                             "heads, counted from 0)")
+    if not (0 <= head[0] < n_layers and 0 <= head[1] < n_heads):
+        raise ValueError(f"the {role} {head[0]}.{head[1]} is not a head of this model ({n_layers} layers of {n_heads} "
+                         "heads, counted from 0)")
+
+
+def _check_path(model: PreTrainedModel, sender: Head, receiver: Head) -> None:
+    _check_head(model, sender, "sender")
+    _check_head(model, receiver, "receiver")
     if sender[0] >= receiver[0]:
         raise ValueError(f"the sender {sender[0]}.{sender[1]} must be in an earlier layer than the receiver "
                          f"{receiver[0]}.{receiver[1]}: a head reads only what the layers before it wrote")
@@ -561,27 +567,37 @@ def path_patch(model: PreTrainedModel, tokens: PairTokens, sender: Head, receive
     clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
     received: list[Tensor] = []                                                    # the receiver's [n, pos, d_head]
 
-    def send(z: Tensor) -> Tensor:
-        patched = z.clone()
-        patched[:, :, send_head] = clean_z[send_layer][:, :, send_head]
-        return patched
-
     def record(z: Tensor) -> Tensor:
         received.append(z[:, :, receive_head].clone())
         return z
 
-    def receive(z: Tensor) -> Tensor:
-        patched = z.clone()
-        patched[:, :, receive_head] = received[0]
-        return patched
-
     with contextlib.ExitStack() as stack:
-        stack.enter_context(editing_head_outputs(model, send_layer, send))
+        stack.enter_context(editing_head_outputs(
+            model, send_layer, lambda z: _with_head(z, send_head, clean_z[send_layer][:, :, send_head])))
         for layer in range(send_layer + 1, receive_layer):
             stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
         stack.enter_context(editing_head_outputs(model, receive_layer, record))
         model(tokens.corrupted)
-    with editing_head_outputs(model, receive_layer, receive):
+    with editing_head_outputs(model, receive_layer, lambda z: _with_head(z, receive_head, received[0])):
+        difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    base = baseline(model, tokens)
+    return normalised_metric(difference, base.clean, base.corrupted).item()
+
+
+@torch.no_grad()
+def path_patch_to_logits(model: PreTrainedModel, tokens: PairTokens, sender: Head) -> float:
+    """Reference for Exercise 7.15: the normalised metric when the sender's clean output reaches the logits along
+    the paths no later head is on: every head of the later layers frozen at its corrupted output (the MLPs
+    recompute), so what is left is the sender's write to the residual stream, read directly by the unembedding or
+    through MLPs."""
+    _check_head(model, sender, "sender")
+    send_layer, send_head = sender
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(editing_head_outputs(
+            model, send_layer, lambda z: _with_head(z, send_head, clean_z[send_layer][:, :, send_head])))
+        for layer in range(send_layer + 1, architecture.n_layers(model)):
+            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
         difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
     base = baseline(model, tokens)
     return normalised_metric(difference, base.clean, base.corrupted).item()
@@ -616,6 +632,7 @@ def path_patch_senders(model: PreTrainedModel, tokens: PairTokens, receiver: Hea
 
 def _with_head(z: Float[Tensor, "n pos head d_head"], head: int, value: Float[Tensor, "n pos d_head"]
                ) -> Float[Tensor, "n pos head d_head"]:
+    """A copy of ``z`` whose head ``head`` is ``value``."""
     patched = z.clone()
     patched[:, :, head] = value
     return patched

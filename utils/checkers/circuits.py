@@ -25,8 +25,8 @@ from utils.models import SWEEP_BUDGET, load_model, load_tokenizer, size_relative
 from utils.sae import load_shipped_sae
 from utils.patching import (
     PairTokens, PatchingPair, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
-    logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, path_patch, replace_head,
-    tokenize_pairs,
+    logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, patch_residual, path_patch,
+    path_patch_to_logits, replace_head, tokenize_pairs,
 )
 
 
@@ -366,3 +366,36 @@ def check_path_patch(learner_fn: Callable[[PreTrainedModel, PairTokens, tuple[in
              "run 2 on the corrupted prompts with only the receiver's output replaced by the recorded one; the "
              "normalised metric of run 2's mean logit difference (and a ValueError unless the sender's layer is "
              "earlier)")
+
+
+def check_path_patch_to_logits(learner_fn: Callable[[PreTrainedModel, PairTokens, tuple[int, int]], float],
+                               model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Bonus exercise 7.15 on IOI and agreement pairs: senders with every later layer frozen, with one, and in the
+    last layer (nothing to freeze)."""
+    on = _sweep_subject(model, tokenizer)
+    ioi, agreement = _ioi_tokens(on.tokenizer, 8, seed=5), _agreement_tokens(on.tokenizer, 8, seed=5)
+    n_heads, last = on.model.config.num_attention_heads, architecture.n_layers(on.model) - 1
+    cases = [Case(f"IOI, head 0.0, every later layer frozen{on.where}", on.model, ioi, (0, 0)),
+             Case(f"IOI, head 0.{4 % n_heads}", on.model, ioi, (0, 4 % n_heads)),
+             Case(f"IOI, head {last - 1}.{5 % n_heads}, one later layer", on.model, ioi, (last - 1, 5 % n_heads)),
+             Case(f"IOI, head {last}.1, the last layer: nothing to freeze", on.model, ioi, (last, 1 % n_heads)),
+             Case(f"agreement, head 1.{2 % n_heads}", on.model, agreement, (1, 2 % n_heads))]
+    return check_function(
+        learner_fn, path_patch_to_logits, cases, exercise="7.15 (path_patch_to_logits)", atol=1e-4, rtol=1e-3,
+        hint="one run on the corrupted prompts: the sender's output from the clean run and every head of every later "
+             "layer at its corrupted output (the sender's own layer and the MLPs left alone); the normalised metric of "
+             "its mean logit difference")
+
+
+def check_patch_residual(learner_fn: Callable[[PreTrainedModel, PairTokens, bool], Tensor], model: PreTrainedModel,
+                         tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Bonus exercise 7.16 on IOI and agreement pairs (of different lengths)."""
+    on = _sweep_subject(model, tokenizer)
+    cases = [Case(f"8 IOI pairs{on.where}", on.model, _ioi_tokens(on.tokenizer, 8, seed=5), progress=False),
+             Case("8 agreement pairs", on.model, _agreement_tokens(on.tokenizer, 8, seed=5), progress=False)]
+    return check_function(
+        learner_fn, patch_residual, cases, exercise="7.16 (patch_residual)", atol=1e-4,
+        hint="capture the clean run's resid_pre at every layer; the corrupted prompts repeated once per position, "
+             "(variant n), and at each layer a hook on resid_pre that copies the clean stream into copy v at position "
+             "v (your copy_where with the identity matrix as masks); the mean logit difference of each copy, "
+             "normalised, is row layer of a [layer, pos] result")
