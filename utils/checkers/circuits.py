@@ -162,15 +162,19 @@ def check_logit_difference_with_heads_ablated(
              "default arguments, or every edit sees the last layer's), then run the clean prompts")
 
 
+def _sweep_cases(on: _Subject) -> list[Case]:
+    """8 IOI pairs and 8 agreement pairs (prompts of different lengths), for a sweep ``fn(model, tokens, progress)``."""
+    return [Case(f"8 IOI pairs{on.where}", on.model, _ioi_tokens(on.tokenizer, 8, seed=5), progress=False),
+            Case(f"8 agreement pairs{on.where}", on.model, _agreement_tokens(on.tokenizer, 8, seed=5), progress=False)]
+
+
 def check_patch_head_positions(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
                                tokenizer: PreTrainedTokenizerBase) -> CheckResult:
     """Exercise 7.6 on IOI and agreement pairs (prompts of different lengths, so that heads and positions differ), on
     the course model where the learner's is much larger (:func:`_sweep_subject`)."""
-    on = _sweep_subject(model, tokenizer)
-    cases = [Case(f"8 IOI pairs{on.where}", on.model, _ioi_tokens(on.tokenizer, 8, seed=5), progress=False),
-             Case(f"8 agreement pairs{on.where}", on.model, _agreement_tokens(on.tokenizer, 8, seed=5), progress=False)]
     return check_function(
-        learner_fn, patch_head_positions, cases, exercise="7.6 (patch_head_positions)", atol=1e-4,
+        learner_fn, patch_head_positions, _sweep_cases(_sweep_subject(model, tokenizer)),
+        exercise="7.6 (patch_head_positions)", atol=1e-4,
         hint="one variant per (head, position): an identity matrix of size n_heads * n_pos, each row rearranged into "
              "a [pos, head] mask (the variant's index is head-major, (head pos)); patch_sweep on site z gives "
              "[layer, variant], which the same grouping turns back into [layer, head, pos]")
@@ -390,11 +394,9 @@ def check_path_patch_to_logits(learner_fn: Callable[[PreTrainedModel, PairTokens
 def check_patch_residual(learner_fn: Callable[[PreTrainedModel, PairTokens, bool], Tensor], model: PreTrainedModel,
                          tokenizer: PreTrainedTokenizerBase) -> CheckResult:
     """Bonus exercise 7.16 on IOI and agreement pairs (of different lengths)."""
-    on = _sweep_subject(model, tokenizer)
-    cases = [Case(f"8 IOI pairs{on.where}", on.model, _ioi_tokens(on.tokenizer, 8, seed=5), progress=False),
-             Case("8 agreement pairs", on.model, _agreement_tokens(on.tokenizer, 8, seed=5), progress=False)]
     return check_function(
-        learner_fn, patch_residual, cases, exercise="7.16 (patch_residual)", atol=1e-4,
+        learner_fn, patch_residual, _sweep_cases(_sweep_subject(model, tokenizer)), exercise="7.16 (patch_residual)",
+        atol=1e-4,
         hint="capture the clean run's resid_pre at every layer; the corrupted prompts repeated once per position, "
              "(variant n), and at each layer a hook on resid_pre that copies the clean stream into copy v at position "
              "v (your copy_where with the identity matrix as masks); the mean logit difference of each copy, "
