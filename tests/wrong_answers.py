@@ -3356,6 +3356,52 @@ def residual_one_position_per_pass(model, tokens, progress=True):
     return effects
 
 
+
+def batch_topk_per_row(pre, k):
+    values, indices = pre.relu().topk(int(k), dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, values)
+
+
+def batch_topk_counting_the_first_dimension(pre, k):
+    flat = pre.relu().flatten()
+    kept = flat.topk(int(k * pre.shape[0]))
+    return torch.zeros_like(flat).scatter(0, kept.indices, kept.values).reshape(pre.shape)
+
+
+def batch_topk_without_the_relu(pre, k):
+    flat = pre.flatten()
+    kept = flat.topk(int(k * pre.shape[:-1].numel()))
+    return torch.zeros_like(flat).scatter(0, kept.indices, kept.values).reshape(pre.shape)
+
+
+def batch_topk_with_a_threshold(pre, k):
+    acts = pre.relu()
+    n_kept = int(k * math.prod(acts.shape[:-1]))
+    threshold = acts.flatten().sort(descending=True).values[n_kept - 1]
+    return torch.where(acts >= threshold, acts, torch.zeros_like(acts))
+
+
+def matches_of_raw_dot_products(decoder_a, decoder_b):
+    return (decoder_a @ decoder_b.T).max(dim=-1)
+
+
+def matches_by_absolute_cosine(decoder_a, decoder_b):
+    return (F.normalize(decoder_a, dim=-1) @ F.normalize(decoder_b, dim=-1).T).abs().max(dim=-1)
+
+
+def matches_for_the_rows_of_b(decoder_a, decoder_b):
+    return (F.normalize(decoder_a, dim=-1) @ F.normalize(decoder_b, dim=-1).T).max(dim=0)
+
+
+def matches_row_by_row(decoder_a, decoder_b):
+    cosines, indices = [], []
+    for row in decoder_a:
+        similarity = F.cosine_similarity(row[None], decoder_b, dim=-1)
+        cosines.append(similarity.max())
+        indices.append(similarity.argmax())
+    return torch.stack(cosines), torch.stack(indices)
+
+
 WRONG: dict[str, tuple[Answer, ...]] = {
     "0.1": (loss_without_the_shift, loss_of_the_current_token, loss_averaged_to_one_number),
     "0.2": (difference_at_the_first_position, difference_the_wrong_way_round, difference_of_probabilities),
@@ -3463,6 +3509,8 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "6.12": (best_latent_selected_on_all_rows, best_latent_reporting_the_selection, best_latent_split_after_the_middle),
     "6.13": (aligned_by_signed_cosine, aligned_by_dot_product, aligned_with_the_absolute_cosine),
     "6.14": (projection_summed_row_by_row, projection_without_normalising_the_rows, projection_of_the_coefficients),
+    "6.15": (batch_topk_per_row, batch_topk_counting_the_first_dimension, batch_topk_without_the_relu),
+    "6.16": (matches_of_raw_dot_products, matches_by_absolute_cosine, matches_for_the_rows_of_b),
     "7.1": (pairs_without_bos, pairs_padded_instead_of_refused, pairs_with_the_first_token_of_a_long_answer,
             pairs_labelled_with_the_corrupted_prompt),
     "7.2": (metric_divided_by_clean, metric_from_the_clean_end, metric_without_the_baseline),
@@ -3529,7 +3577,8 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "6.8": (spliced_with_the_library_replacement,),
     "6.9": (top_activations_by_sorting,), "6.10": (effects_with_einsum_and_argsort,), "6.11": (auroc_from_all_pairs,),
     "6.12": (best_latent_with_split_aurocs,), "6.13": (aligned_with_cosine_similarity,),
-    "6.14": (projection_with_the_pseudo_inverse,),
+    "6.14": (projection_with_the_pseudo_inverse,), "6.15": (batch_topk_with_a_threshold,),
+    "6.16": (matches_row_by_row,),
     "7.1": (pairs_tokenized_as_a_batch,), "7.2": (metric_as_one_minus_the_gap,), "7.3": (head_with_a_mask,),
     "7.4": (copy_where_copy_by_copy,),
     "7.5": (heads_ablated_one_by_one_with_slices,), "7.6": (head_positions_with_a_loop_over_heads,),

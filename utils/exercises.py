@@ -244,6 +244,8 @@ EXERCISES: dict[str, Exercise] = _exercises(
     ("6.12", "06_sparse_autoencoders", "best_latent", "utils.sae_features", "check_best_latent", ()),
     ("6.13", "06_sparse_autoencoders", "aligned_latents", "utils.sae_features", "check_aligned_latents", ()),
     ("6.14", "06_sparse_autoencoders", "projection_on_rows", "utils.sae_features", "check_projection_on_rows", ()),
+    ("6.15", "06_sparse_autoencoders", "batch_topk", "utils.sae", "check_batch_topk", ()),
+    ("6.16", "06_sparse_autoencoders", "decoder_matches", "utils.sae_features", "check_decoder_matches", ()),
     ("7.1", "07_circuits", "tokenize_pairs", "utils.patching", "check_tokenize_pairs", ("tokenizer",)),
     ("7.2", "07_circuits", "normalised_metric", "utils.patching", "check_normalised_metric", ()),
     ("7.3", "07_circuits", "replace_head", "utils.patching", "check_replace_head", ()),
