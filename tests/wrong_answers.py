@@ -2498,7 +2498,7 @@ def _sae_step(sae, optimizer, x, l1_coefficient, *, zero_grad=True, project=True
     return loss.detach(), reconstruction.detach(), latents.detach()
 
 
-def step_without_zero_grad(sae, optimizer, x, l1_coefficient):
+def sae_step_without_zero_grad(sae, optimizer, x, l1_coefficient):
     return _sae_step(sae, optimizer, x, l1_coefficient, zero_grad=False)
 
 
@@ -3393,7 +3393,7 @@ def matches_for_the_rows_of_b(decoder_a, decoder_b):
     return (F.normalize(decoder_a, dim=-1) @ F.normalize(decoder_b, dim=-1).T).max(dim=0)
 
 
-def matches_row_by_row(decoder_a, decoder_b):
+def decoder_matches_row_by_row(decoder_a, decoder_b):
     cosines, indices = [], []
     for row in decoder_a:
         similarity = F.cosine_similarity(row[None], decoder_b, dim=-1)
@@ -3498,7 +3498,7 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "6.2": (sae_loss_mse_averaged_over_dimensions, sae_loss_unweighted_l1, sae_loss_l1_summed_over_the_batch),
     "6.3": (explained_variance_uncentred, explained_variance_per_dimension, explained_variance_of_the_reconstruction),
     "6.4": (parallel_component_of_unnormalised_rows, parallel_component_kept, parallel_component_over_the_latents),
-    "6.5": (step_without_zero_grad, step_without_the_gradient_projection, step_normalising_before_the_step,
+    "6.5": (sae_step_without_zero_grad, step_without_the_gradient_projection, step_normalising_before_the_step,
             step_returning_tensors_with_their_graph),
     "6.6": (jumprelu_without_the_relu, jumprelu_shifted_by_the_threshold, jumprelu_without_b_dec_before_encoding),
     "6.7": (sparsity_with_l0_summed_over_the_tokens, sparsity_dense_at_the_threshold, sparsity_active_above_a_tolerance),
@@ -3578,7 +3578,7 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "6.9": (top_activations_by_sorting,), "6.10": (effects_with_einsum_and_argsort,), "6.11": (auroc_from_all_pairs,),
     "6.12": (best_latent_with_split_aurocs,), "6.13": (aligned_with_cosine_similarity,),
     "6.14": (projection_with_the_pseudo_inverse,), "6.15": (batch_topk_with_a_threshold,),
-    "6.16": (matches_row_by_row,),
+    "6.16": (decoder_matches_row_by_row,),
     "7.1": (pairs_tokenized_as_a_batch,), "7.2": (metric_as_one_minus_the_gap,), "7.3": (head_with_a_mask,),
     "7.4": (copy_where_copy_by_copy,),
     "7.5": (heads_ablated_one_by_one_with_slices,), "7.6": (head_positions_with_a_loop_over_heads,),
