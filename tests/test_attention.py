@@ -14,7 +14,10 @@ from utils.attention import (
     pattern_from_cache, plot_attention_patterns, plot_copy_losses, plot_head_scores, previous_token_scores,
     repeated_sequences, token_losses,
 )
-from utils.checkers.caching_hooks import check_induction_scores, check_previous_token_scores
+from utils.checkers import caching_hooks
+from utils.checkers.caching_hooks import (
+    check_composition_scores, check_induction_scores, check_previous_token_scores,
+)
 from utils.checks import assert_accepts, assert_rejects
 from utils.course_model.evaluate import repeated_random_tokens
 from utils.hooks import resample_ablate_head
@@ -180,6 +183,17 @@ def test_composition_scores_equal_transformer_lens(family, tl_course):
     for mode in ("Q", "K", "V"):
         torch.testing.assert_close(composition_scores(tl, mode), tl.all_composition_scores(mode).detach())
     torch.testing.assert_close(k_composition_scores(tl, 0, 1), tl.all_composition_scores("K")[0, :, 1].detach())
+
+
+def test_the_composition_check_on_a_much_larger_model_checks_q_and_v_on_a_tiny_one(tl_course, monkeypatch):
+    """Each score takes seconds on GPT-2 small: there the check computes K on the learner's model only, and still
+    rejects a function that mixes the modes up, on a tiny random GPT-2."""
+    monkeypatch.setattr(caching_hooks, "size_relative_to_course_model", lambda model: 80.0)
+    assert_accepts(check_composition_scores(composition_scores, tl_course))
+    q_as_k = lambda tl, mode: composition_scores(tl, "K" if mode == "Q" else mode)  # noqa: E731
+    v_as_k = lambda tl, mode: composition_scores(tl, "K" if mode == "V" else mode)  # noqa: E731
+    assert_rejects(check_composition_scores(q_as_k, tl_course), "tiny random GPT-2, Q")
+    assert_rejects(check_composition_scores(v_as_k, tl_course), "tiny random GPT-2, V")
 
 
 def test_composition_baseline_is_about_one_over_the_square_root_of_the_width():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from utils.feature_circuits import (
-    Node, ablation_masks, accuracy_with_nodes_ablated, check_saes, completeness, edge_effects, faithfulness, latents_at, mean_activations,
-    node_effects, spliced, Spliced,
+    Node, ablation_masks, accuracy_with_nodes_ablated, attribution_graph, check_saes, completeness, edge_effects,
+    edges_into, faithfulness, latents_at, mean_activations, node_effects, spliced, Spliced,
 )
 from utils.patching import agreement_pairs, tokenize_pairs
 from utils.sae import load_shipped_sae
@@ -76,6 +76,29 @@ def test_edges_connect_adjacent_layers(course_model, saes, circuit):
     (_, strongest_into), _ = max(edges.items(), key=lambda item: abs(item[1]))
     assert strongest_into.position == tokens.clean.shape[1] - 1          # where the answer is read
     assert any(down == ranked[0][0] for _, down in edges)                # the most important node has inputs
+
+
+def test_the_edges_into_a_node_add_up_to_its_attribution_along_the_chain_rule(course_model, saes, circuit):
+    """The edges into a latent from every node of the layer below (all latents and error terms at every position)
+    sum to the gradient of its score times the whole layer's change: checked against one autograd call."""
+    tokens, _, ranked = circuit
+    down = next(node for node, _ in ranked if node.feature is not None and node.layer > 0)
+    clean, corrupted, gradients = attribution_graph(course_model, saes, tokens)
+    n_pos, d_sae = corrupted.latents[down.layer - 1].shape[1:]
+    every_up = [Node(down.layer - 1, pos, feature) for pos in range(n_pos) for feature in range(d_sae)]
+    every_up += [Node(down.layer - 1, pos, None) for pos in range(n_pos)]
+    total = sum(edges_into(down, every_up, corrupted, gradients, clean).values())
+    score = (gradients.latents[down.layer][:, down.position, down.feature]
+             * corrupted.latents[down.layer][:, down.position, down.feature]).sum()
+    below = [corrupted.latents[down.layer - 1], corrupted.errors[down.layer - 1]]
+    grads = torch.autograd.grad(score, below)
+    expected = sum(((start - value.detach()) * grad).sum() for start, value, grad
+                   in zip([clean.latents[down.layer - 1], clean.errors[down.layer - 1]], below, grads))
+    assert total == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    assert edges_into(Node(down.layer, down.position, None), every_up[:3], corrupted, gradients, clean) == \
+        {up: 0.0 for up in every_up[:3]}                                   # an error term: nothing upstream
+    with pytest.raises(ValueError, match="adjacent layers"):
+        edges_into(down, [Node(down.layer, 0, None)], corrupted, gradients, clean)
 
 
 def test_the_masks_that_keep_a_circuit_are_the_complement_of_those_that_ablate_it():

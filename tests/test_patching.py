@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from utils.batching import activation_bytes_per_prompt, variants_per_pass
-from utils.checkers.circuits import check_attribution, check_normalised_metric, check_replace_head
+from utils.checkers import circuits
+from utils.checkers.circuits import (
+    check_attribution, check_faithfulness, check_normalised_metric, check_patch_head_positions, check_replace_head,
+)
 from utils.checks import assert_accepts, assert_rejects
 from utils.hooks import capture, editing_head_outputs, hooks
 from utils.models import load_model
@@ -20,7 +23,8 @@ from utils.patching import (
     attribution_patch_head_positions, attribution_patch_heads, baseline, clean_head_outputs, correlation,
     integrated_gradients, integrated_gradients_head_positions, ioi_pairs, logit_difference,
     logit_difference_with_heads_ablated, metric_gradient_at, normalised_metric, patch_head_positions, patch_heads,
-    patch_residual, position_labels, replace_head, tokenize_pairs,
+    patch_residual, path_patch, path_patch_senders, path_patch_to_logits, position_labels, replace_head,
+    tokenize_pairs,
 )
 
 #: The IOI heads that matter (patching one head back restores: 0.2 1.05, 3.5 0.62, 1.3 0.14, 1.6 0.14).
@@ -198,6 +202,77 @@ def test_a_sweep_over_the_memory_budget_runs_in_chunks(course_model, agreement_t
     assert max(patch_passes) == 3 * n and len(patch_passes) == 4 * 3   # 8 heads a layer in chunks of 3, 3, 2
 
 
+def test_the_first_pairs_of_a_batch(ioi):
+    two = ioi.first(2)
+    assert two.clean.shape == (2, ioi.clean.shape[1]) and two.labels == ioi.labels
+    for field in ("clean", "corrupted", "answer", "wrong"):
+        assert torch.equal(getattr(two, field), getattr(ioi, field)[:2])
+    assert torch.equal(ioi.first(1000).clean, ioi.clean)                  # all of them when there are fewer
+    with pytest.raises(ValueError, match="at least 1 pair"):
+        ioi.first(0)
+
+
+def test_a_sweep_check_on_a_much_larger_model_runs_on_the_course_model(course_model, course_tokenizer, monkeypatch):
+    """Exercise 7.6's check sweeps every head at every position: on a model 80 times the course model's size that
+    would take half a minute, so it runs the same function on the course model instead (and 7.11's on its SAEs)."""
+    from utils.feature_circuits import faithfulness
+    from utils.models import tiny_random_model
+
+    assert circuits._sweep_subject(course_model, course_tokenizer).model is course_model
+    monkeypatch.setattr(circuits, "size_relative_to_course_model", lambda model: 80.0)
+    unusable = tiny_random_model("gpt2", vocab_size=8)          # the course tokenizer's ids would not fit it
+    subject = circuits._sweep_subject(unusable, course_tokenizer)
+    assert subject.model is not unusable and subject.where == ", on the course model"
+    assert set(subject.saes) == set(range(4)) and subject.saes[0].W_dec.shape[1] == course_model.config.n_embd
+    assert_accepts(check_patch_head_positions(patch_head_positions, unusable, course_tokenizer))
+    wrong = lambda model, tokens, progress=True: patch_head_positions(model, tokens, progress).transpose(1, 2)  # noqa: E731
+    assert_rejects(check_patch_head_positions(wrong, unusable, course_tokenizer), "on the course model")
+    assert_accepts(check_faithfulness(faithfulness, unusable, course_tokenizer, saes={}))    # with the course's SAEs
+
+
+def test_path_patching_every_sender_at_once_equals_one_path_at_a_time(course_model, ioi):
+    for receiver in [(2, 4), (3, 1)]:
+        batched = path_patch_senders(course_model, ioi, receiver, progress=False)
+        one_at_a_time = torch.tensor([[path_patch(course_model, ioi, (layer, head), receiver) for head in range(8)]
+                                      for layer in range(receiver[0])])
+        assert batched.shape == (receiver[0], 8)
+        torch.testing.assert_close(batched, one_at_a_time, atol=1e-5, rtol=0)
+    in_chunks = path_patch_senders(course_model, ioi, (2, 4), progress=False, memory_budget=1)   # one sender a pass
+    torch.testing.assert_close(in_chunks, path_patch_senders(course_model, ioi, (2, 4), progress=False))
+
+
+def test_path_patching_tells_a_chain_of_heads_from_a_route_of_its_own(course_model, ioi):
+    """The chapter's claim: the paths from the layer-0 IOI heads 0.0 and 0.4 carry about all of what 2.4 restores
+    (0.05 + 0.06 for 0.09 patched alone: a chain), and almost none of what 2.5 restores (0.00 + 0.01 for 0.20)."""
+    alone = patch_heads(course_model, ioi, progress=False)
+    for receiver, at_least, at_most in [((2, 4), 0.5, None), ((2, 5), None, 0.25)]:
+        share = sum(path_patch(course_model, ioi, sender, receiver) for sender in [(0, 0), (0, 4)]) / alone[receiver]
+        assert (at_least is None or share >= at_least) and (at_most is None or share <= at_most), (receiver, share)
+
+
+def test_the_first_layer_heads_reach_the_answer_partly_through_later_heads(course_model, ioi):
+    """The chapter's claim: 0.0 and 0.4 keep 0.30 and 0.28 of their 0.44 and 0.39 when every later head is frozen;
+    2.5 and 2.4 keep all of theirs (0.21 for 0.20, 0.09 for 0.09): no head after them relays their effect."""
+    alone = patch_heads(course_model, ioi, progress=False)
+    for head in [(0, 0), (0, 4)]:
+        assert 0.5 * alone[head] < path_patch_to_logits(course_model, ioi, head) < alone[head] - 0.05, head
+    for head in [(2, 5), (2, 4)]:
+        assert path_patch_to_logits(course_model, ioi, head) == pytest.approx(alone[head].item(), abs=0.02), head
+    last = (3, 1)                                                    # nothing after it to freeze: its whole effect
+    assert path_patch_to_logits(course_model, ioi, last) == pytest.approx(alone[last].item(), abs=1e-5)
+
+
+def test_a_path_must_run_from_an_earlier_layer_to_a_later_one(course_model, ioi):
+    with pytest.raises(ValueError, match="earlier layer than the receiver"):
+        path_patch(course_model, ioi, (2, 0), (2, 4))
+    with pytest.raises(ValueError, match="not a head of this model"):
+        path_patch(course_model, ioi, (0, 8), (2, 4))
+    with pytest.raises(ValueError, match="not a head of this model"):
+        path_patch_to_logits(course_model, ioi, (4, 0))
+    with pytest.raises(ValueError, match="earlier layer than the receiver"):
+        path_patch_senders(course_model, ioi, (0, 3), progress=False)
+
+
 @pytest.mark.parametrize("family", ["gpt_neox", "llama"])
 def test_other_architectures(family):
     from utils.models import tiny_random_model
@@ -219,6 +294,8 @@ def test_other_architectures(family):
     assert metric_gradient_at(model, tokens, 1, memory_budget=1)(points).shape == points.shape
     mean_over = torch.randint(1, 320, (3, 6), generator=generator)
     assert logit_difference_with_heads_ablated(model, tokens, [(0, 1), (1, 3)], mean_over).shape == (4,)
+    torch.testing.assert_close(path_patch_senders(model, tokens, (1, 2), progress=False)[0, 3],
+                               torch.tensor(path_patch(model, tokens, (0, 3), (1, 2))), atol=1e-5, rtol=0)
 
 
 def test_normalised_metric_checker():

@@ -12,14 +12,15 @@ from utils import architecture
 from utils.hooks import hooks
 from utils.models import CheckpointError, ModelNotAvailableError, tiny_random_model, verify_checkpoint
 from utils.sae import (
-    PUBLISHED_SAES, REBUILD_HINT, SAE_DIR, SHIPPED_SITES, SparseAutoencoder, activation, check_feature_index,
-    check_sae_fits, document_rows, evaluate_sae, evaluation_batch, explained_variance, hook_name_of_site,
+    PUBLISHED_SAES, REBUILD_HINT, SAE_DIR, SHIPPED_SITES, SparseAutoencoder, activation, batch_topk,
+    check_feature_index, check_sae_fits, document_rows, evaluate_sae, evaluation_batch, explained_variance, hook_name_of_site,
     jumprelu_forward, load_published_sae, load_sae, load_shipped_sae, loss_with_replacement, plot_frontier,
     published_saes, remove_parallel_component, resample_dead_latents, sae_forward, sae_loss, sae_training_step,
     shipped_evaluation, site_of_hook_name, sparsity_metrics, spliced_loss, train_sae,
 )
 from utils.sae_features import (
-    aligned_latents, auroc, best_latent, decompose_vector, feature_dashboard, ground_truth_table, label_features,
+    aligned_latents, auroc, best_latent, decoder_matches, decompose_vector, feature_dashboard, ground_truth_table,
+    label_features,
     labelled_probes, logit_effect_tokens, logit_effects, mean_difference, plot_ground_truth, projection_on_rows,
     recovered_variables, reconstruct_with_features, remove_features, steering_variants, top_activations,
 )
@@ -556,3 +557,28 @@ def test_steering_survives_in_the_directions_sentiment_latents(course_model, cou
                                       settings)
     assert unsteered <= 0.6
     assert all(rate >= 0.75 for rate in rates), dict(zip(variants, rates))
+
+
+@pytest.mark.parametrize("k", [3.0, 2.5, 1])
+def test_batch_topk_is_sae_lens_batch_topk(k):
+    """Bonus exercise 6.15's reference against sae-lens's activation, on tokens and on documents by positions."""
+    from sae_lens.saes.batchtopk_sae import BatchTopK
+
+    g = torch.Generator().manual_seed(0)
+    for pre in [torch.randn(64, 32, generator=g), torch.randn(4, 7, 32, generator=g)]:
+        ours = batch_topk(pre, k)
+        torch.testing.assert_close(ours, BatchTopK(k)(pre), atol=0, rtol=0)
+        assert (ours > 0).sum() == int(k * pre.shape[:-1].numel())            # k per row on average, exactly
+    with pytest.raises(ValueError, match="must be positive"):
+        batch_topk(pre, 0)
+
+
+def test_decoder_matches_find_a_scaled_copy_and_not_a_negated_one():
+    g = torch.Generator().manual_seed(0)
+    decoder = torch.randn(6, 16, generator=g)
+    cosines, indices = decoder_matches(3 * decoder[[4, 1]], decoder)
+    assert indices.tolist() == [4, 1] and torch.allclose(cosines, torch.ones(2))
+    cosines, indices = decoder_matches(-decoder[:1], decoder)
+    assert indices.item() != 0 and cosines.item() < 1
+    with pytest.raises(ValueError, match="same d_in"):
+        decoder_matches(decoder, torch.randn(6, 8))

@@ -15,6 +15,17 @@ def context() -> ExerciseContext:
     return ExerciseContext()
 
 
+def test_no_answer_is_defined_twice() -> None:
+    """A second ``def`` of a name replaces the first silently: one exercise would test another's answer."""
+    import ast
+    from collections import Counter
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).parent / "wrong_answers.py").read_text())
+    counts = Counter(node.name for node in tree.body if isinstance(node, ast.FunctionDef))
+    assert not [name for name, count in counts.items() if count > 1]
+
+
 def test_every_exercise_has_three_wrong_answers_and_a_right_one_in_another_style() -> None:
     assert set(WRONG) == set(RIGHT) == set(EXERCISES)
     assert all(len(answers) >= 3 for answers in WRONG.values())

@@ -2498,7 +2498,7 @@ def _sae_step(sae, optimizer, x, l1_coefficient, *, zero_grad=True, project=True
     return loss.detach(), reconstruction.detach(), latents.detach()
 
 
-def step_without_zero_grad(sae, optimizer, x, l1_coefficient):
+def sae_step_without_zero_grad(sae, optimizer, x, l1_coefficient):
     return _sae_step(sae, optimizer, x, l1_coefficient, zero_grad=False)
 
 
@@ -3131,6 +3131,277 @@ def completeness_as_one_minus_the_share_lost(model, saes, tokens, means, nodes):
     return float(1 - lost / (everything - nothing))
 
 
+
+def _edges(down, ups, corrupted, gradients, clean, *, weighted=True, sign=1.0, reduce=torch.sum):
+    """edges_into, with the mistakes the wrong answers below make as switches."""
+    if not ups:
+        return {}
+    layer = down.layer
+    value = corrupted.errors[layer][:, down.position] if down.feature is None else \
+        corrupted.latents[layer][:, down.position, down.feature]
+    gradient = gradients.errors[layer][:, down.position] if down.feature is None else \
+        gradients.latents[layer][:, down.position, down.feature]
+    score = (gradient * value).sum() if weighted else value.sum()
+    through = torch.autograd.grad(score, [corrupted.latents[layer - 1], corrupted.errors[layer - 1]],
+                                  retain_graph=True, allow_unused=True)
+    edges = {}
+    for up in ups:
+        index = (slice(None), up.position) if up.feature is None else (slice(None), up.position, up.feature)
+        values = (clean.errors if up.feature is None else clean.latents)[up.layer]
+        start = (corrupted.errors if up.feature is None else corrupted.latents)[up.layer]
+        grad = through[1 if up.feature is None else 0]
+        delta = sign * (values[index] - start[index].detach())
+        edges[up] = 0.0 if grad is None else float(reduce(delta * grad[index]))
+    return edges
+
+
+def edges_from_the_unweighted_value(down, ups, corrupted, gradients, clean):
+    return _edges(down, ups, corrupted, gradients, clean, weighted=False)
+
+
+def edges_the_wrong_way_round(down, ups, corrupted, gradients, clean):
+    return _edges(down, ups, corrupted, gradients, clean, sign=-1.0)
+
+
+def edges_averaged_over_the_batch(down, ups, corrupted, gradients, clean):
+    return _edges(down, ups, corrupted, gradients, clean, reduce=torch.mean)
+
+
+def edges_one_upstream_node_at_a_time(down, ups, corrupted, gradients, clean):
+    edges = {}
+    for up in ups:
+        layer, position = down.layer, down.position
+        if down.feature is None:
+            score = torch.einsum("nd,nd->", gradients.errors[layer][:, position], corrupted.errors[layer][:, position])
+        else:
+            score = torch.dot(gradients.latents[layer][:, position, down.feature],
+                              corrupted.latents[layer][:, position, down.feature])
+        source = (corrupted.errors if up.feature is None else corrupted.latents)[up.layer]
+        (grad,) = torch.autograd.grad(score, [source], retain_graph=True, allow_unused=True)
+        if grad is None:
+            edges[up] = 0.0
+            continue
+        index = (slice(None), up.position) if up.feature is None else (slice(None), up.position, up.feature)
+        target = (clean.errors if up.feature is None else clean.latents)[up.layer]
+        edges[up] = torch.einsum("n...,n...->", target[index] - source[index].detach(), grad[index]).item()
+    return edges
+
+
+@torch.no_grad()
+def _path(model, tokens, sender, receiver, *, freeze=True, from_clean_run=False, normalise=True):
+    """path_patch, with the mistakes the wrong answers below make as switches."""
+    if sender[0] >= receiver[0]:
+        raise ValueError("the sender must be in an earlier layer than the receiver")
+    (send_layer, send_head), (receive_layer, receive_head) = sender, receiver
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    recorded = []
+
+    def send(z):
+        z = z.clone()
+        z[:, :, send_head] = clean_z[send_layer][:, :, send_head]
+        return z
+
+    def record(z):
+        recorded.append(z[:, :, receive_head].clone())
+        return z
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(editing_head_outputs(model, send_layer, send))
+        for layer in range(send_layer + 1, receive_layer) if freeze else ():
+            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+        stack.enter_context(editing_head_outputs(model, receive_layer, record))
+        model(tokens.corrupted)
+    received = clean_z[receive_layer][:, :, receive_head] if from_clean_run else recorded[0]
+
+    def receive(z):
+        z = z.clone()
+        z[:, :, receive_head] = received
+        return z
+
+    with editing_head_outputs(model, receive_layer, receive):
+        difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    if not normalise:
+        return difference.item()
+    clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    return ((difference - corrupted) / (clean - corrupted)).item()
+
+
+def path_without_freezing_the_heads_between(model, tokens, sender, receiver):
+    return _path(model, tokens, sender, receiver, freeze=False)
+
+
+def path_with_the_receivers_clean_output(model, tokens, sender, receiver):
+    return _path(model, tokens, sender, receiver, from_clean_run=True)
+
+
+def path_as_the_raw_logit_difference(model, tokens, sender, receiver):
+    return _path(model, tokens, sender, receiver, normalise=False)
+
+
+def path_from_the_batched_sweep(model, tokens, sender, receiver):
+    from utils.patching import path_patch_senders
+
+    if sender[0] >= receiver[0]:
+        raise ValueError(f"sender {sender} is not before receiver {receiver}")
+    return path_patch_senders(model, tokens, receiver, progress=False)[sender].item()
+
+
+
+@torch.no_grad()
+def _to_logits(model, tokens, sender, *, first_frozen=1, normalise=True):
+    """path_patch_to_logits, freezing the layers from sender's + first_frozen on (0: none)."""
+    send_layer, send_head = sender
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+
+    def send(z):
+        z = z.clone()
+        z[:, :, send_head] = clean_z[send_layer][:, :, send_head]
+        return z
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(editing_head_outputs(model, send_layer, send))
+        n_layers = architecture.n_layers(model)
+        for layer in range(send_layer + first_frozen, n_layers) if first_frozen else ():
+            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+        difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    if not normalise:
+        return difference.item()
+    clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    return ((difference - corrupted) / (clean - corrupted)).item()
+
+
+def to_logits_freezing_nothing(model, tokens, sender):
+    return _to_logits(model, tokens, sender, first_frozen=0)
+
+
+def to_logits_leaving_the_next_layer_free(model, tokens, sender):
+    return _to_logits(model, tokens, sender, first_frozen=2)
+
+
+def to_logits_as_the_raw_logit_difference(model, tokens, sender):
+    return _to_logits(model, tokens, sender, normalise=False)
+
+
+@torch.no_grad()
+def to_logits_with_one_mask_per_layer(model, tokens, sender):
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    n_heads = model.config.num_attention_heads
+    with contextlib.ExitStack() as stack:
+        for layer in range(sender[0], architecture.n_layers(model)):
+            if layer == sender[0]:
+                chosen, source = torch.arange(n_heads) == sender[1], clean_z[layer]
+            else:
+                chosen, source = torch.ones(n_heads, dtype=torch.bool), corrupted_z[layer]
+            stack.enter_context(editing_head_outputs(
+                model, layer, lambda z, chosen=chosen, source=source: torch.where(chosen[:, None], source, z)))
+        patched = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    return float((patched - corrupted) / (clean - corrupted))
+
+
+@torch.no_grad()
+def _residual(model, tokens, progress=True, *, site="resid_pre", interleave=False, transpose=False):
+    """patch_residual by hand, with the mistakes the wrong answers below make as switches."""
+    n, n_pos = tokens.clean.shape
+    sites = [f"{site}.{layer}" for layer in range(architecture.n_layers(model))]
+    clean = capture(model, tokens.clean, sites)
+    pattern = "n pos -> (n variant) pos" if interleave else "n pos -> (variant n) pos"
+    repeated = einops.repeat(tokens.corrupted, pattern, variant=n_pos)
+    base_clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    base_corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    effects = torch.zeros(len(sites), n_pos)
+    for layer, name in enumerate(sites):
+        def patch(residual, name=name):
+            copies = einops.rearrange(residual, "(variant n) pos d -> variant n pos d", variant=n_pos).clone()
+            copies[torch.arange(n_pos), :, torch.arange(n_pos)] = clean[name][:, torch.arange(n_pos)].transpose(0, 1)
+            return einops.rearrange(copies, "variant n pos d -> (variant n) pos d")
+        with hooks(model, {name: patch}):
+            difference = logit_difference(model(repeated).logits, tokens.answer.repeat(n_pos), tokens.wrong.repeat(n_pos))
+        mean = einops.reduce(difference, "(variant n) -> variant", "mean", variant=n_pos)
+        effects[layer] = (mean - base_corrupted) / (base_clean - base_corrupted)
+    return effects.T if transpose else effects
+
+
+def residual_after_each_block(model, tokens, progress=True):
+    return _residual(model, tokens, progress, site="resid_post")
+
+
+def residual_with_the_copies_interleaved(model, tokens, progress=True):
+    return _residual(model, tokens, progress, interleave=True)
+
+
+def residual_by_position_then_layer(model, tokens, progress=True):
+    return _residual(model, tokens, progress, transpose=True)
+
+
+@torch.no_grad()
+def residual_one_position_per_pass(model, tokens, progress=True):
+    n_layers, n_pos = architecture.n_layers(model), tokens.clean.shape[1]
+    clean = capture(model, tokens.clean, [f"resid_pre.{layer}" for layer in range(n_layers)])
+    base_clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
+    base_corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    effects = torch.zeros(n_layers, n_pos)
+    for layer in range(n_layers):
+        for position in range(n_pos):
+            def patch(residual, layer=layer, position=position):
+                patched = residual.clone()
+                patched[:, position] = clean[f"resid_pre.{layer}"][:, position]
+                return patched
+            with hooks(model, {f"resid_pre.{layer}": patch}):
+                value = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+            effects[layer, position] = (value - base_corrupted) / (base_clean - base_corrupted)
+    return effects
+
+
+
+def batch_topk_per_row(pre, k):
+    values, indices = pre.relu().topk(int(k), dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, values)
+
+
+def batch_topk_counting_the_first_dimension(pre, k):
+    flat = pre.relu().flatten()
+    kept = flat.topk(int(k * pre.shape[0]))
+    return torch.zeros_like(flat).scatter(0, kept.indices, kept.values).reshape(pre.shape)
+
+
+def batch_topk_without_the_relu(pre, k):
+    flat = pre.flatten()
+    kept = flat.topk(int(k * pre.shape[:-1].numel()))
+    return torch.zeros_like(flat).scatter(0, kept.indices, kept.values).reshape(pre.shape)
+
+
+def batch_topk_with_a_threshold(pre, k):
+    acts = pre.relu()
+    n_kept = int(k * math.prod(acts.shape[:-1]))
+    threshold = acts.flatten().sort(descending=True).values[n_kept - 1]
+    return torch.where(acts >= threshold, acts, torch.zeros_like(acts))
+
+
+def matches_of_raw_dot_products(decoder_a, decoder_b):
+    return (decoder_a @ decoder_b.T).max(dim=-1)
+
+
+def matches_by_absolute_cosine(decoder_a, decoder_b):
+    return (F.normalize(decoder_a, dim=-1) @ F.normalize(decoder_b, dim=-1).T).abs().max(dim=-1)
+
+
+def matches_for_the_rows_of_b(decoder_a, decoder_b):
+    return (F.normalize(decoder_a, dim=-1) @ F.normalize(decoder_b, dim=-1).T).max(dim=0)
+
+
+def decoder_matches_row_by_row(decoder_a, decoder_b):
+    cosines, indices = [], []
+    for row in decoder_a:
+        similarity = F.cosine_similarity(row[None], decoder_b, dim=-1)
+        cosines.append(similarity.max())
+        indices.append(similarity.argmax())
+    return torch.stack(cosines), torch.stack(indices)
+
+
 WRONG: dict[str, tuple[Answer, ...]] = {
     "0.1": (loss_without_the_shift, loss_of_the_current_token, loss_averaged_to_one_number),
     "0.2": (difference_at_the_first_position, difference_the_wrong_way_round, difference_of_probabilities),
@@ -3227,7 +3498,7 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "6.2": (sae_loss_mse_averaged_over_dimensions, sae_loss_unweighted_l1, sae_loss_l1_summed_over_the_batch),
     "6.3": (explained_variance_uncentred, explained_variance_per_dimension, explained_variance_of_the_reconstruction),
     "6.4": (parallel_component_of_unnormalised_rows, parallel_component_kept, parallel_component_over_the_latents),
-    "6.5": (step_without_zero_grad, step_without_the_gradient_projection, step_normalising_before_the_step,
+    "6.5": (sae_step_without_zero_grad, step_without_the_gradient_projection, step_normalising_before_the_step,
             step_returning_tensors_with_their_graph),
     "6.6": (jumprelu_without_the_relu, jumprelu_shifted_by_the_threshold, jumprelu_without_b_dec_before_encoding),
     "6.7": (sparsity_with_l0_summed_over_the_tokens, sparsity_dense_at_the_threshold, sparsity_active_above_a_tolerance),
@@ -3238,6 +3509,8 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "6.12": (best_latent_selected_on_all_rows, best_latent_reporting_the_selection, best_latent_split_after_the_middle),
     "6.13": (aligned_by_signed_cosine, aligned_by_dot_product, aligned_with_the_absolute_cosine),
     "6.14": (projection_summed_row_by_row, projection_without_normalising_the_rows, projection_of_the_coefficients),
+    "6.15": (batch_topk_per_row, batch_topk_counting_the_first_dimension, batch_topk_without_the_relu),
+    "6.16": (matches_of_raw_dot_products, matches_by_absolute_cosine, matches_for_the_rows_of_b),
     "7.1": (pairs_without_bos, pairs_padded_instead_of_refused, pairs_with_the_first_token_of_a_long_answer,
             pairs_labelled_with_the_corrupted_prompt),
     "7.2": (metric_divided_by_clean, metric_from_the_clean_end, metric_without_the_baseline),
@@ -3256,6 +3529,11 @@ WRONG: dict[str, tuple[Answer, ...]] = {
     "7.10": (masks_the_wrong_way_round, masks_keeping_the_error_terms_out, masks_with_every_node_in_every_layer),
     "7.11": (faithfulness_as_completeness, faithfulness_without_the_empty_circuit, faithfulness_averaged_over_prompts),
     "7.12": (completeness_as_faithfulness, completeness_as_one_minus_faithfulness, completeness_without_the_empty_circuit),
+    "7.13": (edges_from_the_unweighted_value, edges_the_wrong_way_round, edges_averaged_over_the_batch),
+    "7.14": (path_without_freezing_the_heads_between, path_with_the_receivers_clean_output,
+             path_as_the_raw_logit_difference),
+    "7.15": (to_logits_freezing_nothing, to_logits_leaving_the_next_layer_free, to_logits_as_the_raw_logit_difference),
+    "7.16": (residual_after_each_block, residual_with_the_copies_interleaved, residual_by_position_then_layer),
 }
 
 RIGHT: dict[str, tuple[Answer, ...]] = {
@@ -3299,12 +3577,15 @@ RIGHT: dict[str, tuple[Answer, ...]] = {
     "6.8": (spliced_with_the_library_replacement,),
     "6.9": (top_activations_by_sorting,), "6.10": (effects_with_einsum_and_argsort,), "6.11": (auroc_from_all_pairs,),
     "6.12": (best_latent_with_split_aurocs,), "6.13": (aligned_with_cosine_similarity,),
-    "6.14": (projection_with_the_pseudo_inverse,),
+    "6.14": (projection_with_the_pseudo_inverse,), "6.15": (batch_topk_with_a_threshold,),
+    "6.16": (decoder_matches_row_by_row,),
     "7.1": (pairs_tokenized_as_a_batch,), "7.2": (metric_as_one_minus_the_gap,), "7.3": (head_with_a_mask,),
     "7.4": (copy_where_copy_by_copy,),
     "7.5": (heads_ablated_one_by_one_with_slices,), "7.6": (head_positions_with_a_loop_over_heads,),
     "7.7": (attribution_as_a_sum_of_products,),
     "7.8": (integrated_walked_from_the_clean_end_one_point_at_a_time,), "7.9": (nodes_layer_by_layer_with_sums,),
     "7.10": (masks_from_index_lists,), "7.11": (faithfulness_against_the_model_without_saes,),
-    "7.12": (completeness_as_one_minus_the_share_lost,),
+    "7.12": (completeness_as_one_minus_the_share_lost,), "7.13": (edges_one_upstream_node_at_a_time,),
+    "7.14": (path_from_the_batched_sweep,), "7.15": (to_logits_with_one_mask_per_layer,),
+    "7.16": (residual_one_position_per_pass,),
 }

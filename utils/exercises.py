@@ -244,6 +244,8 @@ EXERCISES: dict[str, Exercise] = _exercises(
     ("6.12", "06_sparse_autoencoders", "best_latent", "utils.sae_features", "check_best_latent", ()),
     ("6.13", "06_sparse_autoencoders", "aligned_latents", "utils.sae_features", "check_aligned_latents", ()),
     ("6.14", "06_sparse_autoencoders", "projection_on_rows", "utils.sae_features", "check_projection_on_rows", ()),
+    ("6.15", "06_sparse_autoencoders", "batch_topk", "utils.sae", "check_batch_topk", ()),
+    ("6.16", "06_sparse_autoencoders", "decoder_matches", "utils.sae_features", "check_decoder_matches", ()),
     ("7.1", "07_circuits", "tokenize_pairs", "utils.patching", "check_tokenize_pairs", ("tokenizer",)),
     ("7.2", "07_circuits", "normalised_metric", "utils.patching", "check_normalised_metric", ()),
     ("7.3", "07_circuits", "replace_head", "utils.patching", "check_replace_head", ()),
@@ -260,4 +262,9 @@ EXERCISES: dict[str, Exercise] = _exercises(
      ("model", "tokenizer", "saes")),
     ("7.12", "07_circuits", "completeness", "utils.feature_circuits", "check_completeness",
      ("model", "tokenizer", "saes")),
+    ("7.13", "07_circuits", "edges_into", "utils.feature_circuits", "check_edges_into", ("model", "tokenizer", "saes")),
+    ("7.14", "07_circuits", "path_patch", "utils.patching", "check_path_patch", ("model", "tokenizer")),
+    ("7.15", "07_circuits", "path_patch_to_logits", "utils.patching", "check_path_patch_to_logits",
+     ("model", "tokenizer")),
+    ("7.16", "07_circuits", "patch_residual", "utils.patching", "check_patch_residual", ("model", "tokenizer")),
 )

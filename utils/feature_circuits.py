@@ -1,4 +1,4 @@
-"""Sparse feature circuits (Marks et al. 2024), chapter 7: circuits whose nodes are SAE latents.
+"""Sparse feature circuits (Marks et al. 2025), chapter 7: circuits whose nodes are SAE latents.
 
 Splice an SAE into the residual stream after every block: the stream ``x`` becomes
 ``decode(encode(x)) + error``, where the *error* term is what the SAE misses. The model computes
@@ -7,8 +7,8 @@ exactly what it did, but now every latent, and every error term, is a variable w
 1. **Nodes.** Attribution patching over latents (:func:`node_effects`): the effect of latent ``i`` at
    position ``p`` of layer ``l`` is ``(f_clean - f_corrupted) . dM/df`` on the corrupted run; an error
    term is a node too.
-2. **Edges.** Between nodes of adjacent layers (:func:`edge_effects`): how much of a downstream
-   node's effect goes through an upstream node, ``(dM/dd) (dd/du) (u_clean - u_corrupted)``.
+2. **Edges.** Between nodes of adjacent layers (:func:`edge_effects`, :func:`edges_into`): how much of a
+   downstream node's effect goes through an upstream node, ``(dM/dd) (dd/du) (u_clean - u_corrupted)``.
 3. **Pruning** keeps the nodes above a threshold; **faithfulness** is the metric with only the
    circuit (every other node mean-ablated) and **completeness** the metric with the circuit ablated.
 
@@ -19,7 +19,7 @@ gradients reach a latent only through the SAE reconstructions of later layers.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,18 +142,25 @@ def node_effects(model: PreTrainedModel, saes: SAEs, tokens: PairTokens) -> Node
     return NodeEffects(*node_attribution(*attribution_records(model, saes, tokens)))
 
 
-def attribution_records(model: PreTrainedModel, saes: SAEs, tokens: PairTokens) -> tuple[Spliced, Spliced, Spliced]:
-    """What attribution patching over the nodes needs: the latents and errors of the clean run, those of the
-    corrupted run, and the normalised metric's gradients with respect to the corrupted ones (one forward and one
-    backward pass), each a :class:`Spliced` of ``[n, pos, d_sae]`` latents and ``[n, pos, d_model]`` errors."""
+def attribution_graph(model: PreTrainedModel, saes: SAEs, tokens: PairTokens) -> tuple[Spliced, Spliced, Spliced]:
+    """:func:`attribution_records` with the corrupted run's latents and errors still in the autograd graph of its
+    forward pass (the graph is kept, so more backward passes can run through it: the edges)."""
     base = baseline(model, tokens)
     clean = _spliced_run(model, saes, tokens.clean)
     corrupted = Spliced({}, {})
     with frozen(model, *saes.values()), spliced(model, saes, corrupted, for_gradients=True):
         difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
-        normalised_metric(difference, base.clean, base.corrupted).backward()
+        normalised_metric(difference, base.clean, base.corrupted).backward(retain_graph=True)
     gradients = Spliced({layer: v.grad for layer, v in corrupted.latents.items()},
                         {layer: v.grad for layer, v in corrupted.errors.items()})
+    return clean, corrupted, gradients
+
+
+def attribution_records(model: PreTrainedModel, saes: SAEs, tokens: PairTokens) -> tuple[Spliced, Spliced, Spliced]:
+    """What attribution patching over the nodes needs: the latents and errors of the clean run, those of the
+    corrupted run, and the normalised metric's gradients with respect to the corrupted ones (one forward and one
+    backward pass), each a :class:`Spliced` of ``[n, pos, d_sae]`` latents and ``[n, pos, d_model]`` errors."""
+    clean, corrupted, gradients = attribution_graph(model, saes, tokens)
     detached = Spliced({layer: v.detach() for layer, v in corrupted.latents.items()},
                        {layer: v.detach() for layer, v in corrupted.errors.items()})
     return clean, detached, gradients
@@ -173,45 +180,50 @@ def node_attribution(clean: Spliced, corrupted: Spliced, gradients: Spliced
     return latents, errors
 
 
-def edge_effects(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, nodes: Sequence[Node]
-                 ) -> dict[tuple[Node, Node], float]:
-    """The effect through each edge between ``nodes`` of adjacent layers: ``sum (dM/dd) (dd/du) (u_clean - u_corrupted)``.
+def edges_into(down: Node, ups: Sequence[Node], corrupted: Spliced, gradients: Spliced, clean: Spliced
+               ) -> dict[Node, float]:
+    """Reference for Exercise 7.13: the effect through the edge from each node of ``ups`` (all one layer below
+    ``down``) into ``down``, ``sum over the batch of (d score / du) (u_clean - u_corrupted)``, where ``score`` is
+    ``down``'s attribution with its gradient held fixed, ``(dM/dd) . d``.
 
-    One backward pass per downstream node: the gradient of ``(dM/dd) . d`` (the gradient held fixed)
-    with respect to the upstream latents and errors, times their clean-minus-corrupted difference.
+    ``corrupted`` holds the corrupted run's latents ``[n, pos, d_sae]`` and errors ``[n, pos, d_model]`` inside the
+    autograd graph of its forward pass (:func:`attribution_graph`), ``gradients`` the metric's gradient with respect
+    to each, ``clean`` the clean run's values. The graph is kept for the next downstream node. An error term is cut
+    from what comes before it (a stop-gradient), so the edges into an error node are 0.
     """
-    base = baseline(model, tokens)
-    clean = _spliced_run(model, saes, tokens.clean)
-    corrupted = Spliced({}, {})
-    with frozen(model, *saes.values()), spliced(model, saes, corrupted, for_gradients=True):
-        difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
-        metric = normalised_metric(difference, base.clean, base.corrupted)
-        layers = sorted(corrupted.latents)
-        values = {layer: (corrupted.latents[layer], corrupted.errors[layer]) for layer in layers}
-        flat = torch.autograd.grad(metric, [v for layer in layers for v in values[layer]], retain_graph=True)
-        grads = {layer: (flat[2 * i], flat[2 * i + 1]) for i, layer in enumerate(layers)}   # dM/d(latents, error)
-        edges = {}
-        for down in nodes:
-            ups = [node for node in nodes if node.layer == down.layer - 1]
-            if not ups:
-                continue
-            (latents, error), (latent_grad, error_grad) = values[down.layer], grads[down.layer]
-            if down.feature is None:
-                score = (error_grad[:, down.position] * error[:, down.position]).sum()
-            else:
-                score = (latent_grad[:, down.position, down.feature] * latents[:, down.position, down.feature]).sum()
-            up_latents, up_error = values[down.layer - 1]
-            through_latents, through_error = torch.autograd.grad(score, [up_latents, up_error], retain_graph=True,
-                                                                 allow_unused=True)
-            for up in ups:
-                if up.feature is None:
-                    delta = clean.errors[up.layer][:, up.position] - up_error[:, up.position].detach()
-                    gradient = through_error[:, up.position] if through_error is not None else torch.zeros_like(delta)
-                else:
-                    delta = clean.latents[up.layer][:, up.position, up.feature] - up_latents[:, up.position, up.feature].detach()
-                    gradient = (through_latents[:, up.position, up.feature] if through_latents is not None
-                                else torch.zeros_like(delta))
-                edges[up, down] = float((delta * gradient).sum())
+    if any(up.layer != down.layer - 1 for up in ups):
+        raise ValueError(f"edges join adjacent layers: every upstream node must be in layer {down.layer - 1}, got "
+                         f"{sorted({up.layer for up in ups})} for {down.name}")
+    if down.feature is None or not ups:                 # nothing upstream reaches an error term
+        return {up: 0.0 for up in ups}
+    layer, position, feature = down.layer, down.position, down.feature
+    score = (gradients.latents[layer][:, position, feature] * corrupted.latents[layer][:, position, feature]).sum()
+    up_latents, up_errors = corrupted.latents[layer - 1], corrupted.errors[layer - 1]
+    through_latents, through_errors = torch.autograd.grad(score, [up_latents, up_errors], retain_graph=True)
+    edges = {}
+    for up in ups:
+        if up.feature is None:                                                           # [n, d_model]
+            delta = clean.errors[up.layer][:, up.position] - up_errors[:, up.position].detach()
+            gradient = through_errors[:, up.position]
+        else:                                                                            # [n]
+            delta = (clean.latents[up.layer][:, up.position, up.feature]
+                     - up_latents[:, up.position, up.feature].detach())
+            gradient = through_latents[:, up.position, up.feature]
+        edges[up] = float((delta * gradient).sum())
+    return edges
+
+
+def edge_effects(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, nodes: Sequence[Node],
+                 into: Callable[[Node, Sequence[Node], Spliced, Spliced, Spliced], dict[Node, float]] = edges_into
+                 ) -> dict[tuple[Node, Node], float]:
+    """The effect through each edge between ``nodes`` of adjacent layers, ``{(up, down): effect}``: one forward pass
+    (:func:`attribution_graph`), then one backward pass per downstream node, by ``into`` (:func:`edges_into`)."""
+    clean, corrupted, gradients = attribution_graph(model, saes, tokens)
+    edges = {}
+    for down in nodes:
+        ups = [node for node in nodes if node.layer == down.layer - 1]
+        if ups:
+            edges.update({(up, down): effect for up, effect in into(down, ups, corrupted, gradients, clean).items()})
     return edges
 
 
@@ -268,7 +280,7 @@ def faithfulness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: 
 
 def completeness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced, nodes: Sequence[Node]
                  ) -> float:
-    """Reference for Exercise 7.12: the faithfulness of the model without the circuit ``C`` (Marks et al. 2024),
+    """Reference for Exercise 7.12: the faithfulness of the model without the circuit ``C`` (Marks et al. 2025),
     ``(m(M \\ C) - m(nothing)) / (m(model) - m(nothing))`` with ``C``'s nodes mean-ablated and everything else
     kept: near 0 when the model cannot do the task without ``C`` (a complete circuit), near 1 when it does not
     need it."""

@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
 from utils.batching import MEMORY_BUDGET, chunks, variants_per_pass
-from utils.hooks import capture, editing_head_outputs
+from utils.hooks import capture, editing_head_outputs, hooks  # hooks: what Exercise 7.16's solution edits with
 from utils.world import agreement, indirect_object
 from utils.world.vocabulary import AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS
 
@@ -126,6 +126,12 @@ class PairTokens:
     answer: Int[Tensor, "n"]
     wrong: Int[Tensor, "n"]
     labels: list[str]
+
+    def first(self, k: int) -> PairTokens:
+        """The first ``k`` pairs (all of them when there are fewer)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1 pair, got {k}")
+        return PairTokens(self.clean[:k], self.corrupted[:k], self.answer[:k], self.wrong[:k], self.labels)
 
 
 def _single_token(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
@@ -373,7 +379,9 @@ def _activations(model: PreTrainedModel, ids: Int[Tensor, "n pos"], site: Site) 
 
 def patch_residual(model: PreTrainedModel, tokens: PairTokens, progress: bool = True,
                    memory_budget: int = MEMORY_BUDGET) -> Float[Tensor, "layer pos"]:
-    """The metric with the residual stream entering block ``layer`` at ``pos`` copied from the clean run."""
+    """Reference for Exercise 7.16: the metric with the residual stream entering block ``layer`` at ``pos`` copied
+    from the clean run (the learner's version runs every position side by side at each layer; this one also
+    shares the blocks before ``layer`` and skips the positions before the first token that differs)."""
     one_position = torch.eye(tokens.clean.shape[1], dtype=torch.bool)                 # [variant = pos, pos]
     return patch_sweep(model, tokens, "resid_pre", one_position, "patching the residual stream", memory_budget,
                        progress)
@@ -520,7 +528,146 @@ def correlation(a: Tensor, b: Tensor) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Knocking heads out
+# 5. Path patching: one head's effect through another
+#
+# Patching a head measures its effect along every path to the logits. Path patching (Wang et al. 2022;
+# Goldowsky-Dill et al. 2023) keeps one: the *sender*'s clean output reaches the *receiver*, a head of a
+# later layer, and nothing else. Two runs on the corrupted prompts:
+#
+# 1. the sender's output copied from the clean run, every head of the layers between the two frozen at
+#    its corrupted output (the MLPs recompute, so the sender reaches the receiver directly or through
+#    them), and the receiver's output recorded;
+# 2. only the receiver's output replaced by the recorded one, everything after it recomputed: the metric.
+
+#: A head, ``(layer, head)``.
+Head = tuple[int, int]
+
+
+def _check_head(model: PreTrainedModel, head: Head, role: str) -> None:
+    n_layers, n_heads = architecture.n_layers(model), model.config.num_attention_heads
+    if not (0 <= head[0] < n_layers and 0 <= head[1] < n_heads):
+        raise ValueError(f"the {role} {head[0]}.{head[1]} is not a head of this model ({n_layers} layers of {n_heads} "
+                         "heads, counted from 0)")
+
+
+def _check_path(model: PreTrainedModel, sender: Head, receiver: Head) -> None:
+    _check_head(model, sender, "sender")
+    _check_head(model, receiver, "receiver")
+    if sender[0] >= receiver[0]:
+        raise ValueError(f"the sender {sender[0]}.{sender[1]} must be in an earlier layer than the receiver "
+                         f"{receiver[0]}.{receiver[1]}: a head reads only what the layers before it wrote")
+
+
+@torch.no_grad()
+def path_patch(model: PreTrainedModel, tokens: PairTokens, sender: Head, receiver: Head) -> float:
+    """Reference for Exercise 7.14: the normalised metric when the sender's clean output reaches the receiver and
+    nothing else (the heads of the layers between them frozen at their corrupted outputs)."""
+    _check_path(model, sender, receiver)
+    (send_layer, send_head), (receive_layer, receive_head) = sender, receiver
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    received: list[Tensor] = []                                                    # the receiver's [n, pos, d_head]
+
+    def record(z: Tensor) -> Tensor:
+        received.append(z[:, :, receive_head].clone())
+        return z
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(editing_head_outputs(
+            model, send_layer, lambda z: _with_head(z, send_head, clean_z[send_layer][:, :, send_head])))
+        for layer in range(send_layer + 1, receive_layer):
+            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+        stack.enter_context(editing_head_outputs(model, receive_layer, record))
+        model(tokens.corrupted)
+    with editing_head_outputs(model, receive_layer, lambda z: _with_head(z, receive_head, received[0])):
+        difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    base = baseline(model, tokens)
+    return normalised_metric(difference, base.clean, base.corrupted).item()
+
+
+@torch.no_grad()
+def path_patch_to_logits(model: PreTrainedModel, tokens: PairTokens, sender: Head) -> float:
+    """Reference for Exercise 7.15: the normalised metric when the sender's clean output reaches the logits along
+    the paths no later head is on: every head of the later layers frozen at its corrupted output (the MLPs
+    recompute), so what is left is the sender's write to the residual stream, read directly by the unembedding or
+    through MLPs."""
+    _check_head(model, sender, "sender")
+    send_layer, send_head = sender
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(editing_head_outputs(
+            model, send_layer, lambda z: _with_head(z, send_head, clean_z[send_layer][:, :, send_head])))
+        for layer in range(send_layer + 1, architecture.n_layers(model)):
+            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+        difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    base = baseline(model, tokens)
+    return normalised_metric(difference, base.clean, base.corrupted).item()
+
+
+@torch.no_grad()
+def path_patch_senders(model: PreTrainedModel, tokens: PairTokens, receiver: Head, progress: bool = True,
+                       memory_budget: int = MEMORY_BUDGET) -> Float[Tensor, "sender_layer head"]:
+    """:func:`path_patch` of every head of the layers before the receiver's into it, ``[receiver's layer, head]``:
+    the senders side by side along the batch (each copy of the prompts sends another head), in chunks of
+    :func:`variants_per_pass`."""
+    receive_layer, receive_head = receiver
+    _check_path(model, (0, 0), receiver)
+    n_heads = model.config.num_attention_heads
+    base = baseline(model, tokens)
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    senders = [(layer, head) for layer in range(receive_layer) for head in range(n_heads)]
+    n, n_pos = tokens.corrupted.shape
+    effects = []
+    with tqdm(total=len(senders), desc=f"path patching into {receive_layer}.{receive_head}", unit="sender",
+              disable=not progress) as bar:
+        for chunk in chunks(len(senders), variants_per_pass(model, n, n_pos, memory_budget)):
+            part = [senders[i] for i in chunk]
+            received = _received_from_senders(model, tokens, part, receiver, clean_z, corrupted_z)
+            receive = lambda z, received=received: _with_head(z, receive_head, received)  # noqa: E731
+            with _repeated_from(model, receive_layer, len(part)), editing_head_outputs(model, receive_layer, receive):
+                logits = model(tokens.corrupted, logits_to_keep=1).logits               # [(variant n), 1, vocab]
+            effects.append(_metric_per_variant(logits, tokens, base, len(part)))
+            bar.update(len(part))
+    return einops.rearrange(torch.cat(effects), "(layer head) -> layer head", head=n_heads)
+
+
+def _with_head(z: Float[Tensor, "n pos head d_head"], head: int, value: Float[Tensor, "n pos d_head"]
+               ) -> Float[Tensor, "n pos head d_head"]:
+    """A copy of ``z`` whose head ``head`` is ``value``."""
+    patched = z.clone()
+    patched[:, :, head] = value
+    return patched
+
+
+def _received_from_senders(model: PreTrainedModel, tokens: PairTokens, senders: Sequence[Head], receiver: Head,
+                           clean_z: dict[int, Tensor], corrupted_z: dict[int, Tensor]
+                           ) -> Float[Tensor, "variant_n pos d_head"]:
+    """Run 1 of path patching for each sender side by side: the receiver's output, copy by copy, when that copy's
+    sender is clean and the heads of the layers between it and the receiver are frozen at their corrupted outputs."""
+    receive_layer, receive_head = receiver
+    n_heads, n_pos = model.config.num_attention_heads, tokens.corrupted.shape[1]
+    received: list[Tensor] = []
+
+    def edit(layer: int) -> Callable[[Tensor], Tensor]:
+        sends = torch.tensor([[sender == (layer, head) for head in range(n_heads)] for sender in senders])
+        frozen = torch.tensor([send_layer < layer for send_layer, _ in senders])                  # [variant]
+        send_masks = einops.repeat(sends, "variant head -> variant pos head", pos=n_pos)
+        frozen_masks = einops.repeat(frozen, "variant -> variant pos head", pos=n_pos, head=n_heads)
+        return lambda z: copy_where(frozen_masks, corrupted_z[layer], copy_where(send_masks, clean_z[layer], z))
+
+    def record(z: Tensor) -> Tensor:
+        received.append(z[:, :, receive_head].clone())
+        return z
+
+    with contextlib.ExitStack() as stack:
+        for layer in range(receive_layer):
+            stack.enter_context(editing_head_outputs(model, layer, edit(layer)))
+        stack.enter_context(editing_head_outputs(model, receive_layer, record))
+        model(einops.repeat(tokens.corrupted, "n pos -> (variant n) pos", variant=len(senders)))
+    return received[0]
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Knocking heads out
 
 
 @torch.no_grad()
@@ -551,7 +698,7 @@ def accuracy_with_heads_ablated(model: PreTrainedModel, tokens: PairTokens, head
 
 
 # --------------------------------------------------------------------------------------------
-# 6. Plots
+# 7. Plots
 
 
 def plot_patching(effects: Float[Tensor, "rows columns"], title: str, y: Sequence[str], x: Sequence[str],

@@ -207,6 +207,19 @@ def activation(pre: Float[Tensor, "*batch d_sae"], k: int | None = None) -> Floa
     return torch.zeros_like(pre).scatter(-1, indices, values.relu())
 
 
+def batch_topk(pre: Float[Tensor, "*batch d_sae"], k: float) -> Float[Tensor, "*batch d_sae"]:
+    """Reference for bonus exercise 6.15, BatchTopK (Bussmann, Leask and Nanda, 2024): the ReLU of ``pre`` with only
+    its ``int(k * rows)`` largest values over the whole batch kept and the rest 0, ``rows`` being the number of
+    rows (every dimension but the last): ``k`` active latents per row on average, more on rows that need them.
+    sae-lens's ``BatchTopK(k)`` computes the same (``tests/test_sae.py``)."""
+    if k <= 0:
+        raise ValueError(f"k is the mean number of active latents per row and must be positive, got {k}")
+    acts = pre.relu()
+    flat = acts.flatten()                                                    # [rows * d_sae]
+    kept = flat.topk(min(int(k * acts.shape[:-1].numel()), len(flat)))
+    return torch.zeros_like(flat).scatter(0, kept.indices, kept.values).reshape(acts.shape)
+
+
 # --------------------------------------------------------------------------------------------
 # Exercises 6.1-6.3: the forward pass, the loss, explained variance
 

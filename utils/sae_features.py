@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import einops
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -400,6 +401,17 @@ def decompose_vector(sae: AnySAE, vector: Float[Tensor, "d_in"], k: int = 10) ->
     are tuned for real activations.
     """
     return aligned_latents(sae.W_dec.float(), _check_vector(sae, vector), k)
+
+
+def decoder_matches(decoder_a: Float[Tensor, "d_a d_in"], decoder_b: Float[Tensor, "d_b d_in"]
+                    ) -> tuple[Float[Tensor, "d_a"], Int[Tensor, "d_a"]]:
+    """Reference for bonus exercise 6.16: for each decoder row of one SAE, its closest row in another's, by cosine
+    similarity (a row and its negation are opposite features, not the same one): ``(cosines, indices)``."""
+    if decoder_a.ndim != 2 or decoder_b.ndim != 2 or decoder_a.shape[1] != decoder_b.shape[1]:
+        raise ValueError(f"decoders of shapes {tuple(decoder_a.shape)} and {tuple(decoder_b.shape)}: pass two "
+                         "[d_sae, d_in] matrices of the same d_in, two SAEs of the same site")
+    cosines = F.normalize(decoder_a, dim=-1) @ F.normalize(decoder_b, dim=-1).T       # [d_a, d_b]
+    return cosines.max(dim=-1)
 
 
 def _span(sae: AnySAE, features: Sequence[int]) -> Float[Tensor, "n d_in"]:

@@ -34,7 +34,9 @@ from utils.hooks import (
     ablate_head, capture_residual_stream, capture_site_with_transformer_lens, mlp_and_block_output_with_nnsight,
     nnsight_loss_with_head_ablation, resample_ablate_head, transformer_lens_ablate_head,
 )
-from utils.models import load_tokenizer, tiny_random_model, to_hooked_transformer
+from utils.models import (
+    SWEEP_BUDGET, load_tokenizer, size_relative_to_course_model, tiny_random_model, to_hooked_transformer,
+)
 
 if TYPE_CHECKING:
     from nnsight import TransformersModel
@@ -485,8 +487,14 @@ def check_k_composition_scores(learner_fn: Callable[..., Tensor], tl_model: Hook
 
 
 def check_composition_scores(learner_fn: Callable[..., Tensor], tl_model: HookedTransformer) -> CheckResult:
-    """Bonus exercise 3.15: Q, K and V composition on ``tl_model``, and K on a tiny random Pythia."""
-    cases = [Case(f"your model, {mode}", tl_model, mode) for mode in ("Q", "K", "V")]
+    """Bonus exercise 3.15: Q, K and V composition on ``tl_model`` (K alone on a model more than ``SWEEP_BUDGET``
+    times the course model's size, where each score takes seconds, with Q and V on a tiny random GPT-2), and K on
+    a tiny random Pythia."""
+    if size_relative_to_course_model(tl_model) <= SWEEP_BUDGET:
+        cases = [Case(f"your model, {mode}", tl_model, mode) for mode in ("Q", "K", "V")]
+    else:
+        cases = [Case("your model, K", tl_model, "K"),
+                 *(Case(f"tiny random GPT-2, {mode}", _tiny_transformer_lens("gpt2"), mode) for mode in ("Q", "V"))]
     cases.append(Case("tiny random Pythia, K", _tiny_transformer_lens("gpt_neox"), "K"))
     with torch.no_grad():
         return check_function(

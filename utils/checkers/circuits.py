@@ -8,6 +8,7 @@ on inputs chosen so that every plausible mistake shows (see ``utils.checks``), a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -17,13 +18,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils import architecture
 from utils.checks import Case, CheckResult, HasCase, RaisingCase, Varies, check_function
 from utils.feature_circuits import (
-    SAEs, Node, Spliced, ablation_masks, completeness, faithfulness, mean_activations, node_attribution,
-    node_effects,
+    SAEs, Node, Spliced, ablation_masks, completeness, edge_effects, edges_into, faithfulness, mean_activations,
+    node_attribution, node_effects,
 )
-from utils.models import sized_prompts
+from utils.models import SWEEP_BUDGET, load_model, load_tokenizer, size_relative_to_course_model
+from utils.sae import load_shipped_sae
 from utils.patching import (
     PairTokens, PatchingPair, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
-    logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, replace_head, tokenize_pairs,
+    logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, patch_residual, path_patch,
+    path_patch_to_logits, replace_head, tokenize_pairs,
 )
 
 
@@ -113,6 +116,32 @@ def _agreement_tokens(tokenizer: PreTrainedTokenizerBase, n: int, seed: int) -> 
     return tokenize_pairs(tokenizer, agreement_pairs(n, seed=seed))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Subject:
+    """What a check whose cases run many forward passes runs on, and the words its case names end with."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    saes: SAEs | None
+    where: str
+
+
+@functools.cache
+def _course_model_with_saes() -> _Subject:
+    model = load_model("course")
+    saes = {layer: load_shipped_sae(f"resid_post.{layer}") for layer in range(architecture.n_layers(model))}
+    return _Subject(model, load_tokenizer("course"), saes, ", on the course model")
+
+
+def _sweep_subject(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs | None = None) -> _Subject:
+    """The learner's model, or the course model (with its shipped SAEs) where the learner's is more than
+    ``SWEEP_BUDGET`` times its size: a check's sweeps would cost minutes there, and the function under test is
+    the same code on any model (the notebook's next cell runs it on the learner's)."""
+    if size_relative_to_course_model(model) <= SWEEP_BUDGET:
+        return _Subject(model, tokenizer, saes, "")
+    return _course_model_with_saes()
+
+
 def check_logit_difference_with_heads_ablated(
         learner_fn: Callable[[PreTrainedModel, PairTokens, Sequence[tuple[int, int]], Tensor], Tensor],
         model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
@@ -133,14 +162,19 @@ def check_logit_difference_with_heads_ablated(
              "default arguments, or every edit sees the last layer's), then run the clean prompts")
 
 
+def _sweep_cases(on: _Subject) -> list[Case]:
+    """8 IOI pairs and 8 agreement pairs (prompts of different lengths), for a sweep ``fn(model, tokens, progress)``."""
+    return [Case(f"8 IOI pairs{on.where}", on.model, _ioi_tokens(on.tokenizer, 8, seed=5), progress=False),
+            Case(f"8 agreement pairs{on.where}", on.model, _agreement_tokens(on.tokenizer, 8, seed=5), progress=False)]
+
+
 def check_patch_head_positions(learner_fn: Callable[..., Tensor], model: PreTrainedModel,
                                tokenizer: PreTrainedTokenizerBase) -> CheckResult:
-    """Exercise 7.6 on IOI and agreement pairs (prompts of different lengths, so that heads and positions differ)."""
-    n = sized_prompts(model, 8, what="the check's pairs", minimum=2, quiet=True)      # 2 on a real model: 4 sweeps
-    cases = [Case(f"{n} IOI pairs", model, _ioi_tokens(tokenizer, n, seed=5), progress=False),
-             Case(f"{n} agreement pairs", model, _agreement_tokens(tokenizer, n, seed=5), progress=False)]
+    """Exercise 7.6 on IOI and agreement pairs (prompts of different lengths, so that heads and positions differ), on
+    the course model where the learner's is much larger (:func:`_sweep_subject`)."""
     return check_function(
-        learner_fn, patch_head_positions, cases, exercise="7.6 (patch_head_positions)", atol=1e-4,
+        learner_fn, patch_head_positions, _sweep_cases(_sweep_subject(model, tokenizer)),
+        exercise="7.6 (patch_head_positions)", atol=1e-4,
         hint="one variant per (head, position): an identity matrix of size n_heads * n_pos, each row rearranged into "
              "a [pos, head] mask (the variant's index is head-major, (head pos)); patch_sweep on site z gives "
              "[layer, variant], which the same grouping turns back into [layer, head, pos]")
@@ -234,11 +268,13 @@ def check_ablation_masks(learner_fn: Callable[[Mapping[int, int], int, Sequence[
 
 def _circuit_cases(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> list[Case]:
     """Agreement prompts with the top nodes of attribution patching, and with the error terms alone."""
-    tokens, other = _agreement_tokens(tokenizer, 16, seed=3), _agreement_tokens(tokenizer, 32, seed=4)
+    on = _sweep_subject(model, tokenizer, saes)
+    model, saes = on.model, on.saes
+    tokens, other = _agreement_tokens(on.tokenizer, 16, seed=3), _agreement_tokens(on.tokenizer, 32, seed=4)
     means = mean_activations(model, saes, torch.cat([other.clean, other.corrupted]))
     ranked = [node for node, _ in node_effects(model, saes, tokens).ranked()]
     last = tokens.clean.shape[1] - 1
-    return [Case("the top 30 nodes of attribution patching", model, saes, tokens, means, ranked[:30]),
+    return [Case(f"the top 30 nodes of attribution patching{on.where}", model, saes, tokens, means, ranked[:30]),
             Case("the top 15 nodes", model, saes, tokens, means, ranked[:15]),
             Case("the top 5 nodes", model, saes, tokens, means, ranked[:5]),
             Case("the error terms at the last position", model, saes, tokens, means,
@@ -255,7 +291,8 @@ def _check_circuit_measure(learner_fn: Callable[..., float], reference: Callable
 
 def check_faithfulness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, Spliced, Sequence[Node]], float],
                        model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
-    """Exercise 7.11 on agreement prompts, with the top nodes of attribution patching and with error terms alone."""
+    """Exercise 7.11 on agreement prompts, with the top nodes of attribution patching and with error terms alone (on
+    the course model and its SAEs where the learner's model is much larger: :func:`_sweep_subject`)."""
     return _check_circuit_measure(
         learner_fn, faithfulness, "7.11 (faithfulness)",
         "three mean clean logit differences from logit_difference_with: nothing ablated (no nodes, keep_only=False), "
@@ -271,3 +308,96 @@ def check_completeness(learner_fn: Callable[[PreTrainedModel, SAEs, PairTokens, 
         "the three runs of your faithfulness, but the circuit's run ablates the circuit's nodes and keeps the rest "
         "(the nodes, keep_only=False); the same fraction, (without the circuit - nothing) / (model - nothing), as a "
         "float", model, tokenizer, saes)
+
+
+def _edges_between(edges_fn: Callable[..., dict[Node, float]]) -> Callable[..., dict[tuple[Node, Node], float]]:
+    """The edges between ``nodes`` as :func:`edge_effects` finds them with ``edges_fn``: one graph per call, one
+    downstream node after another on it (so the graph must survive each call)."""
+    def run(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, nodes: list[Node]
+            ) -> dict[tuple[Node, Node], float]:
+        return edge_effects(model, saes, tokens, nodes, into=edges_fn)
+    return run
+
+
+def check_edges_into(learner_fn: Callable[[Node, Sequence[Node], Spliced, Spliced, Spliced], dict[Node, float]],
+                     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs) -> CheckResult:
+    """Exercise 7.13 through :func:`edge_effects` on agreement prompts: the edges of the top 20 nodes, of the
+    strongest latent past the first layer with the nodes below it (latents and error terms at several positions),
+    and into error terms alone."""
+    on = _sweep_subject(model, tokenizer, saes)
+    tokens = _agreement_tokens(on.tokenizer, 16, seed=3)
+    ranked = [node for node, _ in node_effects(on.model, on.saes, tokens).ranked()]
+    down = next(node for node in ranked if node.feature is not None and node.layer > 0)
+    below = [node for node in ranked if node.layer == down.layer - 1]
+    ups = [*[node for node in below if node.feature is not None][:6],                  # latents and error terms
+           *[node for node in below if node.feature is None][:2]]
+    errors = [Node(down.layer, down.position, None), Node(down.layer, 2, None)]
+    cases = [Case(f"the top 20 nodes{on.where}", on.model, on.saes, tokens, ranked[:20]),
+             Case(f"{down.name} and {len(ups)} nodes of layer {down.layer - 1}", on.model, on.saes, tokens,
+                  [down, *ups]),
+             Case("error terms (cut from what comes before them) and the nodes below them", on.model, on.saes, tokens,
+                  [*errors, *ups])]
+    return check_function(
+        _edges_between(learner_fn), _edges_between(edges_into), cases, exercise="7.13 (edges_into)", atol=1e-5,
+        rtol=1e-3,
+        hint="the downstream node's score is its gradient times its value at its position, summed over the batch "
+             "(gradients held fixed); torch.autograd.grad of that score with respect to the latents and errors of the "
+             "layer below, with retain_graph=True (the next downstream node needs the graph) and allow_unused=True "
+             "(None means not reached: 0); each edge is (clean - corrupted) of the upstream node times that "
+             "gradient, summed over the batch (and d_model for an error term); an error node's edges are 0")
+
+
+def check_path_patch(learner_fn: Callable[[PreTrainedModel, PairTokens, tuple[int, int], tuple[int, int]], float],
+                     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Exercise 7.14 on IOI and agreement pairs: paths across one frozen layer, across two, between adjacent layers
+    (nothing to freeze), and a sender that is not before its receiver (refused)."""
+    on = _sweep_subject(model, tokenizer)
+    ioi, agreement = _ioi_tokens(on.tokenizer, 8, seed=5), _agreement_tokens(on.tokenizer, 8, seed=5)
+    n_heads, last = on.model.config.num_attention_heads, architecture.n_layers(on.model) - 1
+    head = lambda index: index % n_heads                                       # noqa: E731  (a smaller model's heads)
+    cases = [Case(f"IOI, 0.{head(4)} -> 2.0, layer 1 frozen{on.where}", on.model, ioi, (0, head(4)), (2, 0)),
+             Case(f"IOI, 0.0 -> 2.{head(4)}", on.model, ioi, (0, 0), (2, head(4))),
+             Case(f"IOI, 0.{head(4)} -> {last}.{head(6)}, the layers between frozen", on.model, ioi, (0, head(4)),
+                  (last, head(6))),
+             Case(f"agreement, 1.{head(2)} -> {last}.{head(3)}", on.model, agreement, (1, head(2)), (last, head(3))),
+             Case(f"agreement, 1.{head(2)} -> 2.{head(2)}, adjacent layers", on.model, agreement, (1, head(2)),
+                  (2, head(2))),
+             RaisingCase("a sender in the receiver's layer", on.model, ioi, (2, 0), (2, head(4)), raises=ValueError)]
+    return check_function(
+        learner_fn, path_patch, cases, exercise="7.14 (path_patch)", atol=1e-4, rtol=1e-3,
+        hint="run 1 on the corrupted prompts: the sender's output from the clean run, every head of the layers "
+             "strictly between sender and receiver set to its corrupted output, and the receiver's output recorded; "
+             "run 2 on the corrupted prompts with only the receiver's output replaced by the recorded one; the "
+             "normalised metric of run 2's mean logit difference (and a ValueError unless the sender's layer is "
+             "earlier)")
+
+
+def check_path_patch_to_logits(learner_fn: Callable[[PreTrainedModel, PairTokens, tuple[int, int]], float],
+                               model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Bonus exercise 7.15 on IOI and agreement pairs: senders with every later layer frozen, with one, and in the
+    last layer (nothing to freeze)."""
+    on = _sweep_subject(model, tokenizer)
+    ioi, agreement = _ioi_tokens(on.tokenizer, 8, seed=5), _agreement_tokens(on.tokenizer, 8, seed=5)
+    n_heads, last = on.model.config.num_attention_heads, architecture.n_layers(on.model) - 1
+    cases = [Case(f"IOI, head 0.0, every later layer frozen{on.where}", on.model, ioi, (0, 0)),
+             Case(f"IOI, head 0.{4 % n_heads}", on.model, ioi, (0, 4 % n_heads)),
+             Case(f"IOI, head {last - 1}.{5 % n_heads}, one later layer", on.model, ioi, (last - 1, 5 % n_heads)),
+             Case(f"IOI, head {last}.1, the last layer: nothing to freeze", on.model, ioi, (last, 1 % n_heads)),
+             Case(f"agreement, head 1.{2 % n_heads}", on.model, agreement, (1, 2 % n_heads))]
+    return check_function(
+        learner_fn, path_patch_to_logits, cases, exercise="7.15 (path_patch_to_logits)", atol=1e-4, rtol=1e-3,
+        hint="one run on the corrupted prompts: the sender's output from the clean run and every head of every later "
+             "layer at its corrupted output (the sender's own layer and the MLPs left alone); the normalised metric of "
+             "its mean logit difference")
+
+
+def check_patch_residual(learner_fn: Callable[[PreTrainedModel, PairTokens, bool], Tensor], model: PreTrainedModel,
+                         tokenizer: PreTrainedTokenizerBase) -> CheckResult:
+    """Bonus exercise 7.16 on IOI and agreement pairs (of different lengths)."""
+    return check_function(
+        learner_fn, patch_residual, _sweep_cases(_sweep_subject(model, tokenizer)), exercise="7.16 (patch_residual)",
+        atol=1e-4,
+        hint="capture the clean run's resid_pre at every layer; the corrupted prompts repeated once per position, "
+             "(variant n), and at each layer a hook on resid_pre that copies the clean stream into copy v at position "
+             "v (your copy_where with the identity matrix as masks); the mean logit difference of each copy, "
+             "normalised, is row layer of a [layer, pos] result")

@@ -19,11 +19,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from utils.checks import Case, CheckResult, HasCase, Varies, check_function
 from utils import architecture
 from utils.sae import (
-    AnySAE, SparseAutoencoder, TrainingStep, check_sae_fits, evaluation_batch, explained_variance, hook_name_of_site,
-    load_shipped_sae, remove_parallel_component, sae_loss, sae_training_step, sparsity_metrics, spliced_loss,
+    AnySAE, SparseAutoencoder, TrainingStep, batch_topk, check_sae_fits, evaluation_batch, explained_variance,
+    hook_name_of_site, load_shipped_sae, remove_parallel_component, sae_loss, sae_training_step, sparsity_metrics,
+    spliced_loss,
 )
 from utils.sae_features import (
-    aligned_latents, auroc, best_latent, logit_effect_tokens, projection_on_rows, top_activations,
+    aligned_latents, auroc, best_latent, decoder_matches, logit_effect_tokens, projection_on_rows, top_activations,
 )
 
 
@@ -462,3 +463,40 @@ def check_projection_on_rows(learner_fn: Callable[[Tensor, Tensor], Tensor]) -> 
         hint="find the coefficients c [n] that make c @ rows closest to the vector (least squares: "
              "torch.linalg.lstsq of rows.T [d_in, n] and the vector as a column [d_in, 1]), then return c @ rows; "
              "projecting on each row separately and summing is right only for orthogonal rows")
+
+
+def check_batch_topk(learner_fn: Callable[[Tensor, float], Tensor]) -> CheckResult:
+    """Bonus exercise 6.15: ``learner_fn(pre, k)`` on tokens ``[batch, d_sae]`` and on documents
+    ``[batch, pos, d_sae]``, with a whole and a fractional k, and on pre-activations with fewer positive values than
+    the batch may keep."""
+    g = torch.Generator().manual_seed(0)
+    tokens, documents = torch.randn(6, 16, generator=g), torch.randn(2, 3, 16, generator=g)
+    mostly_negative = torch.randn(4, 16, generator=g) - 2.0                 # about 2 % positive: fewer than 4 x 3
+    return check_function(
+        learner_fn, batch_topk,
+        [Case("6 tokens x 16 latents, k = 3", tokens, 3.0),
+         Case("6 tokens, k = 2.5 (15 kept over the batch)", tokens, 2.5),
+         Case("2 documents x 3 positions x 16 latents, k = 2 (12 kept)", documents, 2.0),
+         Case("pre-activations mostly negative, k = 3", mostly_negative, 3.0)],
+        exercise="6.15 (batch_topk)", atol=1e-6,
+        hint="ReLU first; flatten every dimension into one; keep the int(k * rows) largest values, rows being the "
+             "number of rows (the product of every dimension but the last, not just the first), and put them back "
+             "in a zero tensor of the flat shape (scatter at topk's indices), then reshape")
+
+
+def check_decoder_matches(learner_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> CheckResult:
+    """Bonus exercise 6.16: ``learner_fn(decoder_a, decoder_b)`` on rows of different norms, on decoders of different
+    widths, and with a negated copy of a row among the other decoder's rows."""
+    g = torch.Generator().manual_seed(0)
+    b = torch.randn(7, 8, generator=g) * torch.linspace(0.2, 5.0, 7)[:, None]          # norms 0.2 to 5 times
+    a = torch.cat([b[[2, 5]] * 3 + 0.1 * torch.randn(2, 8, generator=g), torch.randn(3, 8, generator=g)])
+    opposite = torch.cat([-4 * a[:1], torch.randn(4, 8, generator=g)])                   # row 0 negated, and others
+    return check_function(
+        learner_fn, decoder_matches,
+        [Case("5 rows against 7 of other norms, two of them near copies", a, b),
+         Case("7 rows against 5", b, a),
+         Case("a row against its own negation and 4 others", a, opposite)],
+        exercise="6.16 (decoder_matches)", atol=1e-5,
+        hint="normalise every row of both decoders to unit norm; their product a @ b.T is the [d_a, d_b] matrix of "
+             "cosines; for each row of a, the largest cosine and its index (max over the last dimension), signed: "
+             "a negated row is the opposite feature")
