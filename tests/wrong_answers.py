@@ -38,7 +38,7 @@ from utils.hooks import (
 from utils.logit_lens import ATTENTION_INPUT_NORM, direction_logits, kl_to_final, layer_labels, ov_circuit
 from utils.lora import LoRALinear, add_lora, count_parameters, linear_module_names, lora_modules
 from utils.models import frozen
-from utils.patching import PairTokens, clean_head_outputs, logit_difference, patch_sweep
+from utils.patching import PairTokens, baseline, clean_head_outputs, logit_difference, normalised_metric, patch_sweep
 from utils.sae import loss_with_replacement, next_token_loss, real_positions, sae_loss
 from utils.sae_features import auroc, split_aurocs
 from utils.soft_prompts import answer_loss, logits_with_soft_prompt
@@ -3187,28 +3187,41 @@ def edges_one_upstream_node_at_a_time(down, ups, corrupted, gradients, clean):
     return edges
 
 
-@torch.no_grad()
-def _path(model, tokens, sender, receiver, *, freeze=True, from_clean_run=False, normalise=True):
-    """path_patch, with the mistakes the wrong answers below make as switches."""
-    if sender[0] >= receiver[0]:
-        raise ValueError("the sender must be in an earlier layer than the receiver")
-    (send_layer, send_head), (receive_layer, receive_head) = sender, receiver
-    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
-    recorded = []
+def _send_and_freeze(stack, model, sender, frozen_layers, clean_z, corrupted_z):
+    """Enter in ``stack`` the sender's clean output and the heads of ``frozen_layers`` at their corrupted outputs."""
+    send_layer, send_head = sender
 
     def send(z):
         z = z.clone()
         z[:, :, send_head] = clean_z[send_layer][:, :, send_head]
         return z
 
+    stack.enter_context(editing_head_outputs(model, send_layer, send))
+    for layer in frozen_layers:
+        stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+
+
+def _metric(model, tokens, difference):
+    base = baseline(model, tokens)
+    return normalised_metric(difference, base.clean, base.corrupted)
+
+
+@torch.no_grad()
+def _path(model, tokens, sender, receiver, *, freeze=True, from_clean_run=False, normalise=True):
+    """path_patch, with the mistakes the wrong answers below make as switches."""
+    if sender[0] >= receiver[0]:
+        raise ValueError("the sender must be in an earlier layer than the receiver")
+    receive_layer, receive_head = receiver
+    clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
+    recorded = []
+
     def record(z):
         recorded.append(z[:, :, receive_head].clone())
         return z
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(editing_head_outputs(model, send_layer, send))
-        for layer in range(send_layer + 1, receive_layer) if freeze else ():
-            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+        _send_and_freeze(stack, model, sender, range(sender[0] + 1, receive_layer) if freeze else (), clean_z,
+                         corrupted_z)
         stack.enter_context(editing_head_outputs(model, receive_layer, record))
         model(tokens.corrupted)
     received = clean_z[receive_layer][:, :, receive_head] if from_clean_run else recorded[0]
@@ -3220,11 +3233,7 @@ def _path(model, tokens, sender, receiver, *, freeze=True, from_clean_run=False,
 
     with editing_head_outputs(model, receive_layer, receive):
         difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
-    if not normalise:
-        return difference.item()
-    clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
-    corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
-    return ((difference - corrupted) / (clean - corrupted)).item()
+    return _metric(model, tokens, difference).item() if normalise else difference.item()
 
 
 def path_without_freezing_the_heads_between(model, tokens, sender, receiver):
@@ -3251,25 +3260,12 @@ def path_from_the_batched_sweep(model, tokens, sender, receiver):
 @torch.no_grad()
 def _to_logits(model, tokens, sender, *, first_frozen=1, normalise=True):
     """path_patch_to_logits, freezing the layers from sender's + first_frozen on (0: none)."""
-    send_layer, send_head = sender
     clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
-
-    def send(z):
-        z = z.clone()
-        z[:, :, send_head] = clean_z[send_layer][:, :, send_head]
-        return z
-
+    frozen = range(sender[0] + first_frozen, architecture.n_layers(model)) if first_frozen else ()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(editing_head_outputs(model, send_layer, send))
-        n_layers = architecture.n_layers(model)
-        for layer in range(send_layer + first_frozen, n_layers) if first_frozen else ():
-            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+        _send_and_freeze(stack, model, sender, frozen, clean_z, corrupted_z)
         difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
-    if not normalise:
-        return difference.item()
-    clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
-    corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
-    return ((difference - corrupted) / (clean - corrupted)).item()
+    return _metric(model, tokens, difference).item() if normalise else difference.item()
 
 
 def to_logits_freezing_nothing(model, tokens, sender):
@@ -3297,9 +3293,7 @@ def to_logits_with_one_mask_per_layer(model, tokens, sender):
             stack.enter_context(editing_head_outputs(
                 model, layer, lambda z, chosen=chosen, source=source: torch.where(chosen[:, None], source, z)))
         patched = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
-    clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
-    corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
-    return float((patched - corrupted) / (clean - corrupted))
+    return float(_metric(model, tokens, patched))
 
 
 @torch.no_grad()
@@ -3310,8 +3304,7 @@ def _residual(model, tokens, progress=True, *, site="resid_pre", interleave=Fals
     clean = capture(model, tokens.clean, sites)
     pattern = "n pos -> (n variant) pos" if interleave else "n pos -> (variant n) pos"
     repeated = einops.repeat(tokens.corrupted, pattern, variant=n_pos)
-    base_clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
-    base_corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    base = baseline(model, tokens)
     effects = torch.zeros(len(sites), n_pos)
     for layer, name in enumerate(sites):
         def patch(residual, name=name):
@@ -3321,7 +3314,7 @@ def _residual(model, tokens, progress=True, *, site="resid_pre", interleave=Fals
         with hooks(model, {name: patch}):
             difference = logit_difference(model(repeated).logits, tokens.answer.repeat(n_pos), tokens.wrong.repeat(n_pos))
         mean = einops.reduce(difference, "(variant n) -> variant", "mean", variant=n_pos)
-        effects[layer] = (mean - base_corrupted) / (base_clean - base_corrupted)
+        effects[layer] = normalised_metric(mean, base.clean, base.corrupted)
     return effects.T if transpose else effects
 
 
@@ -3341,8 +3334,7 @@ def residual_by_position_then_layer(model, tokens, progress=True):
 def residual_one_position_per_pass(model, tokens, progress=True):
     n_layers, n_pos = architecture.n_layers(model), tokens.clean.shape[1]
     clean = capture(model, tokens.clean, [f"resid_pre.{layer}" for layer in range(n_layers)])
-    base_clean = logit_difference(model(tokens.clean).logits, tokens.answer, tokens.wrong).mean()
-    base_corrupted = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
+    base = baseline(model, tokens)
     effects = torch.zeros(n_layers, n_pos)
     for layer in range(n_layers):
         for position in range(n_pos):
@@ -3352,7 +3344,7 @@ def residual_one_position_per_pass(model, tokens, progress=True):
                 return patched
             with hooks(model, {f"resid_pre.{layer}": patch}):
                 value = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
-            effects[layer, position] = (value - base_corrupted) / (base_clean - base_corrupted)
+            effects[layer, position] = normalised_metric(value, base.clean, base.corrupted)
     return effects
 
 

@@ -558,27 +558,37 @@ def _check_path(model: PreTrainedModel, sender: Head, receiver: Head) -> None:
                          f"{receiver[0]}.{receiver[1]}: a head reads only what the layers before it wrote")
 
 
+@contextlib.contextmanager
+def _sending(model: PreTrainedModel, sender: Head, until_layer: int, clean_z: dict[int, Tensor],
+             corrupted_z: dict[int, Tensor]) -> Iterator[None]:
+    """Inside the block, the sender's output is its clean one and every head of the layers after the sender's and
+    before ``until_layer`` is frozen at its corrupted output: the one path open from the sender."""
+    send_layer, send_head = sender
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(editing_head_outputs(model, send_layer,
+                                                 lambda z: replace_head(z, clean_z[send_layer], send_head)))
+        for layer in range(send_layer + 1, until_layer):
+            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+        yield
+
+
 @torch.no_grad()
 def path_patch(model: PreTrainedModel, tokens: PairTokens, sender: Head, receiver: Head) -> float:
     """Reference for Exercise 7.14: the normalised metric when the sender's clean output reaches the receiver and
     nothing else (the heads of the layers between them frozen at their corrupted outputs)."""
     _check_path(model, sender, receiver)
-    (send_layer, send_head), (receive_layer, receive_head) = sender, receiver
+    receive_layer, receive_head = receiver
     clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
-    received: list[Tensor] = []                                                    # the receiver's [n, pos, d_head]
+    received: list[Tensor] = []                                          # run 1's z at the receiver's layer
 
     def record(z: Tensor) -> Tensor:
-        received.append(z[:, :, receive_head].clone())
+        received.append(z.clone())
         return z
 
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(editing_head_outputs(
-            model, send_layer, lambda z: _with_head(z, send_head, clean_z[send_layer][:, :, send_head])))
-        for layer in range(send_layer + 1, receive_layer):
-            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
-        stack.enter_context(editing_head_outputs(model, receive_layer, record))
+    with _sending(model, sender, receive_layer, clean_z, corrupted_z), \
+            editing_head_outputs(model, receive_layer, record):                    # run 1
         model(tokens.corrupted)
-    with editing_head_outputs(model, receive_layer, lambda z: _with_head(z, receive_head, received[0])):
+    with editing_head_outputs(model, receive_layer, lambda z: replace_head(z, received[0], receive_head)):   # run 2
         difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
     base = baseline(model, tokens)
     return normalised_metric(difference, base.clean, base.corrupted).item()
@@ -591,13 +601,8 @@ def path_patch_to_logits(model: PreTrainedModel, tokens: PairTokens, sender: Hea
     recompute), so what is left is the sender's write to the residual stream, read directly by the unembedding or
     through MLPs."""
     _check_head(model, sender, "sender")
-    send_layer, send_head = sender
     clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(editing_head_outputs(
-            model, send_layer, lambda z: _with_head(z, send_head, clean_z[send_layer][:, :, send_head])))
-        for layer in range(send_layer + 1, architecture.n_layers(model)):
-            stack.enter_context(editing_head_outputs(model, layer, lambda z, layer=layer: corrupted_z[layer]))
+    with _sending(model, sender, architecture.n_layers(model), clean_z, corrupted_z):
         difference = logit_difference(model(tokens.corrupted).logits, tokens.answer, tokens.wrong).mean()
     base = baseline(model, tokens)
     return normalised_metric(difference, base.clean, base.corrupted).item()
@@ -609,8 +614,11 @@ def path_patch_senders(model: PreTrainedModel, tokens: PairTokens, receiver: Hea
     """:func:`path_patch` of every head of the layers before the receiver's into it, ``[receiver's layer, head]``:
     the senders side by side along the batch (each copy of the prompts sends another head), in chunks of
     :func:`variants_per_pass`."""
+    _check_head(model, receiver, "receiver")
     receive_layer, receive_head = receiver
-    _check_path(model, (0, 0), receiver)
+    if receive_layer == 0:
+        raise ValueError(f"the receiver {receive_layer}.{receive_head} is in the first layer: a sender must be in an "
+                         "earlier layer than the receiver, and there is none")
     n_heads = model.config.num_attention_heads
     base = baseline(model, tokens)
     clean_z, corrupted_z = clean_head_outputs(model, tokens.clean), clean_head_outputs(model, tokens.corrupted)
@@ -621,8 +629,8 @@ def path_patch_senders(model: PreTrainedModel, tokens: PairTokens, receiver: Hea
               disable=not progress) as bar:
         for chunk in chunks(len(senders), variants_per_pass(model, n, n_pos, memory_budget)):
             part = [senders[i] for i in chunk]
-            received = _received_from_senders(model, tokens, part, receiver, clean_z, corrupted_z)
-            receive = lambda z, received=received: _with_head(z, receive_head, received)  # noqa: E731
+            received = _received_from_senders(model, tokens, part, receive_layer, clean_z, corrupted_z)
+            receive = lambda z, received=received: replace_head(z, received, receive_head)  # noqa: E731
             with _repeated_from(model, receive_layer, len(part)), editing_head_outputs(model, receive_layer, receive):
                 logits = model(tokens.corrupted, logits_to_keep=1).logits               # [(variant n), 1, vocab]
             effects.append(_metric_per_variant(logits, tokens, base, len(part)))
@@ -630,20 +638,12 @@ def path_patch_senders(model: PreTrainedModel, tokens: PairTokens, receiver: Hea
     return einops.rearrange(torch.cat(effects), "(layer head) -> layer head", head=n_heads)
 
 
-def _with_head(z: Float[Tensor, "n pos head d_head"], head: int, value: Float[Tensor, "n pos d_head"]
-               ) -> Float[Tensor, "n pos head d_head"]:
-    """A copy of ``z`` whose head ``head`` is ``value``."""
-    patched = z.clone()
-    patched[:, :, head] = value
-    return patched
-
-
-def _received_from_senders(model: PreTrainedModel, tokens: PairTokens, senders: Sequence[Head], receiver: Head,
+def _received_from_senders(model: PreTrainedModel, tokens: PairTokens, senders: Sequence[Head], receive_layer: int,
                            clean_z: dict[int, Tensor], corrupted_z: dict[int, Tensor]
-                           ) -> Float[Tensor, "variant_n pos d_head"]:
-    """Run 1 of path patching for each sender side by side: the receiver's output, copy by copy, when that copy's
-    sender is clean and the heads of the layers between it and the receiver are frozen at their corrupted outputs."""
-    receive_layer, receive_head = receiver
+                           ) -> Float[Tensor, "variant_n pos head d_head"]:
+    """Run 1 of path patching for each sender side by side: the head outputs of ``receive_layer``, copy by copy, when
+    that copy's sender is clean and the heads of the layers between it and ``receive_layer`` are frozen at their
+    corrupted outputs."""
     n_heads, n_pos = model.config.num_attention_heads, tokens.corrupted.shape[1]
     received: list[Tensor] = []
 
@@ -655,7 +655,7 @@ def _received_from_senders(model: PreTrainedModel, tokens: PairTokens, senders: 
         return lambda z: copy_where(frozen_masks, corrupted_z[layer], copy_where(send_masks, clean_z[layer], z))
 
     def record(z: Tensor) -> Tensor:
-        received.append(z[:, :, receive_head].clone())
+        received.append(z.clone())
         return z
 
     with contextlib.ExitStack() as stack:

@@ -21,8 +21,8 @@ from utils.feature_circuits import (
     SAEs, Node, Spliced, ablation_masks, completeness, edge_effects, edges_into, faithfulness, mean_activations,
     node_attribution, node_effects,
 )
-from utils.models import SWEEP_BUDGET, load_model, load_tokenizer, size_relative_to_course_model
-from utils.sae import load_shipped_sae
+from utils.exercises import ExerciseContext
+from utils.models import SWEEP_BUDGET, size_relative_to_course_model
 from utils.patching import (
     PairTokens, PatchingPair, agreement_pairs, attribution, copy_where, integrated_gradients, ioi_pairs,
     logit_difference_with_heads_ablated, normalised_metric, patch_head_positions, patch_residual, path_patch,
@@ -128,9 +128,8 @@ class _Subject:
 
 @functools.cache
 def _course_model_with_saes() -> _Subject:
-    model = load_model("course")
-    saes = {layer: load_shipped_sae(f"resid_post.{layer}") for layer in range(architecture.n_layers(model))}
-    return _Subject(model, load_tokenizer("course"), saes, ", on the course model")
+    course = ExerciseContext()                  # the course model, its tokenizer and its shipped SAEs, loaded on use
+    return _Subject(course.model, course.tokenizer, course.saes, ", on the course model")
 
 
 def _sweep_subject(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: SAEs | None = None) -> _Subject:
@@ -340,21 +339,28 @@ def check_edges_into(learner_fn: Callable[[Node, Sequence[Node], Spliced, Splice
     return check_function(
         _edges_between(learner_fn), _edges_between(edges_into), cases, exercise="7.13 (edges_into)", atol=1e-5,
         rtol=1e-3,
-        hint="the downstream node's score is its gradient times its value at its position, summed over the batch "
-             "(gradients held fixed); torch.autograd.grad of that score with respect to the latents and errors of the "
-             "layer below, with retain_graph=True (the next downstream node needs the graph) and allow_unused=True "
-             "(None means not reached: 0); each edge is (clean - corrupted) of the upstream node times that "
-             "gradient, summed over the batch (and d_model for an error term); an error node's edges are 0")
+        hint="an error node's edges are 0 (nothing upstream reaches it); a latent's score is its gradient times its "
+             "value at its position, summed over the batch (gradients held fixed); torch.autograd.grad of that score "
+             "with respect to the latents and errors of the layer below, with retain_graph=True (the next downstream "
+             "node needs the graph); each edge is (clean - corrupted) of the upstream node times that gradient, "
+             "summed over the batch (and d_model for an error term)")
+
+
+def _path_setting(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+                  ) -> tuple[_Subject, PairTokens, PairTokens, Callable[[int], int], int]:
+    """What the path-patching checks run on: the subject, 8 IOI and 8 agreement pairs, a head index that exists on
+    the subject (``index % n_heads``) and its last layer."""
+    on = _sweep_subject(model, tokenizer)
+    n_heads = on.model.config.num_attention_heads
+    return (on, _ioi_tokens(on.tokenizer, 8, seed=5), _agreement_tokens(on.tokenizer, 8, seed=5),
+            lambda index: index % n_heads, architecture.n_layers(on.model) - 1)
 
 
 def check_path_patch(learner_fn: Callable[[PreTrainedModel, PairTokens, tuple[int, int], tuple[int, int]], float],
                      model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
     """Exercise 7.14 on IOI and agreement pairs: paths across one frozen layer, across two, between adjacent layers
     (nothing to freeze), and a sender that is not before its receiver (refused)."""
-    on = _sweep_subject(model, tokenizer)
-    ioi, agreement = _ioi_tokens(on.tokenizer, 8, seed=5), _agreement_tokens(on.tokenizer, 8, seed=5)
-    n_heads, last = on.model.config.num_attention_heads, architecture.n_layers(on.model) - 1
-    head = lambda index: index % n_heads                                       # noqa: E731  (a smaller model's heads)
+    on, ioi, agreement, head, last = _path_setting(model, tokenizer)
     cases = [Case(f"IOI, 0.{head(4)} -> 2.0, layer 1 frozen{on.where}", on.model, ioi, (0, head(4)), (2, 0)),
              Case(f"IOI, 0.0 -> 2.{head(4)}", on.model, ioi, (0, 0), (2, head(4))),
              Case(f"IOI, 0.{head(4)} -> {last}.{head(6)}, the layers between frozen", on.model, ioi, (0, head(4)),
@@ -376,14 +382,12 @@ def check_path_patch_to_logits(learner_fn: Callable[[PreTrainedModel, PairTokens
                                model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> CheckResult:
     """Bonus exercise 7.15 on IOI and agreement pairs: senders with every later layer frozen, with one, and in the
     last layer (nothing to freeze)."""
-    on = _sweep_subject(model, tokenizer)
-    ioi, agreement = _ioi_tokens(on.tokenizer, 8, seed=5), _agreement_tokens(on.tokenizer, 8, seed=5)
-    n_heads, last = on.model.config.num_attention_heads, architecture.n_layers(on.model) - 1
+    on, ioi, agreement, head, last = _path_setting(model, tokenizer)
     cases = [Case(f"IOI, head 0.0, every later layer frozen{on.where}", on.model, ioi, (0, 0)),
-             Case(f"IOI, head 0.{4 % n_heads}", on.model, ioi, (0, 4 % n_heads)),
-             Case(f"IOI, head {last - 1}.{5 % n_heads}, one later layer", on.model, ioi, (last - 1, 5 % n_heads)),
-             Case(f"IOI, head {last}.1, the last layer: nothing to freeze", on.model, ioi, (last, 1 % n_heads)),
-             Case(f"agreement, head 1.{2 % n_heads}", on.model, agreement, (1, 2 % n_heads))]
+             Case(f"IOI, head 0.{head(4)}", on.model, ioi, (0, head(4))),
+             Case(f"IOI, head {last - 1}.{head(5)}, one later layer", on.model, ioi, (last - 1, head(5))),
+             Case(f"IOI, head {last}.{head(1)}, the last layer: nothing to freeze", on.model, ioi, (last, head(1))),
+             Case(f"agreement, head 1.{head(2)}", on.model, agreement, (1, head(2)))]
     return check_function(
         learner_fn, path_patch_to_logits, cases, exercise="7.15 (path_patch_to_logits)", atol=1e-4, rtol=1e-3,
         hint="one run on the corrupted prompts: the sender's output from the clean run and every head of every later "
