@@ -272,10 +272,7 @@ def faithfulness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: 
     """Reference for Exercise 7.11: ``(m(C) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit
     difference ``m``: 1 when the circuit ``C`` alone (everything else mean-ablated) does all the model does, 0
     when it does nothing."""
-    everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()
-    nothing = logit_difference_with(model, saes, tokens, means, [], keep_only=True).mean()
-    circuit = logit_difference_with(model, saes, tokens, means, nodes, keep_only=True).mean()
-    return float((circuit - nothing) / (everything - nothing))
+    return _share_of_the_model(model, saes, tokens, means, nodes, keep_only=True)
 
 
 def completeness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced, nodes: Sequence[Node]
@@ -284,10 +281,17 @@ def completeness(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: 
     ``(m(M \\ C) - m(nothing)) / (m(model) - m(nothing))`` with ``C``'s nodes mean-ablated and everything else
     kept: near 0 when the model cannot do the task without ``C`` (a complete circuit), near 1 when it does not
     need it."""
+    return _share_of_the_model(model, saes, tokens, means, nodes, keep_only=False)
+
+
+def _share_of_the_model(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced,
+                        nodes: Sequence[Node], keep_only: bool) -> float:
+    """``(m(run) - m(nothing)) / (m(model) - m(nothing))`` for the mean clean logit difference ``m``, where the run
+    keeps only ``nodes`` (``keep_only``) or ablates them."""
     everything = logit_difference_with(model, saes, tokens, means, [], keep_only=False).mean()
     nothing = logit_difference_with(model, saes, tokens, means, [], keep_only=True).mean()
-    without = logit_difference_with(model, saes, tokens, means, nodes, keep_only=False).mean()
-    return float((without - nothing) / (everything - nothing))
+    run = logit_difference_with(model, saes, tokens, means, nodes, keep_only=keep_only).mean()
+    return float((run - nothing) / (everything - nothing))
 
 
 def accuracy_with_nodes_ablated(model: PreTrainedModel, saes: SAEs, tokens: PairTokens, means: Spliced,
