@@ -7,6 +7,7 @@ written back. Results are printed as a table; nothing here is asserted (see READ
     .venv/bin/python benchmarks/time_notebooks.py                    # all solutions/*.ipynb
     .venv/bin/python benchmarks/time_notebooks.py 00 03              # a subset, by prefix or path
     .venv/bin/python benchmarks/time_notebooks.py --json out.json    # also save the results
+    .venv/bin/python benchmarks/time_notebooks.py --limits           # the grader's time limits (see below)
     .venv/bin/python benchmarks/time_notebooks.py --budget 90        # flag notebooks over 90 s
     .venv/bin/python benchmarks/time_notebooks.py --shape gpt2-small  # at the size of a real model
     .venv/bin/python benchmarks/time_notebooks.py --model path/to/checkpoint
@@ -17,6 +18,11 @@ as a real model's published one would be), and ``--model`` names a
 checkpoint; either replaces the notebook's ``MODEL = "course"`` line, as a learner would. Every
 cell is timed, and the slowest cell of each notebook is named. Peak memory is the largest resident
 set size (RSS) of the kernel process and its children, sampled every 0.1 s.
+
+``--limits`` (course model, all notebooks) writes ``utils/assets/solution_times.json``: each
+chapter's solution time and slowest cell, with the machine and commit, from which ``python -m
+utils.grade`` derives its default time limits (``utils.grade.time_limits``). ``--limits-from
+out.json`` writes it from an earlier ``--json`` run instead.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 from utils.notebooks.execute import kernel_env
 
 ROOT = Path(__file__).resolve().parents[1]
+SOLUTION_TIMES = ROOT / "utils" / "assets" / "solution_times.json"
 
 
 class PeakRSS:
@@ -158,6 +165,18 @@ def select(patterns: list[str]) -> list[Path]:
     return list(dict.fromkeys(chosen))
 
 
+def solution_times(rows: list[dict], cpus: int) -> dict:
+    """The grader's measured times (``utils/assets/solution_times.json``) from course-model rows."""
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    chapters = {Path(row["notebook"]).stem: {"seconds": row["seconds"],
+                                              "slowest_cell": max(cell["seconds"] for cell in row["cells"])}
+                for row in rows if not row["error"]}
+    return {"measured": {"machine": f"{platform.node()}, {cpus} CPUs", "commit": commit,
+                         "by": "benchmarks/time_notebooks.py --limits", "model": "course"}, "chapters": chapters}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", help="prefixes (00, 03_caching) or paths; default: all")
@@ -168,8 +187,14 @@ def main() -> int:
     target.add_argument("--model", help="run the notebooks on this checkpoint (name or folder) instead of the course model")
     target.add_argument("--shape", help="run them on a random checkpoint of this real model's shape: "
                                         "gpt2-small or pythia-160m")
+    parser.add_argument("--limits", action="store_true", help=f"write {SOLUTION_TIMES.relative_to(ROOT)} (course model)")
+    parser.add_argument("--limits-from", type=Path, help="write it from this earlier --json file instead of a run")
     args = parser.parse_args()
 
+    if args.limits_from:
+        saved = json.loads(args.limits_from.read_text())
+        SOLUTION_TIMES.write_text(json.dumps(solution_times(saved["results"], saved["cpus"]), indent=1) + "\n")
+        return 0
     notebooks = select(args.notebooks)
     if not notebooks:
         print("no solutions/*.ipynb to time")
@@ -193,6 +218,8 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"cpus": os.cpu_count(), "model": args.shape or args.model or "course",
                                          "results": rows}, indent=2) + "\n")
+    if args.limits and not (args.model or args.shape):
+        SOLUTION_TIMES.write_text(json.dumps(solution_times(rows, os.cpu_count() or 0), indent=1) + "\n")
     return 1 if any(row["error"] for row in rows) else 0
 
 

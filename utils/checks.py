@@ -37,9 +37,8 @@ Rules that every checker gets for free:
 - A later cell that runs the learner's functions starts with ``depends_on("0.4", "0.9")``: it prints one
   line naming each of those exercises whose last check in this kernel failed or never ran, so that
   numbers computed with unfinished code are not taken for the model's.
-- If the environment variable ``COURSE_CHECK_LOG`` names a file, each result is appended to it as a
-  JSON line ``{"exercise": "1.1", "passed": true, "message": "..."}`` (``python -m utils.grade``
-  reads it).
+- Nothing a check prints counts for grading: ``python -m utils.grade`` runs the checkers itself, on
+  the learner's definitions, outside the notebook (:mod:`utils.recheck`).
 
 Tests of checkers use :func:`assert_accepts` and :func:`assert_rejects`.
 """
@@ -49,11 +48,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import json
 import linecache
 import math
 import numbers
-import os
 import random
 import re
 import signal
@@ -66,7 +63,6 @@ from typing import Any
 import torch
 
 __all__ = [
-    "CHECK_LOG_ENV",
     "Case",
     "CaseProperty",
     "CheckResult",
@@ -85,8 +81,6 @@ __all__ = [
     "time_limited",
 ]
 
-#: Environment variable naming a file that receives one JSON line per check (used for grading).
-CHECK_LOG_ENV = "COURSE_CHECK_LOG"
 PASS_MARK, FAIL_MARK = "✅", "❌"
 #: The learner's exception messages are cut to this many characters in a check's line.
 MAX_ERROR_CHARS = 300
@@ -517,7 +511,6 @@ def _finish(label: str, passed: bool, message: str, hint: str = "") -> CheckResu
     result = CheckResult(label, passed, message)
     print(result.line, flush=True)
     LAST_RESULTS[result.exercise_id] = result
-    _log(result)
     return result
 
 
@@ -563,15 +556,6 @@ def depends_on(*exercises: str) -> bool:
         print(f"{WARNING_MARK} This cell runs your code, and {'; '.join(problems)}: what it prints may be your code's "
               "mistake, not the model's. Fix the exercise and run its checker again.", flush=True)
     return not problems
-
-
-def _log(result: CheckResult) -> None:
-    path = os.environ.get(CHECK_LOG_ENV)
-    if not path:
-        return
-    record = {"exercise": result.exercise_id, "passed": result.passed, "message": result.message}
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 _VERIFIED: set[tuple[str, Callable[..., Any], str]] = set()   # (exercise, reference, property) verified

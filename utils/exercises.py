@@ -64,10 +64,11 @@ class ExerciseContext:
         return token_windows(self.tokenizer, texts, context_length=128)[:12]
 
 
-#: The module of each chapter's checkers (``utils/checkers/<name>.py``), by chapter number.
+#: The module of each chapter's checkers (``utils/checkers/<name>.py``), by chapter number (99: the
+#: worked example that the tests of the notebook pipeline and of grading use).
 CHECKER_MODULES: dict[str, str] = {
     "0": "course_model", "1": "prompting", "2": "lora", "3": "caching_hooks", "4": "logit_lens",
-    "5": "steering_caa", "6": "sparse_autoencoders", "7": "circuits",
+    "5": "steering_caa", "6": "sparse_autoencoders", "7": "circuits", "99": "example",
 }
 
 
