@@ -174,7 +174,9 @@ def test_a_function_that_replaces_the_checkers_tools_while_it_runs_is_tampering(
     "import os\n    os.write(3, b'pass')\n    return x",
     "open('/proc/self/fd/3', 'w').write('pass')\n    return x",
     "__import__('gc').get_objects()\n    return x",
-], ids=["frames", "ctypes", "descriptor", "proc", "import"])
+    "import os as o\n    o.write(5, b'pass')\n    return x",
+    "import os\n    getattr(os, 'wr' + 'ite')(5, b'pass')\n    return x",
+], ids=["frames", "ctypes", "descriptor", "proc", "import", "alias", "getattr"])
 def test_code_that_reaches_into_the_grader_is_not_run(tmp_path, capsys, body):
     path = submission(tmp_path, "reaching", exercise_1_code=f"def softmax(x, dim=-1):\n    {body}\n",
                       exercise_2_code=TOP_CLASS)
@@ -367,6 +369,8 @@ def test_the_definitions_keep_what_defines_and_drop_what_runs():
     assert R.reaching_in("import re\npattern = re.compile('a')\nopen('x.txt', 'w').write('y')\nf.__name__") == []
     assert R.reaching_in("import os\nos.write(1, b'')\nsys._getframe()\nopen('/proc/1/mem')") == [
         "'/proc'", "os.write", "sys._getframe"]
+    assert R.reaching_in("import os as o\no.dup2(1, 2)\ngetattr(o, name)\ngetattr(model, name)\nos.path.join('a')") == [
+        "getattr(os, ...)", "os.dup2"]
 
 
 # --------------------------------------------------------------------------------------------

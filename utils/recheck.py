@@ -56,8 +56,8 @@ KEPT_STATEMENTS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctio
 REACHING_IN_NAMES = frozenset({"ctypes", "gc", "importlib", "builtins", "__import__", "__builtins__", "exec", "eval",
                                "compile", "globals", "vars"})
 #: Attributes of anything (frames, functions, modules) that only such code needs.
-REACHING_IN_ANY_ATTRIBUTE = frozenset({"__code__", "__globals__", "__builtins__", "__closure__", "f_back", "f_locals",
-                                       "f_globals", "_getframe", "currentframe"})
+REACHING_IN_ANY_ATTRIBUTE = frozenset({"__code__", "__globals__", "__builtins__", "__closure__", "__dict__", "f_back",
+                                       "f_locals", "f_globals", "_getframe", "currentframe"})
 REACHING_IN_ATTRIBUTES = {
     "os": frozenset({"write", "writev", "pwrite", "sendfile", "dup", "dup2", "fdopen", "kill", "killpg", "fork",
                      "forkpty", "_exit", "execv", "execve", "system", "popen"}),
@@ -109,17 +109,28 @@ def _is_literal_constant(node: ast.stmt) -> bool:
 
 
 def reaching_in(source: str) -> list[str]:
-    """The names, attributes and paths in ``source`` that only code reaching into the grader needs."""
+    """The names, attributes and paths in ``source`` that only code reaching into the grader needs
+    (modules imported under another name count as theirs; so does ``getattr`` on them with a name
+    that is not written out)."""
+    tree = ast.parse(source)
+    aliases = {alias.asname or alias.name: alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names}
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id in REACHING_IN_NAMES:
             found.append(node.id)
-        elif isinstance(node, ast.Attribute) and (node.attr in REACHING_IN_ANY_ATTRIBUTE or (
-                isinstance(node.value, ast.Name) and node.attr in REACHING_IN_ATTRIBUTES.get(node.value.id, ()))):
-            found.append(f"{ast.unparse(node.value)}.{node.attr}")
+        elif isinstance(node, ast.Attribute):
+            module = aliases.get(node.value.id, node.value.id) if isinstance(node.value, ast.Name) else None
+            if node.attr in REACHING_IN_ANY_ATTRIBUTE or node.attr in REACHING_IN_ATTRIBUTES.get(module, ()):
+                found.append(f"{module or ast.unparse(node.value)}.{node.attr}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr")
+              and len(node.args) >= 2 and isinstance(node.args[0], ast.Name)
+              and aliases.get(node.args[0].id, node.args[0].id) in REACHING_IN_ATTRIBUTES
+              and not isinstance(node.args[1], ast.Constant)):
+            found.append(f"{node.func.id}({aliases.get(node.args[0].id, node.args[0].id)}, ...)")
         elif isinstance(node, ast.ImportFrom) and node.module in REACHING_IN_ATTRIBUTES:
             found += [f"{node.module}.{alias.name}" for alias in node.names
-                      if alias.name in REACHING_IN_ATTRIBUTES[node.module]]
+                      if alias.name in REACHING_IN_ATTRIBUTES[node.module] or alias.name == "*"]
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             found += [module for module in modules if module.split(".")[0] in REACHING_IN_NAMES]
