@@ -331,6 +331,15 @@ def test_a_fork_bomb_is_stopped_and_the_rest_is_graded(tmp_path, capsys):
     assert len(psutil.pids()) < before + 50, "the sandbox's processes outlived it"
 
 
+def test_a_process_bomb_in_a_function_stops_the_grader_s_check(tmp_path, capsys):
+    bomb = ("def softmax(x, dim=-1):\n    import subprocess\n"
+            "    children = [subprocess.Popen(['sleep', '30']) for _ in range(600)]\n    return x")
+    path = submission(tmp_path, "spawner", exercise_1_code=bomb, exercise_2_code=TOP_CLASS)
+    report = G.grade(path, labs_dir=LABS, limits=Limits(processes=300)).to_json()
+    status, message = statuses(report)["99.1"]
+    assert status == "error" and "the grader's check was stopped: it ran more than 300 processes" in message
+
+
 def test_the_limits_come_from_the_measured_solution_time(tmp_path):
     times = tmp_path / "times.json"
     times.write_text(json.dumps({"chapters": {"05_steering_caa": {"seconds": 90.0, "slowest_cell": 30.0}}}))

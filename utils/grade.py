@@ -442,9 +442,9 @@ class _Runner:
 
 
 class _Watchdog:
-    """Counts the kernel's processes and threads every :data:`WATCH_INTERVAL` seconds and kills the
-    kernel's process group beyond ``max_processes`` (where the system's process limit does not apply:
-    a grader run as root); adds up their CPU time."""
+    """Counts a sandboxed program's processes and threads every :data:`WATCH_INTERVAL` seconds and kills
+    its process group beyond ``max_processes`` (where the system's process limit does not apply: a
+    grader run as root); adds up their CPU time."""
 
     def __init__(self, pid: int, max_processes: int | None) -> None:
         import psutil
@@ -673,8 +673,9 @@ def _run_recheck(request: dict[str, Any], secret: str, workdir: Path, seconds: f
         reader = threading.Thread(target=lambda: lines.extend(channel.read().splitlines()), daemon=True)
         lines: list[str] = []
         reader.start()
-        reader.join(seconds)
-        notes = []
+        with _Watchdog(process.pid, sandbox.limits.processes if sandbox else None) as watchdog:
+            reader.join(seconds)
+        notes = [f"the grader's check was stopped: {watchdog.killed}"] if watchdog.killed else []
         if reader.is_alive():
             notes.append(f"the grader's check did not finish within {_seconds(seconds)}")
         with contextlib.suppress(ProcessLookupError):
