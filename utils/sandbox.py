@@ -7,7 +7,8 @@ it cannot leave:
   read-only;
 - the course package as **bytecode only** (a copy without the ``.py`` files, made once per
   grading run by :func:`sourceless_copy`), so a submission cannot read the reference solutions
-  out of the library; nothing else of the course (no ``solutions/``, no ``.git``, no built site);
+  out of the library (except the modules that open nnsight traces, :func:`needs_source`, which
+  nnsight must read); nothing else of the course (no ``solutions/``, no ``.git``, no built site);
 - one writable folder (the submission's), plus ``/dev`` and a private ``/proc``;
 - no network, no other process (new user, PID, IPC, network and UTS namespaces), and it dies
   with its parent;
