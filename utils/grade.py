@@ -61,9 +61,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils.recheck import ERROR, NOT_ATTEMPTED, PASS, definitions, sign
 from utils.sandbox import Limits, Sandbox, SandboxUnavailable, check_sandbox, sourceless_copy
 
-PASS, FAIL, ERROR, NOT_ATTEMPTED = "pass", "fail", "error", "not attempted"  # as in utils.recheck
 EXIT_ALL_PASS, EXIT_NOT_ALL_PASS, EXIT_CANNOT_GRADE = 0, 1, 2
 #: The grader's limits are this many times the chapter's measured solution time...
 TIME_FACTOR = 5.0
@@ -570,7 +570,6 @@ def exercise_sources(nb: Any, exercise_ids: list[str], registry: dict[str, Any])
     last cell of the exercise that defines its function (:func:`utils.recheck.definitions`). An exercise
     none of whose cells defines the function has no entry."""
     from utils.notebooks.cells import exercise_scopes
-    from utils.recheck import definitions
 
     scopes = exercise_scopes(nb.cells)
     code = [(i, cell.get("source", "")) for i, cell in enumerate(nb.cells) if cell.get("cell_type") == "code"]
@@ -601,8 +600,6 @@ def recheck(nb: Any, exercise_ids: list[str], registry: dict[str, Any], workdir:
             sandbox: Sandbox | None) -> tuple[dict[str, ExerciseResult], list[str]]:
     """Check every exercise in a fresh process (``python -m utils.recheck``, inside ``sandbox``); the
     results by exercise, and notes. Only lines signed with this run's secret count."""
-    from utils.recheck import sign
-
     unknown = [exercise for exercise in exercise_ids if exercise not in registry]
     if unknown:
         raise GradingError(f"exercise(s) {', '.join(unknown)} of the lab are not in utils.exercises.EXERCISES: "
