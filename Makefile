@@ -27,6 +27,9 @@ export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# The book's kernels have no ipywidgets (widgets need JavaScript the offline site cannot load):
+# tqdm.auto's warning that they are missing is the one warning silenced here (utils/progress.py).
+export PYTHONWARNINGS := ignore:IProgress not found
 # The notebooks that the book build and nbval run check every number the book quotes against
 # what they compute (utils/results.py); `store-outputs` records them.
 export COURSE_RESULTS := check

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from utils.attention import (
-    ablate_heads, attention_patterns, composition_baseline, composition_scores, copy_losses,
+    PATTERNS_PER_ROW, ablate_heads, attention_patterns, attention_view, composition_baseline, composition_scores, copy_losses,
     copy_losses_with_heads_ablated, heads_above, induction_scores, k_composition_scores, losses_by_copy,
     pattern_from_cache, plot_attention_patterns, plot_copy_losses, plot_head_scores, previous_token_scores,
     repeated_sequences, token_losses,
@@ -111,8 +111,29 @@ def test_plots(patterns, course_tokenizer, repeated):
     tokens = course_tokenizer.convert_ids_to_tokens(repeated[0])
     figure = plot_attention_patterns(patterns[2, 0], tokens, heads=[0, 4])
     assert len(figure.data) == 2 and len(set(figure.data[0].x)) == len(tokens)   # repeated tokens stay apart
-    assert plot_head_scores(induction_scores(patterns, LENGTH), "induction").data[0].z.shape == (4, 8)
+    assert figure.layout.width is None, "a fixed width is clipped on a narrower page"
+    six = plot_attention_patterns(patterns[2, 0], tokens)                           # all 8 heads: rows of 3
+    assert len(six.data) == 8 and six.layout.height == 380 * -(-8 // PATTERNS_PER_ROW)
+    scores = plot_head_scores(induction_scores(patterns, LENGTH), "induction").data[0]
+    assert scores.z.shape == (4, 8) and scores.texttemplate == "%{z:.2f}" and scores.text is None
     assert len(plot_copy_losses({"clean": torch.ones(40), "ablated": torch.zeros(40)}, LENGTH).data) == 2
+
+
+def test_attention_view_draws_offline_with_circuitsvis(patterns, course_tokenizer, repeated):
+    """The view inlines circuitsvis's bundle (never its CDN), with one name per head and the pattern's values."""
+    import json
+    import re
+
+    from circuitsvis.utils.render import render_local
+
+    tokens = course_tokenizer.convert_ids_to_tokens(repeated[0])
+    html = attention_view(patterns[2, 0, [0, 4]], tokens, head_names=["2.0", "2.4"])._repr_html_()
+    assert "unpkg.com" not in html and "https://" not in html.split("CircuitsVis.render(")[1]
+    bundle = render_local("AttentionHeads", attention=[[[1.0]]], tokens=["a"]).split("<script crossorigin type=\"module\">")[1]
+    assert bundle.split("CircuitsVis.render(")[0].strip() in html, "not circuitsvis's own inline bundle"
+    props = json.loads(re.search(r"CircuitsVis\.AttentionHeads,\s*(\{.*\})\s*\)", html, re.S).group(1))
+    assert props["attentionHeadNames"] == ["2.0", "2.4"] and props["tokens"] == tokens
+    assert torch.allclose(torch.tensor(props["attention"]), patterns[2, 0, [0, 4]].double(), atol=5e-4)
 
 
 def test_bad_inputs(patterns):
@@ -122,6 +143,10 @@ def test_bad_inputs(patterns):
         previous_token_scores(patterns[0, 0, 0])
     with pytest.raises(ValueError, match="over the 5 tokens"):
         plot_attention_patterns(patterns[2, 0], ["a"] * 5)
+    with pytest.raises(ValueError, match="over the 5 tokens"):
+        attention_view(patterns[2, 0], ["a"] * 5)
+    with pytest.raises(ValueError, match="2 head names for 8 heads"):
+        attention_view(patterns[2, 0], ["a"] * 41, head_names=["x", "y"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -89,6 +89,28 @@ def test_toc_lists_only_existing_files_and_every_solution():
 
 
 
+def page_title(path: Path) -> str:
+    """The first ``# `` line of a chapter page or a notebook (its title on the site and in the sidebar)."""
+    if path.suffix == ".ipynb":
+        from utils.notebooks import cells as C
+
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        return C.source(cells[C.title_cell(cells)]).partition("\n")[0]
+    return next(line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("# "))
+
+
+@pytest.mark.parametrize(("number", "slug"), sorted(CHAPTERS.items()))
+def test_each_page_says_what_it_is(number, slug):
+    """The sidebar tells the chapter page, the executed solution and the lab apart by their titles:
+    'Chapter N · Topic', 'Solution N · Topic', 'Lab N · Topic', one topic for all three."""
+    from utils.notebooks.cells import TITLE
+
+    page = TITLE.match(page_title(ROOT / "book" / f"{slug}.md"))
+    assert page and page["role"] == "Chapter" and int(page["number"]) == number, page_title(ROOT / "book" / f"{slug}.md")
+    for folder, role in (("solutions", "Solution"), ("labs", "Lab")):
+        assert page_title(ROOT / folder / f"{slug}.ipynb") == f"# {role} {number} · {page['topic']}", folder
+
+
 # --------------------------------------------------------------------------- time estimates (no build)
 DURATION = r"(?:\d+ h(?: \d+ min)?|\d+ min)"
 PAGE_ESTIMATE = re.compile(
@@ -212,22 +234,32 @@ def test_plotly_and_mathjax_are_served_locally(site):
     assert (site / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()
 
 
+# --------------------------------------------------------------------------- fixture books
+def fixture_book(name: str, tmp_path: Path) -> Path:
+    """A copy of the one-page book tests/fixtures/<name>, with the course extension's path filled in."""
+    book = tmp_path / "book"
+    shutil.copytree(FIXTURES / name, book)
+    config = book / "_config.yml"
+    config.write_text(config.read_text().replace("@EXT_DIR@", str(ROOT / "book" / "_ext")))
+    return book
+
+
+def build_book(book: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`jupyter-book build` of `book` with the course's flags (warnings are errors)."""
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    build = [str(jupyter_book), "build", str(book), "--builder", "html", "-W", "-n", "--keep-going"]
+    return subprocess.run(build, capture_output=True, text=True, env=env, timeout=300)
+
+
 # --------------------------------------------------------------------------- plotly proof
 @pytest.mark.slow
 def test_plotly_figure_is_interactive_offline(tmp_path):
     """Build a one-page book whose notebook draws a plotly figure, with the course extension:
     the figure must be rendered (not dropped as an unknown mime type) and load only local JS."""
-    book = tmp_path / "book"
-    shutil.copytree(FIXTURES / "plotly_book", book)
-    config = book / "_config.yml"
-    config.write_text(config.read_text().replace("@EXT_DIR@", str(ROOT / "book" / "_ext")))
-    jupyter_book = Path(sys.executable).parent / "jupyter-book"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop("PLOTLY_RENDERER", None)  # the kernel's own default renderer, as in a real build
-    result = subprocess.run(
-        [str(jupyter_book), "build", str(book), "--builder", "html", "-W", "-n", "--keep-going"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    book = fixture_book("plotly_book", tmp_path)
+    result = build_book(book, env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     page = book / "_build" / "html" / "figure.html"
     html = page.read_text(encoding="utf-8")
@@ -267,18 +299,13 @@ def test_result_role_and_table_show_the_recorded_text(tmp_path, monkeypatch):
     result nobody recorded fails the build (-W)."""
     from utils.results import Results
 
-    book, records = tmp_path / "book", tmp_path / "results"
-    shutil.copytree(FIXTURES / "results_book", book)
-    config = book / "_config.yml"
-    config.write_text(config.read_text().replace("@EXT_DIR@", str(ROOT / "book" / "_ext")))
+    book, records = fixture_book("results_book", tmp_path), tmp_path / "results"
     env = dict(os.environ, COURSE_RESULTS="write", COURSE_RESULTS_DIR=str(records))
     results = Results("04_logit_lens", directory=records)
     monkeypatch.setenv("COURSE_RESULTS", "write")
     results.record("kl_layer_0", 16.012, digits=2)
     results.record_table("kl_by_layer", [{"layer": 0, "KL": 16.012}, {"layer": 1, "KL": 3.861}], digits=2)
-    jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    build = [str(jupyter_book), "build", str(book), "--builder", "html", "-W", "-n", "--keep-going"]
-    result = subprocess.run(build, capture_output=True, text=True, env=env, timeout=300)
+    result = build_book(book, env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     html = (book / "_build" / "html" / "quoted.html").read_text(encoding="utf-8")
     assert '<span class="course-result">16.01</span>' in html
@@ -286,5 +313,71 @@ def test_result_role_and_table_show_the_recorded_text(tmp_path, monkeypatch):
     table = table[:table.index("</table>")]
     assert re.findall(r"<td[^>]*>(?:<p>)?([^<]+)(?:</p>)?</td>", table) == ["0", "16.01", "1", "3.86"]
     (book / "quoted.md").write_text((book / "quoted.md").read_text() + "\nAnd {result}`04_logit_lens/missing`.\n")
-    result = subprocess.run(build, capture_output=True, text=True, env=env, timeout=300)
+    result = build_book(book, env)
     assert result.returncode != 0 and "04_logit_lens/missing" in result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- printed output
+def _course_ext():
+    """book/_ext/course_ext.py, imported as the book build imports it."""
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        import course_ext
+    finally:
+        sys.path.pop(0)
+    return course_ext
+
+
+@pytest.mark.parametrize(("printed", "shown"), [
+    ("plain\ntext\n", "plain\ntext\n"),
+    ("\r  0%|          | 0/4\r 50%|#####     | 2/4\r100%|##########| 4/4\n", "100%|##########| 4/4\n"),
+    ("a longer line\rshort\n", "shortger line\n"),  # a terminal overwrites, it does not erase
+    ("before\n\r 50%|#####| 2/4\r               \r\nafter\n", "before\nafter\n"),  # a bar that cleared itself
+    ("abc\b\bX\n", "aXc\n"),  # a backspace moves left, what follows overwrites
+    # tqdm's nested bars: the inner one (leave=False) draws on the next line, moves up, then clears itself
+    ("\router:   0%| 0/2\n\rinner:  50%| 1/2\x1b[A\n\r                \x1b[A\router: 100%| 2/2\n", "outer: 100%| 2/2\n"),
+    ("\x1b[31mred\x1b[0m text\n", "\x1b[31mred\x1b[0m text\n"),  # colours stay for the ANSI lexer
+])
+def test_terminal_text_folds_carriage_returns_as_a_terminal(printed, shown):
+    assert _course_ext().terminal_text(printed) == shown
+
+
+def test_merge_streams_merges_runs_of_one_stream_only():
+    stream = lambda name, text: {"output_type": "stream", "name": name, "text": text}  # noqa: E731
+    figure = {"output_type": "display_data", "data": {"text/plain": "figure"}}
+    outputs = [stream("stdout", "\r 50%"), stream("stdout", "\r100%\n"), figure, stream("stdout", "after\n"),
+               stream("stderr", "warning\n"), stream("stdout", "\r   \r")]
+    merged = _course_ext().merge_streams(outputs)
+    assert merged == [stream("stdout", "100%\n"), figure, stream("stdout", "after\n"), stream("stderr", "warning\n")]
+    assert outputs[0]["text"] == "\r 50%", "the notebook's own outputs were changed"
+
+
+def test_the_book_makes_stderr_a_warning():
+    """`make book` runs with -W, so a stderr output fails it (the fixture below builds with the same setting)."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    fixture = yaml.safe_load((FIXTURES / "streams_book" / "_config.yml").read_text())
+    assert config["execute"]["stderr_output"] == fixture["execute"]["stderr_output"] == "warn"
+
+
+@pytest.mark.slow
+def test_executed_pages_show_no_stderr_nor_build_paths(tmp_path):
+    """A progress bar of utils.progress shows its last state only, on stdout; a page that writes to
+    stderr, or prints a path of the build machine, fails the build."""
+    from utils.notebooks.execute import kernel_env
+
+    book = fixture_book("streams_book", tmp_path)
+    result = build_book(book, kernel_env())  # the variables `make book` exports
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    html = html_text.unescape((book / "_build" / "html" / "printed.html").read_text(encoding="utf-8"))
+    shown = html.partition('class="cell_output')[2]  # what the cell printed, not its code
+    assert shown.count("fixture bar") == 1 and "fixture bar: 100%" in shown, shown[:1000]
+    assert "cleared bar" not in shown and "second" in shown and "first" not in shown
+    assert 'class="output stderr' not in html and "IProgress" not in html
+
+    page = book / "printed.md"
+    page.write_text(page.read_text() + "\n```{code-cell} python3\nimport sys\n\nprint('a warning', file=sys.stderr)"
+                    "\nprint(sys.prefix + '/lib')\n```\n")
+    result = build_book(book, kernel_env())
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "stderr was found in the cell outputs" in log and "path of the build machine" in log, log[-4000:]

@@ -87,6 +87,15 @@ def test_course_model_loads_three_ways_with_equal_activations():
     assert torch.equal(lens.to_tokens("The capital of France is"), tokenizer("<|endoftext|>The capital of France is", return_tensors="pt").input_ids)
 
 
+def test_every_model_names_its_loss(tiny_checkpoint):
+    """transformers cannot tell the loss of a "GPT2LMHeadModel" from its name (a warning on the first
+    loss, on every chapter page that trains); load_hf_model names the causal-LM loss it uses anyway."""
+    assert models.load_hf_model("course").loss_type == "ForCausalLM"
+    model = models.load_hf_model(tiny_checkpoint)
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    assert model.loss_type == "ForCausalLM" and torch.isfinite(model(tokens, labels=tokens).loss)
+
+
 def test_course_tokenizer_pads_with_end_of_text():
     tokenizer = load_tokenizer("course")
     assert tokenizer.pad_token == tokenizer.eos_token == tokenizer.bos_token == "<|endoftext|>"

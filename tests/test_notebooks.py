@@ -9,6 +9,7 @@ exercise (slow: that runs the course model).
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -142,7 +143,7 @@ def test_a_lab_contains_no_solution_text(solution, lab):
 
 
 def notebook_with(*cells: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    colab = nbformat.v4.new_code_cell(example_colab_source(), metadata={"tags": [C.COLAB_TAG]})
+    colab = nbformat.v4.new_code_cell(example_colab_source(), metadata={"tags": [C.COLAB_TAG, C.HIDDEN_TAG]})
     return nbformat.v4.new_notebook(cells=[colab, *cells])
 
 
@@ -234,7 +235,7 @@ def test_sync_rewrites_the_colab_cell_from_pyproject(example_root, capsys):
     assert "solutions/99_example.ipynb: colab-install cell updated" in capsys.readouterr().out
     solution = read(example_root / "solutions" / "99_example.ipynb")
     assert "example-course @ git+https://github.com/example/example-course@v9.9.10" in C.source(solution.cells[0])
-    assert solution.cells[0].id == "colab-install" and solution.cells[0].metadata["tags"] == [C.COLAB_TAG]
+    assert solution.cells[0].id == "colab-install" and solution.cells[0].metadata["tags"] == [C.COLAB_TAG, C.HIDDEN_TAG]
     assert main(["--root", str(example_root), "sync", "--check"]) == 0
     assert main(["--root", str(example_root), "build-labs"]) == 0
     assert "@v9.9.10" in C.source(read(example_root / "labs" / "99_example.ipynb").cells[0])
@@ -243,8 +244,10 @@ def test_sync_rewrites_the_colab_cell_from_pyproject(example_root, capsys):
 def test_sync_inserts_a_missing_colab_cell_and_refuses_a_misplaced_one():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title")])
     assert sync_notebook(nb, "pass") == "inserted"
-    assert C.source(nb.cells[0]) == "pass" and C.tags(nb.cells[0]) == [C.COLAB_TAG]
+    assert C.source(nb.cells[0]) == "pass" and C.tags(nb.cells[0]) == [C.COLAB_TAG, C.HIDDEN_TAG]
     assert sync_notebook(nb, "pass") is None
+    nb.cells[0].metadata["tags"] = [C.COLAB_TAG]  # an older notebook: the site would show the cell
+    assert sync_notebook(nb, "pass") == "updated" and C.tags(nb.cells[0]) == [C.COLAB_TAG, C.HIDDEN_TAG]
     nb.cells.reverse()
     with pytest.raises(C.NotebookError, match="cell 1 is tagged 'colab-install': only the first cell may be"):
         sync_notebook(nb, "pass")
@@ -295,6 +298,29 @@ def test_lint_checks_the_colab_cell_and_the_repository_url(example_root, capsys)
     out = capsys.readouterr().out
     assert "_config.yml: repository.url is https://github.com/someone/fork but pyproject.toml's" in out
     assert "cell 0: the 'colab-install' cell is out of date with pyproject.toml; run `python -m utils.notebooks sync`" in out
+
+
+def test_the_lab_is_titled_lab_and_lint_wants_the_solution_titled_solution(example_root, capsys):
+    lab = read(example_root / "labs" / "99_example.ipynb")
+    assert C.source(lab.cells[C.title_cell(lab.cells)]).startswith("# Lab 99 · A worked example\n")
+    path = example_root / "solutions" / "99_example.ipynb"
+    for wrong in ("# Lab 99 · A worked example", "# Solution 98 · A worked example", "# 99. A worked example"):
+        nb = read(path)
+        cell = nb.cells[C.title_cell(nb.cells)]
+        cell["source"] = wrong + C.source(cell)[C.source(cell).index("\n"):]
+        path.write_bytes(C.notebook_bytes(nb))
+        assert main(["--root", str(example_root), "lint"]) == 1
+        assert f"the title must be '# Solution 99 · Topic' (the topic of the chapter page), but cell 1 starts {wrong!r}" in (
+            capsys.readouterr().out)
+
+
+def test_lint_wants_the_colab_cell_hidden_on_the_site(example_root, capsys):
+    path = example_root / "solutions" / "99_example.ipynb"
+    nb = read(path)
+    nb.cells[0].metadata["tags"] = [C.COLAB_TAG]
+    path.write_bytes(C.notebook_bytes(nb))
+    assert main(["--root", str(example_root), "lint"]) == 1
+    assert "cell 0: the 'colab-install' cell lacks the tag 'remove-cell' (the website would show it)" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,3 +488,12 @@ def test_store_outputs_sanitizes_what_it_stores():
 ])
 def test_sanitizer_keeps_values_that_teach(text):
     assert sanitize(text) == text
+
+
+def test_the_makefile_exports_what_the_notebook_kernels_get():
+    """`make book`/`make test` and store-outputs/nbval's own kernels run with the same variables."""
+    from utils.notebooks.execute import OFFLINE_ENV
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    exported = dict(re.findall(r"^export (\w+) := (.*)$", makefile, flags=re.M))
+    assert {name: exported.get(name) for name in OFFLINE_ENV} == OFFLINE_ENV

@@ -1,6 +1,7 @@
 """Chapter 6: sparse autoencoders (utils.sae, utils.sae_features) and the shipped SAEs."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -493,9 +494,9 @@ def test_feature_index_and_vector_shape_are_checked(course_model, sae):
 
 
 @pytest.mark.slow
-def test_sae_lens_runner_trains_offline_on_the_course_model(course_tokenizer, tmp_path, recwarn):
+def test_sae_lens_runner_trains_offline_on_the_course_model(course_tokenizer, tmp_path, recwarn, caplog):
     from utils.models import load_model
-    from utils.sae import _EXPECTED_SAE_LENS_WARNINGS, train_with_sae_lens
+    from utils.sae import _EXPECTED_SAE_LENS_LOG, _EXPECTED_SAE_LENS_WARNINGS, train_with_sae_lens
 
     tl_model = load_model("course", backend="transformer_lens")
     trained = train_with_sae_lens(tl_model, course_tokenizer, "mlp_out.1", d_sae=64, training_tokens=8192,
@@ -504,6 +505,32 @@ def test_sae_lens_runner_trains_offline_on_the_course_model(course_tokenizer, tm
     assert load_sae(tmp_path / "sae").cfg.d_sae == 64 and trained.cfg.d_sae == 64
     shown = [str(w.message) for w in recwarn if any(m in str(w.message) for m in _EXPECTED_SAE_LENS_WARNINGS)]
     assert not shown, "the expected sae-lens warnings reach the reader (chapter 6's page prints them)"
+    logged = [record.getMessage() for record in caplog.records if record.getMessage().startswith(_EXPECTED_SAE_LENS_LOG)]
+    assert not logged, "sae-lens's notes on the overridden dataset and model reach the reader (stderr on the page)"
+    assert not logging.getLogger("sae_lens").filters, "the filter outlived the run"
+
+
+def test_sae_lens_draws_its_bars_with_the_course_progress_while_it_trains():
+    import importlib
+
+    from utils import progress
+    from utils.sae import SAE_LENS_BAR_MODULES, _course_progress_bars
+
+    modules = [importlib.import_module(name) for name in SAE_LENS_BAR_MODULES]
+    own = [module.tqdm for module in modules]
+    assert all(bar is not progress.tqdm for bar in own)
+    with _course_progress_bars(SAE_LENS_BAR_MODULES):
+        assert all(module.tqdm is progress.tqdm for module in modules)
+    assert [module.tqdm for module in modules] == own
+
+
+def test_the_sae_lens_log_filter_drops_only_the_expected_notes():
+    from utils.sae import _EXPECTED_SAE_LENS_LOG, _DropMessages
+
+    keep = _DropMessages(_EXPECTED_SAE_LENS_LOG).filter
+    record = lambda message: logging.LogRecord("sae_lens", logging.WARNING, __file__, 1, message, None, None)  # noqa: E731
+    assert not keep(record("You just passed in a model which will override the one specified in your configuration"))
+    assert keep(record("Training with a learning rate of 0"))
 
 
 # --------------------------------------------------------------------------------------------

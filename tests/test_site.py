@@ -6,11 +6,17 @@ page of it as a first-time visitor (a fresh browser context each), and fail on
 - a console error or an uncaught exception in a page's scripts;
 - a request to the local site that fails or answers 4xx/5xx;
 - any request to another host (the site must work offline: such requests are aborted and listed);
-- a plotly figure (``.course-plotly``, rendered by book/_ext/course_ext.py) without its drawn SVG;
-- a link to a page of the site, or to an anchor of one, that does not exist.
+- a plotly figure (``.course-plotly``, rendered by book/_ext/course_ext.py) without its drawn SVG,
+  or drawn wider than its place on the page (a clipped subplot), or a CircuitsVis view not drawn;
+- a link to a page of the site, or to an anchor of one, that does not exist;
+- a stderr output of an executed notebook, a path of the build machine in the page's text, or a
+  progress bar printed more than once (course_ext folds each to its last state);
+- at phone width (400 px), anything outside a scrolling box of its own (a code block, a display
+  equation, a table) that makes the page wider than the screen.
 
-They also check the landing page, each chapter page's lab links (Colab, download, solution page)
-and the search, and save screenshots into ``_build/test-artifacts/``.
+They also check the landing page, each chapter page's lab links (Colab, download, solution page),
+the sidebar's page titles and the search, and save screenshots (desktop and phone) into
+``_build/test-artifacts/``.
 
 Playwright never downloads a browser here: the tests launch the ``chromium`` on PATH (Debian:
 ``apt-get install chromium``; `.ci/run` installs it), or the browser named by ``COURSE_CHROMIUM``.
@@ -23,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +52,7 @@ CHROMIUM_ENV = "COURSE_CHROMIUM"
 CHAPTER_PAGE = re.compile(r"^book/(\d\d_[a-z0-9_]+)\.html$")
 COLAB = "https://colab.research.google.com/github"
 VIEWPORT = {"width": 1280, "height": 900}
+PHONE = {"width": 400, "height": 860}
 #: How long a page may take to draw its plotly figures: the full suite loads both cores, and a
 #: page with five figures once needed more than 15 s there (a drawn figure is still required).
 FIGURE_TIMEOUT_MS = 60_000
@@ -58,8 +66,44 @@ UNDRAWN_FIGURE_STATE_JS = """(id) => { const el = document.getElementById(id);
     return `window.Plotly ${typeof window.Plotly}, document ${document.readyState}, ` +
            `newPlot started ${el.classList.contains('js-plotly-plot')}, ${el.childElementCount} children, ` +
            `width ${el.getBoundingClientRect().width}px`; }"""
+# A CircuitsVis view (utils.attention.attention_view) is a div that React fills once the bundle has run
+# (its own <script> sits inside the div, so a drawn view is one with another child).
+UNDRAWN_VIEWS_JS = """() => [...document.querySelectorAll('div[id^="circuits-vis-"]')]
+    .filter(el => !el.querySelector(':scope > :not(script)')).map(el => el.id)"""
 # Only a parsed document can say so: before the parser reaches the first figure there is none to wait for.
-ALL_FIGURES_DRAWN_JS = f"() => document.readyState === 'complete' && ({UNDRAWN_FIGURES_JS})().length === 0"
+ALL_FIGURES_DRAWN_JS = (f"() => document.readyState === 'complete' && ({UNDRAWN_FIGURES_JS})().length === 0"
+                        f" && ({UNDRAWN_VIEWS_JS})().length === 0")
+# A figure drawn wider than its place on the page is cut at the right.
+CLIPPED_FIGURES_JS = """() => [...document.querySelectorAll('.course-plotly')].filter(el => {
+    const svg = el.querySelector('svg.main-svg');
+    return svg && svg.getBoundingClientRect().width > el.getBoundingClientRect().width + 1; })
+    .map(el => `${el.id} (${Math.round(el.querySelector('svg.main-svg').getBoundingClientRect().width)}px drawn in ` +
+                `${Math.round(el.getBoundingClientRect().width)}px)`)"""
+STDERR_OUTPUTS_JS = """() => [...document.querySelectorAll('div.output.stderr')]
+    .map(el => el.innerText.trim().split('\\n')[0].slice(0, 160))"""
+# A progress bar drawn more than once in one output, one line per redraw: the same bar's line at a
+# count short of its total and again after it ("desc:  40%|####  | 4/10 ..."). Two bars of one name
+# that each show their final count are two bars.
+REPEATED_PROGRESS_BARS_JS = r"""() => [...document.querySelectorAll('div.output pre')].flatMap(pre => {
+    const bars = pre.innerText.split('\n').map(line => line.match(/^(.*?)\s*\d+%\|.*?\|\s*(\d+)\/(\d+)/)).filter(Boolean);
+    const redrawn = bars.filter(([, name, done, total]) => done !== total && bars.filter(bar => bar[1] === name).length > 1);
+    return [...new Set(redrawn.map(bar => bar[1]))].map(name => `"${name}" drawn once per redraw`); })"""
+# At phone width: what makes the page wider than the screen, outside a box that scrolls (or clips) on its own.
+OVERFLOW_JS = """() => {
+    const limit = document.documentElement.clientWidth + 1;
+    const boxed = el => ['auto', 'scroll', 'hidden', 'clip'].includes(getComputedStyle(el).overflowX)
+                        && el.getBoundingClientRect().right <= limit;
+    const found = [];
+    for (const el of document.querySelectorAll('.bd-article *')) {
+        if (el.getBoundingClientRect().right <= limit) continue;
+        let box = el.parentElement;
+        while (box && !boxed(box)) box = box.parentElement;
+        if (!box) found.push(`<${el.tagName.toLowerCase()} class="${el.className}"> reaches ` +
+                             `${Math.round(el.getBoundingClientRect().right)}px: "${el.textContent.trim().slice(0, 60)}"`);
+    }
+    const width = document.documentElement.scrollWidth;
+    return width > limit ? [`the page is ${width}px wide`, ...found.slice(0, 5)] : found.slice(0, 5); }"""
+WAIT_FOR_MATHJAX_JS = "async () => { if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise; }"
 LINKS_JS = "() => [...document.querySelectorAll('a[href]')].map(a => a.href)"
 
 
@@ -158,7 +202,11 @@ class PageReport:
     failed_requests: list[str] = field(default_factory=list)
     external_requests: list[str] = field(default_factory=list)
     undrawn_figures: list[str] = field(default_factory=list)
+    clipped_figures: list[str] = field(default_factory=list)
     broken_links: list[str] = field(default_factory=list)
+    stderr_outputs: list[str] = field(default_factory=list)
+    build_paths: list[str] = field(default_factory=list)
+    repeated_progress_bars: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         """One line per problem, named by its kind."""
@@ -199,7 +247,20 @@ def _wait_for_figures(page: Page, timeout_ms: int) -> list[str]:
         page.wait_for_function(ALL_FIGURES_DRAWN_JS, timeout=timeout_ms)
     except PlaywrightTimeout:
         pass
-    return [f"{id_} ({page.evaluate(UNDRAWN_FIGURE_STATE_JS, id_)})" for id_ in page.evaluate(UNDRAWN_FIGURES_JS)]
+    figures = [f"{id_} ({page.evaluate(UNDRAWN_FIGURE_STATE_JS, id_)})" for id_ in page.evaluate(UNDRAWN_FIGURES_JS)]
+    return figures + [f"CircuitsVis view {id_}" for id_ in page.evaluate(UNDRAWN_VIEWS_JS)]
+
+
+def build_machine_paths() -> list[str]:
+    """The folders of this machine that no page may show (course_ext warns about the same ones)."""
+    folders = {str(ROOT), sys.prefix, sys.base_prefix, str(Path.home())}
+    return sorted(folder for folder in folders if len(folder) > 1)
+
+
+def paths_shown(page: Page) -> list[str]:
+    """The build machine's folders that the page's text shows."""
+    text = page.evaluate("() => document.body.innerText")
+    return [folder for folder in build_machine_paths() if folder + "/" in text]
 
 
 @contextmanager
@@ -210,13 +271,14 @@ def visit(
     root: Path,
     figure_timeout_ms: int = FIGURE_TIMEOUT_MS,
     wait_until: Literal["load", "networkidle"] = "networkidle",
+    viewport: dict[str, int] = VIEWPORT,
 ) -> Iterator[tuple[Page, PageReport]]:
     """Open `path` of the site served at `base_url` (from `root`) in a fresh context (a first-time
     visitor: no storage, no cache), wait for the network to settle (`wait_until`: "networkidle"
     also sees what scripts fetch after the load event, such as MathJax's fonts) and the figures
     to draw, and yield the page with the report of what went wrong. Requests to other hosts are
     aborted."""
-    context = browser.new_context(viewport=VIEWPORT)
+    context = browser.new_context(viewport=viewport)
     report = PageReport()
 
     def block(route: Route) -> None:
@@ -229,7 +291,11 @@ def visit(
     try:
         page.goto(base_url + path, wait_until=wait_until)
         report.undrawn_figures.extend(_wait_for_figures(page, figure_timeout_ms))
+        report.clipped_figures.extend(page.evaluate(CLIPPED_FIGURES_JS))
         report.broken_links.extend(broken_links(page.evaluate(LINKS_JS), base_url, root))
+        report.stderr_outputs.extend(page.evaluate(STDERR_OUTPUTS_JS))
+        report.build_paths.extend(paths_shown(page))
+        report.repeated_progress_bars.extend(page.evaluate(REPEATED_PROGRESS_BARS_JS))
         yield page, report
     finally:
         context.close()
@@ -289,6 +355,37 @@ def test_page_loads_offline_without_errors(browser: Browser, site_url: str, path
     assert not problems, f"{path}:\n  " + "\n  ".join(problems)
 
 
+def overflow_at_phone_width(page: Page) -> list[str]:
+    """What makes the page wider than a phone's screen (MathJax first typesets its equations)."""
+    page.evaluate(WAIT_FOR_MATHJAX_JS)
+    return page.evaluate(OVERFLOW_JS)
+
+
+@pytest.mark.parametrize("path", PAGES or ["book/intro.html"])
+def test_page_fits_a_phone(browser: Browser, site_url: str, path: str) -> None:
+    """At 400 px, only code blocks, equations and tables scroll sideways, each in its own box."""
+    with visit(browser, site_url, path, HTML, viewport=PHONE) as (page, _):
+        overflow = overflow_at_phone_width(page)
+    assert not overflow, f"{path} at {PHONE['width']} px:\n  " + "\n  ".join(overflow)
+
+
+def test_sidebar_says_what_each_page_is(browser: Browser, site_url: str) -> None:
+    """The sidebar lists "Chapter N · Topic" and, under it, "Solution N · Topic", never a "Lab N" that
+    opens a solution; and a solution page hides its Colab set-up cell (the notebook keeps it)."""
+    slug = CHAPTERS[-1]
+    with visit(browser, site_url, f"solutions/{slug}.html", HTML) as (page, _):
+        entries = page.eval_on_selector_all("nav.bd-docs-nav a", "links => links.map(a => a.textContent.trim())")
+        title = page.locator("article h1").first.inner_text()
+        text = page.evaluate("() => document.querySelector('article').innerText")
+    number = int(slug[:2])
+    assert re.fullmatch(rf"Solution {number} · \S.*", title.rstrip("#").strip()), title
+    for role in ("Chapter", "Solution"):
+        found = [entry for entry in entries if re.fullmatch(rf"{role} \d+ · \S.*", entry)]
+        assert len(found) == len(CHAPTERS), f"{len(found)} sidebar entries '{role} N · ...' for {len(CHAPTERS)} chapters: {entries}"
+    assert not [entry for entry in entries if entry.startswith("Lab ")], entries
+    assert "Runs only in Google Colab" not in text, "the Colab install cell shows on the solution page"
+
+
 def test_every_solution_notebook_is_a_page_and_figures_are_checked(site_url: str) -> None:
     """Each solutions/NN_slug.ipynb is a page (so the test above opens it), and some page has a
     plotly figure (so the figure check above checks something)."""
@@ -342,11 +439,18 @@ def lab_link_problems(page: Page, site_url: str, slug: str) -> list[str]:
     return problems
 
 
-def test_chapter_page_screenshot(browser: Browser, site_url: str, artifacts: Path) -> None:
-    """A screenshot of the first chapter page, badge and download link in view."""
-    with visit(browser, site_url, f"book/{CHAPTERS[0]}.html", HTML) as (page, _):
-        assert page.locator(".course-lab-links").is_visible()
-        page.screenshot(path=str(artifacts / "chapter.png"))
+@pytest.mark.parametrize("width", ["desktop", "phone"])
+@pytest.mark.parametrize("kind", ["chapter", "solution"])
+def test_screenshots(browser: Browser, site_url: str, artifacts: Path, kind: str, width: str) -> None:
+    """Screenshots of a chapter page (its lab links in view) and of a solution page, at desktop and
+    phone width: ``_build/test-artifacts/{chapter,solution}-{desktop,phone}.png``."""
+    folder = "book" if kind == "chapter" else "solutions"
+    viewport = VIEWPORT if width == "desktop" else PHONE
+    with visit(browser, site_url, f"{folder}/{CHAPTERS[-2]}.html", HTML, viewport=viewport) as (page, _):
+        if kind == "chapter":
+            assert page.locator(".course-lab-links").is_visible()
+        page.evaluate(WAIT_FOR_MATHJAX_JS)
+        page.screenshot(path=str(artifacts / f"{kind}-{width}.png"))
 
 
 # --------------------------------------------------------------------------- search
@@ -375,6 +479,13 @@ BROKEN_SITE = {
     "missing.html": '<script src="missing.js"></script>',
     "external.html": '<img src="https://example.com/pixel.png" alt="">',
     "links.html": '<a href="nowhere.html">x</a> <a href="clean.html#no-such-anchor">y</a>',
+    "stderr.html": '<div class="output stderr"><pre>UserWarning: something</pre></div>',
+    "path.html": f"<p>File {ROOT}/utils/models.py, line 3</p>",
+    "bars.html": '<div class="output stream"><pre>train:  10%|#    | 1/10\ntrain: 100%|#####| 10/10</pre></div>',
+    "two_bars.html": '<div class="output stream"><pre>train: 100%|#####| 10/10\ntrain: 100%|#####| 4/4</pre></div>',
+    "clipped.html": '<div class="course-plotly" id="plotly-wide" style="width:200px">'
+                    '<svg class="main-svg" width="500" height="10"></svg></div>',
+    "view.html": '<div id="circuits-vis-undrawn"><script>/* the bundle never ran */</script></div>',
 }
 EXPECTED_PROBLEMS = {
     "clean.html": set(),
@@ -384,14 +495,23 @@ EXPECTED_PROBLEMS = {
     "missing.html": {"failed_requests", "console_errors"},  # Chromium also logs the 404
     "external.html": {"external_requests", "console_errors"},  # and the blocked request
     "links.html": {"broken_links"},
+    "stderr.html": {"stderr_outputs"},
+    "path.html": {"build_paths"},
+    "bars.html": {"repeated_progress_bars"},
+    "two_bars.html": set(),
+    "clipped.html": {"clipped_figures"},
+    "view.html": {"undrawn_figures"},
 }
+# At phone width: a paragraph wider than the screen is caught; a code block as wide, scrolling in its own box, is not.
+WIDE_PAGE = ('<div class="bd-article"><p style="width:900px">a wide paragraph</p>'
+             '<pre style="overflow-x:auto;max-width:100%"><span style="display:inline-block;width:900px">code</span></pre></div>')
 
 
 @pytest.fixture(scope="module")
 def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A tiny site whose pages each have one of the faults the checks above look for."""
     root = tmp_path_factory.mktemp("broken_site")
-    for name, body in BROKEN_SITE.items():
+    for name, body in {**BROKEN_SITE, "wide.html": WIDE_PAGE}.items():
         (root / name).write_text(f"<!doctype html><html><body>{body}</body></html>", encoding="utf-8")
     with serve(root) as url:
         yield url, root
@@ -403,3 +523,11 @@ def test_checks_catch_a_broken_page(browser: Browser, broken_site: tuple[str, Pa
     with visit(browser, url, name, root, figure_timeout_ms=500, wait_until="load") as (_, report):
         found = {kind for kind, items in vars(report).items() if items}
     assert found == EXPECTED_PROBLEMS[name], report
+
+
+def test_phone_check_catches_a_wide_page(browser: Browser, broken_site: tuple[str, Path]) -> None:
+    url, root = broken_site
+    with visit(browser, url, "wide.html", root, figure_timeout_ms=500, wait_until="load", viewport=PHONE) as (page, _):
+        overflow = overflow_at_phone_width(page)
+    assert overflow[0].startswith("the page is") and len(overflow) == 2, overflow
+    assert "a wide paragraph" in overflow[1], overflow

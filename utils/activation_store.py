@@ -42,12 +42,12 @@ import torch
 from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.architecture import check_layer, unwrap
 from utils.course_model.train import document_inputs, pack_documents
 from utils.hooks import capture
+from utils.progress import tqdm
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1

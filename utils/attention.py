@@ -263,6 +263,10 @@ def composition_baseline(d_model: int, d_head: int, n: int = 64, seed: int = 0) 
 # Plots
 
 
+#: Heads side by side in :func:`plot_attention_patterns` before it starts a new row (the page is about 690 px wide).
+PATTERNS_PER_ROW = 3
+
+
 def _token_labels(tokens: Sequence[str]) -> list[str]:
     """Unique axis labels ``"3 ␣cat"`` (plotly merges equal category names, and repeated tokens are the point here)."""
     return [f"{position} {token.replace(' ', '␣')}" for position, token in enumerate(tokens)]
@@ -280,17 +284,58 @@ def plot_attention_patterns(pattern: Float[Tensor, "head query key"], tokens: Se
                          f"{tuple(pattern.shape)}: pick one sequence, e.g. capture(...)['pattern.2'][0]")
     heads = list(range(pattern.shape[0])) if heads is None else list(heads)
     labels = _token_labels(tokens)
-    figure = make_subplots(rows=1, cols=len(heads), subplot_titles=[f"head {h}" for h in heads],
-                           shared_yaxes=True, horizontal_spacing=0.02)
-    for column, head in enumerate(heads, start=1):
+    columns = min(len(heads), PATTERNS_PER_ROW)
+    rows = -(-len(heads) // columns)
+    figure = make_subplots(rows=rows, cols=columns, subplot_titles=[f"head {h}" for h in heads],
+                           shared_yaxes=True, horizontal_spacing=0.03, vertical_spacing=0.12)
+    for index, head in enumerate(heads):
         figure.add_trace(go.Heatmap(
             z=pattern[head].float().numpy(), x=labels, y=labels, zmin=0, zmax=1, coloraxis="coloraxis",
-            hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.2f}<extra></extra>"), row=1, col=column)
+            hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.2f}<extra></extra>"),
+            row=index // columns + 1, col=index % columns + 1)
     figure.update_yaxes(autorange="reversed", tickfont_size=8)
     figure.update_xaxes(tickfont_size=8, tickangle=-90)
+    # No fixed width: the figure takes its container's (the page's column, the notebook's cell).
     figure.update_layout(title=title, coloraxis={"colorscale": "Blues", "cmin": 0, "cmax": 1},
-                         height=380, width=max(450, 330 * len(heads)), margin={"t": 70})
+                         height=380 * rows, margin={"t": 70})
     return figure
+
+
+class CircuitsVisView:
+    """A CircuitsVis view, shown in a notebook with its JavaScript bundle inlined, so it draws offline.
+
+    circuitsvis's own object loads its bundle from a CDN whenever ``google.com`` answers (and waits
+    up to a second to find out); this one always carries the bundle (about 1.3 MB per view). The
+    course's website keeps the bundle once, in ``_static`` (book/_ext/course_ext.py).
+    """
+
+    def __init__(self, html: str) -> None:
+        self.html = html
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+
+def attention_view(pattern: Float[Tensor, "head query key"], tokens: Sequence[str],
+                   head_names: Sequence[str] | None = None) -> CircuitsVisView:
+    """CircuitsVis's interactive attention view of the heads in ``pattern`` (the tool of
+    TransformerLens's demos): hover a head to enlarge it, then a token to see where it attends.
+
+    ``tokens`` are the sequence's token strings (``len(tokens) == pos``), ``head_names`` one label per
+    head (default ``"head 0"``, ...). Beside :func:`plot_attention_patterns`, which draws the same
+    numbers as heatmaps.
+    """
+    if pattern.ndim != 3 or pattern.shape[-1] != pattern.shape[-2] or pattern.shape[-1] != len(tokens):
+        raise ValueError(f"pattern must be [head, query, key] over the {len(tokens)} tokens, got shape "
+                         f"{tuple(pattern.shape)}: pick one sequence, e.g. capture(...)['pattern.2'][0]")
+    names = [f"head {head}" for head in range(pattern.shape[0])] if head_names is None else list(head_names)
+    if len(names) != pattern.shape[0]:
+        raise ValueError(f"{len(names)} head names for {pattern.shape[0]} heads: give one name per head of pattern")
+    from circuitsvis.attention import attention_heads
+
+    rounded = pattern.detach().double().cpu().round(decimals=3)  # three decimals: the view's colours need no more
+    view = attention_heads(attention=rounded, tokens=list(tokens), attention_head_names=names)
+    return CircuitsVisView(view.local_src)
 
 
 def plot_head_scores(scores: Float[Tensor, "layer head"], title: str) -> go.Figure:
@@ -298,7 +343,7 @@ def plot_head_scores(scores: Float[Tensor, "layer head"], title: str) -> go.Figu
     values = scores.float().numpy()
     figure = go.Figure(go.Heatmap(
         z=values, x=[f"H{h}" for h in range(values.shape[1])], y=[f"L{l}" for l in range(values.shape[0])],
-        zmin=0, zmax=1, colorscale="Blues", text=values.round(2), texttemplate="%{text}",
+        zmin=0, zmax=1, colorscale="Blues", texttemplate="%{z:.2f}",  # two decimals: enough to rank heads
         hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra></extra>"))
     figure.update_yaxes(autorange="reversed")
     figure.update_layout(title=title, height=300, width=520, xaxis_title="head", yaxis_title="layer")
@@ -312,5 +357,5 @@ def plot_copy_losses(losses: dict[str, Float[Tensor, "pos"]], length: int) -> go
         figure.add_trace(go.Scatter(x=list(range(1, len(curve) + 1)), y=curve.tolist(), mode="lines", name=name))
     figure.add_vline(x=length + 1.5, line_dash="dot", annotation_text="second copy starts")
     figure.update_layout(title="Loss on each token of BOS w1..wL w1..wL", xaxis_title="position of the predicted token",
-                         yaxis_title="loss (nats)", height=350, width=700)
+                         yaxis_title="loss (nats)", height=350)
     return figure

@@ -32,8 +32,9 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import trange
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from utils.progress import trange
 
 
 def apply_temperature(logits: Float[Tensor, "batch vocab"], temperature: float) -> Float[Tensor, "batch vocab"]:

@@ -331,7 +331,7 @@ def plot_circuit(nodes: Sequence[tuple[Node, float]], edges: Mapping[tuple[Node,
         text=text, hovertemplate="%{text}<extra></extra>", showlegend=False))
     figure.update_xaxes(tickvals=list(range(len(position_labels))), ticktext=list(position_labels), title="position")
     figure.update_yaxes(title="layer (SAE after block)", dtick=1)
-    figure.update_layout(title=title, height=480, width=760)
+    figure.update_layout(title=title, height=480)
     return figure
 
 

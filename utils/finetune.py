@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.course_model.evaluate import teacher_forced_logits
@@ -53,6 +52,7 @@ from utils.lora import (
 from utils.models import (
     COURSE_MODEL_DIR, COURSE_MODEL_NAME, load_model, load_tokenizer, sized_training, verify_checkpoint, write_manifest,
 )
+from utils.progress import tqdm
 from utils.world import generate_corpus
 from utils.world.corpus import EVAL_SEED_OFFSET
 from utils.world.instructions import (

@@ -173,6 +173,12 @@ def load_tokenizer(name: str | Path = COURSE_MODEL_NAME) -> PreTrainedTokenizerB
     return tokenizer
 
 
+# peft reads `model.is_gradient_checkpointing` when it wraps a model (get_peft_model,
+# PeftModel.from_pretrained), and transformers 5 marks that property deprecated: a FutureWarning with
+# transformers' own path that a learner cannot act on (peft's to change). Only that warning is dropped.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def load_hf_model(name: str | Path = COURSE_MODEL_NAME, *, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A ``transformers`` causal LM in eval mode with eager attention (so attention weights can be returned)."""
@@ -188,6 +194,11 @@ def load_hf_model(name: str | Path = COURSE_MODEL_NAME, *, device: str | torch.d
     finally:
         if bars_were_enabled:
             hf_logging.enable_progress_bar()
+    if model.loss_type is None:
+        # transformers guesses the loss from the class name; "GPT2LMHeadModel" names none, so the
+        # first loss computed warns "`loss_type=None` ... Using the default loss: ForCausalLMLoss".
+        # Name that loss, the one a causal LM trains with, so it is used without the warning.
+        model.loss_type = "ForCausalLM"
     return model.to(device).eval()
 
 

@@ -36,12 +36,12 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
 from utils.batching import MEMORY_BUDGET, chunks, variants_per_pass
 from utils.hooks import capture, editing_head_outputs, hooks  # hooks: what Exercise 7.16's solution edits with
+from utils.progress import tqdm
 from utils.world import agreement, indirect_object
 from utils.world.vocabulary import AGREEMENT_NOUNS, AGREEMENT_PREPOSITIONS
 
@@ -710,7 +710,7 @@ def plot_patching(effects: Float[Tensor, "rows columns"], title: str, y: Sequenc
                                   colorscale="RdBu", hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>"))
     figure.update_yaxes(autorange="reversed", title=y_title)
     figure.update_xaxes(title=x_title, tickangle=-45)
-    figure.update_layout(title=title, height=330, width=760)
+    figure.update_layout(title=title, height=330)
     return figure
 
 

@@ -39,11 +39,11 @@ from typing import Any, Literal
 
 import pandas as pd
 import plotly.graph_objects as go
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.course_model.evaluate import encode, greedy_matches
 from utils.decoding import generate_text
+from utils.progress import tqdm
 from utils.world import FEW_SHOT_TASKS, Document, eval_set
 from utils.world.corpus import EVAL_SEED_OFFSET
 from utils.world.families import arithmetic, few_shot

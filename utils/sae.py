@@ -42,10 +42,14 @@ Choices, and why:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
+import logging
 import shutil
 import tempfile
 import time
+import unittest.mock
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,7 +61,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
@@ -67,6 +70,7 @@ from utils.models import (
     COURSE_MODEL_DIR, COURSE_MODEL_NAME, ModelNotAvailableError, file_sha256, hub_offline, load_model,
     load_tokenizer, verify_checkpoint, write_manifest,
 )
+from utils.progress import tqdm
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -817,6 +821,36 @@ _EXPECTED_SAE_LENS_WARNINGS: tuple[str, ...] = (
     "The training dataset contains fewer samples", "All samples in the training dataset have been exhausted",
     "To copy construct from a tensor",
 )
+#: What sae-lens's runner logs (on stderr) because the course passes its in-memory dataset and model:
+#: that is the offline way on purpose, so the reminder that the run is not reproducible from the
+#: configuration alone is noise (it is reproducible from the arguments of :func:`train_with_sae_lens`).
+_EXPECTED_SAE_LENS_LOG = ("You just passed in a dataset which will override", "You just passed in a model which will override")
+
+
+#: The sae-lens modules whose ``tqdm.auto`` bars a training run shows (the trainer, the norm estimate).
+SAE_LENS_BAR_MODULES = ("sae_lens.training.sae_trainer", "sae_lens.training.activation_scaler")
+
+
+@contextlib.contextmanager
+def _course_progress_bars(module_names: Sequence[str]) -> Iterator[None]:
+    """While the block runs, the named modules draw their bars with :mod:`utils.progress`'s tqdm:
+    sae-lens's own ``tqdm.auto`` bars go to stderr in a kernel without ipywidgets (the book's pages
+    would show them as stderr, one line per redraw), and sae-lens has no option to turn them off."""
+    with contextlib.ExitStack() as stack:
+        for name in module_names:
+            stack.enter_context(unittest.mock.patch.object(importlib.import_module(name), "tqdm", tqdm))
+        yield
+
+
+class _DropMessages(logging.Filter):
+    """A logging filter that drops the records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: Sequence[str]) -> None:
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
 
 
 def train_with_sae_lens(
@@ -855,7 +889,13 @@ def train_with_sae_lens(
         for message in _EXPECTED_SAE_LENS_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=UserWarning)
         cfg.output_path = tmp
-        LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=tl_model).run()
+        sae_lens_log, quiet = logging.getLogger("sae_lens"), _DropMessages(_EXPECTED_SAE_LENS_LOG)
+        sae_lens_log.addFilter(quiet)
+        try:
+            with _course_progress_bars(SAE_LENS_BAR_MODULES):
+                LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=tl_model).run()
+        finally:
+            sae_lens_log.removeFilter(quiet)
         sae = SAE.load_from_disk(tmp, fold_W_dec_norm=True)
     if output_dir is not None:
         sae.save_model(output_dir)

@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.models import frozen
+from utils.progress import tqdm
 from utils.prompt_eval import few_shot_prompt
 from utils.world import FEW_SHOT_TASKS
 from utils.world.families import few_shot

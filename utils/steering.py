@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
@@ -50,6 +49,7 @@ from utils.batching import MEMORY_BUDGET, chunks, variants_per_pass
 from utils.course_model.evaluate import encode, encode_batch
 from utils.decoding import Decoding, generate_text
 from utils.hooks import EditFn, capture, hooks
+from utils.progress import tqdm
 from utils.world import generate_corpus, label_text
 from utils.world.families import multiple_choice
 from utils.world.vocabulary import NAMES, TOPIC_WORDS

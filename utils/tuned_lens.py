@@ -27,7 +27,6 @@ import torch
 from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils import architecture
@@ -36,6 +35,7 @@ from utils.models import (
     COURSE_MODEL_DIR, COURSE_MODEL_NAME, ModelNotAvailableError, file_sha256, frozen, hub_offline, load_model,
     load_tokenizer, sized_training, verify_checkpoint, write_manifest,
 )
+from utils.progress import tqdm
 
 TUNED_LENS_DIR = Path(__file__).resolve().parent / "assets" / "tuned_lens"
 WEIGHTS_FILE = "tuned_lens.safetensors"

@@ -1,6 +1,6 @@
 """Sphinx extension for the course book (loaded through `_config.yml`: sphinx.local_extensions).
 
-It does five things, each configured once here rather than in every notebook:
+It does seven things, each configured once here rather than in every notebook:
 
 1. ``colab-lab`` directive: an "Open in Colab" badge for a chapter's *exercise* notebook
    ``labs/<slug>.ipynb`` (JB's own Colab button would open the page's notebook, which is the
@@ -31,15 +31,29 @@ It does five things, each configured once here rather than in every notebook:
 5. Each page loads an inline script once: Sphinx 7.4 registers an inline script added after the
    builder starts (sphinx-thebe's ``const THEBE_JS_URL``, sphinx-togglebutton's selector) twice,
    and the second ``const`` is a JavaScript error in the reader's console.
+
+6. CircuitsVis views (``utils.attention.attention_view``) carry their 1.3 MB JavaScript bundle
+   inline, so that they draw in an offline notebook; on the site the bundle is copied once into
+   ``_static`` and loaded only by the pages that show a view (as plotly.min.js is).
+
+7. Printed text as a notebook shows it: consecutive stream outputs are merged and their carriage
+   returns folded as a terminal folds them, so a progress bar shows its last state only (myst-nb's
+   own merging ends every chunk with a newline: one line per redraw). ``_config.yml`` makes any
+   stderr output a warning (an error under -W), and a page that shows a path of the build machine
+   (the checkout, the virtual environment, the home folder) is a warning too.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import hashlib
 import json
 import posixpath
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +220,7 @@ def plotly_html(figure: dict[str, Any]) -> str:
 
 def _patch_myst_nb() -> None:
     """Teach myst-nb's element renderer the plotly mime type (done once per process)."""
+    from myst_nb.core import render
     from myst_nb.core.render import NbElementRenderer
 
     if getattr(NbElementRenderer, "_course_plotly", False):
@@ -215,6 +230,8 @@ def _patch_myst_nb() -> None:
     def render_mime_type(self, data):  # type: ignore[no-untyped-def]
         if data.mime_type == PLOTLY_MIME and isinstance(data.content, dict):
             return [nodes.raw("", plotly_html(data.content), format="html", classes=["output", "text_html"])]
+        if data.mime_type == "text/html" and isinstance(data.content, str) and CIRCUITSVIS_RENDER in data.content:
+            data = dataclasses.replace(data, content=without_circuitsvis_bundle(data.content))
         return block(self, data)
 
     def render_mime_type_inline(self, data):  # type: ignore[no-untyped-def]
@@ -225,6 +242,7 @@ def _patch_myst_nb() -> None:
     NbElementRenderer.render_mime_type = render_mime_type
     NbElementRenderer.render_mime_type_inline = render_mime_type_inline
     NbElementRenderer._course_plotly = True
+    render.coalesce_streams = merge_streams  # what `nb_merge_streams` calls (point 7 above)
 
 
 def prefer_plotly_mime(app: Sphinx, config: Any) -> None:
@@ -253,6 +271,124 @@ def copy_plotly_js_again(app: Sphinx, exception: Exception | None) -> None:
 def load_plotly_where_needed(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
     if PLOTLY_CLASS in (context.get("body") or ""):
         app.add_js_file(PLOTLY_JS, priority=400)
+
+
+# --------------------------------------------------------------------------- CircuitsVis
+CIRCUITSVIS_JS = "circuitsvis.js"
+CIRCUITSVIS_RENDER = "CircuitsVis.render("  # what every view's own script calls
+
+
+def circuitsvis_js_path() -> Path | None:
+    """The bundle of the installed circuitsvis package (None when it is not installed)."""
+    try:
+        import circuitsvis
+    except ImportError:
+        return None
+    return Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+
+
+@functools.lru_cache(maxsize=1)
+def circuitsvis_inline_bundle() -> str:
+    """The bundle as circuitsvis inlines it in a view (``render_local``: closing script tags removed)."""
+    path = circuitsvis_js_path()
+    return "" if path is None else path.read_text(encoding="utf-8").replace("</script>", "")
+
+
+def without_circuitsvis_bundle(html: str) -> str:
+    """A view's HTML without its inlined bundle: the page loads ``_static/circuitsvis.js`` instead."""
+    bundle = circuitsvis_inline_bundle()
+    if not bundle or bundle not in html:
+        raise ValueError("course_ext: a CircuitsVis view without the installed circuitsvis's bundle inline; "
+                         "make it with utils.attention.attention_view (and the circuitsvis of requirements.txt)")
+    return html.replace(bundle, "")
+
+
+def copy_circuitsvis_js(app: Sphinx, exception: Exception | None = None) -> None:
+    """Put the CircuitsVis bundle into _static (before the pages are written, and again at the end)."""
+    source = circuitsvis_js_path()
+    if exception is not None or app.builder.format != "html" or source is None:
+        return
+    target = Path(app.outdir) / "_static" / CIRCUITSVIS_JS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists() or target.stat().st_size != source.stat().st_size:
+        shutil.copyfile(source, target)
+
+
+def load_circuitsvis_where_needed(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    if CIRCUITSVIS_RENDER in (context.get("body") or ""):
+        app.add_js_file(CIRCUITSVIS_JS, priority=400)
+
+
+# --------------------------------------------------------------------------- streams
+#: What moves a terminal's cursor (tqdm redraws with them): newline, carriage return, backspace, and
+#: the ANSI "cursor up" of nested bars; anything else is text (other ANSI codes are kept as text).
+TERMINAL_TOKENS = re.compile(r"\n|\r|\x08|\x1b\[A|[^\n\r\x08\x1b]+|\x1b")
+
+
+def terminal_text(text: str) -> str:
+    """What a terminal shows for printed `text`: a carriage return moves the cursor back to the start
+    of the line, a backspace one column left, an ANSI cursor-up (``ESC [A``) one line up, and what is
+    written next overwrites what was there (how tqdm redraws its bars, nested ones too). A line that
+    was rewritten and ends up blank (a bar that cleared itself, ``leave=False``) is dropped."""
+    screen, rewritten = [""], set()
+    row = column = 0
+    for token in TERMINAL_TOKENS.findall(text):
+        if token == "\n":
+            row, column = row + 1, 0
+            if row == len(screen):
+                screen.append("")
+        elif token == "\r":
+            column = 0
+            rewritten.add(row)
+        elif token == "\x08":
+            column = max(column - 1, 0)
+            rewritten.add(row)
+        elif token == "\x1b[A":
+            row = max(row - 1, 0)
+            rewritten.add(row)
+        else:
+            line = screen[row].ljust(column)
+            screen[row] = line[:column] + token + line[column + len(token):]
+            column += len(token)
+    shown = [line.rstrip() if index in rewritten else line for index, line in enumerate(screen)]
+    kept = "\n".join(line for index, line in enumerate(shown) if line.strip() or index not in rewritten)
+    return kept + "\n" if text.endswith("\n") and not kept.endswith("\n") else kept
+
+
+def merge_streams(outputs: list[Any]) -> list[Any]:
+    """A code cell's outputs with each run of consecutive stream outputs of one name (stdout or
+    stderr) merged into one, its text as a terminal shows it (:func:`terminal_text`); a stream
+    left empty is dropped. Other outputs keep their place. The given outputs are not changed."""
+    merged: list[Any] = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if output.get("output_type") != "stream":
+            merged.append(output)
+        elif previous is not None and previous.get("output_type") == "stream" and previous["name"] == output["name"]:
+            previous["text"] += output["text"]
+        else:
+            merged.append(copy.deepcopy(output))
+    for output in merged:
+        if output.get("output_type") == "stream":
+            output["text"] = terminal_text(output["text"])
+    return [output for output in merged if output.get("output_type") != "stream" or output["text"].strip()]
+
+
+def build_machine_paths(srcdir: str) -> list[str]:
+    """The folders of the machine that builds the book, which no page may show: the checkout, the
+    Python environment and the home folder."""
+    folders = {str(Path(srcdir).resolve()), sys.prefix, sys.base_prefix, str(Path.home())}
+    return sorted(folder for folder in folders if len(folder) > 1)
+
+
+def warn_about_build_paths(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    """Warn (an error under -W) when a page's body shows a path of the build machine: a library's
+    warning, a traceback or a printed file name. Fix it at the source (see utils.progress)."""
+    body = context.get("body") or ""
+    for folder in build_machine_paths(app.srcdir):
+        if folder + "/" in body:
+            LOGGER.warning("page shows a path of the build machine, %s (a warning or a printed path in an "
+                           "output? fix it at its source)", folder, location=pagename)
 
 
 # --------------------------------------------------------------------------- scripts
@@ -329,7 +465,11 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("config-inited", prefer_plotly_mime, priority=900)
     app.connect("builder-inited", copy_plotly_js)
     app.connect("html-page-context", load_plotly_where_needed)
+    app.connect("builder-inited", copy_circuitsvis_js)
+    app.connect("build-finished", copy_circuitsvis_js)
+    app.connect("html-page-context", load_circuitsvis_where_needed)
     app.connect("html-page-context", dedupe_scripts, priority=900)  # after every other handler
+    app.connect("html-page-context", warn_about_build_paths)
     app.connect("build-finished", copy_plotly_js_again)
     app.connect("build-finished", copy_labs)
     app.connect("env-get-outdated", labs_outdated)

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from pydantic import BaseModel, ConfigDict, ValidationError
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.decoding import Decoding, generate_text
 from utils.models import COURSE_MODEL_DIR, load_model, load_tokenizer, read_manifest
+from utils.progress import tqdm
 from utils.world import FEW_SHOT_TASKS, Document, eval_set, label_text, story
 from utils.world.families import RANDOM_WORD_POOL, all_facts, FACT_PHRASINGS
 

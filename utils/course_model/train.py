@@ -22,12 +22,12 @@ import einops
 import numpy as np
 import torch
 from jaxtyping import Bool, Int
-from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from utils.course_model.evaluate import in_context_snapshot
 from utils.course_model.tokenizer import train_tokenizer
 from utils.models import COURSE_MODEL_DIR, write_manifest
+from utils.progress import tqdm
 from utils.world import generate_corpus
 from utils.world.corpus import DEFAULT_RECIPE, recipe
 

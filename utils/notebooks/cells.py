@@ -8,7 +8,9 @@ The conventions (``README.md``, "Write a chapter notebook"):
 - tags: ``colab-install`` (first cell, generated), ``parameters`` (``MODEL = "course"``),
   ``solution`` (a whole code or markdown cell that is the answer), ``solution-only`` (dropped
   from the lab);
-- ``# NBVAL_CHECK_OUTPUT`` as the first line of a code cell: nbval compares its stored outputs.
+- ``# NBVAL_CHECK_OUTPUT`` as the first line of a code cell: nbval compares its stored outputs;
+- the title, the first line of the first markdown cell, is ``# Solution N · Topic`` (the lab's
+  reads ``# Lab N · Topic``), where ``Topic`` is the chapter page's, ``# Chapter N · Topic``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from typing import Any
 import nbformat
 
 COLAB_TAG = "colab-install"
+#: myst-nb's tag for a cell the website does not show (the colab-install cell: set-up plumbing).
+HIDDEN_TAG = "remove-cell"
 PARAMETERS_TAG = "parameters"
 SOLUTION_TAG = "solution"
 SOLUTION_ONLY_TAG = "solution-only"
 NBVAL_CHECK = "# NBVAL_CHECK_OUTPUT"
 
+#: A page's title: ``# Chapter N · Topic`` (book/), ``# Solution N · Topic``, ``# Lab N · Topic``.
+TITLE = re.compile(r"^# (?P<role>Chapter|Solution|Lab) (?P<number>\d+) · (?P<topic>\S.*?)\s*$")
 EXERCISE_HEADING = re.compile(r"^(#{2,3})\s+Exercise\s+(\d+)\.(\d+)\s*:\s*(\S.*?)\s*#*\s*$")
 HEADING = re.compile(r"^(#{1,6})\s+(\S.*?)\s*$")
 FENCE = re.compile(r"^\s{0,3}(```|~~~)")
@@ -178,3 +184,14 @@ def solution_regions(code: str) -> list[tuple[int, int]]:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def title_cell(cells: list[Any]) -> int | None:
+    """The index of the notebook's first markdown cell (whose first line is its title), or None."""
+    return next((index for index, cell in enumerate(cells) if cell.get("cell_type") == "markdown"), None)
+
+
+def notebook_title(cells: list[Any]) -> re.Match[str] | None:
+    """The notebook's title line matched against :data:`TITLE`, or None when it has no such title."""
+    index = title_cell(cells)
+    return None if index is None else TITLE.match(source(cells[index]).partition("\n")[0])

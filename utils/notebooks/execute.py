@@ -29,6 +29,10 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONHASHSEED": "0",
     "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    # These kernels have no ipywidgets on purpose (widgets need JavaScript the offline site cannot
+    # load), so tqdm.auto, imported by transformers, warns on stderr that they are missing;
+    # utils.progress draws text bars instead. Only that warning is silenced.
+    "PYTHONWARNINGS": "ignore:IProgress not found",
 }
 
 

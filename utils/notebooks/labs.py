@@ -7,6 +7,7 @@ What changes from a solution to its lab (see ``cells.py`` for the conventions):
 - a code cell tagged ``solution`` becomes ``# Exercise N.M: your code here`` plus such a raise;
 - a markdown cell tagged ``solution`` becomes ``*Exercise N.M: write your answer here.*``;
 - a cell tagged ``solution-only`` is dropped;
+- the title ``# Solution N · Topic`` becomes ``# Lab N · Topic``;
 - the ``colab-install`` cell is regenerated from ``pyproject.toml``; all outputs and execution
   counts are cleared; the notebook's metadata gets
   ``"course": {"chapter": "NN_slug", "exercises": ["N.1", ...]}``.
@@ -82,6 +83,7 @@ def build_lab(solution: nbformat.NotebookNode, chapter: str, colab_source: str, 
             raise C.NotebookError(f"{name}, cell {index}: {error}") from None
         new["id"] = _cell_id(cell, chapter, index, used_ids)
         lab_cells.append(new)
+    _retitle_as_lab(lab_cells)
     exercises = [heading.exercise for _, heading in C.exercise_headings(lab_cells)]
     duplicates = sorted({e for e in exercises if exercises.count(e) > 1})
     if duplicates:
@@ -125,6 +127,15 @@ def _lab_cell(cell: Any, exercise: str | None, colab_source: str, *, first: bool
             del metadata["tags"]
     new["metadata"] = metadata
     return new
+
+
+def _retitle_as_lab(cells: list[Any]) -> None:
+    """``# Solution N · Topic`` -> ``# Lab N · Topic`` in the title cell (a notebook without that
+    title keeps its own; lint names the problem)."""
+    title = C.notebook_title(cells)
+    if title is not None and title["role"] == "Solution":
+        cell = cells[C.title_cell(cells)]  # type: ignore[index]
+        cell["source"] = f"# Lab {title['number']} · {title['topic']}" + C.source(cell)[title.end():]
 
 
 def _strip_solutions(code: str, exercise: str | None) -> str:

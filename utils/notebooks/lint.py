@@ -95,6 +95,7 @@ def _notebook_problems(nb: nbformat.NotebookNode, chapter: str, colab_source: st
         problems.append(f"kernelspec is {kernel!r}; set it to python3 (Kernel > Change kernel > Python 3), "
                         "the kernel nbval and the book build use")
     problems += _colab_problems(nb, colab_source)
+    problems += _title_problems(nb, chapter)
     if not any(cell.cell_type == "code" and C.PARAMETERS_TAG in C.tags(cell) and MODEL_LINE.search(C.source(cell))
                for cell in nb.cells):
         problems.append(f"no code cell tagged '{C.PARAMETERS_TAG}' that sets MODEL; add one with MODEL = \"course\"")
@@ -109,6 +110,19 @@ def _colab_problems(nb: nbformat.NotebookNode, colab_source: str) -> list[str]:
         return [f"cell 0: the first cell must be the code cell tagged '{C.COLAB_TAG}'; run `python -m utils.notebooks sync`"]
     if C.source(first) != colab_source:
         return [f"cell 0: the '{C.COLAB_TAG}' cell is out of date with pyproject.toml; run `python -m utils.notebooks sync`"]
+    if C.HIDDEN_TAG not in C.tags(first):
+        return [f"cell 0: the '{C.COLAB_TAG}' cell lacks the tag '{C.HIDDEN_TAG}' (the website would show it); "
+                "run `python -m utils.notebooks sync`"]
+    return []
+
+
+def _title_problems(nb: nbformat.NotebookNode, chapter: str) -> list[str]:
+    number = int(chapter[:2]) if chapter[:2].isdigit() else None
+    title = C.notebook_title(nb.cells)
+    if title is None or title["role"] != "Solution" or int(title["number"]) != number:
+        index = C.title_cell(nb.cells)
+        found = "no markdown cell" if index is None else f"cell {index} starts {C.source(nb.cells[index]).partition(chr(10))[0]!r}"
+        return [f"the title must be '# Solution {number} · Topic' (the topic of the chapter page), but {found}"]
     return []
 
 

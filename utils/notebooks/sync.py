@@ -14,7 +14,8 @@ COLAB_CELL_ID = "colab-install"
 
 
 def sync_notebook(nb: nbformat.NotebookNode, colab_source: str) -> str | None:
-    """Make the notebook's first cell the up-to-date ``colab-install`` cell.
+    """Make the notebook's first cell the up-to-date ``colab-install`` cell, tagged also
+    ``remove-cell`` so that the website does not show it (the notebooks keep it).
 
     Returns what changed ("updated" or "inserted"), or None when it already was. Raises
     NotebookError when a ``colab-install`` cell exists but is not the first cell.
@@ -25,13 +26,15 @@ def sync_notebook(nb: nbformat.NotebookNode, colab_source: str) -> str | None:
                               "only the first cell may be; move it to the top (or remove the tag)")
     if tagged:
         cell = nb.cells[0]
-        if cell.cell_type == "code" and C.source(cell) == colab_source:
+        if cell.cell_type == "code" and C.source(cell) == colab_source and C.HIDDEN_TAG in C.tags(cell):
             return None
-        new = nbformat.v4.new_code_cell(colab_source, metadata=dict(cell.get("metadata", {})))
+        metadata = dict(cell.get("metadata", {}))
+        metadata["tags"] = [*C.tags(cell), *([] if C.HIDDEN_TAG in C.tags(cell) else [C.HIDDEN_TAG])]
+        new = nbformat.v4.new_code_cell(colab_source, metadata=metadata)
         new["id"] = cell.get("id") or COLAB_CELL_ID
         nb.cells[0] = new
         return "updated"
-    new = nbformat.v4.new_code_cell(colab_source, metadata={"tags": [C.COLAB_TAG]})
+    new = nbformat.v4.new_code_cell(colab_source, metadata={"tags": [C.COLAB_TAG, C.HIDDEN_TAG]})
     existing = {cell.get("id") for cell in nb.cells}
     new["id"] = COLAB_CELL_ID if COLAB_CELL_ID not in existing else COLAB_CELL_ID + "-cell"
     nb.cells.insert(0, new)
