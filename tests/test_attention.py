@@ -133,7 +133,8 @@ def test_attention_view_draws_offline_with_circuitsvis(patterns, course_tokenize
     assert bundle.split("CircuitsVis.render(")[0].strip() in html, "not circuitsvis's own inline bundle"
     props = json.loads(re.search(r"CircuitsVis\.AttentionHeads,\s*(\{.*\})\s*\)", html, re.S).group(1))
     assert props["attentionHeadNames"] == ["2.0", "2.4"] and props["tokens"] == tokens
-    assert torch.allclose(torch.tensor(props["attention"]), patterns[2, 0, [0, 4]].double(), atol=5e-4)
+    shown = torch.tensor(props["attention"], dtype=torch.float64)
+    assert torch.allclose(shown, patterns[2, 0, [0, 4]].double(), atol=5e-4)
 
 
 def test_bad_inputs(patterns):

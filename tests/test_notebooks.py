@@ -314,6 +314,17 @@ def test_the_lab_is_titled_lab_and_lint_wants_the_solution_titled_solution(examp
             capsys.readouterr().out)
 
 
+def test_lint_wants_the_cells_recording_the_books_numbers_hidden(example_root, capsys):
+    path = example_root / "solutions" / "99_example.ipynb"
+    nb = read(path)
+    nb.cells.append(nbformat.v4.new_code_cell('results.record("accuracy", 0.9, digits=2)',
+                                              metadata={"tags": [C.SOLUTION_ONLY_TAG]}))
+    path.write_bytes(C.notebook_bytes(nb))
+    assert main(["--root", str(example_root), "lint"]) == 1
+    assert (f"cell {len(nb.cells) - 1}: records the book's numbers (results.record) but is not tagged 'remove-cell': "
+            "the site and the lab would show it") in capsys.readouterr().out
+
+
 def test_lint_wants_the_colab_cell_hidden_on_the_site(example_root, capsys):
     path = example_root / "solutions" / "99_example.ipynb"
     nb = read(path)

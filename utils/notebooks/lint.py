@@ -96,6 +96,7 @@ def _notebook_problems(nb: nbformat.NotebookNode, chapter: str, colab_source: st
                         "the kernel nbval and the book build use")
     problems += _colab_problems(nb, colab_source)
     problems += _title_problems(nb, chapter)
+    problems += _plumbing_problems(nb)
     if not any(cell.cell_type == "code" and C.PARAMETERS_TAG in C.tags(cell) and MODEL_LINE.search(C.source(cell))
                for cell in nb.cells):
         problems.append(f"no code cell tagged '{C.PARAMETERS_TAG}' that sets MODEL; add one with MODEL = \"course\"")
@@ -124,6 +125,19 @@ def _title_problems(nb: nbformat.NotebookNode, chapter: str) -> list[str]:
         found = "no markdown cell" if index is None else f"cell {index} starts {C.source(nb.cells[index]).partition(chr(10))[0]!r}"
         return [f"the title must be '# Solution {number} · Topic' (the topic of the chapter page), but {found}"]
     return []
+
+
+#: A cell that records the numbers the chapter page quotes (utils.results) is the book's plumbing.
+RECORDS_RESULTS = re.compile(r"\bresults\.record(?:_table)?\(")
+
+
+def _plumbing_problems(nb: nbformat.NotebookNode) -> list[str]:
+    """A cell recording the book's numbers must be hidden on the site and left out of the lab."""
+    wanted = {C.SOLUTION_ONLY_TAG, C.HIDDEN_TAG}
+    return [f"cell {index}: records the book's numbers (results.record) but is not tagged "
+            f"{' and '.join(repr(tag) for tag in sorted(wanted - set(C.tags(cell))))}: the site and the lab would show it"
+            for index, cell in enumerate(nb.cells)
+            if cell.cell_type == "code" and RECORDS_RESULTS.search(C.source(cell)) and not wanted <= set(C.tags(cell))]
 
 
 def _output_problems(nb: nbformat.NotebookNode) -> list[str]:
