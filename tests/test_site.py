@@ -10,7 +10,7 @@ page of it as a first-time visitor (a fresh browser context each), and fail on
   or drawn wider than its place on the page (a clipped subplot), or a CircuitsVis view not drawn;
 - a link to a page of the site, or to an anchor of one, that does not exist;
 - a stderr output of an executed notebook, a path of the build machine in the page's text, or a
-  progress bar printed more than once (course_ext folds each to its last state);
+  progress bar drawn once per redraw (course_ext folds each bar to its last state);
 - at phone width (400 px), anything outside a scrolling box of its own (a code block, a display
   equation, a table) that makes the page wider than the screen.
 
