@@ -272,6 +272,13 @@ def _token_labels(tokens: Sequence[str]) -> list[str]:
     return [f"{position} {token.replace(' ', '␣')}" for position, token in enumerate(tokens)]
 
 
+def _check_one_sequence(pattern: Tensor, tokens: Sequence[str]) -> None:
+    """A pattern to draw is one sequence's ``[head, query, key]`` over its ``tokens``."""
+    if pattern.ndim != 3 or pattern.shape[-1] != pattern.shape[-2] or pattern.shape[-1] != len(tokens):
+        raise ValueError(f"pattern must be [head, query, key] over the {len(tokens)} tokens, got shape "
+                         f"{tuple(pattern.shape)}: pick one sequence, e.g. capture(...)['pattern.2'][0]")
+
+
 def plot_attention_patterns(pattern: Float[Tensor, "head query key"], tokens: Sequence[str],
                             heads: Sequence[int] | None = None, title: str = "Attention patterns") -> go.Figure:
     """Heatmaps of the attention of each head in ``heads`` (all by default), queries down, keys across.
@@ -279,9 +286,7 @@ def plot_attention_patterns(pattern: Float[Tensor, "head query key"], tokens: Se
     ``tokens`` are the token strings of the sequence (``len(tokens) == pos``); hovering a cell
     shows the query token, the key token and the probability.
     """
-    if pattern.ndim != 3 or pattern.shape[-1] != pattern.shape[-2] or pattern.shape[-1] != len(tokens):
-        raise ValueError(f"pattern must be [head, query, key] over the {len(tokens)} tokens, got shape "
-                         f"{tuple(pattern.shape)}: pick one sequence, e.g. capture(...)['pattern.2'][0]")
+    _check_one_sequence(pattern, tokens)
     heads = list(range(pattern.shape[0])) if heads is None else list(heads)
     labels = _token_labels(tokens)
     columns = min(len(heads), PATTERNS_PER_ROW)
@@ -325,9 +330,7 @@ def attention_view(pattern: Float[Tensor, "head query key"], tokens: Sequence[st
     head (default ``"head 0"``, ...). Beside :func:`plot_attention_patterns`, which draws the same
     numbers as heatmaps.
     """
-    if pattern.ndim != 3 or pattern.shape[-1] != pattern.shape[-2] or pattern.shape[-1] != len(tokens):
-        raise ValueError(f"pattern must be [head, query, key] over the {len(tokens)} tokens, got shape "
-                         f"{tuple(pattern.shape)}: pick one sequence, e.g. capture(...)['pattern.2'][0]")
+    _check_one_sequence(pattern, tokens)
     names = [f"head {head}" for head in range(pattern.shape[0])] if head_names is None else list(head_names)
     if len(names) != pattern.shape[0]:
         raise ValueError(f"{len(names)} head names for {pattern.shape[0]} heads: give one name per head of pattern")

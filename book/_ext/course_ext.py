@@ -252,25 +252,23 @@ def prefer_plotly_mime(app: Sphinx, config: Any) -> None:
     config.nb_mime_priority_overrides = overrides
 
 
-def copy_plotly_js(app: Sphinx) -> None:
-    """Put plotly.min.js into _static before any page is written."""
-    if app.builder.format != "html":
-        return
-    static = Path(app.outdir) / "_static"
-    static.mkdir(parents=True, exist_ok=True)
-    source, target = plotly_js_path(), static / PLOTLY_JS
+def copy_into_static(app: Sphinx, source: Path, name: str) -> None:
+    """Put `source` into the site's _static as `name`, unless a copy of the same size is there."""
+    target = Path(app.outdir) / "_static" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists() or target.stat().st_size != source.stat().st_size:
         shutil.copyfile(source, target)
+
+
+def copy_plotly_js(app: Sphinx) -> None:
+    """Put plotly.min.js into _static before any page is written."""
+    if app.builder.format == "html":
+        copy_into_static(app, plotly_js_path(), PLOTLY_JS)
 
 
 def copy_plotly_js_again(app: Sphinx, exception: Exception | None) -> None:
     if exception is None and app.builder.format == "html":
         copy_plotly_js(app)  # in case a clean of _static happened after builder-inited
-
-
-def load_plotly_where_needed(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
-    if PLOTLY_CLASS in (context.get("body") or ""):
-        app.add_js_file(PLOTLY_JS, priority=400)
 
 
 # --------------------------------------------------------------------------- CircuitsVis
@@ -306,17 +304,19 @@ def without_circuitsvis_bundle(html: str) -> str:
 def copy_circuitsvis_js(app: Sphinx, exception: Exception | None = None) -> None:
     """Put the CircuitsVis bundle into _static (before the pages are written, and again at the end)."""
     source = circuitsvis_js_path()
-    if exception is not None or app.builder.format != "html" or source is None:
-        return
-    target = Path(app.outdir) / "_static" / CIRCUITSVIS_JS
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists() or target.stat().st_size != source.stat().st_size:
-        shutil.copyfile(source, target)
+    if exception is None and app.builder.format == "html" and source is not None:
+        copy_into_static(app, source, CIRCUITSVIS_JS)
 
 
-def load_circuitsvis_where_needed(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
-    if CIRCUITSVIS_RENDER in (context.get("body") or ""):
-        app.add_js_file(CIRCUITSVIS_JS, priority=400)
+#: The scripts in _static that a page loads only when its body has something they draw.
+SCRIPTS_WHERE_NEEDED = {PLOTLY_CLASS: PLOTLY_JS, CIRCUITSVIS_RENDER: CIRCUITSVIS_JS}
+
+
+def load_scripts_where_needed(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    body = context.get("body") or ""
+    for marker, script in SCRIPTS_WHERE_NEEDED.items():
+        if marker in body:
+            app.add_js_file(script, priority=400)
 
 
 # --------------------------------------------------------------------------- streams
@@ -464,10 +464,9 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("result-table", ResultTable)
     app.connect("config-inited", prefer_plotly_mime, priority=900)
     app.connect("builder-inited", copy_plotly_js)
-    app.connect("html-page-context", load_plotly_where_needed)
+    app.connect("html-page-context", load_scripts_where_needed)
     app.connect("builder-inited", copy_circuitsvis_js)
     app.connect("build-finished", copy_circuitsvis_js)
-    app.connect("html-page-context", load_circuitsvis_where_needed)
     app.connect("html-page-context", dedupe_scripts, priority=900)  # after every other handler
     app.connect("html-page-context", warn_about_build_paths)
     app.connect("build-finished", copy_plotly_js_again)

@@ -122,7 +122,8 @@ def _title_problems(nb: nbformat.NotebookNode, chapter: str) -> list[str]:
     title = C.notebook_title(nb.cells)
     if title is None or title["role"] != "Solution" or int(title["number"]) != number:
         index = C.title_cell(nb.cells)
-        found = "no markdown cell" if index is None else f"cell {index} starts {C.source(nb.cells[index]).partition(chr(10))[0]!r}"
+        first_line = "" if index is None else C.source(nb.cells[index]).partition("\n")[0]
+        found = "no markdown cell" if index is None else f"cell {index} starts {first_line!r}"
         return [f"the title must be '# Solution {number} · Topic' (the topic of the chapter page), but {found}"]
     return []
 
