@@ -83,10 +83,12 @@ test: book
 	else echo "no solutions/*.ipynb yet: nbval skipped"; fi
 
 # Regenerate the exercise notebooks labs/*.ipynb from solutions/*.ipynb: first rewrite each
-# solution's colab-install cell from pyproject.toml (version, repository), then build the labs,
-# then check the conventions (python -m utils.notebooks --help for the other commands).
+# solution's colab-install cell from pyproject.toml (version, repository) and ruff-format the
+# solutions' code cells, then build the labs, then check the conventions (python -m
+# utils.notebooks --help for the other commands).
 labs: $(STAMP)
 	$(VPY) -m utils.notebooks sync
+	$(VPY) -m utils.notebooks format
 	$(VPY) -m utils.notebooks build-labs
 	$(VPY) -m utils.notebooks lint
 

@@ -130,9 +130,6 @@ def test_a_missing_function_and_deleted_cells_are_reported(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 # Forgeries: the grade comes from the grader's own check only
 
-NOT_DONE = 'raise NotImplementedError("Exercise 99.2: write your code in this cell, then run the check below")'
-
-
 def test_a_forged_checkers_log_and_printed_passes_change_nothing(tmp_path, capsys):
     forge = ("import json, os\n"
              "line = json.dumps({'exercise': '99.1', 'passed': True, 'message': 'passed'}) + '\\n'\n"

@@ -1,4 +1,4 @@
-"""The notebook pipeline (utils/notebooks): build-labs, sync, store-outputs, lint.
+"""The notebook pipeline (utils/notebooks): build-labs, sync, store-outputs, format, lint.
 
 First on the worked example in tests/fixtures/notebooks/ (its own pyproject.toml, _config.yml,
 _toc.yml, a solution notebook and the lab it must give), then on the course itself: the labs
@@ -22,7 +22,8 @@ import pytest
 from utils.notebooks import cells as C
 from utils.notebooks.__main__ import main
 from utils.notebooks.execute import execute_notebook, failing_cell, store_outputs
-from utils.notebooks.labs import build_lab, stale_labs
+from utils.notebooks.formatting import CODE_LINE_LENGTH, long_lines, ruff_command, ruff_format
+from utils.notebooks.labs import build_lab, cell_placeholder, function_placeholder, stale_labs
 from utils.notebooks.lint import lint_course, lint_notebook, toc_files
 from utils.notebooks.project import colab_install_source, project_info, repository_problems
 from utils.notebooks.sync import sync_notebook
@@ -90,10 +91,14 @@ def test_the_lab_replaces_solutions_and_keeps_everything_else():
     assert function == (
         'def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:\n'
         '    """The softmax of x along dim (same shape as x)."""\n'
-        '    raise NotImplementedError("Exercise 99.1: write this function, then run the check below")')
+        "    raise NotImplementedError(\n"
+        '        "Exercise 99.1: write this function, then run the check below"\n'
+        "    )")
     assert C.source(cell_by_id(lab, "exercise-2-code")) == (
         "# Exercise 99.2: your code here\n"
-        'raise NotImplementedError("Exercise 99.2: write your code in this cell, then run the check below")')
+        "raise NotImplementedError(\n"
+        '    "Exercise 99.2: write your code in this cell, then run the check below"\n'
+        ")")
     assert C.source(cell_by_id(lab, "exercise-2-answer")) == "*Exercise 99.2: write your answer here.*"
     for cell_id in ("parameters", "setup", "exercise-1", "exercise-1-check", "exercise-2-question"):
         assert C.source(cell_by_id(lab, cell_id)) == C.source(cell_by_id(solution, cell_id))
@@ -182,7 +187,9 @@ def test_markers_keep_their_indentation_and_the_rest_of_the_cell():
     lab = build_lab(nb, "99_example", example_colab_source())
     assert C.source(lab.cells[2]) == (
         "class Model:\n    def forward(self, x):\n        # a comment that stays\n"
-        '        raise NotImplementedError("Exercise 99.1: write this function, then run the check below")\n'
+        "        raise NotImplementedError(\n"
+        '            "Exercise 99.1: write this function, then run the check below"\n'
+        "        )\n"
         "\n    def other(self):\n        return 1\n")
 
 
@@ -334,6 +341,66 @@ def test_lint_wants_the_colab_cell_hidden_on_the_site(example_root, capsys):
     assert "cell 0: the 'colab-install' cell lacks the tag 'remove-cell' (the website would show it)" in capsys.readouterr().out
 
 
+def test_lint_wants_the_code_as_ruff_formats_it_and_format_writes_it(example_root, capsys):
+    path = example_root / "solutions" / "99_example.ipynb"
+    nb = read(path)
+    cell_by_id(nb, "setup")["source"] = "import torch\nscores = torch.tensor([1.0,2.0 ,3.0])"
+    path.write_bytes(C.notebook_bytes(nb))
+    assert main(["--root", str(example_root), "lint"]) == 1
+    assert "not formatted as `ruff format` writes it; run `python -m utils.notebooks format" in capsys.readouterr().out
+    assert main(["--root", str(example_root), "format", "--check"]) == 1
+    assert "solutions/99_example.ipynb: would be reformatted" in capsys.readouterr().out
+    assert main(["--root", str(example_root), "format"]) == 0
+    assert "solutions/99_example.ipynb: formatted" in capsys.readouterr().out
+    assert C.source(cell_by_id(read(path), "setup")) == "import torch\n\nscores = torch.tensor([1.0, 2.0, 3.0])"
+    assert main(["--root", str(example_root), "lint"]) == 0
+
+
+def test_lint_names_each_line_wider_than_the_sites_code_column(example_root, capsys):
+    path = example_root / "solutions" / "99_example.ipynb"
+    nb = read(path)
+    setup = cell_by_id(nb, "setup")
+    comment = "# " + "a comment that ruff leaves as it is, " * 3
+    setup["source"] = C.source(setup) + "\n" + comment.strip()
+    path.write_bytes(C.notebook_bytes(nb))
+    index = nb.cells.index(setup)
+    line = C.source(setup).count("\n") + 1
+    assert main(["--root", str(example_root), "lint"]) == 1
+    assert (f"cell {index}, line {line}: {len(comment.strip())} columns (at most {CODE_LINE_LENGTH}); wrap the comment, "
+            "docstring or string by hand") in capsys.readouterr().out
+
+
+def test_format_and_lint_name_a_cell_ruff_cannot_parse(example_root, capsys):
+    path = example_root / "solutions" / "99_example.ipynb"
+    nb = read(path)
+    cell_by_id(nb, "setup")["source"] = "def broken(:\n    pass"
+    path.write_bytes(C.notebook_bytes(nb))
+    with pytest.raises(C.NotebookError, match="ruff format failed on .*99_example.ipynb"):
+        ruff_format([path])
+    assert main(["--root", str(example_root), "lint"]) == 1
+    assert "ruff format failed on" in capsys.readouterr().out
+
+
+def test_format_says_how_to_install_ruff_when_it_is_missing(example_root, monkeypatch):
+    from utils.notebooks import formatting
+
+    monkeypatch.setattr(formatting, "ruff_command", lambda paths, check: [sys.executable, "-m", "ruff_is_not_here"])
+    with pytest.raises(C.NotebookError, match=r"ruff is not installed: pip install -r requirements.txt"):
+        ruff_format([example_root / "solutions" / "99_example.ipynb"])
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+def test_the_placeholders_are_written_as_ruff_format_writes_them(depth, tmp_path):
+    """One line where it fits in CODE_LINE_LENGTH, three where it does not: the labs stay formatted."""
+    nested = "".join(f"{'    ' * level}def f{level}():\n" for level in range(depth + 1))
+    code = nested + function_placeholder("1.12", "    " * (depth + 1)) + "\n\n\n" + cell_placeholder("1.12") + "\n"
+    script = tmp_path / "snippet.py"
+    script.write_text(code)
+    subprocess.run(ruff_command([script], check=False), check=True)
+    assert script.read_text() == code
+    assert all(len(line) <= CODE_LINE_LENGTH for line in code.splitlines())
+
+
 # --------------------------------------------------------------------------------------------
 # Running notebooks (a kernel each: a few seconds)
 
@@ -378,6 +445,9 @@ def test_the_example_solution_passes_nbval_as_make_test_runs_it(tmp_path):
     assert "passed" in result.stdout
 
 
+PLACEHOLDER = re.compile(r'raise NotImplementedError\(\s*"Exercise ')
+
+
 def assert_runs_until_its_first_exercise(lab_path: Path) -> None:
     """Execute a lab (from its own folder): the first error must be the first code exercise's NotImplementedError."""
     from nbclient.exceptions import CellExecutionError
@@ -385,7 +455,7 @@ def assert_runs_until_its_first_exercise(lab_path: Path) -> None:
     nb = read(lab_path)
     scopes = C.exercise_scopes(nb.cells)
     placeholders = [scope for cell, scope in zip(nb.cells, scopes)
-                    if cell.cell_type == "code" and 'raise NotImplementedError("Exercise ' in C.source(cell)]
+                    if cell.cell_type == "code" and PLACEHOLDER.search(C.source(cell))]
     assert placeholders, f"{lab_path.name} has no exercise placeholder"
     first = placeholders[0]
     with pytest.raises(CellExecutionError):
@@ -434,6 +504,12 @@ def test_solution_stores_outputs_only_on_checked_cells(solution):
 def test_solution_passes_lint(solution):
     problems = lint_notebook(solution, ROOT, toc=toc_files(ROOT))
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("lab", REPO_LABS, ids=lambda path: path.name)
+def test_lab_is_formatted_to_the_sites_code_width(lab):
+    assert ruff_format([lab], check=True) == [], f"{lab.name}: labs are generated formatted; see labs.function_placeholder"
+    assert [str(line) for line in long_lines(read(lab))] == []
 
 
 @pytest.mark.slow

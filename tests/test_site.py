@@ -11,6 +11,8 @@ page of it as a first-time visitor (a fresh browser context each), and fail on
 - a link to a page of the site, or to an anchor of one, that does not exist;
 - a stderr output of an executed notebook, a path of the build machine in the page's text, or a
   progress bar drawn once per redraw (course_ext folds each bar to its last state);
+- a code cell that scrolls sideways at desktop width (the notebooks' code is formatted to
+  ``CODE_LINE_LENGTH`` columns, which ``book/_static/course.css`` fits in the column);
 - at phone width (400 px), anything outside a scrolling box of its own (a code block, a display
   equation, a table) that makes the page wider than the screen.
 
@@ -88,6 +90,11 @@ REPEATED_PROGRESS_BARS_JS = r"""() => [...document.querySelectorAll('div.output 
     const bars = pre.innerText.split('\n').map(line => line.match(/^(.*?)\s*\d+%\|.*?\|\s*(\d+)\/(\d+)/)).filter(Boolean);
     const redrawn = bars.filter(([, name, done, total]) => done !== total && bars.filter(bar => bar[1] === name).length > 1);
     return [...new Set(redrawn.map(bar => bar[1]))].map(name => `"${name}" drawn once per redraw`); })"""
+# A code cell wider than its box: its longest line, and the widths.
+SCROLLING_CODE_JS = r"""() => [...document.querySelectorAll('div.cell_input pre')]
+    .filter(pre => pre.scrollWidth > pre.clientWidth + 1)
+    .map(pre => `"${pre.innerText.split('\n').reduce((a, b) => b.length > a.length ? b : a, '').trim().slice(0, 60)}" ` +
+                `(${pre.scrollWidth}px of code in ${pre.clientWidth}px)`)"""
 # At phone width: what makes the page wider than the screen, outside a box that scrolls (or clips) on its own.
 OVERFLOW_JS = """() => {
     const limit = document.documentElement.clientWidth + 1;
@@ -207,6 +214,7 @@ class PageReport:
     stderr_outputs: list[str] = field(default_factory=list)
     build_paths: list[str] = field(default_factory=list)
     repeated_progress_bars: list[str] = field(default_factory=list)
+    scrolling_code: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         """One line per problem, named by its kind."""
@@ -296,6 +304,8 @@ def visit(
         report.stderr_outputs.extend(page.evaluate(STDERR_OUTPUTS_JS))
         report.build_paths.extend(paths_shown(page))
         report.repeated_progress_bars.extend(page.evaluate(REPEATED_PROGRESS_BARS_JS))
+        if viewport["width"] >= VIEWPORT["width"]:  # at a phone's width code has to scroll
+            report.scrolling_code.extend(page.evaluate(SCROLLING_CODE_JS))
         yield page, report
     finally:
         context.close()
@@ -486,6 +496,7 @@ BROKEN_SITE = {
     "clipped.html": '<div class="course-plotly" id="plotly-wide" style="width:200px">'
                     '<svg class="main-svg" width="500" height="10"></svg></div>',
     "view.html": '<div id="circuits-vis-undrawn"><script>/* the bundle never ran */</script></div>',
+    "code.html": f'<div class="cell_input"><pre style="overflow-x:auto">{"x = 1; " * 40}</pre></div>',
 }
 EXPECTED_PROBLEMS = {
     "clean.html": set(),
@@ -501,6 +512,7 @@ EXPECTED_PROBLEMS = {
     "two_bars.html": set(),
     "clipped.html": {"clipped_figures"},
     "view.html": {"undrawn_figures"},
+    "code.html": {"scrolling_code"},
 }
 # At phone width: a paragraph wider than the screen is caught; a code block as wide, scrolling in its own box, is not.
 WIDE_PAGE = ('<div class="bd-article"><p style="width:900px">a wide paragraph</p>'

@@ -1,4 +1,4 @@
-"""``python -m utils.notebooks {sync,build-labs,store-outputs,lint}``: see ``utils/notebooks/__init__.py``."""
+"""``python -m utils.notebooks {sync,build-labs,store-outputs,format,lint}``: see ``utils/notebooks/__init__.py``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from utils.notebooks.cells import NotebookError
 from utils.notebooks.execute import SANITIZER
+from utils.notebooks.formatting import CODE_LINE_LENGTH, ruff_format
 from utils.notebooks.project import LABS_DIR, SOLUTIONS_DIR, ProjectError, default_root
 
 
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     store.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     store.add_argument("--raw", action="store_true",
                        help=f"store outputs as they are (default: sanitized with ROOT/{SANITIZER} like nbval does)")
+
+    format_ = commands.add_parser("format", help=f"ruff format the code cells of the solution notebooks "
+                                  f"({CODE_LINE_LENGTH} columns: the site's code width)")
+    format_.add_argument("notebooks", nargs="*", type=Path, metavar="NOTEBOOK", help=f"default: {SOLUTIONS_DIR}/*.ipynb")
+    format_.add_argument("--check", action="store_true", help="write nothing; exit 1 listing notebooks to format")
 
     lint = commands.add_parser("lint", help="check the solution notebooks against the course's conventions")
     lint.add_argument("notebooks", nargs="*", type=Path, metavar="NOTEBOOK", help=f"default: {SOLUTIONS_DIR}/*.ipynb")
@@ -90,6 +96,20 @@ def _store_outputs(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def _format(args: argparse.Namespace, root: Path) -> int:
+    from utils.notebooks.labs import solution_notebooks
+
+    notebooks = args.notebooks or solution_notebooks(root / SOLUTIONS_DIR)
+    changed = ruff_format(notebooks, check=args.check)
+    for path in changed:
+        print(f"{_show(Path(path), root)}: {'would be reformatted' if args.check else 'formatted'}")
+    if args.check and changed:
+        print("run `python -m utils.notebooks format`", file=sys.stderr)
+        return 1
+    print(f"{len(notebooks) - len(changed)} of {len(notebooks)} notebooks already formatted")
+    return 0
+
+
 def _lint(args: argparse.Namespace, root: Path) -> int:
     from utils.notebooks.lint import lint_course
 
@@ -110,7 +130,8 @@ def _show(path: Path, root: Path) -> str:
         return str(path)
 
 
-COMMANDS = {"build-labs": _build_labs, "sync": _sync, "store-outputs": _store_outputs, "lint": _lint}
+COMMANDS = {"build-labs": _build_labs, "sync": _sync, "store-outputs": _store_outputs, "format": _format,
+            "lint": _lint}
 
 if __name__ == "__main__":
     sys.exit(main())

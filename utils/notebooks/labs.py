@@ -2,8 +2,9 @@
 
 What changes from a solution to its lab (see ``cells.py`` for the conventions):
 
-- in a code cell, the lines from ``# BEGIN SOLUTION`` to ``# END SOLUTION`` become one line at the
-  same indentation: ``raise NotImplementedError("Exercise N.M: write this function, then run the check below")``;
+- in a code cell, the lines from ``# BEGIN SOLUTION`` to ``# END SOLUTION`` become, at the same
+  indentation, ``raise NotImplementedError("Exercise N.M: write this function, then run the check below")``
+  (wrapped over three lines as ``ruff format`` does when it is wider than ``CODE_LINE_LENGTH``);
 - a code cell tagged ``solution`` becomes ``# Exercise N.M: your code here`` plus such a raise;
 - a markdown cell tagged ``solution`` becomes ``*Exercise N.M: write your answer here.*``;
 - a cell tagged ``solution-only`` is dropped;
@@ -26,6 +27,7 @@ from typing import Any
 import nbformat
 
 from utils.notebooks import cells as C
+from utils.notebooks.formatting import CODE_LINE_LENGTH
 from utils.notebooks.project import LABS_DIR, NOTEBOOK_GLOB, SOLUTIONS_DIR, colab_install_source, project_info
 
 #: Cell metadata kept in labs (anything else, e.g. execution timings, is dropped).
@@ -34,13 +36,21 @@ KEPT_CELL_METADATA = ("tags", "jupyter", "editable", "deletable", "slideshow")
 SOLUTION_TAGS = {C.SOLUTION_TAG, C.SOLUTION_ONLY_TAG}
 
 
-def function_placeholder(exercise: str) -> str:
-    return f'raise NotImplementedError("Exercise {exercise}: write this function, then run the check below")'
+def function_placeholder(exercise: str, indent: str = "") -> str:
+    """The line(s) that replace a solution region at ``indent``, wrapped as ``ruff format`` would."""
+    return _raise_not_implemented(f"Exercise {exercise}: write this function, then run the check below", indent)
 
 
 def cell_placeholder(exercise: str) -> str:
     return (f"# Exercise {exercise}: your code here\n"
-            f'raise NotImplementedError("Exercise {exercise}: write your code in this cell, then run the check below")')
+            + _raise_not_implemented(f"Exercise {exercise}: write your code in this cell, then run the check below"))
+
+
+def _raise_not_implemented(message: str, indent: str = "") -> str:
+    one_line = f'{indent}raise NotImplementedError("{message}")'
+    if len(one_line) <= CODE_LINE_LENGTH:
+        return one_line
+    return f'{indent}raise NotImplementedError(\n{indent}    "{message}"\n{indent})'
 
 
 def answer_placeholder(exercise: str) -> str:
@@ -139,7 +149,7 @@ def _retitle_as_lab(cells: list[Any]) -> None:
 
 
 def _strip_solutions(code: str, exercise: str | None) -> str:
-    """Replace each BEGIN/END SOLUTION region by one ``raise NotImplementedError(...)`` line."""
+    """Replace each BEGIN/END SOLUTION region by a ``raise NotImplementedError(...)`` statement."""
     regions = C.solution_regions(code)
     if not regions:
         return code
@@ -152,7 +162,7 @@ def _strip_solutions(code: str, exercise: str | None) -> str:
     for begin, end in regions:
         out.extend(lines[position:begin])
         indent = C.MARKER.match(lines[begin]).group(1)  # type: ignore[union-attr]
-        out.append(indent + function_placeholder(exercise))
+        out.append(function_placeholder(exercise, indent))
         position = end + 1
     out.extend(lines[position:])
     return "\n".join(out) + ("\n" if code.endswith("\n") else "")

@@ -4,9 +4,10 @@ Per notebook: the kernelspec is ``python3``; the first cell is the up-to-date ``
 cell; a ``parameters`` cell sets ``MODEL``; outputs are stored only on ``# NBVAL_CHECK_OUTPUT``
 cells (and each such cell has them); every exercise heading is numbered ``N.M`` (N the chapter,
 M = 1, 2, ... in order), states difficulty, importance and time, has at least one hint, has a
-solution, and is followed by a checker call when its solution is code; the lab can be built; the
-notebook is listed in ``_toc.yml``. For the repository: ``_config.yml`` and ``utils/__init__.py``
-agree with ``pyproject.toml``.
+solution, and is followed by a checker call when its solution is code; the code cells are as
+``ruff format`` writes them and no line is wider than the site's code column
+(``formatting.CODE_LINE_LENGTH``); the lab can be built; the notebook is listed in ``_toc.yml``.
+For the repository: ``_config.yml`` and ``utils/__init__.py`` agree with ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import nbformat
 
 from utils.notebooks import cells as C
+from utils.notebooks.formatting import long_lines, ruff_format
 from utils.notebooks.labs import build_lab, solution_notebooks
 from utils.notebooks.project import SOLUTIONS_DIR, colab_install_source, project_info, repository_problems
 
@@ -38,6 +40,7 @@ def lint_notebook(path: Path, root: Path, *, colab_source: str | None = None,
         return [str(error)]
     colab_source = colab_source or colab_install_source(project_info(root))
     problems = [f"{name}: {problem}" for problem in _notebook_problems(nb, path.stem, colab_source)]
+    problems += [f"{name}: {problem}" for problem in _format_problems(nb, path)]
     try:
         build_lab(nb, path.stem, colab_source, name=name)
     except C.NotebookError as error:
@@ -103,6 +106,16 @@ def _notebook_problems(nb: nbformat.NotebookNode, chapter: str, colab_source: st
     problems += _output_problems(nb)
     problems += _exercise_problems(nb, chapter)
     return problems
+
+
+def _format_problems(nb: nbformat.NotebookNode, path: Path) -> list[str]:
+    try:
+        problems = [f"not formatted as `ruff format` writes it; run `python -m utils.notebooks format {path}`"
+                    ] if ruff_format([path], check=True) else []
+    except C.NotebookError as error:  # a cell that is not Python
+        problems = [str(error)]
+    return problems + [f"{line}; wrap the comment, docstring or string by hand (ruff leaves them): "
+                       f"{line.text.strip()[:60]!r}" for line in long_lines(nb)]
 
 
 def _colab_problems(nb: nbformat.NotebookNode, colab_source: str) -> list[str]:

@@ -103,14 +103,14 @@ def colab_install_source(info: ProjectInfo) -> str:
     local JupyterLab, where it does nothing.
     """
     return (
-        "# Runs only in Google Colab: installs the course package (pinned). Elsewhere it does nothing.\n"
+        "# Runs only in Colab: installs the course package (pinned). Elsewhere it does nothing.\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
         "    import subprocess\n"
         "\n"
-        '    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",\n'
-        f'                           "{info.pip_requirement}"])'
+        f'    course = "{info.pip_requirement}"\n'
+        '    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", course])'
     )
 
 
