@@ -1,0 +1,107 @@
+"""Per-layer linear probes and their controls (utils.probes), on activations whose answer is planted:
+the label lies along one direction at layer 1 and nowhere at layer 0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from utils.probes import LayerProbes, control_labels, encode_labels, fit_probes, shuffled_labels
+
+D_MODEL = 32
+
+
+def planted(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[2, n, D_MODEL] activations and [n] binary labels: layer 1 carries the label along a fixed
+    direction (+-3 on top of unit noise: a perfect reader is right 99.9 % of the time), layer 0 is
+    noise only. Returns the direction too."""
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.nn.functional.normalize(torch.randn(D_MODEL, generator=torch.Generator().manual_seed(99)), dim=0)
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    noise = torch.randn(2, n, D_MODEL, generator=generator)
+    signal = (labels.float() * 2 - 1)[:, None] * 3 * direction
+    return torch.stack([noise[0], noise[1] + signal]), labels, direction
+
+
+@pytest.fixture(scope="module")
+def probes() -> LayerProbes:
+    activations, labels, _ = planted(1_000, seed=0)
+    return fit_probes(activations, labels)
+
+
+def test_a_probe_reads_the_label_only_where_it_is_written(probes):
+    held_out, labels, _ = planted(400, seed=1)
+    accuracy = probes.accuracy(held_out, labels)
+    assert accuracy[1] > 0.97
+    assert accuracy[0] < 0.6
+
+
+def test_the_probes_direction_is_the_planted_one(probes):
+    _, _, direction = planted(1, seed=0)
+    directions = probes.directions()[1]
+    difference = directions[1] - directions[0]
+    assert torch.cosine_similarity(difference, direction, dim=0) > 0.9
+
+
+def test_shuffled_labels_fit_the_training_rows_but_not_held_out_ones():
+    activations, labels, _ = planted(48, seed=0)
+    shuffled = shuffled_labels(labels, seed=0)
+    assert sorted(shuffled.tolist()) == sorted(labels.tolist()) and not torch.equal(shuffled, labels)
+    probes = fit_probes(activations, shuffled, steps=1_000, weight_decay=0.0)
+    held_out, held_out_labels, _ = planted(400, seed=1)
+    assert probes.accuracy(activations, shuffled)[1] > 0.9  # memorised: 48 rows in 32 dimensions
+    assert probes.accuracy(held_out, held_out_labels)[1] < 0.7
+
+
+def test_the_control_task_gives_each_type_one_label_whatever_the_order():
+    words = ["cat", "dog", "cat", "sun", "dog", "cat"]
+    labels = control_labels(words, n_classes=2, seed=3)
+    assert len({(word, label) for word, label in zip(words, labels.tolist())}) == 3
+    reordered = control_labels(list(reversed(words)), n_classes=2, seed=3)
+    assert reordered.tolist() == list(reversed(labels.tolist()))
+
+
+def test_encode_labels_sorts_the_classes():
+    labels, classes = encode_labels(["joy", "fear", "joy", "calm"])
+    assert classes == ["calm", "fear", "joy"] and labels.tolist() == [2, 1, 2, 0]
+
+
+def test_probes_train_every_layer_at_once_and_independently():
+    activations, labels, _ = planted(100, seed=0)
+    together = fit_probes(activations, labels, steps=50)
+    alone = fit_probes(activations[1:], labels, steps=50)
+    assert torch.allclose(together.weight[1], alone.weight[0], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_labels_must_match_the_rows():
+    activations, labels, _ = planted(10, seed=0)
+    with pytest.raises(ValueError, match=r"one label per row: 10 rows of activations but labels of shape \[9\]"):
+        fit_probes(activations, labels[:9])
+
+
+def test_a_probe_needs_two_classes():
+    activations, _, _ = planted(10, seed=0)
+    with pytest.raises(ValueError, match=r"at least two classes among the labels, got only \[0\]"):
+        fit_probes(activations, torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least two classes"):
+        control_labels(["a", "b"], n_classes=1)
+
+
+def test_labels_must_be_class_indices():
+    activations, labels, _ = planted(10, seed=0)
+    with pytest.raises(ValueError, match="use encode_labels for strings"):
+        fit_probes(activations, labels.float())
+
+
+def test_activations_must_have_a_layer_dimension_and_match_the_probes(probes):
+    activations, labels, _ = planted(10, seed=0)
+    with pytest.raises(ValueError, match=r"for one layer use activations\[None\]"):
+        fit_probes(activations[1], labels)
+    with pytest.raises(ValueError, match="trained on 2 layers, the activations have 1"):
+        probes.accuracy(activations[1:], labels)
+    with pytest.raises(ValueError, match="read d_model=32, the activations have 16"):
+        probes.predict(activations[..., :16])
