@@ -341,11 +341,17 @@ def test_lint_wants_the_colab_cell_hidden_on_the_site(example_root, capsys):
     assert "cell 0: the 'colab-install' cell lacks the tag 'remove-cell' (the website would show it)" in capsys.readouterr().out
 
 
-def test_lint_wants_the_code_as_ruff_formats_it_and_format_writes_it(example_root, capsys):
-    path = example_root / "solutions" / "99_example.ipynb"
+def with_setup_cell(root: Path, source: str) -> Path:
+    """The example solution of ``root`` with ``source`` in its setup cell (written); its path."""
+    path = root / "solutions" / "99_example.ipynb"
     nb = read(path)
-    cell_by_id(nb, "setup")["source"] = "import torch\nscores = torch.tensor([1.0,2.0 ,3.0])"
+    cell_by_id(nb, "setup")["source"] = source
     path.write_bytes(C.notebook_bytes(nb))
+    return path
+
+
+def test_lint_wants_the_code_as_ruff_formats_it_and_format_writes_it(example_root, capsys):
+    path = with_setup_cell(example_root, "import torch\nscores = torch.tensor([1.0,2.0 ,3.0])")
     assert main(["--root", str(example_root), "lint"]) == 1
     assert "not formatted as `ruff format` writes it; run `python -m utils.notebooks format" in capsys.readouterr().out
     assert main(["--root", str(example_root), "format", "--check"]) == 1
@@ -357,24 +363,17 @@ def test_lint_wants_the_code_as_ruff_formats_it_and_format_writes_it(example_roo
 
 
 def test_lint_names_each_line_wider_than_the_sites_code_column(example_root, capsys):
-    path = example_root / "solutions" / "99_example.ipynb"
-    nb = read(path)
-    setup = cell_by_id(nb, "setup")
-    comment = "# " + "a comment that ruff leaves as it is, " * 3
-    setup["source"] = C.source(setup) + "\n" + comment.strip()
-    path.write_bytes(C.notebook_bytes(nb))
-    index = nb.cells.index(setup)
-    line = C.source(setup).count("\n") + 1
+    comment = ("# " + "a comment that ruff leaves as it is, " * 3).strip()
+    setup = C.source(cell_by_id(read(EXAMPLE_SOLUTION), "setup")) + "\n" + comment
+    nb = read(with_setup_cell(example_root, setup))
+    index, line = nb.cells.index(cell_by_id(nb, "setup")), setup.count("\n") + 1
     assert main(["--root", str(example_root), "lint"]) == 1
-    assert (f"cell {index}, line {line}: {len(comment.strip())} columns (at most {CODE_LINE_LENGTH}); wrap the comment, "
+    assert (f"cell {index}, line {line}: {len(comment)} columns (at most {CODE_LINE_LENGTH}); wrap the comment, "
             "docstring or string by hand") in capsys.readouterr().out
 
 
 def test_format_and_lint_name_a_cell_ruff_cannot_parse(example_root, capsys):
-    path = example_root / "solutions" / "99_example.ipynb"
-    nb = read(path)
-    cell_by_id(nb, "setup")["source"] = "def broken(:\n    pass"
-    path.write_bytes(C.notebook_bytes(nb))
+    path = with_setup_cell(example_root, "def broken(:\n    pass")
     with pytest.raises(C.NotebookError, match="ruff format failed on .*99_example.ipynb"):
         ruff_format([path])
     assert main(["--root", str(example_root), "lint"]) == 1
