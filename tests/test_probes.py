@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.probes import LayerProbes, control_labels, encode_labels, fit_probes, shuffled_labels
+from utils.models import load_model, load_tokenizer
+from utils.probes import LayerProbes, control_labels, encode_labels, fit_probes, fit_value_probes, shuffled_labels
+from utils.steering import last_token_activations
 
 D_MODEL = 32
 
@@ -73,6 +75,27 @@ def test_probes_train_every_layer_at_once_and_independently():
     assert torch.allclose(together.weight[1], alone.weight[0], atol=1e-5)
 
 
+def test_a_value_probe_recovers_a_planted_linear_quantity():
+    generator = torch.Generator().manual_seed(0)
+    activations = torch.randn(2, 300, D_MODEL, generator=generator)
+    values = torch.rand(300, generator=generator) * 10
+    activations[1, :, 5] = values                              # layer 1 holds the value in dimension 5
+    probes = fit_value_probes(activations[:, :200], values[:200], ridge=1.0)
+    r2 = probes.r2(activations[:, 200:], values[200:])
+    assert r2[1] > 0.95 and r2[0] < 0.2
+
+
+def test_the_course_model_writes_a_numbers_value_on_a_line():
+    """Ground truth: a ridge readout of the last layer at a number's last token, fitted on 40 of
+    1 to 60 and measured on the other 20 (every third), explains over 90 % of their variance."""
+    model, tokenizer = load_model("course"), load_tokenizer("course")
+    numbers = torch.arange(1, 61)
+    activations = last_token_activations(model, tokenizer, [str(n) for n in numbers.tolist()])
+    held_out = numbers % 3 == 0
+    probes = fit_value_probes(activations[:, ~held_out], numbers[~held_out].float())
+    assert probes.r2(activations[:, held_out], numbers[held_out].float())[-1] > 0.9
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input
 
@@ -89,6 +112,14 @@ def test_a_probe_needs_two_classes():
         fit_probes(activations, torch.zeros(10, dtype=torch.long))
     with pytest.raises(ValueError, match="at least two classes"):
         control_labels(["a", "b"], n_classes=1)
+
+
+def test_values_must_match_the_rows_and_the_ridge_be_positive():
+    activations, _, _ = planted(10, seed=0)
+    with pytest.raises(ValueError, match=r"one value per row: 10 rows of activations but values of shape \[3\]"):
+        fit_value_probes(activations, torch.zeros(3))
+    with pytest.raises(ValueError, match="ridge must be positive"):
+        fit_value_probes(activations, torch.zeros(10), ridge=0.0)
 
 
 def test_labels_must_be_class_indices():

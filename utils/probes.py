@@ -14,6 +14,9 @@ expressive enough can learn any labelling of inputs it can tell apart. Two contr
 
 Every layer's probe trains at once: the weights are ``[layer, class, d_model]`` and one Adam step
 updates all of them (the layers share no parameter, so each gets its own gradient).
+
+A quantity (a number's value, a date's position) is read by a linear *regression* instead:
+:func:`fit_value_probes` (ridge, solved in closed form for every layer at once) and ``r2``.
 """
 
 from __future__ import annotations
@@ -117,6 +120,53 @@ def encode_labels(values: Sequence[Hashable]) -> tuple[Int[Tensor, "n"], list[Ha
     classes = sorted(set(values), key=repr)
     index = {value: i for i, value in enumerate(classes)}
     return torch.tensor([index[value] for value in values]), classes
+
+
+@dataclass
+class ValueProbes:
+    """One ridge-regression readout per layer: ``value = (activation - mean) . weight + intercept``."""
+
+    weight: Float[Tensor, "layer d_model"]
+    mean: Float[Tensor, "layer d_model"]
+    intercept: float
+
+    def predict(self, activations: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer n"]:
+        _check_activations(activations, self.weight.shape[0], self.weight.shape[-1])
+        return einops.einsum(activations - self.mean[:, None], self.weight, "layer n d, layer d -> layer n") \
+            + self.intercept
+
+    def r2(self, activations: Float[Tensor, "layer n d_model"], values: Float[Tensor, "n"]) -> Float[Tensor, "layer"]:
+        """The share of the values' variance that each layer's readout explains (1 is perfect, 0 is
+        predicting their mean; held-out rows can go below 0)."""
+        values = _check_values(activations, values)
+        residual = (self.predict(activations) - values).pow(2).sum(dim=-1)
+        return 1 - residual / (values - values.mean()).pow(2).sum()
+
+
+def fit_value_probes(activations: Float[Tensor, "layer n d_model"], values: Float[Tensor, "n"],
+                     ridge: float = 10.0) -> ValueProbes:
+    """Ridge regression of ``values`` on each layer's activations, all layers in one batched solve:
+    ``weight = (X^T X + ridge I)^-1 X^T (y - mean(y))`` with ``X`` the centred activations."""
+    values = _check_values(activations, values)
+    if ridge <= 0:
+        raise ValueError(f"ridge must be positive, got {ridge}: with fewer rows than d_model the plain "
+                         "least-squares problem has no unique solution")
+    mean = activations.mean(dim=1)
+    centred = activations - mean[:, None]                                       # [layer, n, d]
+    gram = einops.einsum(centred, centred, "layer n d, layer n e -> layer d e")
+    target = einops.einsum(centred, values - values.mean(), "layer n d, n -> layer d")
+    eye = torch.eye(activations.shape[-1])
+    weight = torch.linalg.solve(gram + ridge * eye, target)
+    return ValueProbes(weight, mean, values.mean().item())
+
+
+def _check_values(activations: Tensor, values: Tensor | Sequence[float]) -> Tensor:
+    _check_activations(activations)
+    values = torch.as_tensor(values, dtype=torch.float32)
+    if values.ndim != 1 or len(values) != activations.shape[1]:
+        raise ValueError(f"one value per row: {activations.shape[1]} rows of activations but values of shape "
+                         f"{list(values.shape)}")
+    return values
 
 
 def _check_activations(activations: Tensor, n_layers: int | None = None, d_model: int | None = None) -> None:
