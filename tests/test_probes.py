@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.models import load_model, load_tokenizer
 from utils.probes import LayerProbes, control_labels, encode_labels, fit_probes, fit_value_probes, shuffled_labels
 from utils.steering import last_token_activations
 
@@ -85,12 +84,11 @@ def test_a_value_probe_recovers_a_planted_linear_quantity():
     assert r2[1] > 0.95 and r2[0] < 0.2
 
 
-def test_the_course_model_writes_a_numbers_value_on_a_line():
+def test_the_course_model_writes_a_numbers_value_on_a_line(course_model, course_tokenizer):
     """Ground truth: a ridge readout of the last layer at a number's last token, fitted on 40 of
     1 to 60 and measured on the other 20 (every third), explains over 90 % of their variance."""
-    model, tokenizer = load_model("course"), load_tokenizer("course")
     numbers = torch.arange(1, 61)
-    activations = last_token_activations(model, tokenizer, [str(n) for n in numbers.tolist()])
+    activations = last_token_activations(course_model, course_tokenizer, [str(n) for n in numbers.tolist()])
     held_out = numbers % 3 == 0
     probes = fit_value_probes(activations[:, ~held_out], numbers[~held_out].float())
     assert probes.r2(activations[:, held_out], numbers[held_out].float())[-1] > 0.9
