@@ -178,7 +178,9 @@ def feature_overlaps(W: Float[Tensor, "instance n_hidden n_features"]) -> Float[
 
 
 def interference(W: Float[Tensor, "instance n_hidden n_features"]) -> Float[Tensor, "instance n_features"]:
-    """``sum_{j != i} ((W_i / ||W_i||) . W_j)^2``: 0 when feature ``i`` has a dimension to itself."""
+    """``sum_{j != i} ((W_i / ||W_i||) . W_j)^2``: 0 when feature ``i`` has a dimension to itself.
+    Read it for represented features only: a dropped feature's direction is whatever is left of
+    its initialisation."""
     squared = feature_overlaps(W).pow(2)
     return squared.sum(dim=-1) - squared.diagonal(dim1=-2, dim2=-1)
 
