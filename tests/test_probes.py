@@ -1,13 +1,17 @@
-"""Per-layer linear probes and their controls (utils.probes), on activations whose answer is planted:
-the label lies along one direction at layer 1 and nowhere at layer 0."""
+"""Per-layer linear probes and their controls (utils.probes): first on activations whose answer is
+planted (the label lies along one direction at layer 1 and nowhere at layer 0), then on the course
+model against the generator's labels, with the thresholds in each test's docstring."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from utils.directions import labelled_stories
 from utils.probes import LayerProbes, control_labels, encode_labels, fit_probes, fit_value_probes, shuffled_labels
 from utils.steering import last_token_activations
+from utils.world.heldout import HELDOUT_NAMES
+from utils.world.vocabulary import ALL_NAMES
 
 D_MODEL = 32
 
@@ -92,6 +96,50 @@ def test_the_course_model_writes_a_numbers_value_on_a_line(course_model, course_
     held_out = numbers % 3 == 0
     probes = fit_value_probes(activations[:, ~held_out], numbers[~held_out].float())
     assert probes.r2(activations[:, held_out], numbers[held_out].float())[-1] > 0.9
+
+
+def story_sentiment(model, tokenizer, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    positive, negative = labelled_stories("positive", 200, seed=seed)
+    labels = torch.tensor([1] * len(positive) + [0] * len(negative))
+    return last_token_activations(model, tokenizer, positive + negative), labels
+
+
+def test_the_course_model_writes_a_storys_sentiment_where_a_probe_reads_it_on_new_stories(
+        course_model, course_tokenizer):
+    """Ground truth: probes trained on 400 stories label 400 others right at every layer (> 0.9);
+    the same probes trained on shuffled labels stay near chance (< 0.6)."""
+    train, train_labels = story_sentiment(course_model, course_tokenizer, seed=0)
+    test, test_labels = story_sentiment(course_model, course_tokenizer, seed=1)
+    assert fit_probes(train, train_labels).accuracy(test, test_labels).min() > 0.9
+    assert fit_probes(train, shuffled_labels(train_labels)).accuracy(test, test_labels).max() < 0.6
+
+
+NAME_FRAMES = ("One day, {}", "The next morning {}", "After school, {}", "Later that day, {}")
+
+
+def name_activations(model, tokenizer, names: dict[str, str]) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Each name at the end of each frame: activations, the names' genders, the names (the types)."""
+    rows = [(frame.format(name), gender, name) for name, gender in names.items() for frame in NAME_FRAMES]
+    texts, genders, types = map(list, zip(*rows))
+    return last_token_activations(model, tokenizer, texts), genders, types
+
+
+def test_a_names_gender_is_a_lookup_of_known_names_not_a_direction(course_model, course_tokenizer):
+    """Ground truth: on the corpus's names a gender probe is right (> 0.85 at layers 0 to 2), but a
+    control task (a random label per name) is fitted as well (within 0.05): the probe can read the
+    name's identity, so its accuracy says nothing about gender. On held-out names, whose gender
+    the model never saw, the gender probe stays under 0.7 at every layer."""
+    train, genders, names = name_activations(course_model, course_tokenizer, ALL_NAMES)
+    labels, classes = encode_labels(genders)
+    probes = fit_probes(train, labels)
+    accuracy = probes.accuracy(train, labels)
+    control = control_labels(names, n_classes=2)
+    control_accuracy = fit_probes(train, control).accuracy(train, control)
+    assert accuracy[:3].min() > 0.85
+    assert (accuracy - control_accuracy).max() < 0.05
+    held_out, held_out_genders, _ = name_activations(course_model, course_tokenizer, HELDOUT_NAMES)
+    held_out_labels = torch.tensor([classes.index(gender) for gender in held_out_genders])
+    assert probes.accuracy(held_out, held_out_labels).max() < 0.7
 
 
 # --------------------------------------------------------------------------------------------
