@@ -21,6 +21,7 @@ from the vocabulary.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -115,19 +116,24 @@ def category_vector(g: Float[Tensor, "vocab d_model"], token_ids: Sequence[int],
 def parent_child_cosine(g: Float[Tensor, "vocab d_model"], parent: Sequence[int], child: Sequence[int]) -> float:
     """``cos(l_parent, l_child - l_parent)``: 0 when the child's vector adds only what is
     orthogonal to the parent's."""
-    parent_vector = category_vector(g, parent)
-    return F.cosine_similarity(parent_vector, category_vector(g, child) - parent_vector, dim=0).item()
+    return _added_cosine(category_vector(g, parent), category_vector(g, child))
+
+
+def _added_cosine(parent_vector: Float[Tensor, "d_model"], child_vector: Float[Tensor, "d_model"]) -> float:
+    return F.cosine_similarity(parent_vector, child_vector - parent_vector, dim=0).item()
+
+
+def _children_cosines(g: Float[Tensor, "vocab d_model"], children: Sequence[Sequence[int]]) -> list[float]:
+    """Each child's cosine under the parent made of all their tokens (its vector computed once)."""
+    parent_vector = category_vector(g, [token for tokens in children for token in tokens])
+    return [_added_cosine(parent_vector, category_vector(g, tokens)) for tokens in children]
 
 
 def hierarchy_cosines(g: Float[Tensor, "vocab d_model"], hierarchy: Mapping[str, Mapping[str, Sequence[int]]]
                       ) -> dict[tuple[str, str], float]:
     """``{(parent, child): cos(l_parent, l_child - l_parent)}``; a parent's tokens are its children's."""
-    cosines = {}
-    for parent, children in hierarchy.items():
-        parent_tokens = [token for tokens in children.values() for token in tokens]
-        for child, tokens in children.items():
-            cosines[parent, child] = parent_child_cosine(g, parent_tokens, tokens)
-    return cosines
+    return {(parent, child): cosine for parent, children in hierarchy.items()
+            for child, cosine in zip(children, _children_cosines(g, list(children.values())))}
 
 
 def random_hierarchy_cosines(g: Float[Tensor, "vocab d_model"], child_sizes: Sequence[int], n: int = 50,
@@ -135,13 +141,11 @@ def random_hierarchy_cosines(g: Float[Tensor, "vocab d_model"], child_sizes: Seq
     """The baseline: ``n`` times, a parent of ``sum(child_sizes)`` random tokens split into
     children of ``child_sizes``; every child's cosine (``n * len(child_sizes)`` values)."""
     rng = random.Random(seed)
+    ends = list(itertools.accumulate(child_sizes))
     cosines = []
     for _ in range(n):
-        parent = rng.sample(range(g.shape[0]), sum(child_sizes))
-        start = 0
-        for size in child_sizes:
-            cosines.append(parent_child_cosine(g, parent, parent[start:start + size]))
-            start += size
+        parent = rng.sample(range(g.shape[0]), ends[-1])
+        cosines += _children_cosines(g, [parent[end - size:end] for size, end in zip(child_sizes, ends)])
     return cosines
 
 

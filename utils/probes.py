@@ -71,14 +71,14 @@ class LayerProbes:
 
 
 def fit_probes(activations: Float[Tensor, "layer n d_model"], labels: Int[Tensor, "n"], *, steps: int = 300,
-               lr: float = 1e-2, weight_decay: float = 1e-3, seed: int = 0) -> LayerProbes:
+               lr: float = 1e-2, weight_decay: float = 1e-3) -> LayerProbes:
     """Train one probe per layer on the same rows: full-batch Adam on the cross-entropy, with
-    weight decay (an unregularised probe on separable data grows without bound)."""
+    weight decay (an unregularised probe on separable data grows without bound). The weights
+    start at zero and every step sees every row, so the result is deterministic."""
     labels = _check_labels(activations, labels)
     n_classes = int(labels.max()) + 1
     if labels.unique().numel() < 2:
         raise ValueError(f"a probe needs at least two classes among the labels, got only {labels.unique().tolist()}")
-    torch.manual_seed(seed)
     mean = activations.mean(dim=1)
     std = activations.std(dim=1) + 1e-6
     standardised = (activations - mean[:, None]) / std[:, None]

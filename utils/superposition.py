@@ -146,7 +146,6 @@ def train_toy_model(config: ToyConfig, steps: int = 2_000, batch: int = 512, lr:
     reach the same geometry for 5 -> 2 features (tests/test_superposition.py)."""
     if steps < 1 or batch < 1:
         raise ValueError(f"steps ({steps}) and batch ({batch}) must be at least 1")
-    torch.manual_seed(seed)
     model = ToyModel(config, seed)
     generator = torch.Generator().manual_seed(seed + 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
