@@ -102,7 +102,7 @@ def _format(args: argparse.Namespace, root: Path) -> int:
     notebooks = args.notebooks or solution_notebooks(root / SOLUTIONS_DIR)
     changed = ruff_format(notebooks, check=args.check)
     for path in changed:
-        print(f"{_show(Path(path), root)}: {'would be reformatted' if args.check else 'formatted'}")
+        print(f"{_show(path, root)}: {'would be reformatted' if args.check else 'formatted'}")
     if args.check and changed:
         print("run `python -m utils.notebooks format`", file=sys.stderr)
         return 1
